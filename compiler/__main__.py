@@ -1,0 +1,5 @@
+import sys
+
+from edgec.compiler.cli import main
+
+sys.exit(main())

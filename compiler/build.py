@@ -1,0 +1,82 @@
+"""Build: run the pipeline, export one self-contained .so and its manifest."""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+from edgec import compiler as _pkg
+from edgec.compiler.artifact import (atomic_path, elf_machine, file_digest, manifest_path,
+                                     write_json_atomic)
+from edgec.compiler.errors import BuildError
+from edgec.compiler.graph import RelaxModel, constant_bytes
+from edgec.compiler.pipeline import run
+from edgec.compiler.tvm_compat import cross_compiler, tvm_version
+
+CROSS_INSTALL = {
+    "aarch64-linux-gnu-g++": "apt-get install -y g++-aarch64-linux-gnu (Debian/Ubuntu)",
+}
+
+
+def check_cross_compiler(target) -> None:
+    """Fail early, with the install command, if the target's cross compiler is missing."""
+    if target.cross_cc and shutil.which(target.cross_cc) is None:
+        how = CROSS_INSTALL.get(target.cross_cc, "install it and put it on PATH")
+        raise BuildError(f"cross compiler {target.cross_cc!r} for target {target.name!r} "
+                         f"not found on PATH; install it: {how}")
+
+
+def build(model: RelaxModel, config, output: str) -> dict:
+    """Compile ``model`` with ``config`` into ``output`` (.so) plus its .json manifest.
+
+    Both files appear only when the build succeeded. Returns the manifest.
+    """
+    from edgec.targets import get_target
+
+    if not output.endswith(".so"):
+        raise BuildError(f"output must end in .so, got {output!r}")
+    target = get_target(config.target)
+    check_cross_compiler(target)
+    start = time.perf_counter()
+    result = run(model, config)
+    with atomic_path(output) as tmp:
+        _export(result.executable, tmp, target)
+        arch = elf_machine(tmp)
+        if arch != target.arch:
+            raise BuildError(f"built library is {arch}, expected {target.arch} for {target.name}")
+        manifest = _manifest(model, config, result, target, output, tmp, start)
+    write_json_atomic(manifest_path(output), manifest)
+    return manifest
+
+
+def _export(executable, path, target):
+    try:
+        if target.cross_cc:
+            executable.export_library(path, fcompile=cross_compiler(target.cross_cc))
+        else:
+            executable.export_library(path)
+    except Exception as e:
+        raise BuildError(f"linking the library failed: {str(e).strip().splitlines()[-1]}") from e
+
+
+def _manifest(model, config, result, target, output, built, start) -> dict:
+    outputs = [s.to_json() for s in model.outputs()]
+    return {
+        "format": "edgec-artifact",
+        "version": 1,
+        "library": os.path.basename(output),
+        "library_sha256": file_digest(built),
+        "library_bytes": os.path.getsize(built),
+        "inputs": [s.to_json() for s in model.inputs],
+        "outputs": outputs,
+        "target": {"name": target.name, "tvm": target.tvm, "description": target.description},
+        "arch": target.arch,
+        "source": model.source,
+        "weights_bytes": constant_bytes(result.lowered),
+        "weights_bytes_imported": model.weight_bytes,
+        "passes": result.passes,
+        "tuning": result.tuning,
+        "config": config.to_json(),
+        "versions": {"edgec": _pkg.__version__, "tvm": tvm_version()},
+        "build_seconds": round(time.perf_counter() - start, 2),
+    }

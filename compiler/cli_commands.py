@@ -1,0 +1,139 @@
+"""Foundation subcommands: compile, run, info, targets."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from edgec.compiler.cli import command, emit
+from edgec.compiler.errors import EdgecError
+
+
+def _common(p, quiet=True):
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    if quiet:
+        p.add_argument("--quiet", action="store_true", help="print nothing on success")
+
+
+@command("compile", "compile a model (.onnx, .pt2, or module:factory) into a .so + manifest")
+def cmd_compile(args):
+    from edgec.compiler.api import compile as compile_model
+    from edgec.compiler.config import PipelineConfig
+    from edgec.compiler.specs import load_factory, parse_input_spec
+
+    specs = [parse_input_spec(s) for s in args.input or []]
+    config = PipelineConfig(target=args.target, dump_ir=args.dump_ir,
+                            tuning_logs=None if args.no_tuning else "auto")
+    model, example = args.model, None
+    if not os.path.splitext(model)[1] and ":" in model:
+        import torch
+
+        if not specs:
+            raise EdgecError("a module:factory model needs --input NAME:SHAPE[:DTYPE] for each input")
+        model = load_factory(model)
+        example = tuple(torch.zeros(s.shape, dtype=getattr(torch, s.dtype)) for s in specs)
+    manifest = compile_model(model, example, config=config, output=args.output,
+                             input_specs=specs or None)
+    emit(args, manifest, f"wrote {args.output} ({manifest['library_bytes'] / 1e6:.2f} MB, "
+         f"{manifest['arch']}, target {manifest['target']['name']}) and its manifest "
+         f"{os.path.splitext(args.output)[0]}.json")
+
+
+def _compile_flags(p):
+    p.add_argument("model", help="model.onnx, model.pt2, or package.module:factory")
+    p.add_argument("--target", "-t", default="host", help="target name (see 'edgec targets')")
+    p.add_argument("--output", "-o", default="model.so", help="output library (.so)")
+    p.add_argument("--input", "-i", action="append", metavar="NAME:SHAPE[:DTYPE]",
+                   help="input name, shape and dtype, e.g. x:1x3x224x224:float32 (repeatable)")
+    p.add_argument("--dump-ir", metavar="DIR", help="write the IR after each phase into DIR")
+    p.add_argument("--no-tuning", action="store_true", help="do not apply tuning logs")
+    _common(p)
+
+
+cmd_compile.configure = _compile_flags
+
+
+def _read_inputs(items, names) -> dict:
+    """``--input x.npy`` (in order) or ``--input NAME=x.npy`` -> {name: array}."""
+    out = {}
+    for i, item in enumerate(items):
+        name, _, path = item.rpartition("=")
+        if not name:
+            if i >= len(names):
+                raise EdgecError(f"more --input files than model inputs {names}")
+            name = names[i]
+        if not os.path.isfile(path):
+            raise EdgecError(f"input file not found: {path}")
+        try:
+            out[name] = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise EdgecError(f"cannot read {path} as a .npy array: {e}") from e
+    return out
+
+
+@command("run", "run a compiled .so on .npy inputs")
+def cmd_run(args):
+    from edgec.compiler.runtime import load
+
+    model = load(args.model)
+    outputs = model(_read_inputs(args.input, model.input_names))
+    if args.output:
+        from edgec.compiler.artifact import atomic_path
+
+        with atomic_path(args.output) as tmp:
+            with open(tmp, "wb") as f:
+                if len(outputs) == 1:
+                    np.save(f, outputs[0])
+                else:
+                    np.savez(f, *outputs)
+    data = {"outputs": [{"shape": list(o.shape), "dtype": str(o.dtype),
+                         "argmax": int(np.argmax(o)), "values": o.ravel()[:10].tolist()}
+                        for o in outputs]}
+    lines = [f"output{i}: shape {d['shape']} {d['dtype']}, argmax {d['argmax']}"
+             for i, d in enumerate(data["outputs"])]
+    emit(args, data, "\n".join(lines))
+
+
+def _run_flags(p):
+    p.add_argument("model", help="compiled model.so (with model.json beside it)")
+    p.add_argument("--input", "-i", action="append", required=True, metavar="[NAME=]FILE.npy")
+    p.add_argument("--output", "-o", help="save outputs (.npy; several outputs: .npz)")
+    _common(p)
+
+
+cmd_run.configure = _run_flags
+
+
+@command("info", "show an artifact's manifest")
+def cmd_info(args):
+    from edgec.compiler.artifact import read_manifest
+
+    m = read_manifest(args.model)
+    fmt = lambda s: f"{s['name']} {'x'.join(map(str, s['shape']))} {s['dtype']}"  # noqa: E731
+    lines = [f"{args.model}: {m['arch']}, target {m['target']['name']}",
+             f"  inputs:  {', '.join(fmt(s) for s in m['inputs'])}",
+             f"  outputs: {', '.join(fmt(s) for s in m['outputs'])}",
+             f"  library: {m.get('library_bytes', 0) / 1e6:.2f} MB, weights "
+             f"{m.get('weights_bytes', 0) / 1e6:.2f} MB",
+             f"  passes:  {', '.join(p['name'] for p in m.get('passes', [])) or 'none'}",
+             f"  tuning:  {m.get('tuning', {}).get('summary', 'none')}",
+             f"  versions: {m.get('versions')}"]
+    emit(args, m, "\n".join(lines))
+
+
+cmd_info.configure = lambda p: (p.add_argument("model", help="model.so"), _common(p, False))
+
+
+@command("targets", "list the compilation targets")
+def cmd_targets(args):
+    from edgec.targets import list_targets
+
+    rows = list_targets()
+    data = [{"name": t.name, "arch": t.arch, "tvm": t.tvm, "cross_cc": t.cross_cc,
+             "rpc_key": t.rpc_key, "int8": t.int8, "description": t.description} for t in rows]
+    width = max(len(t.name) for t in rows)
+    text = "\n".join(f"{t.name:<{width}}  {t.arch:<8} {t.description}" for t in rows)
+    emit(args, data, text)
+
+
+cmd_targets.configure = lambda p: _common(p, False)

@@ -1,0 +1,79 @@
+"""The pipeline, top to bottom: one function, a comment per phase.
+
+frontend -> passes (prune, quantize, split) -> bind -> lower -> apply tuning -> build.
+Nothing else decides the order of phases. Each phase can be skipped from the
+config, and ``dump_ir`` writes the IR after every phase.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from edgec.compiler.config import PipelineConfig
+from edgec.compiler.graph import RelaxModel, bind
+from edgec.compiler.tvm_compat import relax, tvm
+from edgec.targets import get_target
+
+
+@dataclass
+class PipelineResult:
+    """What the pipeline produced: the built executable and what it did."""
+
+    executable: object
+    lowered: tvm.IRModule
+    target: object
+    passes: list = field(default_factory=list)
+    tuning: dict = field(default_factory=dict)
+
+
+def run(model: RelaxModel, config: PipelineConfig) -> PipelineResult:
+    """Compile ``model`` as ``config`` says; returns the executable and a summary."""
+    target = get_target(config.target)
+    tvm_target = target.tvm_target()
+    dump = _dumper(config.dump_ir)
+    passes: list = []
+    dump("00_imported", model.mod)
+
+    # passes: compression on the named-weight model (prune -> quantize -> split).
+    # Each later issue adds its phase here, guarded by its config field.
+
+    # bind: weights become constants, so lowering can fold and prepack them.
+    mod = bind(model)
+    dump("10_bound", mod)
+
+    # lower: fold batch norms into convs, constant-fold, legalize and fuse.
+    mod = _simplify(mod, config.fold_batchnorm)
+    dump("20_simplified", mod)
+    if config.fuse:
+        with tvm_target:
+            mod = relax.get_pipeline("zero")(mod)
+        dump("30_fused", mod)
+
+    # apply tuning: MetaSchedule database records for this target (tuning issue).
+    tuning = {"applied": False, "logs": []}
+
+    # build: tvm.compile for the target (finalize passes + codegen).
+    with tvm_target:
+        executable = tvm.compile(mod, target=tvm_target)
+    return PipelineResult(executable, mod, target, passes, tuning)
+
+
+def _simplify(mod, fold_batchnorm: bool):
+    seq = []
+    if fold_batchnorm:
+        seq.append(relax.transform.FoldBatchnormToConv2D())
+    seq += [relax.transform.DecomposeOpsForInference(), relax.transform.FoldConstant(),
+            relax.transform.CanonicalizeBindings(), relax.transform.DeadCodeElimination()]
+    return tvm.transform.Sequential(seq)(mod)
+
+
+def _dumper(directory):
+    if not directory:
+        return lambda name, mod: None
+    os.makedirs(directory, exist_ok=True)
+
+    def dump(name, mod):
+        with open(os.path.join(directory, f"{name}.py"), "w", encoding="utf-8") as f:
+            f.write(mod.script(show_meta=False))
+
+    return dump

@@ -1,0 +1,107 @@
+"""Runtime: load an edgec artifact and call it with numpy arrays.
+
+Every check (manifest present, architecture matches this machine, input
+names, shapes and dtypes) happens before anything runs.
+"""
+from __future__ import annotations
+
+import platform
+import time
+
+import numpy as np
+
+from edgec.compiler.artifact import elf_machine, read_manifest
+from edgec.compiler.errors import ArtifactError, InputError
+from edgec.compiler.tvm_compat import VirtualMachine, tensor, tvm
+
+HOST_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+
+
+def host_arch() -> str:
+    return HOST_ARCH.get(platform.machine().lower(), platform.machine().lower())
+
+
+def check_inputs(manifest: dict, args, kwargs) -> list:
+    """Match positional or named inputs against the manifest; return arrays in order."""
+    specs = manifest["inputs"]
+    names = [s["name"] for s in specs]
+    if args and kwargs:
+        raise InputError("pass inputs either positionally or by name, not both")
+    if len(args) == 1 and isinstance(args[0], dict):
+        kwargs, args = args[0], ()
+    if kwargs:
+        unknown = sorted(set(kwargs) - set(names))
+        if unknown:
+            raise InputError(f"unknown input name(s) {unknown}; valid: {names}")
+        missing = [n for n in names if n not in kwargs]
+        if missing:
+            raise InputError(f"missing input(s) {missing}; the model takes {names}")
+        args = tuple(kwargs[n] for n in names)
+    if len(args) != len(specs):
+        raise InputError(f"the model takes {len(specs)} input(s) {names}, got {len(args)}")
+    arrays = []
+    for spec, value in zip(specs, args):
+        arr = np.asarray(value)
+        want = tuple(spec["shape"])
+        if arr.shape != want:
+            raise InputError(f"input {spec['name']!r} has shape {list(arr.shape)}, "
+                             f"expected {list(want)}")
+        if arr.dtype != np.dtype(spec["dtype"]):
+            raise InputError(f"input {spec['name']!r} has dtype {arr.dtype}, expected {spec['dtype']}")
+        arrays.append(np.ascontiguousarray(arr))
+    return arrays
+
+
+def flatten_outputs(result) -> list:
+    """VM results (tensor, or nested tuples of tensors) -> flat list of numpy arrays."""
+    if hasattr(result, "numpy"):
+        return [result.numpy()]
+    out = []
+    for item in result:
+        out += flatten_outputs(item)
+    return out
+
+
+class Model:
+    """A loaded artifact. Call it with arrays (positional, dict, or keywords)."""
+
+    def __init__(self, path: str, manifest: dict, vm):
+        self.path, self.manifest, self._vm = path, manifest, vm
+
+    @property
+    def input_names(self) -> list:
+        return [s["name"] for s in self.manifest["inputs"]]
+
+    def __call__(self, *args, **kwargs) -> list:
+        arrays = check_inputs(self.manifest, args, kwargs)
+        out = self._vm["main"](*[tensor(a) for a in arrays])
+        return flatten_outputs(out)
+
+    def time(self, *args, repeat: int = 20, number: int = 1, warmup: int = 3, **kwargs) -> np.ndarray:
+        """Per-run latencies in seconds (``repeat`` samples, each averaged over ``number``)."""
+        arrays = [tensor(a) for a in check_inputs(self.manifest, args, kwargs)]
+        for _ in range(warmup):
+            self._vm["main"](*arrays)
+        samples = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            for _ in range(number):
+                self._vm["main"](*arrays)
+            samples.append((time.perf_counter() - t0) / number)
+        return np.asarray(samples)
+
+
+def load(path: str) -> Model:
+    """Load ``path`` (.so) with its manifest, after checking it can run here."""
+    manifest = read_manifest(path)
+    arch = elf_machine(path)
+    here = host_arch()
+    if arch != here:
+        raise ArtifactError(f"{path} was built for {arch} (target {manifest['target']['name']}); "
+                            f"this machine is {here}: run it on the board over RPC, e.g. "
+                            "'edgec bench --tracker HOST:PORT --key KEY'")
+    try:
+        lib = tvm.runtime.load_module(path)
+    except Exception as e:
+        raise ArtifactError(f"cannot load {path}: {str(e).strip().splitlines()[-1]}") from e
+    return Model(path, manifest, VirtualMachine(lib, tvm.cpu()))
