@@ -1,0 +1,56 @@
+"""Peer engines for benchmarks: PyTorch eager and ONNX Runtime, set up like edgec (batch 1)."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import torch
+
+
+def torch_eager(model, inputs, threads: int | None = None):
+    """A no-arg callable running ``model`` eagerly under no_grad."""
+    if threads:
+        torch.set_num_threads(threads)
+    model = model.eval()
+    tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in inputs]
+
+    def run():
+        with torch.no_grad():
+            return model(*tensors)
+    return run
+
+
+def export_onnx(model, inputs, path: str | None = None) -> str:
+    """Export with the legacy exporter (opset 17); returns the .onnx path."""
+    if path is None:
+        fd, path = tempfile.mkstemp(suffix=".onnx")
+        os.close(fd)
+    names = [f"input{i}" for i in range(len(inputs))]
+    torch.onnx.export(model.eval(), tuple(torch.from_numpy(a) for a in inputs), path,
+                      input_names=names, opset_version=17, dynamo=False)
+    return path
+
+
+def onnxruntime_session(onnx_path: str, inputs, threads: int | None = None):
+    """A no-arg callable running the model in ONNX Runtime (CPU EP, full graph optimisation)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
+    feed = {i.name: a for i, a in zip(sess.get_inputs(), inputs)}
+    return lambda: sess.run(None, feed)
+
+
+def edgec_runner(so_path: str, inputs):
+    """A no-arg callable running a compiled edgec artifact (inputs converted once)."""
+    from edgec.compiler.runtime import check_inputs, load
+    from edgec.compiler.tvm_compat import tensor
+
+    model = load(so_path)
+    args = [tensor(a) for a in check_inputs(model.manifest, tuple(inputs), {})]
+    fn = model._vm["main"]
+    return lambda: fn(*args)
