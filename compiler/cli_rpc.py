@@ -1,0 +1,157 @@
+"""Board subcommands: ``edgec rpc tracker|server|status|emulate`` and ``edgec bench``."""
+from __future__ import annotations
+
+import signal
+import sys
+
+from edgec.compiler.cli import command, emit
+from edgec.compiler.errors import EdgecError
+
+
+def _say(args, text: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(text, file=sys.stderr, flush=True)
+
+
+def _serve_forever(args, proc, what: str) -> int:
+    """Keep a started tracker/server in the foreground until Ctrl-C or SIGTERM."""
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    emit(args, {"kind": proc.kind, "pid": proc.pid, "port": proc.port, "log": proc.log,
+                **proc.extra}, f"{what} (pid {proc.pid}, log {proc.log}); Ctrl-C stops it")
+    try:
+        code = proc.popen.wait()
+        raise EdgecError(f"{proc.kind} exited with code {code}; see {proc.log}")
+    except KeyboardInterrupt:
+        proc.stop()
+        _say(args, f"stopped the {proc.kind}")
+        return 0
+
+
+def cmd_rpc(args):
+    return args.rpc_func(args)
+
+
+def _tracker(args):
+    from edgec.compiler.rpc import bind_warning, start_tracker
+
+    if bind_warning(args.host):
+        _say(args, bind_warning(args.host).replace("RPC server", "RPC tracker"))
+    proc = start_tracker(args.port, args.host)
+    return _serve_forever(args, proc, f"RPC tracker listening on {args.host}:{proc.port}")
+
+
+def _server(args):
+    from edgec.compiler.rpc import bind_warning, start_server
+
+    warning = bind_warning(args.host)
+    if warning:  # loud on purpose: the server executes whatever it is sent
+        print(f"\n{'!' * 78}\n{warning}\n{'!' * 78}\n", file=sys.stderr, flush=True)
+    if args.key and not args.tracker:
+        raise EdgecError("--key only makes sense with --tracker HOST:PORT")
+    proc = start_server(args.port, args.host, args.tracker, args.key)
+    via = f", registered as {args.key!r} at tracker {args.tracker}" if args.tracker else ""
+    return _serve_forever(args, proc, f"RPC server listening on {args.host}:{proc.port}{via}")
+
+
+def _status(args):
+    from edgec.compiler.rpc import tracker_status
+
+    status = tracker_status(args.tracker, args.timeout)
+    lines = [f"tracker {args.tracker}: {len(status)} key(s)"]
+    for key, s in sorted(status.items()):
+        servers = ", ".join(f"{x['host']}:{x['port']}" for x in s["servers"]) or "-"
+        lines.append(f"  {key:<16} {s['total']} server(s), {s['free']} free, "
+                     f"{s['total'] - s['free']} busy, {s['pending']} queued  [{servers}]")
+    emit(args, {"tracker": args.tracker, "keys": status}, "\n".join(lines))
+
+
+def _emulate(args):
+    from edgec.compiler import board
+
+    root = args.dir or board.default_dir()
+    info = board.prepare(root, quiet=args.quiet)
+    _say(args, f"emulated aarch64 board in {root} ({info['tvm']}); {board.EMULATION_NOTE}")
+    if args.prepare_only:
+        emit(args, info, f"prepared {root}")
+        return 0
+    proc = board.start(root, args.port, tracker=args.tracker, key=args.key)
+    via = f", registered as {args.key!r} at tracker {args.tracker}" if args.tracker else ""
+    return _serve_forever(args, proc, f"emulated aarch64 RPC server on 127.0.0.1:{proc.port}{via}")
+
+
+def _rpc_flags(p):
+    sub = p.add_subparsers(dest="rpc_command", metavar="ACTION", required=True,
+                           parser_class=type(p))
+    t = sub.add_parser("tracker", help="run TVM's RPC tracker (boards register with it)")
+    t.add_argument("--port", type=int, default=9190)
+    t.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    t.set_defaults(rpc_func=_tracker)
+    s = sub.add_parser("server", help="run a TVM RPC server on this machine (it runs ANY code sent)")
+    s.add_argument("--tracker", metavar="HOST:PORT", help="register with this tracker")
+    s.add_argument("--key", help="device key to register under (e.g. rpi4); needs --tracker")
+    s.add_argument("--port", type=int, default=9090)
+    s.add_argument("--host", default="127.0.0.1",
+                   help="bind address (default 127.0.0.1; anything else is reachable from the network)")
+    s.set_defaults(rpc_func=_server)
+    st = sub.add_parser("status", help="keys and free/busy servers at a tracker")
+    st.add_argument("--tracker", metavar="HOST:PORT", required=True)
+    st.add_argument("--timeout", type=float, default=10.0)
+    st.set_defaults(rpc_func=_status)
+    e = sub.add_parser("emulate", help="an emulated aarch64 board (qemu-user) serving RPC on 127.0.0.1")
+    e.add_argument("--dir", help="rootfs folder (default ~/.cache/edgec/board-aarch64)")
+    e.add_argument("--port", type=int, default=9095)
+    e.add_argument("--tracker", metavar="HOST:PORT", help="register with this tracker")
+    e.add_argument("--key", default="aarch64-emulated", help="key when registering with a tracker")
+    e.add_argument("--prepare-only", action="store_true", help="build the rootfs, do not serve")
+    e.set_defaults(rpc_func=_emulate)
+    for sp in (t, s, st, e):
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+        sp.add_argument("--quiet", action="store_true", help="print less")
+
+
+cmd_rpc.configure = _rpc_flags
+command("rpc", "TVM RPC: tracker, server, status, emulated aarch64 board")(cmd_rpc)
+
+
+@command("bench", "latency statistics of a compiled .so, here or on a board over RPC")
+def cmd_bench(args):
+    from edgec.compiler.artifact import read_manifest, write_json_atomic
+    from edgec.compiler.bench import BenchConfig, benchmark, format_report
+    from edgec.compiler.rpc_session import connect
+
+    config = BenchConfig(args.repeat, args.number, args.warmup, args.timeout)
+    paths = [args.model] + ([args.compare] if args.compare else [])
+    manifests = [read_manifest(p) for p in paths]  # fail on a missing manifest before connecting
+    key = args.key
+    if args.tracker and not key:
+        from edgec.targets import get_target
+
+        key = get_target(manifests[0]["target"]["name"]).rpc_key
+        _say(args, f"using key {key!r} (the rpc_key of target {manifests[0]['target']['name']})")
+    session = connect(args.rpc, args.tracker, key, args.timeout, progress=lambda m: _say(args, m))
+    try:
+        report = benchmark(session, paths, config, quiet=args.quiet or args.json)
+    finally:
+        session.close()
+    if args.save:
+        write_json_atomic(args.save, report)
+    emit(args, report, format_report(report))
+
+
+def _bench_flags(p):
+    p.add_argument("model", help="compiled model.so (model.json beside it)")
+    p.add_argument("--rpc", metavar="HOST:PORT", help="an RPC server to run on directly")
+    p.add_argument("--tracker", metavar="HOST:PORT", help="an RPC tracker to get a board from")
+    p.add_argument("--key", help="board key at the tracker (default: the target's rpc_key)")
+    p.add_argument("--repeat", type=int, default=20, help="samples (default 20)")
+    p.add_argument("--number", type=int, default=5, help="runs averaged per sample (default 5)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+    p.add_argument("--compare", metavar="OTHER.so", help="time a second artifact interleaved")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for a tracker, a free server or any one RPC step")
+    p.add_argument("--save", metavar="FILE.json", help="also write the report (atomically)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+cmd_bench.configure = _bench_flags

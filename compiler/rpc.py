@@ -1,0 +1,313 @@
+"""TVM RPC for edgec: start trackers and servers, connect with bounded timeouts.
+
+TVM's own client helpers retry for 60 s and its tracker request waits forever for a
+free server; here every network step has a deadline and fails with one clear line.
+Processes we start run in their own process group, so ``stop()`` ends the server
+and the per-session children that hold its socket, and reaps them (no zombies).
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+
+from edgec.compiler.errors import EdgecError
+
+TRACKER_MAGIC = 0x2F271  # tvm.rpc.base.RPC_TRACKER_MAGIC
+REQUEST, SUMMARY, SUCCESS = 4, 6, 0  # tvm.rpc.base.TrackerCode
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+EXEC_ARCH = {62: "x86_64", 183: "aarch64", 40: "arm"}
+UNSAFE_BIND = ("WARNING: this RPC server listens on {host}, not on 127.0.0.1. A TVM RPC server "
+               "runs ANY code a client sends it: bind it only on a trusted, private network.")
+
+
+class RpcError(EdgecError):
+    """A tracker or server could not be reached, or failed during a session."""
+
+
+def parse_addr(text: str, what: str = "address") -> tuple[str, int]:
+    """``host:port`` -> (host, port)."""
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise RpcError(f"bad {what} {text!r}; expected HOST:PORT, e.g. 127.0.0.1:9190")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_warning(host: str) -> str | None:
+    """The loud warning for a server bound beyond this machine (None on loopback)."""
+    return None if is_loopback(host) else UNSAFE_BIND.format(host=host)
+
+
+@dataclass
+class Process:
+    """A tracker or server we started, in its own process group; its log in ``log``."""
+
+    popen: subprocess.Popen
+    port: int
+    log: str
+    kind: str = "server"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self, grace: float = 3.0) -> None:
+        """End the whole process group (TERM, then KILL) and reap the leader."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.popen.wait(grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        self.popen.wait()
+        _wait_group_gone(self.popen.pid, grace)
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    """Children reparented to init vanish once it reaps them; wait for that briefly."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and group_members(pgid):
+        time.sleep(0.05)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) pids in process group ``pgid``; zombies are listed as negative."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            found.append(-int(entry) if fields[0] == "Z" else int(entry))
+    return found
+
+
+def spawn(cmd: list, port: int, kind: str, env=None, ready=None, timeout: float = 60) -> Process:
+    """Start ``cmd`` in a new session; wait until its log says it bound ``port``."""
+    fd, log = tempfile.mkstemp(prefix=f"edgec-{kind}-", suffix=".log")
+    with os.fdopen(fd, "w") as out:
+        popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True, env=env)
+    proc = Process(popen, port, log, kind)
+    deadline = time.monotonic() + timeout
+    pattern = re.compile(r"bind to \S+:(\d+)")
+    while time.monotonic() < deadline:
+        match = pattern.search(proc.log_text())
+        if match and (ready is None or ready(proc)):
+            proc.port = int(match.group(1))
+            return proc
+        if not proc.alive():
+            tail = proc.log_text().strip().splitlines()[-1:] or ["(no output)"]
+            raise RpcError(f"{kind} exited at start (code {popen.returncode}): {tail[0]}")
+        time.sleep(0.1)
+    proc.stop()
+    raise RpcError(f"{kind} did not start listening on port {port} within {timeout:.0f}s; "
+                   f"see {log}")
+
+
+def start_tracker(port: int = 9190, host: str = "127.0.0.1", timeout: float = 60) -> Process:
+    """Start TVM's tracker on exactly ``host:port``."""
+    cmd = [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", host, "--port", str(port),
+           "--port-end", str(port + 1)]
+    return spawn(cmd, port, "tracker", timeout=timeout)
+
+
+def server_args(port: int, host: str, tracker: str | None, key: str | None) -> list:
+    """Arguments of ``tvm.exec.rpc_server`` (one port, optional tracker registration)."""
+    args = ["--host", host, "--port", str(port), "--port-end", str(port + 1)]
+    if tracker:
+        parse_addr(tracker, "tracker address")
+        if not key:
+            raise RpcError("a server registering with a tracker needs --key (e.g. rpi4)")
+        args += ["--tracker", tracker, "--key", key]
+    return args
+
+
+def start_server(port: int = 9090, host: str = "127.0.0.1", tracker: str | None = None,
+                 key: str | None = None, prefix=None, env=None, timeout: float = 60) -> Process:
+    """Start TVM's RPC server (``prefix``: e.g. a chroot for an emulated board).
+
+    With a tracker, returns once the tracker lists the server under ``key``.
+    """
+    python = prefix or [sys.executable]
+    cmd = [*python, "-m", "tvm.exec.rpc_server", *server_args(port, host, tracker, key)]
+    ready = None
+    if tracker:
+        def ready(proc):
+            info = tracker_status(tracker, timeout=5)
+            return any(s["port"] == proc.port or s["port"] == port
+                       for s in info.get(key, {}).get("servers", []))
+    proc = spawn(cmd, port, "server", env=env, ready=ready, timeout=timeout)
+    proc.extra.update(host=host, tracker=tracker, key=key)
+    return proc
+
+
+def _tracker_socket(addr: str, timeout: float) -> socket.socket:
+    host, port = parse_addr(addr, "tracker address")
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.sendall(struct.pack("<i", TRACKER_MAGIC))
+        magic = struct.unpack("<i", _recv(sock, 4))[0]
+    except socket.timeout as e:
+        raise RpcError(f"tracker {addr} did not answer within {timeout:g}s") from e
+    except OSError as e:
+        raise RpcError(f"cannot reach the RPC tracker at {addr}: {e.strerror or e}; "
+                       "is 'edgec rpc tracker' running there?") from e
+    if magic != TRACKER_MAGIC:
+        sock.close()
+        raise RpcError(f"{addr} answered, but it is not a TVM RPC tracker")
+    return sock
+
+
+def _recv(sock, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionResetError("connection closed by peer")
+        data += chunk
+    return data
+
+
+def _send_json(sock, data) -> None:
+    raw = json.dumps(data).encode()
+    sock.sendall(struct.pack("<i", len(raw)) + raw)
+
+
+def _recv_json(sock):
+    (size,) = struct.unpack("<i", _recv(sock, 4))
+    return json.loads(_recv(sock, size).decode())
+
+
+def tracker_status(addr: str, timeout: float = 10) -> dict:
+    """{key: {"total", "free", "pending", "servers": [{"host", "port"}]}} from the tracker."""
+    with _tracker_socket(addr, timeout) as sock:
+        try:
+            _send_json(sock, [SUMMARY])
+            reply = _recv_json(sock)
+        except OSError as e:
+            raise RpcError(f"tracker {addr} failed to answer a status query: {e}") from e
+    if reply[0] != SUCCESS:
+        raise RpcError(f"tracker {addr} refused a status query: {reply}")
+    status = {}
+    for info in reply[1]["server_info"]:
+        key = info["key"].split(":", 1)[1]
+        entry = status.setdefault(key, {"total": 0, "free": 0, "pending": 0, "servers": []})
+        entry["total"] += 1
+        entry["servers"].append({"host": info["addr"][0], "port": info["addr"][1]})
+    for key, queue in reply[1]["queue_info"].items():
+        if key in status or queue["pending"]:
+            entry = status.setdefault(key, {"total": 0, "free": 0, "pending": 0, "servers": []})
+            entry.update(free=queue["free"], pending=queue["pending"])
+    return status
+
+
+def request_server(addr: str, key: str, timeout: float, progress=None) -> tuple[str, int, str]:
+    """Ask the tracker for a free ``key`` server; wait up to ``timeout`` s if all are busy.
+
+    Returns (host, port, matchkey). Unknown keys fail at once, listing the known ones.
+    """
+    status = tracker_status(addr, timeout)
+    if not status.get(key, {}).get("total"):
+        known = ", ".join(f"{k} ({v['total']} server(s))" for k, v in sorted(status.items())
+                          if v["total"]) or "none"
+        raise RpcError(f"no server is registered under key {key!r} at tracker {addr}; "
+                       f"keys there: {known}")
+    start = time.monotonic()
+    with _tracker_socket(addr, timeout) as sock:
+        _send_json(sock, [REQUEST, key, "", 1])
+        while True:
+            waited = time.monotonic() - start
+            if waited >= timeout:
+                raise RpcError(f"all {status[key]['total']} {key!r} server(s) at {addr} stayed "
+                               f"busy for {timeout:g}s (--timeout); try again later or add servers")
+            sock.settimeout(min(5.0, timeout - waited))
+            try:
+                reply = _recv_json(sock)
+                break
+            except socket.timeout:
+                if progress:
+                    status = tracker_status(addr, timeout) or status
+                    s = status.get(key, {"total": 0, "free": 0, "pending": 0})
+                    progress(f"waiting for a free {key!r} server at {addr}: {s['total']} "
+                             f"registered, {s['free']} free, {s['pending']} request(s) queued "
+                             f"({time.monotonic() - start:.0f}s of {timeout:g}s)")
+            except OSError as e:
+                raise RpcError(f"tracker {addr} dropped the request for {key!r}: {e}") from e
+    if reply[0] != SUCCESS:
+        raise RpcError(f"tracker {addr} refused the request for {key!r}: {reply}")
+    host, port, matchkey = reply[1]
+    return host, int(port), matchkey
+
+
+class Bounded:
+    """Runs calls on one worker thread and gives up after ``timeout`` seconds.
+
+    TVM's C++ client blocks (with the GIL released) on a silent peer; the caller
+    must not. A call that timed out leaves its thread behind, never the caller.
+    """
+
+    def __init__(self, timeout: float, where: str):
+        self.timeout, self.where = timeout, where
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="edgec-rpc")
+
+    def __call__(self, what: str, fn, *args, timeout: float | None = None):
+        future = self._pool.submit(fn, *args)
+        limit = self.timeout if timeout is None else timeout
+        try:
+            return future.result(limit)
+        except FutureTimeout:
+            self._pool.shutdown(wait=False)
+            raise RpcError(f"{self.where} did not answer within {limit:g}s while {what} "
+                           "(--timeout)") from None
+        except RpcError:
+            raise
+        except Exception as e:  # TVM raises RPCError/InternalError/OSError subclasses
+            raise RpcError(f"{self.where} failed while {what}: {last_line(e)}") from e
+
+    def close(self):
+        self._pool.shutdown(wait=False)
+
+
+def last_line(error) -> str:
+    lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(error).__name__

@@ -1,0 +1,110 @@
+"""An RPC session to a board (direct or via a tracker) or to this machine.
+
+Local runs use TVM's ``LocalSession``: the same upload / load / VM / timer calls as
+a remote board, so ``edgec bench`` has one code path. The remote architecture is
+asked before anything is uploaded.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from edgec.compiler.rpc import Bounded, RpcError, is_loopback, parse_addr, request_server
+from edgec.compiler.runtime import host_arch
+
+EMULATED_NOTE = ("EMULATED board (qemu-user on this machine): timings are meaningless, "
+                 "only outputs count")
+TRIPLE_ARCH = {"x86_64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+ELF_ARCH = {62: "x86_64", 183: "aarch64", 40: "arm"}
+
+
+@dataclass
+class Session:
+    """A live session: ``sess`` is a TVM RPCSession; every call goes through ``call``."""
+
+    sess: object
+    where: str
+    host: str | None
+    call: Bounded
+    arch: str = "unknown"
+    arch_source: str = ""
+    modules: dict = field(default_factory=dict)  # library digest -> loaded module
+
+    @property
+    def emulated(self) -> bool:
+        """A foreign architecture answering on loopback can only be an emulator."""
+        return self.host is not None and is_loopback(self.host) and self.arch not in (
+            host_arch(), "unknown")
+
+    def describe(self) -> dict:
+        info = {"where": self.where, "arch": self.arch, "arch_source": self.arch_source,
+                "emulated": self.emulated}
+        if self.emulated:
+            info["note"] = EMULATED_NOTE
+        return info
+
+    def close(self) -> None:
+        self.modules.clear()
+        self.sess = None  # TVM closes the socket when the session object is freed
+        self.call.close()
+
+
+def connect(rpc: str | None = None, tracker: str | None = None, key: str | None = None,
+            timeout: float = 30, progress=None) -> Session:
+    """Open a session: ``rpc`` HOST:PORT, or ``tracker`` HOST:PORT with ``key``, or local."""
+    from edgec.compiler.tvm_compat import rpc as tvm_rpc
+
+    if rpc and tracker:
+        raise RpcError("give either --rpc HOST:PORT or --tracker HOST:PORT --key KEY, not both")
+    if tracker:
+        if not key:
+            raise RpcError("--tracker needs --key (the key the board registered with, e.g. rpi4)")
+        host, port, matchkey = request_server(tracker, key, timeout, progress)
+        where = f"{host}:{port} (key {key!r} via tracker {tracker})"
+    elif rpc:
+        (host, port), matchkey = parse_addr(rpc, "server address"), ""
+        where = f"{host}:{port}"
+    else:
+        import logging
+
+        logging.getLogger("RPCServer").setLevel(logging.WARNING)  # quiet LocalSession loads
+        call = Bounded(timeout, "this machine")
+        session = Session(tvm_rpc().LocalSession(), "local", None, call, host_arch(), "local")
+        return session
+    call = Bounded(timeout, f"RPC server {where}")
+    try:
+        sess = call("connecting", tvm_rpc().connect, host, port, matchkey)
+    except RpcError as e:
+        if "did not answer" in str(e):
+            raise
+        raise RpcError(f"cannot reach the RPC server at {where} ({str(e).rsplit(': ', 1)[-1]}); "
+                       "is 'edgec rpc server' running there?") from e
+    session = Session(sess, where, host, call)
+    session.arch, session.arch_source = remote_arch(session)
+    return session
+
+
+def remote_arch(session: Session) -> tuple[str, str]:
+    """(arch, how it was found): LLVM's process triple when the server has the compiler
+    library, otherwise the ELF header of the server's own executable (/proc/self/exe,
+    which qemu-user maps to the emulated program)."""
+    sess, call = session.sess, session.call
+    try:
+        triple = call("asking its target triple",
+                      lambda: sess.get_function("target.llvm_get_system_triple")())
+        arch = TRIPLE_ARCH.get(str(triple).split("-")[0])
+        if arch:
+            return arch, f"llvm triple {triple}"
+    except RpcError:
+        pass  # runtime-only servers (boards) have no LLVM
+    try:
+        head = bytes(call("reading its executable's ELF header",
+                          lambda: sess.download("/proc/self/exe")[:20]))
+    except RpcError as e:
+        if "did not answer" in str(e):
+            raise
+        return "unknown", f"not found ({e})"
+    if len(head) == 20 and head[:4] == b"\x7fELF":
+        (machine,) = struct.unpack("<H" if head[5] == 1 else ">H", head[18:20])
+        return ELF_ARCH.get(machine, f"elf-machine-{machine}"), "ELF header of /proc/self/exe"
+    return "unknown", "server executable is not ELF"

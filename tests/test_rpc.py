@@ -1,0 +1,235 @@
+"""TVM RPC on 127.0.0.1: a real tracker and real servers started here, stopped by pid.
+
+Covers remote == local outputs, benchmark statistics (local and remote share one
+path), scale-out over two servers under one key, and every fault with a deadline.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgec.compiler import compile, load, rpc
+from edgec.compiler.bench import BenchConfig, RemoteModel, benchmark, statistics
+from edgec.compiler.cli import main, parser
+from edgec.compiler.errors import ArtifactError, EdgecError
+from edgec.compiler.rpc import RpcError, bind_warning, group_members
+from edgec.compiler.rpc_session import connect
+
+KEY = "edgec-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """A tiny MLP built for this machine and for aarch64, plus an input."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    x = torch.randn(2, 16)
+    folder = tmp_path_factory.mktemp("rpc")
+    host, arm = str(folder / "mlp.so"), str(folder / "mlp_arm.so")
+    compile(model, (x,), target="host", output=host)
+    compile(model, (x,), target="aarch64", output=arm)
+    return {"host": host, "arm": arm, "x": x.numpy(), "folder": folder}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A tracker with two servers under KEY, and one standalone server."""
+    procs = []
+    try:
+        tracker = rpc.start_tracker(free_port())
+        procs.append(tracker)
+        addr = f"127.0.0.1:{tracker.port}"
+        for _ in range(2):
+            procs.append(rpc.start_server(free_port(), tracker=addr, key=KEY))
+        direct = rpc.start_server(free_port())
+        procs.append(direct)
+        yield {"tracker": addr, "direct": f"127.0.0.1:{direct.port}", "direct_proc": direct,
+               "servers": procs[1:3]}
+    finally:
+        for p in procs:
+            p.stop()
+    assert all(group_members(p.pid) == [] for p in procs)  # nothing left, not even zombies
+
+
+def test_remote_outputs_equal_local(cluster, artifacts):
+    local = load(artifacts["host"])(artifacts["x"])[0]
+    session = connect(tracker=cluster["tracker"], key=KEY, timeout=30)
+    try:
+        assert session.arch == "x86_64" and not session.emulated
+        remote = RemoteModel(session, artifacts["host"])(artifacts["x"])[0]
+    finally:
+        session.close()
+    np.testing.assert_array_equal(remote, local)
+
+
+def test_bench_statistics_remote_and_local(cluster, artifacts):
+    config = BenchConfig(repeat=5, number=2, warmup=1, timeout=30)
+    for where in (cluster["direct"], None):  # the same code path, with and without RPC
+        session = connect(rpc=where, timeout=30)
+        try:
+            report = benchmark(session, [artifacts["host"]], config, quiet=True)
+        finally:
+            session.close()
+        s = report["models"][0]["stats"]
+        assert report["device"]["where"] == (where or "local") and report["timing_valid"]
+        assert s["samples"] == 5 and s["batch"] == 2 and s["std_ms"] >= 0
+        assert 0 < s["min_ms"] <= s["median_ms"] <= s["max_ms"]
+        assert s["min_ms"] <= s["p95_ms"] <= s["max_ms"] and s["min_ms"] <= s["mean_ms"] <= s["max_ms"]
+        assert s["throughput_per_s"] == pytest.approx(2 * 1e3 / s["mean_ms"])
+
+
+def test_statistics_values():
+    s = statistics([0.001, 0.002, 0.003, 0.004], batch=4)
+    assert s["median_ms"] == pytest.approx(2.5) and s["mean_ms"] == pytest.approx(2.5)
+    assert s["min_ms"] == pytest.approx(1) and s["max_ms"] == pytest.approx(4)
+    assert s["p95_ms"] == pytest.approx(3.85) and s["throughput_per_s"] == pytest.approx(1600)
+
+
+def test_cli_bench_compare_json_and_save(cluster, artifacts, capsys):
+    save = artifacts["folder"] / "report.json"
+    rc = main(["bench", artifacts["host"], "--rpc", cluster["direct"], "--compare", artifacts["host"],
+               "--repeat", "3", "--number", "1", "--warmup", "1", "--json", "--save", str(save)])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["models"]) == 2 and report["ratio_other_over_model"] > 0
+    assert json.loads(save.read_text())["models"][0]["stats"]["samples"] == 3
+
+
+def test_two_servers_under_one_key_share_runs(cluster, artifacts):
+    """Two clients at once get the two different servers of one key from the tracker."""
+    barrier, reports, errors = threading.Barrier(2, timeout=60), [], []
+
+    def client():
+        try:
+            session = connect(tracker=cluster["tracker"], key=KEY, timeout=30)
+            barrier.wait()  # both hold a server now: the tracker had to hand out both
+            reports.append(benchmark(session, [artifacts["host"]], BenchConfig(3, 1, 1), quiet=True))
+            session.close()
+        except Exception as e:  # reported below; a thread must not swallow it
+            errors.append(e)
+            barrier.abort()
+    threads = [threading.Thread(target=client) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    used = {r["device"]["where"].split()[0] for r in reports}
+    assert used == {f"127.0.0.1:{p.port}" for p in cluster["servers"]}
+
+
+def test_busy_tracker_waits_with_progress_then_times_out(cluster):
+    held = [connect(tracker=cluster["tracker"], key=KEY, timeout=30) for _ in range(2)]
+    messages = []
+    try:
+        start = time.monotonic()
+        with pytest.raises(RpcError, match="stayed busy for 6s"):
+            connect(tracker=cluster["tracker"], key=KEY, timeout=6, progress=messages.append)
+        assert 6 <= time.monotonic() - start < 20
+        assert messages and "waiting for a free 'edgec-test' server" in messages[0]
+        assert "2 registered, 0 free" in messages[0]
+        # a server freed while we wait is taken: the wait is real, not a fixed sleep
+        threading.Timer(6, held.pop().close).start()
+        session = connect(tracker=cluster["tracker"], key=KEY, timeout=60, progress=messages.append)
+        session.close()
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_unknown_key_lists_known_keys(cluster):
+    with pytest.raises(RpcError, match=r"under key 'rpi9'.*keys there: edgec-test \(2 server"):
+        connect(tracker=cluster["tracker"], key="rpi9", timeout=10)
+
+
+@pytest.mark.parametrize("kind", ["tracker", "rpc"])
+def test_unreachable_and_silent_peers_fail_within_timeout(kind):
+    start = time.monotonic()
+    with pytest.raises(RpcError, match="cannot reach|refused|failed while connecting"):
+        connect(**{kind: f"127.0.0.1:{free_port()}"}, key="k", timeout=3)
+    assert time.monotonic() - start < 5
+    with socket.socket() as silent:  # accepts TCP, never answers: must not hang us
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        start = time.monotonic()
+        with pytest.raises(RpcError, match="did not answer within 2s"):
+            connect(**{kind: f"127.0.0.1:{silent.getsockname()[1]}"}, key="k", timeout=2)
+        assert time.monotonic() - start < 6
+
+
+def test_foreign_arch_refused_before_upload(cluster, artifacts):
+    loads = cluster["direct_proc"].log_text().count("load_module")
+    session = connect(rpc=cluster["direct"], timeout=30)
+    try:
+        with pytest.raises(ArtifactError, match="refused before upload: .*mlp_arm.so is aarch64 "
+                                                ".* is x86_64"):
+            benchmark(session, [artifacts["host"], artifacts["arm"]], BenchConfig(2, 1, 0))
+    finally:
+        session.close()
+    assert cluster["direct_proc"].log_text().count("load_module") == loads  # nothing loaded
+
+
+def test_server_killed_mid_benchmark(artifacts):
+    server = rpc.start_server(free_port())
+    save = artifacts["folder"] / "killed.json"
+    cmd = [sys.executable, "-m", "edgec.compiler.cli", "bench", artifacts["host"], "--rpc",
+           f"127.0.0.1:{server.port}", "--repeat", "1000000", "--number", "50", "--timeout", "30",
+           "--save", str(save), "--quiet"]
+    bench = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "load_module" not in server.log_text() and time.monotonic() < deadline:
+            assert bench.poll() is None, bench.communicate()
+            time.sleep(0.2)
+        time.sleep(1)  # inside the sample loop now
+        os.killpg(server.pid, signal.SIGKILL)  # the board dies
+        _, err = bench.communicate(timeout=40)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+        server.stop()
+    assert bench.returncode == 2, err
+    assert f"edgec: error: RPC server 127.0.0.1:{server.port} failed while" in err
+    assert "Traceback" not in err
+    assert not save.exists() and not list(artifacts["folder"].glob(".edgec-*"))
+    assert group_members(server.pid) == []
+
+
+def test_server_binds_loopback_by_default_and_warns_otherwise():
+    args = parser().parse_args(["rpc", "server"])
+    assert args.host == "127.0.0.1" and bind_warning(args.host) is None
+    assert "runs ANY code" in bind_warning("0.0.0.0")
+    assert bind_warning("::1") is None and bind_warning("localhost") is None
+
+
+def test_rpc_status_cli(cluster, capsys):
+    assert main(["rpc", "status", "--tracker", cluster["tracker"], "--json"]) == 0
+    keys = json.loads(capsys.readouterr().out)["keys"]
+    assert keys[KEY]["total"] == 2 and len(keys[KEY]["servers"]) == 2
+
+
+def test_bad_arguments_are_one_line_errors(artifacts, capsys):
+    assert main(["bench", artifacts["host"], "--repeat", "0"]) == 2
+    assert main(["bench", artifacts["host"], "--rpc", "nohostport"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["edgec: error: --repeat must be a positive integer, got 0",
+                   "edgec: error: bad server address 'nohostport'; expected HOST:PORT, e.g. "
+                   "127.0.0.1:9190"]
+    with pytest.raises(EdgecError, match="either --rpc"):
+        connect(rpc="127.0.0.1:1", tracker="127.0.0.1:2", key="k")
