@@ -35,7 +35,8 @@ def _tracker(args):
     from edgec.compiler.rpc import bind_warning, start_tracker
 
     if bind_warning(args.host):
-        _say(args, bind_warning(args.host).replace("RPC server", "RPC tracker"))
+        print(f"WARNING: this RPC tracker listens on {args.host}: anyone who reaches it can "
+              "take its boards, which run any code they are sent", file=sys.stderr, flush=True)
     proc = start_tracker(args.port, args.host)
     return _serve_forever(args, proc, f"RPC tracker listening on {args.host}:{proc.port}")
 

@@ -1,0 +1,84 @@
+"""aarch64 end to end on the emulated board (qemu-user + Debian arm64 + TVM runtime).
+
+The rootfs is cached outside the checkout (``~/.cache/edgec/board-aarch64``, or
+``$EDGEC_BOARD_DIR``) and built once (~1-2 min) when missing. Needs root and
+qemu-user-static, binfmt-support, mmdebstrap (``.ci/run`` installs them).
+"""
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from edgec.compiler import board, compile
+from edgec.compiler.bench import BenchConfig, RemoteModel, benchmark, format_report
+from edgec.compiler.errors import ArtifactError
+from edgec.compiler.rpc import group_members
+from edgec.compiler.rpc_session import connect
+from edgec.compiler.zoo import mnist_cnn
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def emulated_board():
+    try:
+        board.check_host()
+    except board.BoardError as e:
+        if os.geteuid() != 0:
+            pytest.skip(str(e))  # CI runs as root with the tools installed: it never skips
+        raise
+    root = board.default_dir()
+    board.prepare(root)
+    proc = board.start(root, _free_port())
+    try:
+        yield proc
+    finally:
+        proc.stop()
+    assert group_members(proc.pid) == []
+
+
+def test_mnist_cnn_aarch64_matches_pytorch(emulated_board, tmp_path):
+    model = mnist_cnn(seed=0).eval()
+    x = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    so = str(tmp_path / "mnist_arm.so")
+    manifest = compile(model, (x,), target="aarch64", output=so)
+    assert manifest["arch"] == "aarch64"
+    with torch.no_grad():
+        expected = model(x).numpy()
+    session = connect(rpc=f"127.0.0.1:{emulated_board.port}", timeout=120)
+    try:
+        assert session.arch == "aarch64" and session.emulated  # from the server's own ELF
+        out = RemoteModel(session, so)(x.numpy())[0]
+        report = benchmark(session, [so], BenchConfig(repeat=2, number=1, warmup=1, timeout=120),
+                           quiet=True)
+    finally:
+        session.close()
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    assert report["device"]["emulated"] and not report["timing_valid"]
+    text = format_report(report)
+    latency_lines = [ln for ln in text.splitlines() if " ms" in ln]
+    assert latency_lines and all(ln.startswith("[EMULATED, meaningless]") for ln in latency_lines)
+    assert "timings are meaningless" in text
+
+
+def test_x86_artifact_refused_by_aarch64_board(emulated_board, tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4)).eval()
+    so = str(tmp_path / "x86.so")
+    compile(model, (torch.randn(1, 8),), target="host", output=so)
+    loads = emulated_board.log_text().count("load_module")
+    session = connect(rpc=f"127.0.0.1:{emulated_board.port}", timeout=120)
+    try:
+        with pytest.raises(ArtifactError, match=r"refused before upload: .*x86\.so is x86_64 .* "
+                                                r"is aarch64"):
+            RemoteModel(session, so)
+    finally:
+        session.close()
+    assert emulated_board.log_text().count("load_module") == loads
