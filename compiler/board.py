@@ -132,6 +132,10 @@ def start(root: str, port: int = 9095, tracker: str | None = None, key: str | No
     prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
               os.path.abspath(root)]
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "TVM_USE_RUNTIME_LIB": "1"}
-    proc = start_server(port, "127.0.0.1", tracker, key, prefix=prefix, env=env, timeout=timeout)
+    # runtime-only TVM skips libtvm_runtime_extra, which holds the random fill that
+    # MetaSchedule's RPC runner calls on the board: load it into every session
+    extra = ["--load-library", f"/{PY_SITE}/tvm/lib/libtvm_runtime_extra.so"]
+    proc = start_server(port, "127.0.0.1", tracker, key, prefix=prefix, env=env, timeout=timeout,
+                        extra=extra)
     proc.extra.update(emulated=True, rootfs=os.path.abspath(root), note=EMULATION_NOTE)
     return proc

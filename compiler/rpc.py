@@ -163,13 +163,15 @@ def server_args(port: int, host: str, tracker: str | None, key: str | None) -> l
 
 
 def start_server(port: int = 9090, host: str = "127.0.0.1", tracker: str | None = None,
-                 key: str | None = None, prefix=None, env=None, timeout: float = 60) -> Process:
-    """Start TVM's RPC server (``prefix``: e.g. a chroot for an emulated board).
+                 key: str | None = None, prefix=None, env=None, timeout: float = 60,
+                 extra=()) -> Process:
+    """Start TVM's RPC server (``prefix``: e.g. a chroot for an emulated board;
+    ``extra``: more ``tvm.exec.rpc_server`` flags).
 
     With a tracker, returns once the tracker lists the server under ``key``.
     """
     python = prefix or [sys.executable]
-    cmd = [*python, "-m", "tvm.exec.rpc_server", *server_args(port, host, tracker, key)]
+    cmd = [*python, "-m", "tvm.exec.rpc_server", *server_args(port, host, tracker, key), *extra]
     ready = None
     if tracker:
         def ready(proc):

@@ -27,14 +27,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def emulated_board():
+def _require_board_host():
     try:
         board.check_host()
     except board.BoardError as e:
         if os.geteuid() != 0:
             pytest.skip(str(e))  # CI runs as root with the tools installed: it never skips
         raise
+
+
+@pytest.fixture(scope="module")
+def emulated_board():
+    _require_board_host()
     root = board.default_dir()
     board.prepare(root)
     proc = board.start(root, _free_port())
@@ -82,3 +86,38 @@ def test_x86_artifact_refused_by_aarch64_board(emulated_board, tmp_path):
     finally:
         session.close()
     assert emulated_board.log_text().count("load_module") == loads
+
+
+def test_metaschedule_rpc_runner_measures_on_board_via_tracker(tmp_path):
+    """The tuning runner's path: tracker -> board key -> upload, random-fill args, time."""
+    from tvm import te
+
+    from edgec.compiler import rpc
+    from edgec.compiler.tvm_compat import cross_compiler, meta_schedule, tvm
+
+    _require_board_host()
+    ms = meta_schedule()
+    a = te.placeholder((64,), name="a")
+    func = te.create_prim_func([a, te.compute((64,), lambda i: a[i] + 1.0, name="b")])
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
+    so = str(tmp_path / "cand.so")
+    tvm.compile(tvm.IRModule({"main": func}), target=target).export_library(
+        so, fcompile=cross_compiler("aarch64-linux-gnu-g++"))
+    tracker = rpc.start_tracker(_free_port())
+    procs = [tracker]
+    try:
+        procs.append(board.start(board.default_dir(), _free_port(),
+                                 tracker=f"127.0.0.1:{tracker.port}", key="emulated-rpi"))
+        runner = ms.runner.RPCRunner(
+            rpc_config=ms.runner.RPCConfig(tracker_host="127.0.0.1", tracker_port=tracker.port,
+                                           tracker_key="emulated-rpi", session_timeout_sec=120),
+            evaluator_config=ms.runner.EvaluatorConfig(number=2, repeat=1, min_repeat_ms=0,
+                                                       enable_cpu_cache_flush=False),
+            max_workers=1)
+        inputs = [ms.runner.RunnerInput(so, "cpu", ms.arg_info.ArgInfo.from_prim_func(func))]
+        result = runner.run(inputs)[0].result()
+    finally:
+        for p in reversed(procs):
+            p.stop()
+    assert result.error_msg is None, result.error_msg
+    assert len(result.run_secs) == 1 and float(result.run_secs[0]) > 0
