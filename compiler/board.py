@@ -91,9 +91,21 @@ def prepare(root: str, quiet: bool = False) -> dict:
     partial = root.rstrip("/") + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(os.path.dirname(os.path.abspath(root)), exist_ok=True)
+    say = (lambda m: None) if quiet else (lambda m: print(f"board: {m}", file=sys.stderr, flush=True))
+    _build(partial, say)
+    info = {"board_version": BOARD_VERSION, "arch": "aarch64", "suite": SUITE,
+            "tvm": "apache-tvm 0.27.0.post1 (runtime only)", "wheels": WHEELS}
+    with open(os.path.join(partial, MARKER), "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2)
+    shutil.rmtree(root, ignore_errors=True)
+    os.replace(partial, root)
+    return info
+
+
+def _build(partial: str, say) -> None:
+    """Unpack Debian arm64, add the aarch64 wheels, make TVM runtime-only, byte-compile."""
     mirror = os.environ.get("EDGEC_DEBIAN_MIRROR", "http://deb.debian.org/debian")
     security = os.environ.get("EDGEC_DEBIAN_SECURITY", "http://deb.debian.org/debian-security")
-    say = (lambda m: None) if quiet else (lambda m: print(f"board: {m}", file=sys.stderr, flush=True))
     say(f"unpacking Debian {SUITE} arm64 (python3) into {partial}")
     _run(["mmdebstrap", "--arch=arm64", "--variant=extract", "--include=python3,libstdc++6",
           "--quiet", SUITE, partial, f"deb {mirror} {SUITE} main",
@@ -112,13 +124,6 @@ def prepare(root: str, quiet: bool = False) -> dict:
     _run([shutil.which("chroot"), partial, "/usr/bin/python3", "-m", "compileall", "-q", "-j0",
           "/usr/lib/python3.11", "/" + PY_SITE], "compileall under emulation",
          env={"PATH": "/usr/bin:/bin"})
-    info = {"board_version": BOARD_VERSION, "arch": "aarch64", "suite": SUITE,
-            "tvm": "apache-tvm 0.27.0.post1 (runtime only)", "wheels": WHEELS}
-    with open(os.path.join(partial, MARKER), "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2)
-    shutil.rmtree(root, ignore_errors=True)
-    os.replace(partial, root)
-    return info
 
 
 def start(root: str, port: int = 9095, tracker: str | None = None, key: str | None = None,

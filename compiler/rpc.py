@@ -18,8 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 from edgec.compiler.errors import EdgecError
@@ -27,7 +25,6 @@ from edgec.compiler.errors import EdgecError
 TRACKER_MAGIC = 0x2F271  # tvm.rpc.base.RPC_TRACKER_MAGIC
 REQUEST, SUMMARY, SUCCESS = 4, 6, 0  # tvm.rpc.base.TrackerCode
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-EXEC_ARCH = {62: "x86_64", 183: "aarch64", 40: "arm"}
 UNSAFE_BIND = ("WARNING: this RPC server listens on {host}, not on 127.0.0.1. A TVM RPC server "
                "runs ANY code a client sends it: bind it only on a trusted, private network.")
 
@@ -254,62 +251,31 @@ def request_server(addr: str, key: str, timeout: float, progress=None) -> tuple[
                           if v["total"]) or "none"
         raise RpcError(f"no server is registered under key {key!r} at tracker {addr}; "
                        f"keys there: {known}")
-    start = time.monotonic()
     with _tracker_socket(addr, timeout) as sock:
         _send_json(sock, [REQUEST, key, "", 1])
-        while True:
-            waited = time.monotonic() - start
-            if waited >= timeout:
-                raise RpcError(f"all {status[key]['total']} {key!r} server(s) at {addr} stayed "
-                               f"busy for {timeout:g}s (--timeout); try again later or add servers")
-            sock.settimeout(min(5.0, timeout - waited))
-            try:
-                reply = _recv_json(sock)
-                break
-            except socket.timeout:
-                if progress:
-                    status = tracker_status(addr, timeout) or status
-                    s = status.get(key, {"total": 0, "free": 0, "pending": 0})
-                    progress(f"waiting for a free {key!r} server at {addr}: {s['total']} "
-                             f"registered, {s['free']} free, {s['pending']} request(s) queued "
-                             f"({time.monotonic() - start:.0f}s of {timeout:g}s)")
-            except OSError as e:
-                raise RpcError(f"tracker {addr} dropped the request for {key!r}: {e}") from e
+        reply = _await_server(sock, addr, key, timeout, progress)
     if reply[0] != SUCCESS:
         raise RpcError(f"tracker {addr} refused the request for {key!r}: {reply}")
     host, port, matchkey = reply[1]
     return host, int(port), matchkey
 
 
-class Bounded:
-    """Runs calls on one worker thread and gives up after ``timeout`` seconds.
-
-    TVM's C++ client blocks (with the GIL released) on a silent peer; the caller
-    must not. A call that timed out leaves its thread behind, never the caller.
-    """
-
-    def __init__(self, timeout: float, where: str):
-        self.timeout, self.where = timeout, where
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="edgec-rpc")
-
-    def __call__(self, what: str, fn, *args, timeout: float | None = None):
-        future = self._pool.submit(fn, *args)
-        limit = self.timeout if timeout is None else timeout
+def _await_server(sock, addr: str, key: str, timeout: float, progress):
+    """The tracker answers a request only when a server is free: wait, report, give up."""
+    start = time.monotonic()
+    while True:
+        waited = time.monotonic() - start
+        if waited >= timeout:
+            raise RpcError(f"all {key!r} server(s) at {addr} stayed busy for {timeout:g}s "
+                           "(--timeout); try again later or add servers")
+        sock.settimeout(min(5.0, timeout - waited))
         try:
-            return future.result(limit)
-        except FutureTimeout:
-            self._pool.shutdown(wait=False)
-            raise RpcError(f"{self.where} did not answer within {limit:g}s while {what} "
-                           "(--timeout)") from None
-        except RpcError:
-            raise
-        except Exception as e:  # TVM raises RPCError/InternalError/OSError subclasses
-            raise RpcError(f"{self.where} failed while {what}: {last_line(e)}") from e
-
-    def close(self):
-        self._pool.shutdown(wait=False)
-
-
-def last_line(error) -> str:
-    lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else type(error).__name__
+            return _recv_json(sock)
+        except socket.timeout:
+            if progress:
+                s = tracker_status(addr, timeout).get(key, {"total": 0, "free": 0, "pending": 0})
+                progress(f"waiting for a free {key!r} server at {addr}: {s['total']} "
+                         f"registered, {s['free']} free, {s['pending']} request(s) queued "
+                         f"({time.monotonic() - start:.0f}s of {timeout:g}s)")
+        except OSError as e:
+            raise RpcError(f"tracker {addr} dropped the request for {key!r}: {e}") from e

@@ -7,15 +7,51 @@ asked before anything is uploaded.
 from __future__ import annotations
 
 import struct
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
-from edgec.compiler.rpc import Bounded, RpcError, is_loopback, parse_addr, request_server
+from edgec.compiler.artifact import ELF_MACHINES
+from edgec.compiler.rpc import RpcError, is_loopback, parse_addr, request_server
 from edgec.compiler.runtime import host_arch
 
 EMULATED_NOTE = ("EMULATED board (qemu-user on this machine): timings are meaningless, "
                  "only outputs count")
 TRIPLE_ARCH = {"x86_64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
-ELF_ARCH = {62: "x86_64", 183: "aarch64", 40: "arm"}
+
+
+class Bounded:
+    """Runs calls on one worker thread and gives up after ``timeout`` seconds.
+
+    TVM's C++ client blocks (with the GIL released) on a silent peer; the caller
+    must not. A call that timed out leaves its thread behind, never the caller.
+    """
+
+    def __init__(self, timeout: float, where: str):
+        self.timeout, self.where = timeout, where
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="edgec-rpc")
+
+    def __call__(self, what: str, fn, *args, timeout: float | None = None):
+        future = self._pool.submit(fn, *args)
+        limit = self.timeout if timeout is None else timeout
+        try:
+            return future.result(limit)
+        except FutureTimeout:
+            self._pool.shutdown(wait=False)
+            raise RpcError(f"{self.where} did not answer within {limit:g}s while {what} "
+                           "(--timeout)") from None
+        except RpcError:
+            raise
+        except Exception as e:  # TVM raises RPCError/InternalError/OSError subclasses
+            raise RpcError(f"{self.where} failed while {what}: {last_line(e)}") from e
+
+    def close(self):
+        self._pool.shutdown(wait=False)
+
+
+def last_line(error) -> str:
+    lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 @dataclass
@@ -106,5 +142,5 @@ def remote_arch(session: Session) -> tuple[str, str]:
         return "unknown", f"not found ({e})"
     if len(head) == 20 and head[:4] == b"\x7fELF":
         (machine,) = struct.unpack("<H" if head[5] == 1 else ">H", head[18:20])
-        return ELF_ARCH.get(machine, f"elf-machine-{machine}"), "ELF header of /proc/self/exe"
+        return ELF_MACHINES.get(machine, f"elf-machine-{machine}"), "ELF header of /proc/self/exe"
     return "unknown", "server executable is not ELF"

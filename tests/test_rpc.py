@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -54,10 +55,14 @@ def cluster():
         tracker = rpc.start_tracker(free_port())
         procs.append(tracker)
         addr = f"127.0.0.1:{tracker.port}"
-        for _ in range(2):
-            procs.append(rpc.start_server(free_port(), tracker=addr, key=KEY))
-        direct = rpc.start_server(free_port())
-        procs.append(direct)
+        with ThreadPoolExecutor(3) as pool:  # each server pays TVM's import: start them together
+            starts = [pool.submit(rpc.start_server, free_port(), tracker=addr, key=KEY)
+                      for _ in range(2)] + [pool.submit(rpc.start_server, free_port())]
+        procs += [f.result() for f in starts if f.exception() is None]  # all stopped below
+        for f in starts:
+            if f.exception() is not None:
+                raise f.exception()
+        direct = procs[-1]
         yield {"tracker": addr, "direct": f"127.0.0.1:{direct.port}", "direct_proc": direct,
                "servers": procs[1:3]}
     finally:
