@@ -238,3 +238,34 @@ def test_bad_arguments_are_one_line_errors(artifacts, capsys):
                    "127.0.0.1:9190"]
     with pytest.raises(EdgecError, match="either --rpc"):
         connect(rpc="127.0.0.1:1", tracker="127.0.0.1:2", key="k")
+
+
+def test_cli_server_warns_loudly_for_open_address(capsys):
+    # --key without --tracker is refused after the warning, so nothing binds to 0.0.0.0 here
+    assert main(["rpc", "server", "--host", "0.0.0.0", "--key", "k"]) == 2
+    err = capsys.readouterr().err
+    assert "!!!!" in err and "listens on 0.0.0.0" in err and "runs ANY code" in err
+
+
+def test_cli_server_runs_in_foreground_and_stops_its_group():
+    port = free_port()
+    cmd = [sys.executable, "-m", "edgec.compiler.cli", "rpc", "server", "--port", str(port), "--json"]
+    cli = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [cli.stdout.readline()]  # the --json block ends with a lone "}"
+        while lines[-1] not in ("}\n", ""):
+            lines.append(cli.stdout.readline())
+        info = json.loads("".join(lines))
+        assert info["port"] == port and info["host"] == "127.0.0.1"
+        session = connect(rpc=f"127.0.0.1:{port}", timeout=30)
+        assert session.arch == "x86_64"
+        session.close()
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(30) == 0
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert group_members(info["pid"]) == []
+    with pytest.raises(RpcError, match="cannot reach"):
+        connect(rpc=f"127.0.0.1:{port}", timeout=5)
