@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 from edgec.compiler.errors import EdgecError
 from edgec.compiler.rpc import Process, start_server
@@ -62,11 +63,19 @@ def check_host() -> None:
                          f"reinstall qemu-user-static ({APT})")
 
 
-def _run(cmd, what, **kw) -> None:
-    result = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        raise BoardError(f"{what} failed (exit {result.returncode}): {' | '.join(tail)}")
+def _run(cmd, what, attempts: int = 1, fresh: str | None = None, **kw) -> None:
+    """Run ``cmd``; downloads get ``attempts`` tries (mirrors fail transiently), each
+    into an emptied ``fresh`` folder (mmdebstrap and pip --target want a clean one)."""
+    for attempt in range(attempts):
+        if fresh:
+            shutil.rmtree(fresh, ignore_errors=True)
+        result = subprocess.run(cmd, capture_output=True, text=True, **kw)
+        if result.returncode == 0:
+            return
+        if attempt + 1 < attempts:
+            time.sleep(5)
+    tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+    raise BoardError(f"{what} failed (exit {result.returncode}): {' | '.join(tail)}")
 
 
 def read_marker(root: str) -> dict | None:
@@ -92,7 +101,11 @@ def prepare(root: str, quiet: bool = False) -> dict:
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(os.path.dirname(os.path.abspath(root)), exist_ok=True)
     say = (lambda m: None) if quiet else (lambda m: print(f"board: {m}", file=sys.stderr, flush=True))
-    _build(partial, say)
+    try:
+        _build(partial, say)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # nothing half-built stays behind
+        raise
     info = {"board_version": BOARD_VERSION, "arch": "aarch64", "suite": SUITE,
             "tvm": "apache-tvm 0.27.0.post1 (runtime only)", "wheels": WHEELS}
     with open(os.path.join(partial, MARKER), "w", encoding="utf-8") as f:
@@ -109,12 +122,15 @@ def _build(partial: str, say) -> None:
     say(f"unpacking Debian {SUITE} arm64 (python3) into {partial}")
     _run(["mmdebstrap", "--arch=arm64", "--variant=extract", "--include=python3,libstdc++6",
           "--quiet", SUITE, partial, f"deb {mirror} {SUITE} main",
-          f"deb {security} {SUITE}-security main"], "mmdebstrap")
+          f"deb {security} {SUITE}-security main"], "mmdebstrap", attempts=3,
+         fresh=partial)
     say("installing the aarch64 wheels: " + ", ".join(WHEELS))
+    site = os.path.join(partial, PY_SITE)
     _run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
-          os.path.join(partial, PY_SITE), "--platform", "manylinux_2_28_aarch64",
+          site, "--platform", "manylinux_2_28_aarch64",
           "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
-          "--only-binary=:all:", *WHEELS], "pip install of the aarch64 wheels")
+          "--only-binary=:all:", *WHEELS], "pip install of the aarch64 wheels", attempts=3,
+         fresh=site)
     for rel in RUNTIME_ONLY_DROP:
         path = os.path.join(partial, PY_SITE, rel)
         if os.path.exists(path):

@@ -88,17 +88,19 @@ class Process:
                 break
             try:
                 self.popen.wait(grace)
-                break
             except subprocess.TimeoutExpired:
                 continue
+            _wait_group_gone(self.popen.pid, grace, zombies_too=False)
+            if not [pid for pid in group_members(self.popen.pid) if pid > 0]:
+                break  # else a child outlived TERM: KILL the group
         self.popen.wait()
         _wait_group_gone(self.popen.pid, grace)
 
 
-def _wait_group_gone(pgid: int, timeout: float) -> None:
-    """Children reparented to init vanish once it reaps them; wait for that briefly."""
+def _wait_group_gone(pgid: int, timeout: float, zombies_too: bool = True) -> None:
+    """Wait briefly for the group to exit (and for init to reap children it adopted)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and group_members(pgid):
+    while time.monotonic() < deadline and [p for p in group_members(pgid) if zombies_too or p > 0]:
         time.sleep(0.05)
 
 
