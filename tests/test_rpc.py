@@ -269,3 +269,35 @@ def test_cli_server_runs_in_foreground_and_stops_its_group():
     assert group_members(info["pid"]) == []
     with pytest.raises(RpcError, match="cannot reach"):
         connect(rpc=f"127.0.0.1:{port}", timeout=5)
+
+
+def test_tuning_runner_measurements_spread_over_servers_of_one_key(cluster, tmp_path):
+    """MetaSchedule's RPC runner (what tuning uses) takes whichever server of the key is
+    free: with one held busy, the measurement lands on the other, and vice versa."""
+    from tvm import te
+
+    from edgec.compiler.tvm_compat import meta_schedule, tvm
+
+    ms = meta_schedule()
+    a = te.placeholder((64,), name="a")
+    func = te.create_prim_func([a, te.compute((64,), lambda i: a[i] * 2.0, name="b")])
+    so = str(tmp_path / "cand.so")
+    tvm.compile(tvm.IRModule({"main": func}), target="llvm").export_library(so)
+    host, port = cluster["tracker"].split(":")
+    runner = ms.runner.RPCRunner(
+        rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=int(port), tracker_key=KEY,
+                                       session_timeout_sec=60),
+        evaluator_config=ms.runner.EvaluatorConfig(number=2, repeat=1, min_repeat_ms=0,
+                                                   enable_cpu_cache_flush=False), max_workers=1)
+    runner_input = ms.runner.RunnerInput(so, "cpu", ms.arg_info.ArgInfo.from_prim_func(func))
+    for free in cluster["servers"]:
+        held = [connect(tracker=cluster["tracker"], key=KEY, timeout=30)]
+        while held[-1].where.startswith(f"127.0.0.1:{free.port} "):  # until the other is ours
+            held.append(connect(tracker=cluster["tracker"], key=KEY, timeout=30))
+        for session in held[:-1]:
+            session.close()  # `free` goes back to the tracker; the other server stays busy
+        before = free.log_text().count("load_module")
+        result = runner.run([runner_input])[0].result()
+        held[-1].close()
+        assert result.error_msg is None and float(result.run_secs[0]) > 0, result.error_msg
+        assert free.log_text().count("load_module") == before + 1  # measured on the free one
