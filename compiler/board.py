@@ -17,7 +17,7 @@ import sys
 import time
 
 from edgec.compiler.errors import EdgecError
-from edgec.compiler.rpc import Process, start_server
+from edgec.compiler.rpc import EMULATED_MARKER, Process, start_server
 
 BOARD_VERSION = 1  # bump when the recipe below changes: cached rootfs get rebuilt
 SUITE = "bookworm"  # Python 3.11, like the cp311 wheels below
@@ -148,6 +148,8 @@ def start(root: str, port: int = 9095, tracker: str | None = None, key: str | No
     check_host()
     if read_marker(root) is None:
         raise BoardError(f"no prepared board in {root}; run 'edgec rpc emulate --prepare-only'")
+    with open(os.path.join(root, EMULATED_MARKER.lstrip("/")), "w", encoding="utf-8") as f:
+        f.write(EMULATION_NOTE + "\n")  # clients read it to label their timings
     # own mount namespace: /proc is mounted for the server only and vanishes with it
     script = 'mount -t proc proc "$0/proc" && exec chroot "$0" /usr/bin/python3 "$@"'
     prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,

@@ -25,6 +25,7 @@ from edgec.compiler.errors import EdgecError
 TRACKER_MAGIC = 0x2F271  # tvm.rpc.base.RPC_TRACKER_MAGIC
 REQUEST, SUMMARY, SUCCESS = 4, 6, 0  # tvm.rpc.base.TrackerCode
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+EMULATED_MARKER = "/etc/edgec-emulated-board"  # present inside `edgec rpc emulate` boards
 UNSAFE_BIND = ("WARNING: this RPC server listens on {host}, not on 127.0.0.1. A TVM RPC server "
                "runs ANY code a client sends it: bind it only on a trusted, private network.")
 
@@ -175,7 +176,7 @@ def start_server(port: int = 9090, host: str = "127.0.0.1", tracker: str | None 
     if tracker:
         def ready(proc):
             info = tracker_status(tracker, timeout=5)
-            return any(s["port"] == proc.port or s["port"] == port
+            return any(s["port"] == port
                        for s in info.get(key, {}).get("servers", []))
     proc = spawn(cmd, port, "server", env=env, ready=ready, timeout=timeout)
     proc.extra.update(host=host, tracker=tracker, key=key)

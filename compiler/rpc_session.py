@@ -6,13 +6,15 @@ asked before anything is uploaded.
 """
 from __future__ import annotations
 
+import gc
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 from edgec.compiler.artifact import ELF_MACHINES
-from edgec.compiler.rpc import RpcError, is_loopback, parse_addr, request_server
+from edgec.compiler.rpc import (EMULATED_MARKER, RpcError, is_loopback, parse_addr,
+                                request_server)
 from edgec.compiler.runtime import host_arch
 
 EMULATED_NOTE = ("EMULATED board (qemu-user on this machine): timings are meaningless, "
@@ -65,12 +67,14 @@ class Session:
     arch: str = "unknown"
     arch_source: str = ""
     modules: dict = field(default_factory=dict)  # library digest -> loaded module
+    marked_emulated: bool = False  # the server has edgec's emulated-board marker
 
     @property
     def emulated(self) -> bool:
-        """A foreign architecture answering on loopback can only be an emulator."""
-        return self.host is not None and is_loopback(self.host) and self.arch not in (
-            host_arch(), "unknown")
+        """Marked as edgec's emulated board, or a foreign architecture answering on
+        loopback (which can only be an emulator)."""
+        return self.marked_emulated or (self.host is not None and is_loopback(self.host)
+                                        and self.arch not in (host_arch(), "unknown"))
 
     def describe(self) -> dict:
         info = {"where": self.where, "arch": self.arch, "arch_source": self.arch_source,
@@ -81,8 +85,11 @@ class Session:
 
     def close(self) -> None:
         self.modules.clear()
-        self.sess = None  # TVM closes the socket when the session object is freed
+        self.sess = None  # TVM closes the socket when the session object is freed...
         self.call.close()
+        # ...but a failed remote call's traceback (e.g. a probe for a missing file) keeps
+        # it in a reference cycle; collect now, or the server stays busy for other clients
+        gc.collect()
 
 
 def connect(rpc: str | None = None, tracker: str | None = None, key: str | None = None,
@@ -117,7 +124,19 @@ def connect(rpc: str | None = None, tracker: str | None = None, key: str | None 
                        "is 'edgec rpc server' running there?") from e
     session = Session(sess, where, host, call)
     session.arch, session.arch_source = remote_arch(session)
+    session.marked_emulated = has_file(session, EMULATED_MARKER)
     return session
+
+
+def has_file(session: Session, path: str) -> bool:
+    """Whether the server can read ``path`` (a missing file is an error over there)."""
+    try:
+        session.call(f"looking for {path}", session.sess.download, path)
+        return True
+    except RpcError as e:
+        if "did not answer" in str(e):
+            raise
+        return False
 
 
 def remote_arch(session: Session) -> tuple[str, str]:

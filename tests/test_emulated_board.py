@@ -6,6 +6,7 @@ qemu-user-static, binfmt-support, mmdebstrap (``.ci/run`` installs them).
 """
 import os
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -60,6 +61,7 @@ def test_mnist_cnn_aarch64_matches_pytorch(emulated_board, tmp_path):
     session = connect(rpc=f"127.0.0.1:{emulated_board.port}", timeout=120)
     try:
         assert session.arch == "aarch64" and session.emulated  # from the server's own ELF
+        assert session.marked_emulated  # the board's marker file, not only the loopback guess
         out = RemoteModel(session, so)(x.numpy())[0]
         report = benchmark(session, [so], BenchConfig(repeat=2, number=1, warmup=1, timeout=120),
                            quiet=True)
@@ -115,9 +117,18 @@ def test_metaschedule_rpc_runner_measures_on_board_via_tracker(tmp_path):
                                                        enable_cpu_cache_flush=False),
             max_workers=1)
         inputs = [ms.runner.RunnerInput(so, "cpu", ms.arg_info.ArgInfo.from_prim_func(func))]
-        result = runner.run(inputs)[0].result()
+        result = _result_within(runner.run(inputs)[0], 300)
     finally:
         for p in reversed(procs):
             p.stop()
     assert result.error_msg is None, result.error_msg
     assert len(result.run_secs) == 1 and float(result.run_secs[0]) > 0
+
+
+def _result_within(future, seconds: float):
+    """A MetaSchedule RunnerFuture's result, or a failure instead of a hang."""
+    deadline = time.monotonic() + seconds
+    while not future.done():
+        assert time.monotonic() < deadline, f"runner gave no result within {seconds}s"
+        time.sleep(0.2)
+    return future.result()

@@ -297,7 +297,16 @@ def test_tuning_runner_measurements_spread_over_servers_of_one_key(cluster, tmp_
         for session in held[:-1]:
             session.close()  # `free` goes back to the tracker; the other server stays busy
         before = free.log_text().count("load_module")
-        result = runner.run([runner_input])[0].result()
+        result = _result_within(runner.run([runner_input])[0], 120)
         held[-1].close()
         assert result.error_msg is None and float(result.run_secs[0]) > 0, result.error_msg
         assert free.log_text().count("load_module") == before + 1  # measured on the free one
+
+
+def _result_within(future, seconds: float):
+    """A MetaSchedule RunnerFuture's result, or a failure instead of a hang."""
+    deadline = time.monotonic() + seconds
+    while not future.done():
+        assert time.monotonic() < deadline, f"runner gave no result within {seconds}s"
+        time.sleep(0.2)
+    return future.result()
