@@ -45,9 +45,11 @@ def check_arch(path: str, session) -> str:
     arch = elf_machine(path)
     if session.arch not in ("unknown", arch):
         manifest = read_manifest(path)
+        hint = ("run it on its board with --rpc HOST:PORT or --tracker HOST:PORT --key KEY"
+                if session.host is None else "compile with --target for that board")
         raise ArtifactError(f"refused before upload: {path} is {arch} (target "
                             f"{manifest['target']['name']}) but {session.where} is "
-                            f"{session.arch}; compile with --target for that board")
+                            f"{session.arch}; {hint}")
     return arch
 
 

@@ -187,6 +187,8 @@ def test_foreign_arch_refused_before_upload(cluster, artifacts):
     finally:
         session.close()
     assert cluster["direct_proc"].log_text().count("load_module") == loads  # nothing loaded
+    with pytest.raises(ArtifactError, match="but local is x86_64; run it on its board with --rpc"):
+        RemoteModel(connect(), artifacts["arm"])
 
 
 def test_server_killed_mid_benchmark(artifacts):
