@@ -5,8 +5,6 @@ The rootfs is cached outside the checkout (``~/.cache/edgec/board-aarch64``, or
 qemu-user-static, binfmt-support, mmdebstrap (``.ci/run`` installs them).
 """
 import os
-import socket
-import time
 
 import numpy as np
 import pytest
@@ -18,14 +16,9 @@ from edgec.compiler.errors import ArtifactError
 from edgec.compiler.rpc import group_members
 from edgec.compiler.rpc_session import connect
 from edgec.compiler.zoo import mnist_cnn
+from rpc_helpers import free_port, result_within
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _require_board_host():
@@ -42,7 +35,7 @@ def emulated_board():
     _require_board_host()
     root = board.default_dir()
     board.prepare(root)
-    proc = board.start(root, _free_port())
+    proc = board.start(root, free_port())
     try:
         yield proc
     finally:
@@ -105,10 +98,10 @@ def test_metaschedule_rpc_runner_measures_on_board_via_tracker(tmp_path):
     so = str(tmp_path / "cand.so")
     tvm.compile(tvm.IRModule({"main": func}), target=target).export_library(
         so, fcompile=cross_compiler("aarch64-linux-gnu-g++"))
-    tracker = rpc.start_tracker(_free_port())
+    tracker = rpc.start_tracker(free_port())
     procs = [tracker]
     try:
-        procs.append(board.start(board.default_dir(), _free_port(),
+        procs.append(board.start(board.default_dir(), free_port(),
                                  tracker=f"127.0.0.1:{tracker.port}", key="emulated-rpi"))
         runner = ms.runner.RPCRunner(
             rpc_config=ms.runner.RPCConfig(tracker_host="127.0.0.1", tracker_port=tracker.port,
@@ -117,18 +110,9 @@ def test_metaschedule_rpc_runner_measures_on_board_via_tracker(tmp_path):
                                                        enable_cpu_cache_flush=False),
             max_workers=1)
         inputs = [ms.runner.RunnerInput(so, "cpu", ms.arg_info.ArgInfo.from_prim_func(func))]
-        result = _result_within(runner.run(inputs)[0], 300)
+        result = result_within(runner.run(inputs)[0], 300)
     finally:
         for p in reversed(procs):
             p.stop()
     assert result.error_msg is None, result.error_msg
     assert len(result.run_secs) == 1 and float(result.run_secs[0]) > 0
-
-
-def _result_within(future, seconds: float):
-    """A MetaSchedule RunnerFuture's result, or a failure instead of a hang."""
-    deadline = time.monotonic() + seconds
-    while not future.done():
-        assert time.monotonic() < deadline, f"runner gave no result within {seconds}s"
-        time.sleep(0.2)
-    return future.result()

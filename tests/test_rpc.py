@@ -24,14 +24,9 @@ from edgec.compiler.cli import main, parser
 from edgec.compiler.errors import ArtifactError, EdgecError
 from edgec.compiler.rpc import RpcError, bind_warning, group_members
 from edgec.compiler.rpc_session import connect
+from rpc_helpers import free_port, result_within
 
 KEY = "edgec-test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -299,16 +294,7 @@ def test_tuning_runner_measurements_spread_over_servers_of_one_key(cluster, tmp_
         for session in held[:-1]:
             session.close()  # `free` goes back to the tracker; the other server stays busy
         before = free.log_text().count("load_module")
-        result = _result_within(runner.run([runner_input])[0], 120)
+        result = result_within(runner.run([runner_input])[0], 120)
         held[-1].close()
         assert result.error_msg is None and float(result.run_secs[0]) > 0, result.error_msg
         assert free.log_text().count("load_module") == before + 1  # measured on the free one
-
-
-def _result_within(future, seconds: float):
-    """A MetaSchedule RunnerFuture's result, or a failure instead of a hang."""
-    deadline = time.monotonic() + seconds
-    while not future.done():
-        assert time.monotonic() < deadline, f"runner gave no result within {seconds}s"
-        time.sleep(0.2)
-    return future.result()
