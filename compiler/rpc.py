@@ -80,8 +80,8 @@ class Process:
         except OSError:
             return ""
 
-    def stop(self, grace: float = 3.0) -> None:
-        """End the whole process group (TERM, then KILL) and reap the leader."""
+    def stop(self, grace: float = 3.0, keep_log: bool = False) -> None:
+        """End the whole process group (TERM, then KILL), reap the leader, drop the log."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
                 os.killpg(self.popen.pid, sig)
@@ -96,6 +96,8 @@ class Process:
                 break  # else a child outlived TERM: KILL the group
         self.popen.wait()
         _wait_group_gone(self.popen.pid, grace)
+        if not keep_log and os.path.exists(self.log):
+            os.unlink(self.log)
 
 
 def _wait_group_gone(pgid: int, timeout: float, zombies_too: bool = True) -> None:
@@ -137,9 +139,10 @@ def spawn(cmd: list, port: int, kind: str, env=None, ready=None, timeout: float 
             return proc
         if not proc.alive():
             tail = proc.log_text().strip().splitlines()[-1:] or ["(no output)"]
-            raise RpcError(f"{kind} exited at start (code {popen.returncode}): {tail[0]}")
+            raise RpcError(f"{kind} exited at start (code {popen.returncode}): {tail[0]} "
+                           f"(log: {log})")
         time.sleep(0.1)
-    proc.stop()
+    proc.stop(keep_log=True)
     raise RpcError(f"{kind} did not start listening on port {port} within {timeout:.0f}s; "
                    f"see {log}")
 
