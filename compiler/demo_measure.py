@@ -34,11 +34,10 @@ def artifact_logits(so_path: str, split, quiet: bool = True) -> np.ndarray:
 
 def torch_logits(model, split) -> np.ndarray:
     """Output 0 of a torch model; exported programs have a fixed batch, so run those one by one."""
-    import torch
-
+    from edgec.compiler.demo_stages import ExportedModule
     from edgec.compiler.train.fit import predict
 
-    batch = 1 if isinstance(model, torch.fx.GraphModule) else 256
+    batch = 1 if isinstance(model, ExportedModule) else 256
     return predict(model, split, batch_size=batch)
 
 

@@ -9,8 +9,11 @@ is writing its function (e.g. ``prune(ctx, workdir)`` fine-tuning
 """
 from __future__ import annotations
 
+import io
 import os
 import time
+
+import torch
 
 from edgec.compiler.demo import (BUILD_CODE, STAGE_DENSE, STAGE_EAGER, TRAIN_CODE, DemoError,
                                  Outcome, Stage)
@@ -29,10 +32,38 @@ TUNE_MODULE = "edgec.compiler.tune"
 BENCH_MODULE = "edgec.compiler.bench"
 
 
+class ExportedModule(torch.nn.Module):
+    """A .pt2 program as an nn.Module that edgec can evaluate, cache and compile.
+
+    torch refuses ``train()``/``eval()`` on exported programs and cannot pickle
+    their modules; this wrapper keeps mode switches away from it and pickles
+    the program itself (``torch.export.save`` bytes).
+    """
+
+    def __init__(self, program):
+        super().__init__()
+        self.program = program  # the ExportedProgram (not a Module attribute)
+        self.inner = program.module()
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        return self
+
+    def forward(self, *args):
+        return self.inner(*args)
+
+    def __reduce__(self):
+        buf = io.BytesIO()
+        torch.export.save(self.program, buf)
+        return (_exported_from_bytes, (buf.getvalue(),))
+
+
+def _exported_from_bytes(data: bytes) -> ExportedModule:
+    return ExportedModule(torch.export.load(io.BytesIO(data)))
+
+
 def make_model(spec: str | None, seed: int):
     """The dense model: the demo's MnistCNN, a ``module:factory``, or a .pt2 program."""
-    import torch
-
     from edgec.compiler.specs import load_factory
     from edgec.compiler.zoo import mnist_cnn
 
@@ -41,7 +72,11 @@ def make_model(spec: str | None, seed: int):
     if spec.endswith(".pt2"):
         if not os.path.isfile(spec):
             raise DemoError(f"model file not found: {spec}")
-        return torch.export.load(spec).module()
+        try:
+            return ExportedModule(torch.export.load(spec))
+        except Exception as e:
+            raise DemoError(f"cannot read {spec} as a torch.export program: "
+                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     torch.manual_seed(seed)
     model = load_factory(spec)
     if not isinstance(model, torch.nn.Module):
@@ -51,15 +86,13 @@ def make_model(spec: str | None, seed: int):
 
 def train_dense(ctx, workdir) -> Outcome:
     """The dense FP32 baseline (the teacher): trained on the train split, or taken as given."""
-    import torch
-
     from edgec.compiler.train.fit import evaluate, fit
 
     cfg = ctx.config
     model = make_model(cfg.model, cfg.seed)
     history, t0 = [], time.perf_counter()
     if cfg.train_epochs > 0:
-        if isinstance(model, torch.fx.GraphModule) and cfg.model and cfg.model.endswith(".pt2"):
+        if isinstance(model, ExportedModule):
             raise DemoError(f"{cfg.model}: a torch.export program cannot be trained (torch "
                             "does not support train() on it); use --epochs 0 to take its "
                             "weights as trained, or give a module:factory")

@@ -53,13 +53,22 @@ def _stage_entry(rec, bench) -> dict:
     info.pop("power_proxy", None)
     entry.update({
         "cache_hit": rec.cache_hit, "cache_key": rec.key, "workdir": rec.workdir,
-        "artifact": rec.artifact, "engine": m["engine"], "size": m["size"],
+        "artifact": _published(rec), "cached_artifact": rec.artifact,
+        "engine": m["engine"], "size": m["size"],
         "accuracy": m["accuracy"], "latency": _latency(rec.stage.name, bench),
         "power_proxy": {k: proxy.get(k) for k in ("macs", "weight_bytes", "activation_bytes",
                                                   "bytes_moved", "label", "functions")},
         "tuning": m.get("tuning"), "passes": m.get("passes"), "target": m.get("target"),
         "seconds": rec.meta.get("seconds"), "info": info})
     return entry
+
+
+def _published(rec) -> str | None:
+    """Where ``demo._publish`` copied the stage's artifact (OUT/artifacts/<slug>.so)."""
+    if not rec.artifact:
+        return None
+    out = os.path.dirname(os.path.dirname(rec.workdir.rstrip(os.sep)))  # OUT/cache/<dir>
+    return os.path.join(out, "artifacts", rec.stage.slug + ".so")
 
 
 def _latency(name, bench) -> dict | None:

@@ -113,11 +113,13 @@ def _stage_notes(r) -> list:
             continue
         t = (s.get("info") or {}).get("train")
         parts = [f"cache {'hit (reused)' if s['cache_hit'] else 'miss (built now)'}, key {s['cache_key']}"]
-        if t:
+        if t and t["epochs"]:
             loss = ", ".join(f"{v:.3f}" for v in t["loss_per_epoch"])
             val = f", val top-1 {t['val_top1']:.2f}%" if t.get("val_top1") is not None else ""
             parts.append(f"trained {t['epochs']} epoch(s) on {t['samples']} images in "
-                         f"{t['seconds']} s (loss per epoch {loss or '—'}{val})")
+                         f"{t['seconds']} s (loss per epoch {loss}{val})")
+        elif t:
+            parts.append("weights used as given (not trained here)")
         if s.get("tuning") is not None:
             parts.append("tuning logs applied" if s["tuning"].get("applied")
                          else "no tuning logs applied (none committed for this target)")
