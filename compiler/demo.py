@@ -30,10 +30,14 @@ STAGE_DENSE = "dense FP32 edgec"
 NOT_AVAILABLE = "not available in this build"
 OVER_BUDGET = "over the accuracy budget"
 SKIPPED = "skipped (an earlier stage missed the accuracy budget)"
-TRAIN_CODE = ("edgec.compiler.zoo", "edgec.compiler.train.fit", "edgec.compiler.train.data")
-BUILD_CODE = ("edgec.compiler.api", "edgec.compiler.frontend", "edgec.compiler.graph",
-              "edgec.compiler.pipeline", "edgec.compiler.build", "edgec.compiler.config",
-              "edgec.compiler.artifact", "edgec.compiler.power", "edgec.passes", "edgec.targets")
+# Code a stage's result depends on (its own function is hashed too): the stage and
+# measuring modules, and what training or building runs.
+DEMO_CODE = ("edgec.compiler.demo_stages", "edgec.compiler.demo_measure")
+TRAIN_CODE = DEMO_CODE + ("edgec.compiler.zoo", "edgec.compiler.train")
+BUILD_CODE = DEMO_CODE + (
+    "edgec.compiler.api", "edgec.compiler.frontend", "edgec.compiler.graph",
+    "edgec.compiler.pipeline", "edgec.compiler.build", "edgec.compiler.config",
+    "edgec.compiler.artifact", "edgec.compiler.power", "edgec.passes", "edgec.targets")
 
 
 @dataclass(frozen=True)

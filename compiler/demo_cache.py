@@ -27,7 +27,7 @@ from edgec.compiler.demo import (NOT_AVAILABLE, OVER_BUDGET, SKIPPED, Context, S
 def source_digest(modules) -> str:
     """A digest of the source files of ``modules`` (a package: every .py in it)."""
     h = hashlib.sha256()
-    for name in sorted(modules):
+    for name in sorted(set(modules)):
         spec = importlib.util.find_spec(name)
         files = [spec.origin]
         if spec.submodule_search_locations:

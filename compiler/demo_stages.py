@@ -2,10 +2,21 @@
 
 Each stage is one function ``run(ctx, workdir) -> Outcome`` plus a ``Stage``
 entry naming what it needs. Today's build has the dense stages; the
-compression stages are listed with the modules they need and no function yet,
-so they show up in the report as "not available in this build". Wiring one in
-is writing its function (e.g. ``prune(ctx, workdir)`` fine-tuning
-``ctx.model(STAGE_EAGER)`` and calling ``compile_stage``) and naming it below.
+compression stages are listed with the modules they need (``NEEDS``) and no
+function yet (``RUNS``), so the report shows them as "not available in this
+build". Wiring one in is writing its function and putting it in ``RUNS``:
+
+    def prune(ctx, workdir):
+        teacher = ctx.model(STAGE_EAGER)            # earlier stages' torch models
+        student = ...                               # plan, prune, fine-tune
+        out = compile_stage(ctx, student, workdir)  # -> workdir/model.so, power proxy
+        out.model = student                         # cached; the next stage starts from it
+        out.info["sensitivity"] = {"prune": ...}    # optional data for plots.py
+        return out
+
+The driver caches the result, measures size and accuracy from the artifact,
+and benchmarks it with the others. ``plots.py`` documents the optional info
+keys (``exits``, ``sensitivity``).
 """
 from __future__ import annotations
 
@@ -84,12 +95,28 @@ def make_model(spec: str | None, seed: int):
     return model
 
 
+def check_fits(model, ctx) -> None:
+    """The model must take the data's inputs and give at least one logit per class."""
+    shape = "x".join(map(str, ctx.data.input_shape))
+    try:
+        with torch.no_grad():
+            out = model.eval()(ctx.example())
+    except Exception as e:
+        raise DemoError(f"the model cannot take {ctx.data.name}'s inputs (1x{shape}): "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    logits = out[0] if isinstance(out, (tuple, list)) else out
+    if logits.ndim != 2 or logits.shape[-1] < ctx.data.num_classes:
+        raise DemoError(f"the model's output has shape {list(logits.shape)}; {ctx.data.name} "
+                        f"needs (1, {ctx.data.num_classes}) logits, one per class")
+
+
 def train_dense(ctx, workdir) -> Outcome:
     """The dense FP32 baseline (the teacher): trained on the train split, or taken as given."""
     from edgec.compiler.train.fit import evaluate, fit
 
     cfg = ctx.config
     model = make_model(cfg.model, cfg.seed)
+    check_fits(model, ctx)
     history, t0 = [], time.perf_counter()
     if cfg.train_epochs > 0:
         if isinstance(model, ExportedModule):
