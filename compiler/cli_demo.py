@@ -62,8 +62,13 @@ def cmd_demo(args):
 
     _calm_warnings()
     if args.tracker:
-        raise EdgecError("--tracker: benchmarking on a board over RPC (edgec.compiler.bench) "
-                         "is not available in this build; run the demo with --target host")
+        from edgec.compiler.demo import module_exists
+        from edgec.compiler.demo_stages import BENCH_MODULE
+
+        state = ("is not wired into the demo yet" if module_exists(BENCH_MODULE)
+                 else f"needs {BENCH_MODULE}, which this build does not have yet")
+        raise EdgecError(f"--tracker: benchmarking on a board over RPC {state}; "
+                         "run the demo with --target host")
     if args.epochs is not None and args.epochs < 0:
         raise EdgecError(f"--epochs must be 0 or more, got {args.epochs}")
     config = RunConfig(target=args.target, out=args.out, quick=args.quick, fresh=args.fresh,
@@ -76,7 +81,7 @@ def _demo_flags(p):
     p.add_argument("--quick", action="store_true", help="fewer epochs and benchmark rounds")
     p.add_argument("--epochs", type=int, help="training epochs of the dense model "
                    "(default 8, or 2 with --quick)")
-    p.add_argument("--tracker", metavar="HOST:PORT", help="benchmark on a board over RPC")
+    p.add_argument("--tracker", metavar="HOST:PORT", help="benchmark on a board over RPC (not in this build yet)")
     _flags(p, "edgec-demo")
 
 

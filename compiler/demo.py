@@ -182,8 +182,8 @@ def check_target(name: str) -> None:
     if target.arch != host_arch():
         raise DemoError(f"target {target.name!r} builds {target.arch} libraries but this machine "
                         f"is {host_arch()}: the demo runs every stage to measure accuracy and "
-                        "latency, and benchmarking on a board over RPC (edgec.compiler.bench) "
-                        "is not available in this build; use --target host")
+                        "latency, and benchmarking on a board over RPC is not wired into the "
+                        "demo yet; use --target host")
     flags = {f.replace("_", "") for f in cpu_flags()}
     lacking = [f for f in target.features if f.replace("_", "") not in flags]
     if flags and lacking:

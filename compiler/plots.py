@@ -78,8 +78,10 @@ def plot_pareto(stages, path) -> str:
         ax.scatter([t], [a], s=size, color=COLORS[i % len(COLORS)], alpha=0.8, label=s["name"])
         ax.annotate(s["name"], (t, a), textcoords="offset points", xytext=(8, 6), fontsize=8)
     front = _pareto(pts)
-    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=1,
-            label="Pareto front")
+    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=1, marker="o",
+            markersize=16, markerfacecolor="none", label="Pareto front (nothing beats it on both)")
+    accs = [a for _, a in pts]
+    ax.set_ylim(min(accs) - max(2.0, 0.2 * (max(accs) - min(accs))), min(100.5, max(accs) + 1.5))
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
