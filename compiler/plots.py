@@ -41,20 +41,40 @@ def plot_stages(stages, path) -> str:
     plt = _plt()
     names = [s["name"] for s in stages]
     panels = [("artifact size (MB)", [s["size"]["artifact_bytes"] / 1e6 for s in stages], "{:.2f}"),
-              ("test top-1 accuracy (%)", [s["accuracy"]["test_top1"] for s in stages], "{:.2f}"),
-              ("median latency (ms, batch 1)", [s["latency"]["median_ms"] for s in stages], "{:.3f}")]
+              ("test top-1 accuracy (%)", [s["accuracy"]["test_top1"] for s in stages], "{:.2f}")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 1.6 + 0.6 * len(names)), sharey=True)
-    for ax, (title, values, fmt) in zip(axes, panels):
+    for ax, (title, values, fmt) in zip(axes[:2], panels):
         bars = ax.barh(names, values, color=COLORS[:len(names)])
         ax.set_title(title)
         ax.bar_label(bars, [fmt.format(v) for v in values], padding=3, fontsize=8)
         ax.set_xlim(0, max(values) * 1.3 or 1)
         if title.startswith("test"):
             ax.set_xlim(min(values) - 5 if min(values) > 50 else 0, 100)
+    _latency_panel(axes[2], names, stages)
     axes[0].invert_yaxis()
     fig.suptitle("Per stage: smaller size and latency, higher accuracy are better", y=1.02)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _latency_panel(ax, names, stages) -> None:
+    """Median latency bars with each stage's minimum marked (log scale when they spread)."""
+    med = [s["latency"]["median_ms"] for s in stages]
+    mins = [s["latency"]["min_ms"] for s in stages]
+    bars = ax.barh(names, med, color=COLORS[:len(names)])
+    ax.scatter(mins, names, marker="|", s=300, color="black", zorder=3)
+    ax.bar_label(bars, [f"{m:.3f} (min {lo:.3f})" for m, lo in zip(med, mins)], padding=3,
+                 fontsize=8)
+    if max(med) / max(min(mins), 1e-9) > 20:
+        from matplotlib.ticker import FuncFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlim(min(mins) / 2, max(med) * 30)
+        ax.set_title("latency, ms (bar: median, |: minimum; log)")
+    else:
+        ax.set_xlim(0, max(med) * 1.6)
+        ax.set_title("latency, ms (bar: median, |: minimum)")
 
 
 def _pareto(points) -> list:
