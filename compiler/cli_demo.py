@@ -1,0 +1,151 @@
+"""``edgec demo`` and ``edgec optimize``: the edge-classifier scenario, with its report."""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import warnings
+
+from edgec.compiler.cli import command, emit
+from edgec.compiler.errors import EdgecError
+
+EXIT_BUDGET = 3  # optimize ran, but a stage missed the accuracy budget
+
+
+def _flags(p, out_default):
+    p.add_argument("--target", "-t", default="host",
+                   help="target name (see 'edgec targets'); it must run on this machine")
+    p.add_argument("--out", "-o", default=out_default, help="output folder (report, plots, "
+                   "artifacts, and the cache of trained models)")
+    p.add_argument("--fresh", action="store_true", help="ignore cached stages and redo them")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data split and training")
+    p.add_argument("--power-cmd", metavar="CMD", help="a command printing a power reading; run "
+                   "before and after each stage's timed run and recorded in the report")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress, print nothing on success")
+
+
+def _calm_warnings() -> None:
+    """Hide library chatter (torch deprecations, fit's loss conversion) from the demo's output."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True")
+
+
+def _command_line() -> str:
+    return shlex.join(["edgec", *sys.argv[1:]])
+
+
+def _finish(args, result) -> int:
+    from edgec.compiler.report import publish
+    from edgec.compiler.report_md import _goals, _summary
+
+    report = publish(result)
+    files = report["files"]
+    drawn = sum(1 for p in report["plots"].values() if p.get("path"))
+    best = report["best_artifact"]
+    text = "\n".join(_summary(report)[2:-2] + [""] + _goals(report)[2:] + [
+        "", f"wrote {files['markdown']}, {files['json']} and {drawn} plot(s) in "
+            f"{os.path.join(args.out, 'plots')}"
+            + (f"; result {best['path']} ({best['stage']})" if best else "")])
+    emit(args, report, text)
+    if result.stopped:
+        kept = f"; kept the best artifact {best['path']} ({best['stage']})" if best else ""
+        print(f"edgec: accuracy budget not met: {result.stopped}{kept}", file=sys.stderr)
+        return EXIT_BUDGET
+    return 0
+
+
+@command("demo", "the edge-classifier demo on real MNIST digits: train, compress, compile, "
+                 "benchmark every stage, and write a report with plots")
+def cmd_demo(args):
+    from edgec.compiler.demo import RunConfig, run
+
+    _calm_warnings()
+    if args.tracker:
+        from edgec.compiler.demo import module_exists
+        from edgec.compiler.demo_stages import BENCH_MODULE
+
+        state = ("is not wired into the demo yet" if module_exists(BENCH_MODULE)
+                 else f"needs {BENCH_MODULE}, which this build does not have yet")
+        raise EdgecError(f"--tracker: benchmarking on a board over RPC {state}; "
+                         "run the demo with --target host")
+    if args.epochs is not None and args.epochs < 0:
+        raise EdgecError(f"--epochs must be 0 or more, got {args.epochs}")
+    config = RunConfig(target=args.target, out=args.out, quick=args.quick, fresh=args.fresh,
+                       epochs=args.epochs, seed=args.seed, quiet=args.quiet,
+                       power_cmd=args.power_cmd, command=_command_line())
+    return _finish(args, run(config))
+
+
+def _demo_flags(p):
+    p.add_argument("--quick", action="store_true", help="fewer epochs and benchmark rounds")
+    p.add_argument("--epochs", type=int, help="training epochs of the dense model "
+                   "(default 8, or 2 with --quick)")
+    p.add_argument("--tracker", metavar="HOST:PORT", help="benchmark on a board over RPC (not in this build yet)")
+    _flags(p, "edgec-demo")
+
+
+cmd_demo.configure = _demo_flags
+
+
+def _compress_request(args) -> list:
+    """The compression stages asked for; refuses, naming what is missing, those not in this build."""
+    from edgec.compiler.demo import module_exists
+    from edgec.compiler.demo_stages import (NEEDS, RUNS, STAGE_EXITS, STAGE_INT8, STAGE_PRUNED,
+                                            TUNE_MODULE)
+
+    if args.prune is not None and not 0.0 < args.prune < 1.0:
+        raise EdgecError(f"--prune takes the fraction of channels to remove, between 0 and 1; "
+                         f"got {args.prune}")
+    wanted = [(f"--prune {args.prune}", STAGE_PRUNED, args.prune is not None),
+              ("--int8", STAGE_INT8, args.int8), ("--early-exit", STAGE_EXITS, args.early_exit)]
+    out = []
+    for flag, stage, asked in wanted:
+        missing = [m for m in NEEDS[stage] if not module_exists(m)] if asked else []
+        if missing:
+            raise EdgecError(f"{flag} needs {', '.join(missing)}, which this build of edgec "
+                             "does not have yet")
+        if asked and RUNS[stage] is None:
+            raise EdgecError(f"{flag}: its stage is not wired into 'edgec optimize' yet")
+        out += [stage] if asked else []
+    if args.tune_trials and not module_exists(TUNE_MODULE):
+        raise EdgecError(f"--tune-trials needs {TUNE_MODULE} (MetaSchedule tuning), which this "
+                         "build of edgec does not have yet")
+    return out
+
+
+@command("optimize", "train/evaluate, compress and compile your own model on your data, "
+                     "within an accuracy budget, with the same report as the demo")
+def cmd_optimize(args):
+    from edgec.compiler.demo import RunConfig, run
+
+    _calm_warnings()
+    if not args.model.endswith(".pt2") and ":" not in args.model:
+        raise EdgecError(f"bad MODEL {args.model!r}; expected package.module:factory or a .pt2 file")
+    if args.epochs < 0 or args.accuracy_budget < 0:
+        raise EdgecError("--epochs and --accuracy-budget must be 0 or more")
+    compress = _compress_request(args)
+    config = RunConfig(target=args.target, out=args.out, data=args.data, model=args.model,
+                       fresh=args.fresh, epochs=args.epochs, seed=args.seed, quiet=args.quiet,
+                       power_cmd=args.power_cmd, accuracy_budget=args.accuracy_budget,
+                       command=_command_line(), mode="optimize")
+    return _finish(args, run(config, compress))
+
+
+def _optimize_flags(p):
+    p.add_argument("model", metavar="MODEL", help="package.module:factory (returns a "
+                   "torch.nn.Module; the current folder is importable) or a .pt2 program")
+    p.add_argument("--data", required=True, help="mnist, a .npz (x, y or x_train/y_train/...), "
+                   "or an image folder with one subfolder per class")
+    p.add_argument("--accuracy-budget", type=float, default=1.0, metavar="POINTS",
+                   help="test top-1 points a compressed stage may lose against dense (default 1.0)")
+    p.add_argument("--epochs", type=int, default=0, help="train the dense model first for N "
+                   "epochs (default 0: take its weights as trained)")
+    p.add_argument("--prune", type=float, metavar="R", help="prune this fraction of channels")
+    p.add_argument("--int8", action="store_true", help="quantize to INT8")
+    p.add_argument("--early-exit", action="store_true", help="add early exits")
+    p.add_argument("--tune-trials", type=int, metavar="N", help="MetaSchedule trials to tune")
+    _flags(p, "edgec-optimize")
+
+
+cmd_optimize.configure = _optimize_flags

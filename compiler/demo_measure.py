@@ -1,0 +1,159 @@
+"""Measuring the demo's stages the same way: size, accuracy, power proxy, latency.
+
+Accuracy of a compiled stage comes from running its artifact (the edgec
+runtime, batch 1) over the whole test split, never from torch. Latency of every
+stage comes from one interleaved ``compare`` run, each engine cycling through
+the same fixed test images (so input-dependent models, such as early exits,
+are timed on a mix of real inputs).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from edgec.compiler.demo import STAGE_DENSE, STAGE_EAGER
+
+BENCH_IMAGES = 64  # test images each engine cycles through while timed
+POWER_SECONDS = 2.0  # how long each stage runs alone between two --power-cmd readings
+
+
+def artifact_logits(so_path: str, split, quiet: bool = True) -> np.ndarray:
+    """Output 0 of the compiled artifact for every sample of ``split`` (batch 1)."""
+    from edgec.compiler.runtime import load
+
+    model = load(so_path)
+    out = [model(split.x[i:i + 1])[0].reshape(-1)
+           for i in tqdm(range(len(split)), desc="test accuracy (artifact)", disable=quiet,
+                         leave=False)]
+    return np.stack(out)
+
+
+def torch_logits(model, split) -> np.ndarray:
+    """Output 0 of a torch model; exported programs have a fixed batch, so run those one by one."""
+    from edgec.compiler.demo_stages import ExportedModule
+    from edgec.compiler.train.fit import predict
+
+    batch = 1 if isinstance(model, ExportedModule) else 256
+    return predict(model, split, batch_size=batch)
+
+
+def measure(rec, ctx) -> dict:
+    """Size, test accuracy and power proxy of one stage (cached with it)."""
+    from edgec.compiler.artifact import read_manifest
+    from edgec.compiler.train.fit import accuracy
+
+    test, quiet = ctx.data.test, ctx.config.quiet
+    if rec.artifact:
+        manifest = read_manifest(rec.artifact)
+        acc = accuracy(artifact_logits(rec.artifact, test, quiet), test.y)
+        return {"engine": "edgec",
+                "accuracy": {"test_top1": acc, "n": len(test), "measured_by":
+                             "the compiled artifact (edgec runtime, batch 1) on every test image"},
+                "size": {"artifact_bytes": manifest["library_bytes"],
+                         "weight_bytes": manifest["weights_bytes"], "artifact": "model.so"},
+                "power_proxy": rec.meta["info"].get("power_proxy"),
+                "tuning": manifest.get("tuning"), "passes": manifest.get("passes"),
+                "target": manifest["target"]["name"]}
+    acc = accuracy(torch_logits(rec.model, test), test.y)
+    return {"engine": "pytorch eager",
+            "accuracy": {"test_top1": acc, "n": len(test),
+                         "measured_by": "the PyTorch model (eager, CPU) on every test image"},
+            "size": {"artifact_bytes": os.path.getsize(os.path.join(rec.workdir, "model.pt")),
+                     "weight_bytes": _state_bytes(rec.model), "artifact": "model.pt (torch.save)"},
+            "power_proxy": _torch_proxy(rec.model, ctx)}
+
+
+def _state_bytes(model) -> int:
+    return int(sum(t.numel() * t.element_size() for t in model.state_dict().values()))
+
+
+def _torch_proxy(model, ctx) -> dict:
+    from edgec.compiler.frontend import import_model
+    from edgec.compiler.power import proxy_of
+
+    return proxy_of(import_model(model, (ctx.example(),)), ctx.config.target).to_json()
+
+
+def runner(rec, images: np.ndarray):
+    """A no-arg callable running one inference of the stage, cycling through ``images``."""
+    if rec.artifact:
+        from edgec.compiler.runtime import load
+        from edgec.compiler.tvm_compat import tensor
+
+        fn = load(rec.artifact)._vm["main"]
+        inputs = itertools.cycle([tensor(np.ascontiguousarray(x[None])) for x in images])
+        return lambda: fn(next(inputs))
+    import torch
+
+    model = rec.model.eval()
+    inputs = itertools.cycle([torch.from_numpy(np.ascontiguousarray(x[None])) for x in images])
+
+    def run():
+        with torch.no_grad():
+            return model(next(inputs))
+    return run
+
+
+def benchmark(ctx) -> dict | None:
+    """Time every measured stage in one interleaved run (baseline: dense FP32 edgec)."""
+    from edgec.compiler.compare import Engine, compare
+
+    images = ctx.data.test.x[:BENCH_IMAGES]
+    recs = [r for r in ctx.records.values() if r.status != "not available in this build"
+            and (r.artifact or r.model is not None)]
+    if not recs:
+        return None
+    engines = [Engine(r.stage.name, runner(r, images)) for r in recs]
+    names = [e.name for e in engines]
+    base = STAGE_DENSE if STAGE_DENSE in names else names[0]
+    rounds, samples = ctx.config.bench_rounds
+    result = compare(engines, rounds=rounds, samples=samples, baseline=base, quiet=ctx.config.quiet)
+    result["images_cycled"] = len(images)
+    if ctx.config.power_cmd:
+        result["power_readings"] = power_per_stage(engines, ctx.config.power_cmd)
+    return result
+
+
+def power_per_stage(engines, cmd: str, seconds: float = POWER_SECONDS) -> list:
+    """Run each engine alone for ``seconds`` between two readings of the user's power command."""
+    from edgec.compiler.power import power_window
+
+    out = []
+    for e in engines:
+        records, n, t0 = [], 0, time.perf_counter()
+        with power_window(cmd, records):
+            while time.perf_counter() - t0 < seconds:
+                e.run()
+                n += 1
+        out.append({"stage": e.name, "inferences": n,
+                    "seconds": round(time.perf_counter() - t0, 3), "readings": records})
+    return out
+
+
+def budget_violation(ctx, rec) -> str | None:
+    """Why ``rec`` breaks the run's accuracy budget (None: it does not, or no budget)."""
+    budget = ctx.config.accuracy_budget
+    ref = ctx.records.get(STAGE_DENSE) or ctx.records.get(STAGE_EAGER)
+    if budget is None or rec.status != "ok" or ref is None or ref is rec or ref.status != "ok":
+        return None
+    if rec.stage.name in (STAGE_DENSE, STAGE_EAGER):
+        return None
+    base = ref.metrics["accuracy"]["test_top1"]
+    acc = rec.metrics["accuracy"]["test_top1"]
+    if base - acc <= budget:
+        return None
+    return (f"stage '{rec.stage.name}' reaches {acc:.2f}% test accuracy, {base - acc:.2f} points "
+            f"below '{ref.stage.name}' ({base:.2f}%), over the accuracy budget of {budget} points")
+
+
+def best_artifact(ctx):
+    """The last stage with an artifact within the accuracy budget (the run's result)."""
+    best = None
+    for rec in ctx.records.values():
+        if rec.status == "ok" and rec.artifact:
+            best = rec
+    return best

@@ -1,0 +1,177 @@
+"""The stages of the edge-classifier scenario, in order.
+
+Each stage is one function ``run(ctx, workdir) -> Outcome`` plus a ``Stage``
+entry naming what it needs. Today's build has the dense stages; the
+compression stages are listed with the modules they need (``NEEDS``) and no
+function yet (``RUNS``), so the report shows them as "not available in this
+build". Wiring one in is writing its function and putting it in ``RUNS``:
+
+    def prune(ctx, workdir):
+        teacher = ctx.model(STAGE_EAGER)            # earlier stages' torch models
+        student = ...                               # plan, prune, fine-tune
+        out = compile_stage(ctx, student, workdir)  # -> workdir/model.so, power proxy
+        out.model = student                         # cached; the next stage starts from it
+        out.info["sensitivity"] = {"prune": ...}    # optional data for plots.py
+        return out
+
+The driver caches the result, measures size and accuracy from the artifact,
+and benchmarks it with the others. ``plots.py`` documents the optional info
+keys (``exits``, ``sensitivity``).
+"""
+from __future__ import annotations
+
+import io
+import os
+import time
+
+import torch
+
+from edgec.compiler.demo import (BUILD_CODE, STAGE_DENSE, STAGE_EAGER, TRAIN_CODE, DemoError,
+                                 Outcome, Stage)
+
+STAGE_PRUNED = "pruned"
+STAGE_INT8 = "pruned + INT8"
+STAGE_EXITS = "pruned + INT8 + early exit"
+# What each compression stage needs from other parts of edgec (their passes and training).
+NEEDS = {
+    STAGE_PRUNED: ("edgec.passes.prune_channels", "edgec.compiler.train.prune_finetune"),
+    STAGE_INT8: ("edgec.passes.quantize_int8", "edgec.compiler.train.qat"),
+    STAGE_EXITS: ("edgec.passes.split_early_exits", "edgec.compiler.train.exits",
+                  "edgec.compiler.train.distill"),
+}
+TUNE_MODULE = "edgec.compiler.tune"
+BENCH_MODULE = "edgec.compiler.bench"
+
+
+class ExportedModule(torch.nn.Module):
+    """A .pt2 program as an nn.Module that edgec can evaluate, cache and compile.
+
+    torch refuses ``train()``/``eval()`` on exported programs and cannot pickle
+    their modules; this wrapper keeps mode switches away from it and pickles
+    the program itself (``torch.export.save`` bytes).
+    """
+
+    def __init__(self, program):
+        super().__init__()
+        self.program = program  # the ExportedProgram (not a Module attribute)
+        self.inner = program.module()
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        return self
+
+    def forward(self, *args):
+        return self.inner(*args)
+
+    def __reduce__(self):
+        buf = io.BytesIO()
+        torch.export.save(self.program, buf)
+        return (_exported_from_bytes, (buf.getvalue(),))
+
+
+def _exported_from_bytes(data: bytes) -> ExportedModule:
+    return ExportedModule(torch.export.load(io.BytesIO(data)))
+
+
+def make_model(spec: str | None, seed: int):
+    """The dense model: the demo's MnistCNN, a ``module:factory``, or a .pt2 program."""
+    from edgec.compiler.specs import load_factory
+    from edgec.compiler.zoo import mnist_cnn
+
+    if spec is None:
+        return mnist_cnn(seed)
+    if spec.endswith(".pt2"):
+        if not os.path.isfile(spec):
+            raise DemoError(f"model file not found: {spec}")
+        try:
+            return ExportedModule(torch.export.load(spec))
+        except Exception as e:
+            raise DemoError(f"cannot read {spec} as a torch.export program: "
+                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    torch.manual_seed(seed)
+    model = load_factory(spec)
+    if not isinstance(model, torch.nn.Module):
+        raise DemoError(f"{spec} returned a {type(model).__name__}; it must return a torch.nn.Module")
+    return model
+
+
+def check_fits(model, ctx) -> None:
+    """The model must take the data's inputs and give at least one logit per class."""
+    shape = "x".join(map(str, ctx.data.input_shape))
+    try:
+        with torch.no_grad():
+            out = model.eval()(ctx.example())
+    except Exception as e:
+        raise DemoError(f"the model cannot take {ctx.data.name}'s inputs (1x{shape}): "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    logits = out[0] if isinstance(out, (tuple, list)) else out
+    if logits.ndim != 2 or logits.shape[-1] < ctx.data.num_classes:
+        raise DemoError(f"the model's output has shape {list(logits.shape)}; {ctx.data.name} "
+                        f"needs (1, {ctx.data.num_classes}) logits, one per class")
+
+
+def train_dense(ctx, workdir) -> Outcome:
+    """The dense FP32 baseline (the teacher): trained on the train split, or taken as given."""
+    from edgec.compiler.train.fit import evaluate, fit
+
+    cfg = ctx.config
+    model = make_model(cfg.model, cfg.seed)
+    check_fits(model, ctx)
+    history, t0 = [], time.perf_counter()
+    if cfg.train_epochs > 0:
+        if isinstance(model, ExportedModule):
+            raise DemoError(f"{cfg.model}: a torch.export program cannot be trained (torch "
+                            "does not support train() on it); use --epochs 0 to take its "
+                            "weights as trained, or give a module:factory")
+        history = fit(model, ctx.data.train, epochs=cfg.train_epochs, seed=cfg.seed,
+                      quiet=cfg.quiet, desc="train dense FP32")
+    model.eval()
+    val = evaluate(model, ctx.data.val) if cfg.train_epochs > 0 else None
+    return Outcome(model=model, info={"train": {
+        "epochs": cfg.train_epochs, "loss_per_epoch": history, "val_top1": val,
+        "seconds": round(time.perf_counter() - t0, 2), "samples": len(ctx.data.train)}})
+
+
+def compile_stage(ctx, model, workdir, config=None, proxy_model=None) -> Outcome:
+    """Compile ``model`` for the run's target into ``workdir/model.so``, with its power proxy.
+
+    config: a PipelineConfig (default: the target's, tuning logs applied);
+    proxy_model: the RelaxModel after this stage's passes, when they run outside
+    the pipeline, so the proxy counts the compressed graph.
+    """
+    from edgec.compiler.build import build
+    from edgec.compiler.config import PipelineConfig
+    from edgec.compiler.frontend import import_model
+    from edgec.compiler.power import proxy_of
+
+    config = config or PipelineConfig(target=ctx.config.target)
+    relax_model = import_model(model.eval(), (ctx.example(),))
+    proxy = proxy_of(proxy_model or relax_model, ctx.config.target)
+    manifest = build(relax_model, config, os.path.join(workdir, "model.so"))
+    return Outcome(model=None, artifact="model.so", info={
+        "power_proxy": proxy.to_json(), "build_seconds": manifest["build_seconds"]})
+
+
+def compile_dense(ctx, workdir) -> Outcome:
+    """The dense teacher compiled by edgec (no compression passes)."""
+    return compile_stage(ctx, ctx.model(STAGE_EAGER), workdir)
+
+
+# The compression stages' functions: None until the stage is wired into this build.
+RUNS = {STAGE_PRUNED: None, STAGE_INT8: None, STAGE_EXITS: None}
+
+
+def stages(config, compress=(STAGE_PRUNED, STAGE_INT8, STAGE_EXITS)) -> list:
+    """The stages of one run, in order: the dense ones, then ``compress`` (names)."""
+    dense_params = (("epochs", config.train_epochs), ("model", config.model or "MnistCNN"))
+    target = (("target", config.target),)
+    out = [Stage(STAGE_EAGER, "dense-eager", train_dense, code=TRAIN_CODE, params=dense_params),
+           Stage(STAGE_DENSE, "dense-edgec", compile_dense, code=BUILD_CODE,
+                 after=(STAGE_EAGER,), params=target)]
+    previous = STAGE_EAGER
+    for name in compress:
+        slug = name.replace(" + ", "-").replace(" ", "-").lower()
+        out.append(Stage(name, slug, RUNS[name], requires=NEEDS[name],
+                         code=BUILD_CODE + TRAIN_CODE, after=(previous,), params=target))
+        previous = name
+    return out
