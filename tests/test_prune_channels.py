@@ -9,6 +9,7 @@ from edgec.compiler import PipelineConfig, compile, load, zoo
 from edgec.compiler.config import ConfigError
 from edgec.compiler.frontend import import_model
 from edgec.compiler.pipeline import run
+from edgec.compiler.runtime import flatten_outputs
 from edgec.compiler.train.prune_finetune import masked_copy
 from edgec.compiler.tvm_compat import VirtualMachine, tensor, tvm
 from edgec.passes.count_macs import count_macs
@@ -22,7 +23,7 @@ CONFIG = PipelineConfig(tuning_logs=None)
 
 def _run(relax_model, x) -> np.ndarray:
     vm = VirtualMachine(run(relax_model, CONFIG).executable, tvm.cpu())
-    return vm["main"](tensor(x.numpy()))[0].numpy()
+    return flatten_outputs(vm["main"](tensor(x.numpy())))[0]
 
 
 def _parity(model, x, ratio=0.5, criterion="l1"):
@@ -143,3 +144,30 @@ def test_unreadable_plan_file(tmp_path):
     bad.write_text(json.dumps({"groups": []}))
     with pytest.raises(PlanError, match="not a prune plan"):
         PrunePlan.load(str(bad))
+
+
+def test_onnx_model_prunes_like_zeroed_columns(tmp_path):
+    """ONNX has no torch names: the reference is the dense Relax model with the
+    consumer columns the plan removes set to zero (no surgery involved)."""
+    from edgec.compiler.peers import export_onnx
+    from edgec.passes.channel_groups import analyze, layout_indices
+    from edgec.passes.prune_plan import resolve
+
+    torch.manual_seed(0)
+    model, x = seeded(zoo.MnistCNN(c1=8, c2=16, hidden=32)), torch.randn(1, 1, 28, 28)
+    dense = import_model(export_onnx(model, (x.numpy(),), str(tmp_path / "m.onnx")))
+    plan = make_plan(dense, 0.5, multiple=2)
+    cg = analyze(dense.mod)
+    keep, zeroed = resolve(plan, dense, cg), dict(dense.params)
+    for s in cg.slices:
+        idx = layout_indices(s.layout, keep, cg)
+        if s.role == "consumer" and idx is not None:
+            drop = np.setdiff1d(np.arange(zeroed[s.name].shape[s.axis]), idx)
+            zeroed[s.name] = zeroed[s.name].copy()
+            np.moveaxis(zeroed[s.name], s.axis, 0)[drop] = 0.0
+    pruned = prune_channels(dense, plan)
+    assert pruned.params["fc1.weight"].shape == (16, 8 * 49)
+    ref = _run(dense.with_module(dense.mod, zeroed), x)
+    assert np.abs(ref - _run(dense, x)).max() > 1e-3
+    np.testing.assert_allclose(_run(pruned, x), ref, rtol=1e-4, atol=1e-5)
+
