@@ -249,8 +249,11 @@ class Walker:
     def binary(self, var, call, args):
         x, y = self.info(args[0]), self.info(args[1])
         if isinstance(x, _Act) and isinstance(y, _Act):
-            if x.axis == y.axis and _shape(args[0]) == _shape(args[1]) and self.unify(x.layout, y.layout):
-                return x
+            # spatial broadcasting (squeeze-excite scales) keeps channels aligned
+            xs, ys = _shape(args[0]), _shape(args[1])
+            if (x.axis == y.axis and xs and ys and len(xs) == len(ys) and xs[x.axis] == ys[x.axis]
+                    and _shape(var) in (xs, ys) and self.unify(x.layout, y.layout)):
+                return x if _shape(var) == xs else y
             return self.unknown(args, f"{call.op.name} of differently shaped activations")
         if isinstance(y, _Act):
             x, y, args = y, x, args[::-1]
@@ -282,9 +285,10 @@ class Walker:
             return None
         if not isinstance(x, _Act) or ishape is None or oshape is None:
             return self.unknown(args, "reshape")
-        if ishape == oshape:
-            return x
         ax = x.axis
+        if ishape == oshape:
+            self.cg.reshapes[call] = ax  # its static target shape still follows the width
+            return x
         if oshape[:ax] == ishape[:ax] and len(oshape) == ax + 1:
             block = x.layout.block * int(np.prod(ishape[ax + 1:], dtype=np.int64))
             self.cg.reshapes[call] = ax

@@ -105,7 +105,8 @@ def importance(model, cg, group, criterion: str) -> np.ndarray:
     role = "bn" if criterion == "bn_scale" and cg.slices_of(group.space, "bn") else "producer"
     score = np.zeros(group.size)
     for s in cg.slices_of(group.space, role):
-        w = np.abs(np.moveaxis(np.asarray(model.params[s.name]), s.axis, 0).reshape(group.size, -1))
+        value = model.params[s.name] if s.kind == "param" else cg.constants[s.name].value.numpy()
+        w = np.abs(np.moveaxis(np.asarray(value), s.axis, 0).reshape(group.size, -1))
         v = (w ** 2).sum(1) ** 0.5 if criterion == "l2" else w.sum(1)
         score += v / (v.mean() or 1.0)
     return score
