@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from tvm.script import ir as I
 from tvm.script import relax as R
@@ -11,10 +12,12 @@ from edgec.compiler.cli import main
 from edgec.compiler.frontend import import_model
 from edgec.compiler.graph import RelaxModel, TensorSpec
 from edgec.compiler.train.data import mnist
-from edgec.compiler.train.prune_finetune import prune_finetune, torch_masks
+from edgec.compiler.train.prune_finetune import masked_copy, prune_finetune, shrink_torch, torch_masks
 from edgec.compiler.tvm_compat import tvm
 from edgec.passes.prune_channels import prune_channels
 from edgec.passes.prune_plan import GroupPlan, PrunePlan, make_plan
+from conftest import seeded
+from prune_models import concat_net
 from test_prune_channels import _run
 
 
@@ -101,3 +104,18 @@ def test_prune_plan_cli(tmp_path, monkeypatch, capsys):
                  "--no-tuning", "-o", "m.so", "--json"]) == 0
     manifest = json.loads(capsys.readouterr().out)
     assert manifest["passes"][0]["macs_after"] == out["macs_after"]
+
+
+@pytest.mark.parametrize("make", ["concat", "mobilenet_v2"])
+def test_shrunk_torch_model_equals_masked(make):
+    if make == "concat":
+        model, x = concat_net()
+    else:
+        model, x = seeded(zoo.torchvision_model(make, num_classes=10)), torch.randn(1, 3, 32, 32)
+    dense = import_model(model, (x,))
+    plan = make_plan(dense, 0.5, multiple=1)
+    small = shrink_torch(model, dense, plan)
+    assert sum(p.numel() for p in small.parameters()) < 0.6 * sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        np.testing.assert_allclose(small(x).numpy(), masked_copy(model, dense, plan)(x).numpy(),
+                                   rtol=1e-4, atol=1e-6)

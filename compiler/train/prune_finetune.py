@@ -104,3 +104,43 @@ def prune_finetune(model: nn.Module, relax_model, plan, train, epochs: int = 3,
         for h in handles:
             h.remove()
     return student.eval()
+
+
+def shrink_torch(model: nn.Module, relax_model, plan) -> nn.Module:
+    """A copy of ``model`` with the plan's channels physically removed (Conv2d, Linear
+    and BatchNorm2d modules; anything else touched raises PlanError). It computes what
+    the masked model computes, with smaller layers."""
+    cg = analyze(relax_model.mod)
+    keep = resolve(plan, relax_model, cg)
+    out = copy.deepcopy(model).eval()
+    modules = dict(out.named_modules())
+    for s in cg.slices:
+        idx = layout_indices(s.layout, keep, cg)
+        if idx is None or s.kind != "param":
+            continue
+        path, attr = relax_model.torch_names[s.name].rpartition(".")[::2]
+        module = modules[path]
+        if not isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+            raise PlanError(f"cannot shrink {path} ({type(module).__name__}); use torch_masks")
+        index = torch.from_numpy(idx)
+        setattr(module, attr, nn.Parameter(getattr(module, attr).data.index_select(s.axis, index)))
+        if isinstance(module, nn.BatchNorm2d) and attr == "weight":
+            module.running_mean = module.running_mean.index_select(0, index)
+            module.running_var = module.running_var.index_select(0, index)
+    for module in modules.values():
+        _fix_widths(module)
+    return out
+
+
+def _fix_widths(module) -> None:
+    if isinstance(module, nn.Conv2d):
+        o, i = module.weight.shape[:2]
+        if module.groups > 1 and i == 1:  # depthwise: groups follow the width
+            module.groups = module.in_channels = o
+        else:
+            module.in_channels = i * module.groups
+        module.out_channels = o
+    elif isinstance(module, nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, nn.BatchNorm2d):
+        module.num_features = module.weight.shape[0]
