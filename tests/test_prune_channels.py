@@ -171,3 +171,14 @@ def test_onnx_model_prunes_like_zeroed_columns(tmp_path):
     assert np.abs(ref - _run(dense, x)).max() > 1e-3
     np.testing.assert_allclose(_run(pruned, x), ref, rtol=1e-4, atol=1e-5)
 
+
+
+def test_global_scope_and_rounding(small):
+    layer = make_plan(small, 0.5, multiple=1)
+    assert [len(g.keep) for g in layer.groups] == [2, 4, 8]
+    rounded = make_plan(small, 0.5, multiple=4)
+    assert [len(g.keep) for g in rounded.groups] == [4, 4, 8]  # rounded up, never above width
+    glob = make_plan(small, 0.5, scope="global", multiple=1)
+    kept = sum(len(g.keep) for g in glob.groups)
+    assert 12 <= kept <= 16 and glob.macs_after < glob.macs_before
+    assert all(list(g.keep) == sorted(set(g.keep)) for g in glob.groups)
