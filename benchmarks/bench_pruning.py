@@ -15,7 +15,6 @@ Run on a quiet machine: ``python benchmarks/bench_pruning.py --out results.json`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 
