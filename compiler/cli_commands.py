@@ -23,7 +23,9 @@ def cmd_compile(args):
 
     specs = [parse_input_spec(s) for s in args.input or []]
     config = PipelineConfig(target=args.target, dump_ir=args.dump_ir,
-                            tuning_logs=None if args.no_tuning else "auto")
+                            tuning_logs=None if args.no_tuning else "auto",
+                            prune=args.prune, prune_criterion=args.prune_criterion,
+                            prune_plan=args.prune_plan, prune_multiple=args.prune_multiple)
     model, example = args.model, None
     if not os.path.splitext(model)[1] and ":" in model:
         import torch
@@ -47,6 +49,13 @@ def _compile_flags(p):
                    help="input name, shape and dtype, e.g. x:1x3x224x224:float32 (repeatable)")
     p.add_argument("--dump-ir", metavar="DIR", help="write the IR after each phase into DIR")
     p.add_argument("--no-tuning", action="store_true", help="do not apply tuning logs")
+    p.add_argument("--prune", type=float, default=0.0, metavar="R",
+                   help="remove fraction R of every prunable channel group (0 = off)")
+    p.add_argument("--prune-criterion", default="l1", metavar="C",
+                   help="channel importance: l1, l2 or bn_scale")
+    p.add_argument("--prune-plan", metavar="PLAN.json", help="apply this plan (see 'edgec prune-plan')")
+    p.add_argument("--prune-multiple", type=int, metavar="N",
+                   help="round kept channel counts to a multiple of N (default: from the target)")
     _common(p)
 
 

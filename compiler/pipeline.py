@@ -36,6 +36,12 @@ def run(model: RelaxModel, config: PipelineConfig) -> PipelineResult:
 
     # passes: compression on the named-weight model (prune -> quantize -> split).
     # Each later issue adds its phase here, guarded by its config field.
+    if config.prune or config.prune_plan:
+        from edgec.passes.prune_channels import prune_for_config
+
+        model, record = prune_for_config(model, config, target)
+        passes.append(record)
+        dump("01_pruned", model.mod)
 
     # bind: weights become constants, so lowering can fold and prepack them.
     mod = bind(model)
