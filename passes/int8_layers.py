@@ -133,8 +133,11 @@ def _affine_step(value, cur, out_shape, axis):
     if v is None:
         return None
     one, zero = np.ones_like(v), np.zeros_like(v)
-    return {"relax.add": (one, v), "relax.subtract": (one, -v),
-            "relax.multiply": (v, zero), "relax.divide": (1.0 / v, zero)}[op]
+    if op in ("relax.add", "relax.subtract"):
+        return one, (v if op == "relax.add" else -v)
+    if op == "relax.divide" and not np.all(v != 0):
+        return None
+    return (v if op == "relax.multiply" else 1.0 / v), zero
 
 
 def _activation(value):

@@ -203,6 +203,54 @@ class _Realizer:
         return float(lo), float(hi)
 
 
+
+def quantize_phase(model, config, target, calib_data=None, quiet=True):
+    """The pipeline's quantize phase: (RelaxModel with bound int8 weights, summary).
+
+    The plan is ``config.int8_scales`` (a scale table) or calibration on
+    ``calib_data``; ``config.int8_keep_fp32`` names layers, or gives a number N of
+    the most sensitive layers (measured on the calibration data) to keep in FP32.
+    """
+    from edgec.passes.calibrate import calibration_plan, check_data
+    from edgec.passes.int8_layers import find_layers, layer_names, prepare
+    from edgec.passes.quant_scheme import QuantPlan, scheme_for_target
+
+    scheme = scheme_for_target(target, config.int8_activation, config.int8_reduce_range,
+                               config.calib_method, config.calib_percentile)
+    mod = prepare(model)
+    layers = find_layers(mod, layer_names(model))
+    if config.int8_scales:
+        plan = QuantPlan.load(config.int8_scales)
+        plan = QuantPlan(scheme, plan.ranges, plan.keep_fp32, plan.source, plan.extra)
+    else:
+        data = check_data(calib_data, model.inputs[0])[: config.calib_samples]
+        plan = calibration_plan(mod, layers, data, model.inputs[0], scheme, quiet)
+    keep, rows = config.int8_keep_fp32, []
+    plan = plan if isinstance(keep, int) else plan.with_keep_fp32(keep)
+    plan.check_layers([layer.name for layer in layers])
+    if isinstance(keep, int):
+        if keep > 0 and calib_data is None:
+            from edgec.passes.calibrate import CalibrationError
+
+            raise CalibrationError("int8_keep_fp32 N ranks layers on calibration data; give it")
+        rows = _ranked(mod, layers, plan, calib_data, model, keep)
+        keep = tuple(r["layer"] for r in rows[:keep])
+    plan = plan.with_keep_fp32(keep)
+    qmod = quantize(mod, layers, plan)
+    info = {**plan.summary(), "layers": [layer.name for layer in layers], "sensitivity": rows}
+    return model.with_module(qmod, params={}), info
+
+
+def _ranked(mod, layers, plan, data, model, keep):
+    if keep <= 0:
+        return []
+    from edgec.passes.calibrate import check_data
+    from edgec.passes.sensitivity import layer_sensitivity
+
+    data = check_data(data, model.inputs[0])[:64]
+    return [r.to_json() for r in layer_sensitivity(mod, layers, plan, data, model.inputs[0])]
+
+
 def quantize_model(model, scheme, calib_data=None, plan=None, keep_fp32=(), quiet=True):
     """Quantize a ``RelaxModel``: returns (bound int8 module, the plan used).
 
