@@ -42,7 +42,9 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None,
     # Each later issue adds its phase here, guarded by its config field.
 
     # quantize: conv2d/matmul -> int8 x int8 -> int32 (weights bound as int8 constants).
-    if config.int8:
+    from edgec.passes.import_qdq import has_qdq  # an ONNX QDQ model is quantized as it says
+
+    if config.int8 or has_qdq(model):
         from edgec.passes.quantize_int8 import quantize_phase
 
         model, info = quantize_phase(model, config, target, calib_data, quiet)

@@ -211,20 +211,11 @@ def quantize_phase(model, config, target, calib_data=None, quiet=True):
     ``calib_data``; ``config.int8_keep_fp32`` names layers, or gives a number N of
     the most sensitive layers (measured on the calibration data) to keep in FP32.
     """
-    from edgec.passes.calibrate import calibration_plan, check_data
-    from edgec.passes.int8_layers import find_layers, layer_names, prepare
-    from edgec.passes.quant_scheme import QuantPlan, scheme_for_target
+    from edgec.passes.quant_scheme import scheme_for_target
 
     scheme = scheme_for_target(target, config.int8_activation, config.int8_reduce_range,
                                config.calib_method, config.calib_percentile)
-    mod = prepare(model)
-    layers = find_layers(mod, layer_names(model))
-    if config.int8_scales:
-        plan = QuantPlan.load(config.int8_scales)
-        plan = QuantPlan(scheme, plan.ranges, plan.keep_fp32, plan.source, plan.extra)
-    else:
-        data = check_data(calib_data, model.inputs[0])[: config.calib_samples]
-        plan = calibration_plan(mod, layers, data, model.inputs[0], scheme, quiet)
+    mod, layers, plan = _plan(model, config, scheme, calib_data, quiet)
     keep, rows = config.int8_keep_fp32, []
     plan = plan if isinstance(keep, int) else plan.with_keep_fp32(keep)
     plan.check_layers([layer.name for layer in layers])
@@ -239,6 +230,28 @@ def quantize_phase(model, config, target, calib_data=None, quiet=True):
     qmod = quantize(mod, layers, plan)
     info = {**plan.summary(), "layers": [layer.name for layer in layers], "sensitivity": rows}
     return model.with_module(qmod, params={}), info
+
+
+def _plan(model, config, scheme, calib_data, quiet):
+    """(prepared module, layers, plan): from the model's own QDQ nodes, a scale table,
+    or calibration, in that order of precedence."""
+    from edgec.passes.calibrate import calibration_plan, check_data
+    from edgec.passes.import_qdq import has_qdq, strip_qdq
+    from edgec.passes.int8_layers import find_layers, layer_names, prepare
+    from edgec.passes.quant_scheme import QuantPlan
+
+    names, plan = None, None
+    if has_qdq(model):
+        model, names, plan = strip_qdq(model, scheme)
+    mod = prepare(model)
+    layers = find_layers(mod, names if names is not None else layer_names(model))
+    if config.int8_scales:
+        table = QuantPlan.load(config.int8_scales)
+        plan = QuantPlan(scheme, table.ranges, table.keep_fp32, table.source, table.extra)
+    elif plan is None:
+        data = check_data(calib_data, model.inputs[0])[: config.calib_samples]
+        plan = calibration_plan(mod, layers, data, model.inputs[0], scheme, quiet)
+    return mod, layers, plan
 
 
 def _ranked(mod, layers, plan, data, model, keep):

@@ -163,3 +163,34 @@ def test_bad_config():
         PipelineConfig(int8_activation="int4")
     with pytest.raises(QuantError, match="percentile"):
         QuantScheme(percentile=10)
+
+
+def test_cli_int8_flags(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import TinyCNN, seeded
+
+    model = seeded(TinyCNN())
+    onnx_path = str(tmp_path / "m.onnx")
+    torch.onnx.export(model, (torch.randn(1, 1, 8, 8),), onnx_path, input_names=["x"],
+                      opset_version=17, dynamo=False)
+    data = np.random.default_rng(0).standard_normal((16, 1, 8, 8)).astype("float32")
+    np.save(tmp_path / "calib.npy", data)
+    cli = [sys.executable, "-m", "edgec.compiler.cli", "compile", onnx_path, "-o",
+           str(tmp_path / "m.so")]
+    r = subprocess.run(cli + ["--int8", "--calib-data", str(tmp_path / "calib.npy"),
+                              "--calib-method", "entropy", "--int8-keep-fp32", "1", "--json"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    step = json.loads(r.stdout)["passes"][0]
+    assert step["source"] == "calibration:entropy" and len(step["keep_fp32"]) == 1
+    assert step["keep_fp32"][0] == step["sensitivity"][0]["layer"]  # the worst layer
+    r = subprocess.run(cli + ["--int8"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "needs calibration data" in r.stderr
+    nan = data.copy()
+    nan[3, 0, 2, 2] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    r = subprocess.run(cli + ["--int8", "--calib-data", str(tmp_path / "nan.npy")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "NaN/inf in 1 sample(s), first at index 3" in r.stderr
