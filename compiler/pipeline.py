@@ -45,7 +45,7 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None,
     from edgec.passes.import_qdq import has_qdq  # an ONNX QDQ model is quantized as it says
 
     if config.int8 or has_qdq(model):
-        from edgec.passes.quantize_int8 import quantize_phase
+        from edgec.passes.int8_phase import quantize_phase
 
         model, info = quantize_phase(model, config, target, calib_data, quiet)
         passes.append({"name": "quantize_int8", **info})

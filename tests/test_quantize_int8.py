@@ -15,7 +15,7 @@ from edgec.compiler.tvm_compat import relax, tvm
 from edgec.passes.calibrate import CalibrationError, run_outputs
 from edgec.passes.int8_layers import find_layers, layer_names, prepare
 from edgec.passes.quant_scheme import QuantError, QuantPlan, QuantScheme
-from edgec.passes.quantize_int8 import quantize_model
+from edgec.passes.int8_phase import quantize_model
 from edgec.passes.sensitivity import keep_worst, layer_sensitivity, sqnr_db
 from edgec.targets import get_target
 
@@ -49,6 +49,15 @@ def test_structure_int8_ops_and_weights(tiny):
     # max_pool2d runs on the int8 tensor between conv2 and fc
     pools = [c for c in _calls(qmod) if c.op.name == "relax.nn.max_pool2d"]
     assert pools and all(str(p.ty.dtype) == "uint8" for p in pools)
+
+
+def test_pass_form_is_deterministic_and_equal(tiny):
+    from edgec.passes.quantize_int8 import QuantizeInt8
+
+    _, rm, data = tiny
+    qmod, plan = quantize_model(rm, QuantScheme("uint8", True), data[:16])
+    again = QuantizeInt8(plan, layer_names(rm))(prepare(rm))
+    tvm.ir.assert_structural_equal(again, qmod, map_free_vars=True)
 
 
 def test_lowered_conv_is_int8_with_int32_accumulator(tiny):
