@@ -30,6 +30,7 @@ class PipelineConfig:
     int8_scales: a scale table JSON (from QAT or an earlier calibration) instead of calibrating.
     int8_keep_fp32: layer names to keep in FP32, or N: keep the N most sensitive ones.
     int8_activation: auto | uint8 | int8; int8_reduce_range: auto | on | off (7-bit weights).
+    int8_kernel: auto (packed vpmaddubsw convs on AVX2 when they fit) | nchw (plain convs).
     """
 
     target: str = "host"
@@ -45,6 +46,7 @@ class PipelineConfig:
     int8_keep_fp32: int | tuple = ()
     int8_activation: str = "auto"
     int8_reduce_range: str = "auto"
+    int8_kernel: str = "auto"
 
     def __post_init__(self):
         from edgec.targets import get_target
@@ -58,7 +60,7 @@ class PipelineConfig:
     def _check_int8(self):
         choices = {"calib_method": ("minmax", "percentile", "entropy"),
                    "int8_activation": ("auto", "uint8", "int8"),
-                   "int8_reduce_range": ("auto", "on", "off")}
+                   "int8_reduce_range": ("auto", "on", "off"), "int8_kernel": ("auto", "nchw")}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ConfigError(f"{name} {getattr(self, name)!r} is not valid; "

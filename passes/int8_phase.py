@@ -5,7 +5,7 @@ scale table (QAT or an earlier calibration), or calibration, in that order.
 """
 from __future__ import annotations
 
-from edgec.passes.quantize_int8 import quantize
+from edgec.passes.quantize_int8 import quantize, use_packed
 
 
 def quantize_phase(model, config, target, calib_data=None, quiet=True):
@@ -31,8 +31,10 @@ def quantize_phase(model, config, target, calib_data=None, quiet=True):
         rows = _ranked(mod, layers, plan, calib_data, model, keep)
         keep = tuple(r["layer"] for r in rows[:keep])
     plan = plan.with_keep_fp32(keep)
-    qmod = quantize(mod, layers, plan)
-    info = {**plan.summary(), "layers": [layer.name for layer in layers], "sensitivity": rows}
+    packed = use_packed(target, scheme) and config.int8_kernel == "auto"
+    qmod = quantize(mod, layers, plan, packed)
+    info = {**plan.summary(), "layers": [layer.name for layer in layers], "sensitivity": rows,
+            "kernel": "packed-avx2" if packed else "nchw"}
     return model.with_module(qmod, params={}), info
 
 
@@ -68,7 +70,8 @@ def _ranked(mod, layers, plan, data, model, keep):
     return [r.to_json() for r in layer_sensitivity(mod, layers, plan, data, model.inputs[0])]
 
 
-def quantize_model(model, scheme, calib_data=None, plan=None, keep_fp32=(), quiet=True):
+def quantize_model(model, scheme, calib_data=None, plan=None, keep_fp32=(), quiet=True,
+                   packed=False):
     """Quantize a ``RelaxModel``: returns (bound int8 module, the plan used).
 
     The plan comes from ``plan`` (a scale table, e.g. from QAT) or, without one,
@@ -82,4 +85,4 @@ def quantize_model(model, scheme, calib_data=None, plan=None, keep_fp32=(), quie
     if plan is None:
         plan = calibration_plan(mod, layers, calib_data, model.inputs[0], scheme, quiet)
     plan = plan.with_keep_fp32(keep_fp32)
-    return quantize(mod, layers, plan), plan
+    return quantize(mod, layers, plan, packed), plan

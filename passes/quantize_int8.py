@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgec.compiler.tvm_compat import relax, tvm
+from edgec.passes.int8_kernels import emit_packed_conv, packable
 from edgec.passes.int8_layers import PASSTHROUGH_OPS, _op, block_of, users
 from edgec.passes.quant_scheme import QuantPlan
 
@@ -40,11 +41,21 @@ class QValue:
     dtype: str
 
 
-def quantize(mod, layers, plan: QuantPlan) -> tvm.IRModule:
-    """Rewrite ``mod`` (a prepared module) so ``plan``'s layers run in int8."""
+def quantize(mod, layers, plan: QuantPlan, packed: bool = False) -> tvm.IRModule:
+    """Rewrite ``mod`` (a prepared module) so ``plan``'s layers run in int8.
+
+    packed: convs use the AVX2 packed kernel (``int8_kernels``; needs uint8
+    activations and 7-bit weights) where their channels allow it.
+    """
     plan.check_layers([layer.name for layer in layers])
     active = [layer for layer in layers if layer.name not in plan.keep_fp32]
-    return _Realizer(mod, active, plan).run()
+    return _Realizer(mod, active, plan, packed).run()
+
+
+def use_packed(target, scheme) -> bool:
+    """The packed vpmaddubsw kernel fits: AVX2 x86 without VNNI, u8 data, 7-bit weights."""
+    return (target.arch == "x86_64" and target.int8 == "avx2"
+            and scheme.activation_dtype == "uint8" and scheme.reduce_range)
 
 
 def _const(value, dtype):
@@ -66,8 +77,8 @@ def _substitute(expr, fn):
 
 
 class _Realizer:
-    def __init__(self, mod, layers, plan):
-        self.mod, self.plan, self.scheme = mod, plan, plan.scheme
+    def __init__(self, mod, layers, plan, packed=False):
+        self.mod, self.plan, self.scheme, self.packed = mod, plan, plan.scheme, packed
         self.block = block_of(mod)
         self.uses = users(self.block, mod["main"].body.body)
         self.defs = {b.var: b.value for b in self.block.bindings}
@@ -183,11 +194,14 @@ class _Realizer:
             return self.bb.emit(relax.op.matmul(x, w, out_dtype="int32"))
         a = layer.attrs
         padding = [int(p) for p in a.padding]
-        if qin.zp and any(padding):  # pad with the zero point, the int8 image of 0.0
+        packed = self.packed and packable(wq, int(a.groups))
+        if (qin.zp or packed) and any(padding):  # pad with the zero point, the image of 0.0
             top, left, bottom, right = padding
             x = self.bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right],
                                              pad_value=float(qin.zp)))
             padding = [0, 0, 0, 0]
+        if packed:
+            return emit_packed_conv(self.bb, x, wq, a.strides, a.dilation)
         return self.bb.emit(relax.op.nn.conv2d(
             x, w, strides=a.strides, padding=padding, dilation=a.dilation, groups=int(a.groups),
             data_layout="NCHW", kernel_layout="OIHW", out_layout="NCHW", out_dtype="int32"))
@@ -205,12 +219,12 @@ class _Realizer:
 
 
 
-def QuantizeInt8(plan: QuantPlan, names=None):  # noqa: N802  (TVM's pass naming)
+def QuantizeInt8(plan: QuantPlan, names=None, packed=False):  # noqa: N802  (TVM's naming)
     """The pass form: ``QuantizeInt8(plan, layer_names)(prepared_module)``."""
     from edgec.passes.int8_layers import find_layers
 
     @tvm.ir.transform.module_pass(opt_level=0, name="edgec.QuantizeInt8")
     def pass_fn(mod, _ctx):
-        return quantize(mod, find_layers(mod, names), plan)
+        return quantize(mod, find_layers(mod, names), plan, packed)
 
     return pass_fn

@@ -79,6 +79,24 @@ def test_lowered_conv_is_int8_with_int32_accumulator(tiny):
     assert "vpmaddwd" in asm and "vpmovzxbw" in asm
 
 
+def test_packed_avx2_conv_is_bit_exact_and_uses_vpmaddubsw(tiny):
+    _, rm, data = tiny
+    plain, plan = quantize_model(rm, QuantScheme("uint8", True), data[:16])
+    packed, _ = quantize_model(rm, QuantScheme("uint8", True), plan=plan, packed=True)
+    target = get_target("x86-avx2").tvm_target()
+    with target:
+        low = relax.get_pipeline("zero")(packed)
+    kernels = [gv.name_hint for gv in low.functions if gv.name_hint.startswith("conv2d_int8_avx2")]
+    assert len(kernels) == 1  # conv2 (8 -> 16 channels); conv1 has 1 input channel: plain
+    assert "llvm.x86.avx2.pmadd.ub.sw" in low[kernels[0]].script()
+    lib = tvm.compile(low, target=target).mod
+    asm = "".join(m.inspect_source("asm") for m in [lib, *lib.imports])
+    assert re.search(r"\bvpmaddubsw\b", asm) and re.search(r"\bvpmaddwd\b", asm)
+    x = data[16:24]
+    np.testing.assert_array_equal(run_outputs(packed, x, rm.inputs[0]),
+                                  run_outputs(plain, x, rm.inputs[0]))
+
+
 def test_small_cnn_sqnr_over_30db(tiny):
     _, rm, data = tiny
     qmod, _ = quantize_model(rm, QuantScheme("uint8", True), data[:32])
