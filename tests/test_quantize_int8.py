@@ -221,3 +221,23 @@ def test_cli_int8_flags(tmp_path):
     r = subprocess.run(cli + ["--int8", "--calib-data", str(tmp_path / "nan.npy")],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "NaN/inf in 1 sample(s), first at index 3" in r.stderr
+
+
+def test_scheme_per_target_and_qparams():
+    from edgec.passes.quant_scheme import scheme_for_target
+
+    avx2 = scheme_for_target(get_target("x86-avx2"))
+    assert (avx2.activation_dtype, avx2.reduce_range, avx2.weight_qmax) == ("uint8", True, 63)
+    vnni = scheme_for_target(get_target("x86-avx512-vnni"))
+    assert (vnni.activation_dtype, vnni.reduce_range) == ("uint8", False)
+    arm = scheme_for_target(get_target("rpi5"))
+    assert (arm.activation_dtype, arm.reduce_range) == ("int8", False)
+    assert not scheme_for_target(get_target("x86-avx2"), reduce_range="off").reduce_range
+    with pytest.raises(QuantError, match="valid: auto, on, off"):
+        scheme_for_target(get_target("x86-avx2"), reduce_range="7bit")
+    scale, zp = avx2.activation_qparams(-1.0, 3.0)
+    assert zp == 64 and abs(scale - 4.0 / 255) < 1e-12  # 0.0 maps exactly to q = zp
+    assert abs((255 - zp) * scale - 3.0) < scale and abs((0 - zp) * scale + 1.0) < scale
+    w = np.array([[1.0, -0.5], [0.0, 0.0]], "float32")
+    q, s = avx2.quantize_weight(w, 0)
+    assert q.tolist() == [[63, -32], [0, 0]] and s[1] == 1.0
