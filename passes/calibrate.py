@@ -82,8 +82,12 @@ def collect(mod, tensors, data, input_spec, quiet=True, desc="calibrate"):
 
 
 def calibrate(mod, tensors: dict, data, input_spec, method="minmax", percentile=99.99,
-              quiet=True) -> dict:
-    """Ranges {name: (lo, hi)} of ``tensors`` ({name: var}) over ``data``."""
+              quiet=True, symmetric=False) -> dict:
+    """Ranges {name: (lo, hi)} of ``tensors`` ({name: var}) over ``data``.
+
+    symmetric: the ranges feed symmetric int8 (entropy then thresholds |x| with 128
+    levels, as ONNX Runtime does); otherwise each side of zero is thresholded on its own.
+    """
     data = check_data(data, input_spec)
     names, uniq = list(tensors), list(dict.fromkeys(tensors.values()))
     index = {v: k for k, v in enumerate(uniq)}
@@ -95,7 +99,8 @@ def calibrate(mod, tensors: dict, data, input_spec, method="minmax", percentile=
     if method == "minmax":
         ranges = list(zip(lo, hi))
     elif method in ("percentile", "entropy"):
-        ranges = _histogram_ranges(mod, uniq, data, input_spec, lo, hi, method, percentile, quiet)
+        ranges = _histogram_ranges(mod, uniq, data, input_spec, lo, hi, method, percentile, quiet,
+                                   symmetric)
     else:
         raise CalibrationError(f"unknown calibration method {method!r}; valid: minmax, "
                                "percentile, entropy")
@@ -103,7 +108,7 @@ def calibrate(mod, tensors: dict, data, input_spec, method="minmax", percentile=
             for n in names}
 
 
-def _histogram_ranges(mod, uniq, data, spec, lo, hi, method, pct, quiet) -> list:
+def _histogram_ranges(mod, uniq, data, spec, lo, hi, method, pct, quiet, symmetric) -> list:
     bound = np.maximum(np.abs(lo), np.abs(hi))
     bound = np.where(bound > 0, bound, 1.0)
     hists = [np.zeros(2 * BINS, dtype=np.int64) for _ in uniq]  # over [-bound, bound]
@@ -116,9 +121,20 @@ def _histogram_ranges(mod, uniq, data, spec, lo, hi, method, pct, quiet) -> list
         if method == "percentile":
             out.append(percentile_range(h, edges, pct, l, u))
         else:
-            t = entropy_threshold(h[BINS:] + h[:BINS][::-1], b)
-            out.append((max(l, -t), min(u, t)))
+            out.append(_entropy_range(h, b, l, u, symmetric))
     return out
+
+
+def _entropy_range(h, bound, lo, hi, symmetric) -> tuple:
+    pos, neg = h[BINS:], h[:BINS][::-1]
+    if symmetric:
+        t = entropy_threshold(pos + neg, bound, 128)
+        return max(lo, -t), min(hi, t)
+    # asymmetric uint8: a one-sided input (e.g. normalised pixels: a background spike
+    # below zero, strokes above) must not be clipped to the spike's |x|
+    new_hi = min(hi, entropy_threshold(pos, bound, 128)) if hi > 0 else hi
+    new_lo = max(lo, -entropy_threshold(neg, bound, 128)) if lo < 0 else lo
+    return new_lo, new_hi
 
 
 def percentile_range(hist, edges, pct, lo, hi) -> tuple:
@@ -171,7 +187,8 @@ def calibration_plan(mod, layers, data, input_spec, scheme, quiet=True):
     from edgec.passes.quant_scheme import QuantPlan
 
     ranges = calibrate(mod, {layer.name: layer.input for layer in layers}, data, input_spec,
-                       scheme.calib_method, scheme.percentile, quiet)
+                       scheme.calib_method, scheme.percentile, quiet,
+                       symmetric=scheme.activation_dtype == "int8")
     return QuantPlan(scheme, ranges, source=f"calibration:{scheme.calib_method}",
                      extra={"samples": int(len(check_data(data, input_spec)))})
 
