@@ -1,4 +1,4 @@
-"""Packed int8 conv2d kernels for x86 AVX2, tensorized with ``dot_8x4_avx2``.
+"""Packed int8 conv2d and matmul kernels for x86 AVX2, tensorized with ``dot_8x4_avx2``.
 
 Relax's conv2d legalizes to a plain NCHW loop nest that LLVM vectorizes by
 widening u8/s8 to s16 (vpmovzxbw + vpmaddwd). This kernel instead takes data
@@ -18,8 +18,10 @@ from edgec.compiler.tvm_compat import relax
 OC_BLOCK, IC_BLOCK = 8, 4
 
 
-def packable(wq: np.ndarray, groups: int) -> bool:
-    """Whether an OIHW int8 weight fits the packed kernel."""
+def packable(wq: np.ndarray, groups: int = 1) -> bool:
+    """Whether an OIHW conv weight (or a (K, N) matmul weight) fits the packed kernels."""
+    if wq.ndim == 2:
+        return wq.shape[0] % IC_BLOCK == 0 and wq.shape[1] % OC_BLOCK == 0
     return groups == 1 and wq.shape[0] % OC_BLOCK == 0 and wq.shape[1] % IC_BLOCK == 0
 
 
@@ -88,3 +90,43 @@ def emit_packed_conv(bb, x, wq: np.ndarray, strides, dilation):
     return bb.emit(relax.op.reshape(relax.op.permute_dims(out, [0, 1, 4, 2, 3]),
                                     (nb, co8 * OC_BLOCK, ho, wo)))
 
+
+
+def scheduled_matmul(m, k, n):
+    """(M, K) u8 x packed (N/8, K/4, 8, 4) s8 -> (M, N) s32, tensorized."""
+    from tvm import s_tir, te
+
+    from edgec.passes.x86_int8_intrin import register
+
+    intrin = register()
+    a = te.placeholder((m, k), "uint8", name="data")
+    b = te.placeholder((n // OC_BLOCK, k // IC_BLOCK, OC_BLOCK, IC_BLOCK), "int8", name="weight")
+    r = te.reduce_axis((0, k), "k")
+    c = te.compute((m, n), lambda i, j: te.sum(
+        a[i, r].astype("int32") * b[j // 8, r // 4, j % 8, r % 4].astype("int32"), axis=r),
+        name="matmul")
+    sch = s_tir.Schedule(te.create_prim_func([a, b, c]))
+    block = sch.get_sblock("matmul")
+    i, j, kk = sch.get_loops(block)
+    jo, ji = sch.split(j, [None, OC_BLOCK])
+    ko, ki = sch.split(kk, [None, IC_BLOCK])
+    sch.reorder(i, jo, ko, ji, ki)
+    if m * n // OC_BLOCK >= 8 and m * n * k >= 1 << 18:  # small GEMVs: threads cost more
+        sch.parallel(sch.fuse(i, jo))
+    sch.decompose_reduction(block, ko)
+    sch.tensorize(ji, intrin)
+    return sch.mod["main"].with_attr("op_pattern", 8)
+
+
+def emit_packed_matmul(bb, x, wq: np.ndarray):
+    """Emit ``x (..., K) u8 @ wq (K, N) s8`` with the packed kernel; returns int32 (..., N)."""
+    shape = [int(d) for d in x.ty.shape.values]
+    k, n = wq.shape
+    m = int(np.prod(shape[:-1]))
+    wp = np.ascontiguousarray(wq.T.reshape(n // 8, 8, k // 4, 4).transpose(0, 2, 1, 3))
+    name = f"matmul_int8_avx2_{m}x{k}x{n}"
+    gv = bb.add_func(scheduled_matmul(m, k, n).with_attr("global_symbol", name), name)
+    flat = bb.emit(relax.op.reshape(x, (m, k))) if len(shape) != 2 else x
+    out = bb.emit(relax.call_tir(gv, [flat, relax.const(wp, "int8")],
+                                 relax.TensorType((m, n), "int32")))
+    return bb.emit(relax.op.reshape(out, (*shape[:-1], n))) if len(shape) != 2 else out

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgec.compiler.tvm_compat import relax, tvm
-from edgec.passes.int8_kernels import emit_packed_conv, packable
+from edgec.passes.int8_kernels import emit_packed_conv, emit_packed_matmul, packable
 from edgec.passes.int8_layers import PASSTHROUGH_OPS, _op, block_of, users
 from edgec.passes.quant_scheme import QuantPlan
 
@@ -191,6 +191,8 @@ class _Realizer:
         """The int32 accumulator of ``layer`` on the int8 input ``qin``."""
         x, w = qin.var, _const(wq, "int8")
         if layer.kind == "matmul":
+            if self.packed and packable(wq):
+                return emit_packed_matmul(self.bb, x, wq)
             return self.bb.emit(relax.op.matmul(x, w, out_dtype="int32"))
         a = layer.attrs
         padding = [int(p) for p in a.padding]

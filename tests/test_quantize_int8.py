@@ -97,6 +97,18 @@ def test_packed_avx2_conv_is_bit_exact_and_uses_vpmaddubsw(tiny):
                                   run_outputs(plain, x, rm.inputs[0]))
 
 
+def test_packed_avx2_matmul_is_bit_exact(mlp):
+    model, x = mlp
+    rm = import_model(model, x)
+    data = np.random.default_rng(0).standard_normal((16, 16)).astype("float32")
+    plain, plan = quantize_model(rm, QuantScheme("uint8", True), data)
+    packed, _ = quantize_model(rm, QuantScheme("uint8", True), plan=plan, packed=True)
+    names = [gv.name_hint for gv in packed.functions]
+    assert "matmul_int8_avx2_2x16x32" in names  # Linear(16, 32); Linear(32, 4): plain
+    np.testing.assert_array_equal(run_outputs(packed, data, rm.inputs[0]),
+                                  run_outputs(plain, data, rm.inputs[0]))
+
+
 def test_small_cnn_sqnr_over_30db(tiny):
     _, rm, data = tiny
     qmod, _ = quantize_model(rm, QuantScheme("uint8", True), data[:32])
