@@ -149,6 +149,9 @@ def percentile_range(hist, edges, pct, lo, hi) -> tuple:
 def entropy_threshold(abs_hist, bound, levels=128) -> float:
     """The |x| clipping threshold minimising KL(P || Q) (TensorRT's calibration)."""
     abs_hist = abs_hist.astype(np.float64)
+    # the ReLU spike at 0 says nothing about the range, but dominates P: with it the
+    # KL prefers the smallest threshold (as in NVIDIA's pytorch-quantization, drop it)
+    abs_hist[0] = abs_hist[1]
     n = len(abs_hist)
     if abs_hist.sum() == 0:
         return float(bound)
