@@ -26,10 +26,11 @@ def check_cross_compiler(target) -> None:
                          f"not found on PATH; install it: {how}")
 
 
-def build(model: RelaxModel, config, output: str) -> dict:
+def build(model: RelaxModel, config, output: str, calib_data=None) -> dict:
     """Compile ``model`` with ``config`` into ``output`` (.so) plus its .json manifest.
 
     Both files appear only when the build succeeded. Returns the manifest.
+    calib_data: INT8 calibration inputs (see ``pipeline.run``).
     """
     from edgec.targets import get_target
 
@@ -38,7 +39,7 @@ def build(model: RelaxModel, config, output: str) -> dict:
     target = get_target(config.target)
     check_cross_compiler(target)
     start = time.perf_counter()
-    result = run(model, config)
+    result = run(model, config, calib_data)
     with atomic_path(output) as tmp:
         _export(result.executable, tmp, target)
         arch = elf_machine(tmp)

@@ -25,7 +25,9 @@ def cmd_compile(args):
     config = PipelineConfig(target=args.target, dump_ir=args.dump_ir,
                             tuning_logs=None if args.no_tuning else "auto",
                             prune=args.prune, prune_criterion=args.prune_criterion,
-                            prune_plan=args.prune_plan, prune_multiple=args.prune_multiple)
+                            prune_plan=args.prune_plan, prune_multiple=args.prune_multiple,
+                            **_int8_config(args))
+    calib = _calib_data(args, config)
     model, example = args.model, None
     if not os.path.splitext(model)[1] and ":" in model:
         import torch
@@ -35,7 +37,7 @@ def cmd_compile(args):
         model = load_factory(model)
         example = tuple(torch.zeros(s.shape, dtype=getattr(torch, s.dtype)) for s in specs)
     manifest = compile_model(model, example, config=config, output=args.output,
-                             input_specs=specs or None)
+                             input_specs=specs or None, calib_data=calib)
     emit(args, manifest, f"wrote {args.output} ({manifest['library_bytes'] / 1e6:.2f} MB, "
          f"{manifest['arch']}, target {manifest['target']['name']}) and its manifest "
          f"{os.path.splitext(args.output)[0]}.json")
@@ -56,7 +58,37 @@ def _compile_flags(p):
     p.add_argument("--prune-plan", metavar="PLAN.json", help="apply this plan (see 'edgec prune-plan')")
     p.add_argument("--prune-multiple", type=int, metavar="N",
                    help="round kept channel counts to a multiple of N (default: from the target)")
+    _int8_flags(p)
     _common(p)
+
+
+def _int8_flags(p):
+    g = p.add_argument_group("INT8 quantization")
+    g.add_argument("--int8", action="store_true", help="quantize conv/linear layers to INT8")
+    g.add_argument("--calib-data", metavar="DATA", help="calibration inputs: .npy, .npz (x) or mnist")
+    g.add_argument("--calib-method", default="minmax", help="minmax | percentile | entropy")
+    g.add_argument("--calib-samples", type=int, default=256, help="calibration samples used")
+    g.add_argument("--scales", metavar="SCALES.json", help="scale table (QAT/calibration) to use")
+    g.add_argument("--int8-keep-fp32", metavar="N|NAMES", default="0",
+                   help="keep the N most sensitive layers in FP32, or comma-separated layer names")
+    g.add_argument("--int8-activation", default="auto", help="auto | uint8 | int8")
+    g.add_argument("--reduce-range", default="auto", help="7-bit weights: auto | on | off")
+
+
+def _int8_config(args) -> dict:
+    keep = args.int8_keep_fp32
+    keep = int(keep) if keep.isdigit() else tuple(k for k in keep.split(",") if k)
+    return dict(int8=args.int8 or bool(args.scales), calib_method=args.calib_method, calib_samples=args.calib_samples,
+                int8_scales=args.scales, int8_keep_fp32=keep,
+                int8_activation=args.int8_activation, int8_reduce_range=args.reduce_range)
+
+
+def _calib_data(args, config):
+    if not config.int8 or not args.calib_data:
+        return None
+    from edgec.passes.calibrate import load_calib_data
+
+    return load_calib_data(args.calib_data, config.calib_samples)
 
 
 cmd_compile.configure = _compile_flags

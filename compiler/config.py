@@ -29,6 +29,13 @@ class PipelineConfig:
     prune_plan: a JSON PrunePlan to apply instead of planning (None: plan from ``prune``).
     prune_multiple: round kept channel counts up to this multiple (None: from the
       target's vector width, fp32 lanes).
+    int8: quantize conv2d/matmul layers to INT8 (needs calibration data or int8_scales).
+    calib_method: minmax | percentile | entropy; calib_samples: samples used;
+    calib_percentile: the percentile kept by ``percentile``.
+    int8_scales: a scale table JSON (from QAT or an earlier calibration) instead of calibrating.
+    int8_keep_fp32: layer names to keep in FP32, or N: keep the N most sensitive ones.
+    int8_activation: auto | uint8 | int8; int8_reduce_range: auto | on | off (7-bit weights).
+    int8_kernel: auto (packed vpmaddubsw convs on AVX2 when they fit) | nchw (plain convs).
     """
 
     target: str = "host"
@@ -40,6 +47,15 @@ class PipelineConfig:
     prune_criterion: str = "l1"
     prune_plan: str | None = None
     prune_multiple: int | None = None
+    int8: bool = False
+    calib_method: str = "minmax"
+    calib_samples: int = 256
+    calib_percentile: float = 99.99
+    int8_scales: str | None = None
+    int8_keep_fp32: int | tuple = ()
+    int8_activation: str = "auto"
+    int8_reduce_range: str = "auto"
+    int8_kernel: str = "auto"
 
     def __post_init__(self):
         from edgec.targets import get_target
@@ -49,6 +65,7 @@ class PipelineConfig:
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         self._check_prune()
+        self._check_int8()
 
     def _check_prune(self):
         from edgec.passes.prune_plan import CRITERIA
@@ -63,6 +80,26 @@ class PipelineConfig:
                                                 or self.prune_multiple < 1):
             raise ConfigError(f"prune_multiple must be a positive integer or None, "
                               f"got {self.prune_multiple!r}")
+
+    def _check_int8(self):
+        choices = {"calib_method": ("minmax", "percentile", "entropy"),
+                   "int8_activation": ("auto", "uint8", "int8"),
+                   "int8_reduce_range": ("auto", "on", "off"), "int8_kernel": ("auto", "nchw")}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ConfigError(f"{name} {getattr(self, name)!r} is not valid; "
+                                  f"valid: {', '.join(valid)}")
+        if not isinstance(self.int8, bool):
+            raise ConfigError(f"int8 must be true or false, got {self.int8!r}")
+        if not isinstance(self.calib_samples, int) or self.calib_samples < 1:
+            raise ConfigError(f"calib_samples must be a positive integer, got {self.calib_samples!r}")
+        if not 50.0 < float(self.calib_percentile) <= 100.0:
+            raise ConfigError(f"calib_percentile must be in (50, 100], got {self.calib_percentile}")
+        keep = self.int8_keep_fp32
+        if isinstance(keep, list):
+            object.__setattr__(self, "int8_keep_fp32", tuple(keep))
+        elif not (isinstance(keep, tuple) or (isinstance(keep, int) and keep >= 0)):
+            raise ConfigError(f"int8_keep_fp32 must be layer names or a count >= 0, got {keep!r}")
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -26,8 +26,12 @@ class PipelineResult:
     tuning: dict = field(default_factory=dict)
 
 
-def run(model: RelaxModel, config: PipelineConfig) -> PipelineResult:
-    """Compile ``model`` as ``config`` says; returns the executable and a summary."""
+def run(model: RelaxModel, config: PipelineConfig, calib_data=None,
+        quiet: bool = True) -> PipelineResult:
+    """Compile ``model`` as ``config`` says; returns the executable and a summary.
+
+    calib_data: input samples (N, *input shape[1:]) for INT8 calibration.
+    """
     target = get_target(config.target)
     tvm_target = target.tvm_target()
     dump = _dumper(config.dump_ir)
@@ -42,6 +46,16 @@ def run(model: RelaxModel, config: PipelineConfig) -> PipelineResult:
         model, record = prune_for_config(model, config, target)
         passes.append(record)
         dump("01_pruned", model.mod)
+
+    # quantize: conv2d/matmul -> int8 x int8 -> int32 (weights bound as int8 constants).
+    from edgec.passes.import_qdq import has_qdq  # an ONNX QDQ model is quantized as it says
+
+    if config.int8 or has_qdq(model):
+        from edgec.passes.int8_phase import quantize_phase
+
+        model, info = quantize_phase(model, config, target, calib_data, quiet)
+        passes.append({"name": "quantize_int8", **info})
+        dump("05_quantized", model.mod)
 
     # bind: weights become constants, so lowering can fold and prepack them.
     mod = bind(model)

@@ -1,0 +1,232 @@
+"""Realize INT8: quantizable layers become u8/s8 x s8 -> int32 ops with requantization.
+
+Per layer (see ``int8_layers``): weights are quantized per output channel to int8
+constants (4x fewer bytes), the bias (with BN folded in) becomes int32 in the
+accumulator's scale, and the zero point of uint8 inputs is folded into that bias
+(``conv(x - zp, W) = conv(x, W) - zp * sum(W)``; padding then pads with ``zp``).
+
+Requantization uses a **float scale** per output channel, as ONNX Runtime's MLAS
+does: ``q_out = clip(round(float(acc) * (s_in * s_w[c] / s_out)) + zp_out, lo, hi)``,
+ReLU/clip folded into ``lo``/``hi``. On x86 float multiply-and-round vectorises
+(vcvtdq2ps/vmulps/vcvtps2dq); a fixed-point multiplier needs 64-bit products,
+which AVX2 lacks. A float32 product of an |acc| < 2^24 is exact to half an ulp,
+so results differ from a fixed-point requantize by at most one step.
+
+The output of a layer stays int8 when another quantized layer consumes it
+(directly or through max_pool2d / reshape / relu, which run on int8 too);
+it is dequantized only where an FP32 op needs it, and the last layer of a
+chain with no quantized consumer dequantizes straight from its int32 accumulator.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgec.compiler.tvm_compat import relax, tvm
+from edgec.passes.int8_kernels import emit_packed_conv, emit_packed_matmul, packable
+from edgec.passes.int8_layers import PASSTHROUGH_OPS, _op, block_of, users
+from edgec.passes.quant_scheme import QuantPlan
+
+INT32 = (-(2 ** 31), 2 ** 31 - 1)
+
+
+@dataclass(frozen=True)
+class QValue:
+    """An int8 tensor standing for a float one: real = (var - zp) * scale."""
+
+    var: object
+    scale: float
+    zp: int
+    dtype: str
+
+
+def quantize(mod, layers, plan: QuantPlan, packed: bool = False) -> tvm.IRModule:
+    """Rewrite ``mod`` (a prepared module) so ``plan``'s layers run in int8.
+
+    packed: convs use the AVX2 packed kernel (``int8_kernels``; needs uint8
+    activations and 7-bit weights) where their channels allow it.
+    """
+    plan.check_layers([layer.name for layer in layers])
+    active = [layer for layer in layers if layer.name not in plan.keep_fp32]
+    return _Realizer(mod, active, plan, packed).run()
+
+
+def use_packed(target, scheme) -> bool:
+    """The packed vpmaddubsw kernel fits: AVX2 x86 without VNNI, u8 data, 7-bit weights."""
+    return (target.arch == "x86_64" and target.int8 == "avx2"
+            and scheme.activation_dtype == "uint8" and scheme.reduce_range)
+
+
+def _const(value, dtype):
+    return relax.const(np.asarray(value).astype(dtype), dtype)
+
+
+def _substitute(expr, fn):
+    """``expr`` with every Var replaced by ``fn(var)`` (Calls, Tuples, TupleGetItem)."""
+    if isinstance(expr, relax.Var):
+        return fn(expr)
+    if isinstance(expr, relax.Call):
+        return relax.Call(expr.op, [_substitute(a, fn) for a in expr.args], expr.attrs,
+                          expr.ty_args)
+    if isinstance(expr, relax.Tuple):
+        return relax.Tuple([_substitute(f, fn) for f in expr.fields])
+    if isinstance(expr, relax.TupleGetItem):
+        return relax.TupleGetItem(_substitute(expr.tuple_value, fn), expr.index)
+    return expr
+
+
+class _Realizer:
+    def __init__(self, mod, layers, plan, packed=False):
+        self.mod, self.plan, self.scheme, self.packed = mod, plan, plan.scheme, packed
+        self.block = block_of(mod)
+        self.uses = users(self.block, mod["main"].body.body)
+        self.defs = {b.var: b.value for b in self.block.bindings}
+        self.by_op = {layer.op_var: layer for layer in layers}
+        self.skip = {v for layer in layers for v in layer.chain[1:]}
+        self.by_input = {}
+        for layer in layers:
+            self.by_input.setdefault(layer.input, []).append(layer)
+        self.env = {p: p for p in mod["main"].params}
+        self.q = {}
+        self.bb = relax.BlockBuilder()
+
+    def run(self):
+        f = self.mod["main"]
+        attrs = dict(f.attrs) if f.attrs else None
+        with self.bb.function("main", list(f.params), attrs=attrs):
+            with self.bb.dataflow():
+                for b in self.block.bindings:
+                    self.binding(b)
+                ret = _substitute(f.body.body, self.fp32)
+                ret = self.bb.emit_output(ret)
+            self.bb.emit_func_output(ret)
+        return self.bb.get()
+
+    def binding(self, b):
+        v, value = b.var, b.value
+        if v in self.skip:
+            return
+        if v in self.by_op:
+            return self.layer(self.by_op[v])
+        arg = value.args[0] if isinstance(value, relax.Call) and value.args else None
+        if _op(value) in PASSTHROUGH_OPS and arg not in self.env and arg in self.q:
+            return self.passthrough(v, value, self.q[arg])
+        self.env[v] = self.bb.emit(_substitute(value, self.fp32), name_hint=v.name)
+
+    def passthrough(self, v, value, qv):
+        if _op(value) == "relax.nn.relu":
+            new = relax.op.maximum(qv.var, _const(qv.zp, qv.dtype))
+        else:
+            new = relax.Call(value.op, [qv.var, *value.args[1:]], value.attrs, value.ty_args)
+        self.q[v] = QValue(self.bb.emit(new, name_hint=f"{v.name}_q"), qv.scale, qv.zp, qv.dtype)
+
+    def fp32(self, var):
+        """The float value of ``var``, dequantizing its int8 form on first use."""
+        if var in self.env:
+            return self.env[var]
+        qv = self.q[var]
+        x = relax.op.astype(qv.var, "float32")
+        if qv.zp:
+            x = relax.op.subtract(x, _const(qv.zp, "float32"))
+        self.env[var] = self.bb.emit(relax.op.multiply(x, _const(qv.scale, "float32")),
+                                     name_hint=f"{var.name}_dq")
+        return self.env[var]
+
+    def int8(self, var, lo, hi) -> QValue:
+        """The int8 form of ``var``, quantizing its float value with range [lo, hi]."""
+        if var in self.q:
+            return self.q[var]
+        scale, zp = self.scheme.activation_qparams(lo, hi)
+        qmin, qmax = self.scheme.act_qrange
+        x = relax.op.round(relax.op.multiply(self.fp32(var), _const(1.0 / scale, "float32")))
+        if zp:
+            x = relax.op.add(x, _const(zp, "float32"))
+        x = relax.op.astype(relax.op.clip(x, float(qmin), float(qmax)), self.scheme.activation_dtype)
+        self.q[var] = QValue(self.bb.emit(x, name_hint=f"{var.name}_q"), scale, zp,
+                             self.scheme.activation_dtype)
+        return self.q[var]
+
+    def out_range(self, var):
+        """Union of the input ranges of quantized layers fed by ``var`` (None: none)."""
+        found, todo = [], [var]
+        while todo:
+            cur = todo.pop()
+            found += [self.plan.ranges[layer.name] for layer in self.by_input.get(cur, [])]
+            for i in self.uses.get(cur, []):
+                b = self.block.bindings[i] if i >= 0 else None
+                if b is not None and _op(b.value) in PASSTHROUGH_OPS and b.value.args[0].same_as(cur):
+                    todo.append(b.var)
+        if not found:
+            return None
+        return min(r[0] for r in found), max(r[1] for r in found)
+
+    def layer(self, layer):
+        qin = self.int8(layer.input, *self.plan.ranges[layer.name])
+        axis = 0 if layer.kind == "conv2d" else 1
+        wq, sw = self.scheme.quantize_weight(layer.weight, axis)
+        acc_scale = qin.scale * sw
+        other = tuple(d for d in range(wq.ndim) if d != axis)
+        bias = np.round(layer.bias / acc_scale) - qin.zp * wq.astype(np.int64).sum(axis=other)
+        acc = self.accumulate(layer, qin, wq)
+        shape = (1, -1, 1, 1) if layer.kind == "conv2d" else (-1,)
+        acc = self.bb.emit(relax.op.add(acc, _const(np.clip(bias, *INT32).reshape(shape), "int32")))
+        out = self.out_range(layer.out_var)
+        accf = relax.op.astype(acc, "float32")
+        if out is None:  # only FP32 consumers: dequantize the accumulator itself
+            y = relax.op.multiply(accf, _const(acc_scale.reshape(shape), "float32"))
+            if layer.act:
+                y = relax.op.nn.relu(y) if layer.act[0] == "relu" else relax.op.clip(y, *layer.act[1:])
+            self.env[layer.out_var] = self.bb.emit(y, name_hint=layer.out_var.name)
+            return
+        scale, zp = self.scheme.activation_qparams(*out)
+        y = relax.op.round(relax.op.multiply(accf, _const((acc_scale / scale).reshape(shape), "float32")))
+        lo, hi = self._bounds(layer.act, scale, zp)
+        y = relax.op.clip(relax.op.add(y, _const(zp, "float32")) if zp else y, lo, hi)
+        dtype = self.scheme.activation_dtype
+        var = self.bb.emit(relax.op.astype(y, dtype), name_hint=f"{layer.out_var.name}_q")
+        self.q[layer.out_var] = QValue(var, scale, zp, dtype)
+
+    def accumulate(self, layer, qin, wq):
+        """The int32 accumulator of ``layer`` on the int8 input ``qin``."""
+        x, w = qin.var, _const(wq, "int8")
+        if layer.kind == "matmul":
+            if self.packed and packable(wq):
+                return emit_packed_matmul(self.bb, x, wq)
+            return self.bb.emit(relax.op.matmul(x, w, out_dtype="int32"))
+        a = layer.attrs
+        padding = [int(p) for p in a.padding]
+        packed = self.packed and packable(wq, int(a.groups))
+        if (qin.zp or packed) and any(padding):  # pad with the zero point, the image of 0.0
+            top, left, bottom, right = padding
+            x = self.bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right],
+                                             pad_value=float(qin.zp)))
+            padding = [0, 0, 0, 0]
+        if packed:
+            return emit_packed_conv(self.bb, x, wq, a.strides, a.dilation)
+        return self.bb.emit(relax.op.nn.conv2d(
+            x, w, strides=a.strides, padding=padding, dilation=a.dilation, groups=int(a.groups),
+            data_layout="NCHW", kernel_layout="OIHW", out_layout="NCHW", out_dtype="int32"))
+
+    def _bounds(self, act, scale, zp):
+        qmin, qmax = self.scheme.act_qrange
+        lo, hi = qmin, qmax
+        if act and act[0] == "relu":
+            lo = max(qmin, zp)
+        elif act:
+            lo = max(qmin, int(round(act[1] / scale)) + zp)
+            hi = min(qmax, int(round(act[2] / scale)) + zp)
+        return float(lo), float(hi)
+
+
+
+
+def QuantizeInt8(plan: QuantPlan, names=None, packed=False):  # noqa: N802  (TVM's naming)
+    """The pass form: ``QuantizeInt8(plan, layer_names)(prepared_module)``."""
+    from edgec.passes.int8_layers import find_layers
+
+    @tvm.ir.transform.module_pass(opt_level=0, name="edgec.QuantizeInt8")
+    def pass_fn(mod, _ctx):
+        return quantize(mod, find_layers(mod, names), plan, packed)
+
+    return pass_fn

@@ -1,0 +1,255 @@
+"""INT8 pass: structure (int8 ops, int32 accumulate, int8 weights), numerics, errors."""
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from edgec.compiler.api import compile as compile_model
+from edgec.compiler.config import ConfigError, PipelineConfig
+from edgec.compiler.frontend import import_model
+from edgec.compiler.graph import constant_bytes
+from edgec.compiler.runtime import load
+from edgec.compiler.tvm_compat import relax, tvm
+from edgec.passes.calibrate import CalibrationError, run_outputs
+from edgec.passes.int8_layers import find_layers, layer_names, prepare
+from edgec.passes.quant_scheme import QuantError, QuantPlan, QuantScheme
+from edgec.passes.int8_phase import quantize_model
+from edgec.passes.sensitivity import keep_worst, layer_sensitivity, sqnr_db
+from edgec.targets import get_target
+
+
+def _calls(mod):
+    calls = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: calls.append(e)
+                                    if isinstance(e, relax.Call) else None)
+    return calls
+
+
+@pytest.fixture
+def tiny(tiny_cnn):
+    model, x = tiny_cnn
+    rm = import_model(model, x)
+    data = np.random.default_rng(0).standard_normal((48, 1, 8, 8)).astype("float32")
+    return model, rm, data
+
+
+def test_structure_int8_ops_and_weights(tiny):
+    _, rm, data = tiny
+    qmod, plan = quantize_model(rm, QuantScheme("uint8", True), data)
+    convs = [c for c in _calls(qmod) if c.op.name in ("relax.nn.conv2d", "relax.matmul")]
+    assert len(convs) == 3 and set(plan.ranges) == {"conv1", "conv2", "fc"}
+    for c in convs:
+        assert str(c.args[0].ty.dtype) == "uint8" and str(c.args[1].ty.dtype) == "int8"
+        assert str(c.ty.dtype) == "int32"
+    # BN folded, no float conv left; int8 weights make the constants ~4x smaller
+    assert not [c for c in _calls(qmod) if c.op.name == "relax.nn.batch_norm"]
+    assert constant_bytes(qmod) <= 0.30 * constant_bytes(prepare(rm))
+    # max_pool2d runs on the int8 tensor between conv2 and fc
+    pools = [c for c in _calls(qmod) if c.op.name == "relax.nn.max_pool2d"]
+    assert pools and all(str(p.ty.dtype) == "uint8" for p in pools)
+
+
+def test_pass_form_is_deterministic_and_equal(tiny):
+    from edgec.passes.quantize_int8 import QuantizeInt8
+
+    _, rm, data = tiny
+    qmod, plan = quantize_model(rm, QuantScheme("uint8", True), data[:16])
+    again = QuantizeInt8(plan, layer_names(rm))(prepare(rm))
+    tvm.ir.assert_structural_equal(again, qmod, map_free_vars=True)
+
+
+def test_lowered_conv_is_int8_with_int32_accumulator(tiny):
+    _, rm, data = tiny
+    qmod, _ = quantize_model(rm, QuantScheme("uint8", True), data)
+    target = get_target("x86-avx2").tvm_target()
+    with target:
+        low = relax.get_pipeline("zero")(qmod)
+    names = [gv.name_hint for gv in low.functions if gv.name_hint.startswith("fused_conv2d")]
+    assert names and all("cast" in n and "clip" in n for n in names)  # requantize fused
+    text = low[names[0]].script()
+    signature = text[text.index("def main("):].split("\n")[0]
+    assert '"uint8")' in signature and '"int8")' in signature  # int8 data, int8 weights
+    assert re.search(r'conv2d_nchw_intermediate = T\.sblock_alloc_buffer\(.*"int32"\)', text)
+    assert re.search(r'T\.Cast\("int32", pad_temp\[.*\]\) \* T\.Cast\("int32", param_0', text)
+    lib = tvm.compile(low, target=target).mod
+    asm = "".join(m.inspect_source("asm") for m in [lib, *lib.imports])
+    # LLVM widens u8/s8 to s16 and multiply-adds pairs into s32 on AVX2
+    assert "vpmaddwd" in asm and "vpmovzxbw" in asm
+
+
+def test_packed_avx2_conv_is_bit_exact_and_uses_vpmaddubsw(tiny):
+    _, rm, data = tiny
+    plain, plan = quantize_model(rm, QuantScheme("uint8", True), data[:16])
+    packed, _ = quantize_model(rm, QuantScheme("uint8", True), plan=plan, packed=True)
+    target = get_target("x86-avx2").tvm_target()
+    with target:
+        low = relax.get_pipeline("zero")(packed)
+    kernels = [gv.name_hint for gv in low.functions if gv.name_hint.startswith("conv2d_int8_avx2")]
+    assert len(kernels) == 1  # conv2 (8 -> 16 channels); conv1 has 1 input channel: plain
+    assert "llvm.x86.avx2.pmadd.ub.sw" in low[kernels[0]].script()
+    lib = tvm.compile(low, target=target).mod
+    asm = "".join(m.inspect_source("asm") for m in [lib, *lib.imports])
+    assert re.search(r"\bvpmaddubsw\b", asm) and re.search(r"\bvpmaddwd\b", asm)
+    x = data[16:24]
+    np.testing.assert_array_equal(run_outputs(packed, x, rm.inputs[0]),
+                                  run_outputs(plain, x, rm.inputs[0]))
+
+
+def test_packed_avx2_matmul_is_bit_exact(mlp):
+    model, x = mlp
+    rm = import_model(model, x)
+    data = np.random.default_rng(0).standard_normal((16, 16)).astype("float32")
+    plain, plan = quantize_model(rm, QuantScheme("uint8", True), data)
+    packed, _ = quantize_model(rm, QuantScheme("uint8", True), plan=plan, packed=True)
+    names = [gv.name_hint for gv in packed.functions]
+    assert "matmul_int8_avx2_2x16x32" in names  # Linear(16, 32); Linear(32, 4): plain
+    np.testing.assert_array_equal(run_outputs(packed, data, rm.inputs[0]),
+                                  run_outputs(plain, data, rm.inputs[0]))
+
+
+def test_small_cnn_sqnr_over_30db(tiny):
+    _, rm, data = tiny
+    qmod, _ = quantize_model(rm, QuantScheme("uint8", True), data[:32])
+    ref = run_outputs(prepare(rm), data[32:], rm.inputs[0])
+    out = run_outputs(qmod, data[32:], rm.inputs[0])
+    assert sqnr_db(out, ref) >= 30.0
+
+
+def test_symmetric_int8_activations_stay_accurate(tiny):
+    _, rm, data = tiny
+    qmod, _ = quantize_model(rm, QuantScheme("int8", False), data[:32])
+    ops = [c for c in _calls(qmod) if c.op.name == "relax.nn.conv2d"]
+    assert all(str(c.args[0].ty.dtype) == "int8" for c in ops)
+    ref = run_outputs(prepare(rm), data[32:], rm.inputs[0])
+    assert sqnr_db(run_outputs(qmod, data[32:], rm.inputs[0]), ref) >= 25.0
+
+
+def test_entropy_and_percentile_clip_inside_minmax(tiny):
+    _, rm, data = tiny
+    plans = {m: quantize_model(rm, QuantScheme(calib_method=m), data[:32])[1]
+             for m in ("minmax", "percentile", "entropy")}
+    for method in ("percentile", "entropy"):
+        for name, (lo, hi) in plans[method].ranges.items():
+            mlo, mhi = plans["minmax"].ranges[name]
+            assert mlo <= lo <= hi <= mhi
+    assert plans["entropy"].ranges != plans["minmax"].ranges
+
+
+def test_keep_fp32_and_sensitivity(tiny):
+    _, rm, data = tiny
+    mod = prepare(rm)
+    layers = find_layers(mod, layer_names(rm))
+    _, plan = quantize_model(rm, QuantScheme(), data[:32])
+    rows = layer_sensitivity(mod, layers, plan, data[32:], rm.inputs[0])
+    assert [r.sqnr_db for r in rows] == sorted(r.sqnr_db for r in rows) and len(rows) == 3
+    worst = keep_worst(rows, 1)
+    qmod, plan2 = quantize_model(rm, QuantScheme(), plan=plan, keep_fp32=worst)
+    int8_ops = [c for c in _calls(qmod) if c.op.name in ("relax.nn.conv2d", "relax.matmul")
+                and str(c.ty.dtype) == "int32"]
+    assert len(int8_ops) == 2 and plan2.keep_fp32 == worst
+
+
+def test_compile_int8_artifact(tiny, tmp_path):
+    model, _, data = tiny
+    x = torch.from_numpy(data[:1])
+    out = str(tmp_path / "m.so")
+    manifest = compile_model(model, x, config=PipelineConfig(int8=True, calib_samples=32),
+                             output=out, calib_data=data[:32])
+    names = [p["name"] for p in manifest["passes"]]
+    assert names == ["quantize_int8"] and manifest["passes"][0]["layers_int8"] == 3
+    assert manifest["weights_bytes"] <= 0.30 * manifest["weights_bytes_imported"]
+    got = load(out)(data[40:41])[0]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(data[40:41])).numpy()
+    assert sqnr_db(got, ref) >= 25.0
+
+
+def test_scale_table_round_trip_and_unknown_layer(tiny, tmp_path):
+    model, rm, data = tiny
+    _, plan = quantize_model(rm, QuantScheme(), data[:16])
+    path = tmp_path / "scales.json"
+    plan.save(str(path))
+    assert QuantPlan.load(str(path)).ranges == plan.ranges
+    bad = json.loads(path.read_text())
+    bad["activations"]["conv9"] = {"min": 0.0, "max": 1.0}
+    path.write_text(json.dumps(bad))
+    with pytest.raises(QuantError, match=r"unknown layer\(s\) \['conv9'\]"):
+        quantize_model(rm, QuantScheme(), plan=QuantPlan.load(str(path)))
+    config = PipelineConfig(int8=True, int8_scales=str(path))
+    with pytest.raises(QuantError, match="conv9"):
+        compile_model(model, torch.from_numpy(data[:1]), config=config,
+                      output=str(tmp_path / "m.so"))
+
+
+@pytest.mark.parametrize("data, message", [
+    (None, "needs calibration data"),
+    (np.zeros((0, 1, 8, 8), "float32"), "empty"),
+    (np.full((4, 1, 8, 8), np.nan, "float32"), "NaN/inf in 4 sample"),
+    (np.zeros((4, 3, 8, 8), "float32"), "shape"),
+])
+def test_bad_calibration_data(tiny, data, message):
+    _, rm, _ = tiny
+    with pytest.raises(CalibrationError, match=message):
+        quantize_model(rm, QuantScheme(), data)
+
+
+def test_bad_config():
+    with pytest.raises(ConfigError, match="calib_method 'kl'"):
+        PipelineConfig(int8=True, calib_method="kl")
+    with pytest.raises(ConfigError, match="int8_activation"):
+        PipelineConfig(int8_activation="int4")
+    with pytest.raises(QuantError, match="percentile"):
+        QuantScheme(percentile=10)
+
+
+def test_cli_int8_flags(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import TinyCNN, seeded
+
+    model = seeded(TinyCNN())
+    onnx_path = str(tmp_path / "m.onnx")
+    torch.onnx.export(model, (torch.randn(1, 1, 8, 8),), onnx_path, input_names=["x"],
+                      opset_version=17, dynamo=False)
+    data = np.random.default_rng(0).standard_normal((16, 1, 8, 8)).astype("float32")
+    np.save(tmp_path / "calib.npy", data)
+    cli = [sys.executable, "-m", "edgec.compiler.cli", "compile", onnx_path, "-o",
+           str(tmp_path / "m.so")]
+    r = subprocess.run(cli + ["--int8", "--calib-data", str(tmp_path / "calib.npy"),
+                              "--calib-method", "entropy", "--int8-keep-fp32", "1", "--json"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    step = json.loads(r.stdout)["passes"][0]
+    assert step["source"] == "calibration:entropy" and len(step["keep_fp32"]) == 1
+    assert step["keep_fp32"][0] == step["sensitivity"][0]["layer"]  # the worst layer
+    r = subprocess.run(cli + ["--int8"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "needs calibration data" in r.stderr
+    nan = data.copy()
+    nan[3, 0, 2, 2] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    r = subprocess.run(cli + ["--int8", "--calib-data", str(tmp_path / "nan.npy")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "NaN/inf in 1 sample(s), first at index 3" in r.stderr
+
+
+def test_scheme_per_target_and_qparams():
+    from edgec.passes.quant_scheme import scheme_for_target
+
+    avx2 = scheme_for_target(get_target("x86-avx2"))
+    assert (avx2.activation_dtype, avx2.reduce_range, avx2.weight_qmax) == ("uint8", True, 63)
+    vnni = scheme_for_target(get_target("x86-avx512-vnni"))
+    assert (vnni.activation_dtype, vnni.reduce_range) == ("uint8", False)
+    arm = scheme_for_target(get_target("rpi5"))
+    assert (arm.activation_dtype, arm.reduce_range) == ("int8", False)
+    assert not scheme_for_target(get_target("x86-avx2"), reduce_range="off").reduce_range
+    with pytest.raises(QuantError, match="valid: auto, on, off"):
+        scheme_for_target(get_target("x86-avx2"), reduce_range="7bit")
+    scale, zp = avx2.activation_qparams(-1.0, 3.0)
+    assert zp == 64 and abs(scale - 4.0 / 255) < 1e-12  # 0.0 maps exactly to q = zp
+    assert abs((255 - zp) * scale - 3.0) < scale and abs((0 - zp) * scale + 1.0) < scale
+    w = np.array([[1.0, -0.5], [0.0, 0.0]], "float32")
+    q, s = avx2.quantize_weight(w, 0)
+    assert q.tolist() == [[63, -32], [0, 0]] and s[1] == 1.0
