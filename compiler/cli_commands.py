@@ -32,6 +32,9 @@ def cmd_compile(args):
             raise EdgecError("a module:factory model needs --input NAME:SHAPE[:DTYPE] for each input")
         model = load_factory(model)
         example = tuple(torch.zeros(s.shape, dtype=getattr(torch, s.dtype)) for s in specs)
+    from edgec.compiler.cli_exits import exit_config
+
+    config = exit_config(args, config, model, example, specs or None, quiet=args.quiet or args.json)
     manifest = compile_model(model, example, config=config, output=args.output,
                              input_specs=specs or None)
     emit(args, manifest, f"wrote {args.output} ({manifest['library_bytes'] / 1e6:.2f} MB, "
@@ -47,6 +50,9 @@ def _compile_flags(p):
                    help="input name, shape and dtype, e.g. x:1x3x224x224:float32 (repeatable)")
     p.add_argument("--dump-ir", metavar="DIR", help="write the IR after each phase into DIR")
     p.add_argument("--no-tuning", action="store_true", help="do not apply tuning logs")
+    from edgec.compiler.cli_exits import add_exit_flags
+
+    add_exit_flags(p)
     _common(p)
 
 
@@ -91,6 +97,10 @@ def cmd_run(args):
                         for o in outputs]}
     lines = [f"output{i}: shape {d['shape']} {d['dtype']}, argmax {d['argmax']}"
              for i, d in enumerate(data["outputs"])]
+    if model.exit_taken is not None:
+        count = model.manifest["early_exit"]["count"]
+        data["exit_taken"] = model.exit_taken
+        lines.append(f"exit taken: {model.exit_taken} of 0..{count} ({count} = final head)")
     emit(args, data, "\n".join(lines))
 
 

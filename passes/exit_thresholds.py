@@ -69,7 +69,7 @@ def _evaluate(exit_scores, correct, costs, thresholds):
 
 
 def calibrate(exit_logits, labels, exit_costs, accuracy_budget: float = 1.0,
-              criterion: str = "max_prob", grid: int = 101, full_accuracy: float | None = None,
+              criterion: str = "max_prob", grid: int = 2000, full_accuracy: float | None = None,
               cost_unit: str = "MACs") -> Calibration:
     """Thresholds minimising mean cost s.t. accuracy >= full_accuracy - accuracy_budget.
 
@@ -93,8 +93,7 @@ def calibrate(exit_logits, labels, exit_costs, accuracy_budget: float = 1.0,
     for _sweep in range(5):
         changed = False
         for e in range(k):
-            cands = np.unique(np.concatenate([np.quantile(sc[e], np.linspace(0, 1, grid)), [1.0]]))
-            for t in np.clip(cands, 0.0, 1.0):
+            for t in _candidates(sc[e], grid):
                 trial = thr[:e] + [float(t)] + thr[e + 1:]
                 acc, cost, taken = _evaluate(sc, correct, exit_costs, trial)
                 if acc >= floor and (cost, -acc) < (best[1], -best[0]):
@@ -104,6 +103,12 @@ def calibrate(exit_logits, labels, exit_costs, accuracy_budget: float = 1.0,
     acc, cost, taken = best
     rates = tuple(float((taken == j).mean()) for j in range(k + 1))
     return Calibration(tuple(thr), criterion, rates, acc, ref, cost, float(exit_costs[-1]), cost_unit)
+
+
+def _candidates(score, grid: int) -> np.ndarray:
+    """Thresholds worth trying: every distinct score (or ``grid`` quantiles of many), 0 and 1."""
+    pts = score if len(score) <= grid else np.quantile(score, np.linspace(0, 1, grid))
+    return np.unique(np.clip(np.concatenate([pts, [0.0, 1.0]]), 0.0, 1.0))
 
 
 def stage_macs(mod) -> list:
