@@ -13,7 +13,9 @@ from edgec.compiler.train.exits import add_exits
 from edgec.compiler.tvm_compat import relax, tensor, tvm
 from edgec.compiler.zoo import MnistCNN
 from edgec.passes.exit_plan import ExitPlan, ExitPlanError
-from edgec.passes.exit_thresholds import scores
+from edgec.compiler.exit_bench import bench_over_data
+from edgec.compiler.train.data import Split
+from edgec.passes.exit_thresholds import measure_exit_seconds, scores
 from edgec.passes.split_early_exits import SplitEarlyExits, split_early_exits, stage_names
 
 
@@ -111,6 +113,22 @@ def test_deployed_so_decides_by_itself(exit_cnn, tmp_path):
     assert taken == [2, 1, 0]
     m(x.numpy())  # thresholds default to the manifest's
     assert m.exit_taken in (0, 1, 2)
+    seconds = measure_exit_seconds(m, x.numpy(), repeat=2)
+    assert len(seconds) == 3 and all(s > 0 for s in seconds)
+    _bench_over_data_counts_exits(m, model)
+
+
+def _bench_over_data_counts_exits(m, model):
+    rng = np.random.default_rng(0)
+    data = Split(rng.normal(size=(12, 1, 28, 28)).astype("float32"), rng.integers(0, 10, 12))
+    res = bench_over_data({"exits": m}, data, rounds=1, warmup=1, quiet=True)["exits"]
+    with torch.no_grad():
+        outs = [o.numpy() for o in model(torch.from_numpy(data.x))]
+    default = scores(outs[0], "max_prob") > 0.5
+    taken = np.where(default, 0, np.where(scores(outs[1], "max_prob") > 0.5, 1, 2))
+    assert [e["count"] for e in res["per_exit"]] == [int((taken == k).sum()) for k in range(3)]
+    chosen = np.choose(taken, [o.argmax(1) for o in outs])
+    assert res["samples"] == 12 and res["accuracy"] == pytest.approx((chosen == data.y).mean() * 100)
 
 
 def test_baked_thresholds_entropy(exit_cnn, tmp_path):
