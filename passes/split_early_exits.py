@@ -79,12 +79,11 @@ def _plan_stages(func, outputs, bindings):
     stage = _stage_of(bindings, outputs)
     n = len(outputs)
     own = [[(v, e) for v, e in bindings if stage.get(v) == k] for k in range(n)]
-    reads = []
+    reads, order = [], list(func.params) + [v for v, _ in bindings]
     for k in range(n):
         used = [u for _, e in own[k] for u in relax.analysis.free_vars(e)]
         used += [outputs[k]] if isinstance(outputs[k], relax.Var) else []
         inner = {v for v, _ in own[k]}
-        order = list(func.params) + [v for v, _ in bindings]
         outer = {u for u in used if u not in inner}
         reads.append([v for v in order if v in outer])
     exports = [[v for v, _ in own[k] if any(v in reads[j] for j in range(k + 1, n))]
