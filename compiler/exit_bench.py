@@ -97,3 +97,20 @@ def summarize(seconds, logits, labels, exits, manifest) -> dict:
                             "mean_ms": float(ms[taken == k].mean()) if (taken == k).any() else None}
                            for k in range(info["count"] + 1)]
     return out
+
+
+def bench_artifacts(paths: dict, data: str, split: str = "test", samples: int | None = None,
+                    rounds: int = 3, quiet: bool = False) -> dict:
+    """``edgec bench --data`` entry point: {name: model.so} over a data set's split.
+
+    data: ``mnist``, a ``.npz`` or an image folder (``train.data.load_dataset``).
+    """
+    from edgec.compiler.runtime import load
+    from edgec.compiler.train.data import Split, load_dataset
+
+    if split not in ("train", "val", "test"):
+        raise InputError(f"unknown split {split!r}; valid: train, val, test")
+    part = getattr(load_dataset(data), split)
+    if samples:
+        part = Split(part.x[:samples], part.y[:samples])
+    return bench_over_data({n: load(p) for n, p in paths.items()}, part, rounds=rounds, quiet=quiet)

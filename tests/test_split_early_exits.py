@@ -13,7 +13,7 @@ from edgec.compiler.train.exits import add_exits
 from edgec.compiler.tvm_compat import relax, tensor, tvm
 from edgec.compiler.zoo import MnistCNN
 from edgec.passes.exit_plan import ExitPlan, ExitPlanError
-from edgec.compiler.exit_bench import bench_over_data
+from edgec.compiler.exit_bench import bench_artifacts, bench_over_data
 from edgec.compiler.train.data import Split
 from edgec.passes.exit_thresholds import measure_exit_seconds, scores
 from edgec.passes.split_early_exits import SplitEarlyExits, split_early_exits, stage_names
@@ -117,6 +117,13 @@ def test_deployed_so_decides_by_itself(exit_cnn, tmp_path):
     seconds = measure_exit_seconds(m, x.numpy(), repeat=2)
     assert len(seconds) == 3 and all(s > 0 for s in seconds)
     _bench_over_data_counts_exits(m, model)
+    rng = np.random.default_rng(1)
+    npz = str(tmp_path / "d.npz")
+    np.savez(npz, x=rng.normal(size=(40, 1, 28, 28)).astype("float32"), y=np.arange(40) % 10)
+    res = bench_artifacts({"e": path}, npz, split="test", samples=5, rounds=1, quiet=True)
+    assert res["e"]["samples"] == 5 and sum(e["count"] for e in res["e"]["per_exit"]) == 5
+    with pytest.raises(EdgecError, match="unknown split 'dev'; valid: train, val, test"):
+        bench_artifacts({"e": path}, npz, split="dev")
 
 
 def _bench_over_data_counts_exits(m, model):
