@@ -60,15 +60,26 @@ def _export(executable, path, target):
         raise BuildError(f"linking the library failed: {str(e).strip().splitlines()[-1]}") from e
 
 
+def _early_exit(passes):
+    split = next((p for p in passes if p.get("name") == "split_early_exits"), None)
+    if split is None:
+        return None
+    plan = split["plan"]
+    return {"count": split["num_exits"], "thresholds": plan["thresholds"],
+            "criterion": plan["criterion"], "thresholds_as_input": plan["thresholds_as_input"],
+            "exit_index_output": 1, "stages": split["stages"]}
+
+
 def _manifest(model, config, result, target, output, built, start) -> dict:
-    outputs = [s.to_json() for s in model.outputs()]
+    final = result.model or model  # passes may change inputs/outputs (early exit)
+    outputs = [s.to_json() for s in final.outputs()]
     return {
         "format": "edgec-artifact",
         "version": 1,
         "library": os.path.basename(output),
         "library_sha256": file_digest(built),
         "library_bytes": os.path.getsize(built),
-        "inputs": [s.to_json() for s in model.inputs],
+        "inputs": [s.to_json() for s in final.inputs],
         "outputs": outputs,
         "target": {"name": target.name, "tvm": target.tvm, "description": target.description},
         "arch": target.arch,
@@ -76,6 +87,7 @@ def _manifest(model, config, result, target, output, built, start) -> dict:
         "weights_bytes": constant_bytes(result.lowered),
         "weights_bytes_imported": model.weight_bytes,
         "passes": result.passes,
+        "early_exit": _early_exit(result.passes),
         "tuning": result.tuning,
         "config": config.to_json(),
         "versions": {"edgec": _pkg.__version__, "tvm": tvm_version()},

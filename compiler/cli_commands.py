@@ -36,6 +36,9 @@ def cmd_compile(args):
             raise EdgecError("a module:factory model needs --input NAME:SHAPE[:DTYPE] for each input")
         model = load_factory(model)
         example = tuple(torch.zeros(s.shape, dtype=getattr(torch, s.dtype)) for s in specs)
+    from edgec.compiler.cli_exits import exit_config
+
+    config = exit_config(args, config, model, example, specs or None, quiet=args.quiet or args.json)
     manifest = compile_model(model, example, config=config, output=args.output,
                              input_specs=specs or None, calib_data=calib)
     emit(args, manifest, f"wrote {args.output} ({manifest['library_bytes'] / 1e6:.2f} MB, "
@@ -59,6 +62,9 @@ def _compile_flags(p):
     p.add_argument("--prune-multiple", type=int, metavar="N",
                    help="round kept channel counts to a multiple of N (default: from the target)")
     _int8_flags(p)
+    from edgec.compiler.cli_exits import add_exit_flags
+
+    add_exit_flags(p)
     _common(p)
 
 
@@ -132,6 +138,10 @@ def cmd_run(args):
                         for o in outputs]}
     lines = [f"output{i}: shape {d['shape']} {d['dtype']}, argmax {d['argmax']}"
              for i, d in enumerate(data["outputs"])]
+    if model.exit_taken is not None:
+        count = model.manifest["early_exit"]["count"]
+        data["exit_taken"] = model.exit_taken
+        lines.append(f"exit taken: {model.exit_taken} of 0..{count} ({count} = final head)")
     emit(args, data, "\n".join(lines))
 
 

@@ -36,6 +36,11 @@ class PipelineConfig:
     int8_keep_fp32: layer names to keep in FP32, or N: keep the N most sensitive ones.
     int8_activation: auto | uint8 | int8; int8_reduce_range: auto | on | off (7-bit weights).
     int8_kernel: auto (packed vpmaddubsw convs on AVX2 when they fit) | nchw (plain convs).
+    early_exit: split a multi-exit model (outputs: exit logits..., final logits)
+      into stages with a ``main`` that returns at the first confident exit.
+    exit_thresholds: one value in [0, 1] per exit (baked, or the defaults of the input).
+    exit_criterion: "max_prob" or "entropy" (see ``edgec.passes.exit_plan``).
+    thresholds_as_input: the library takes an ``exit_thresholds`` input at run time.
     """
 
     target: str = "host"
@@ -56,6 +61,10 @@ class PipelineConfig:
     int8_activation: str = "auto"
     int8_reduce_range: str = "auto"
     int8_kernel: str = "auto"
+    early_exit: bool = False
+    exit_thresholds: tuple | None = None
+    exit_criterion: str = "max_prob"
+    thresholds_as_input: bool = False
 
     def __post_init__(self):
         from edgec.targets import get_target
@@ -66,6 +75,7 @@ class PipelineConfig:
                 raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         self._check_prune()
         self._check_int8()
+        self._check_exits()
 
     def _check_prune(self):
         from edgec.passes.prune_plan import CRITERIA
@@ -100,6 +110,20 @@ class PipelineConfig:
             object.__setattr__(self, "int8_keep_fp32", tuple(keep))
         elif not (isinstance(keep, tuple) or (isinstance(keep, int) and keep >= 0)):
             raise ConfigError(f"int8_keep_fp32 must be layer names or a count >= 0, got {keep!r}")
+
+    def _check_exits(self):
+        if self.exit_thresholds is not None:
+            object.__setattr__(self, "exit_thresholds", tuple(self.exit_thresholds))
+        if self.early_exit:
+            self.exit_plan()  # raises ExitPlanError naming the valid range / criteria
+        elif self.exit_thresholds is not None or self.thresholds_as_input:
+            raise ConfigError("exit thresholds are set but early_exit is off; enable early_exit")
+
+    def exit_plan(self):
+        """The ExitPlan these fields describe (exit points are found in the model)."""
+        from edgec.passes.exit_plan import ExitPlan
+
+        return ExitPlan(None, self.exit_criterion, self.exit_thresholds, self.thresholds_as_input)
 
     def to_json(self) -> dict:
         return asdict(self)

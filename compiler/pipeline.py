@@ -24,6 +24,7 @@ class PipelineResult:
     target: object
     passes: list = field(default_factory=list)
     tuning: dict = field(default_factory=dict)
+    model: RelaxModel | None = None  # the model after the compression passes
 
 
 def run(model: RelaxModel, config: PipelineConfig, calib_data=None,
@@ -57,6 +58,15 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None,
         passes.append({"name": "quantize_int8", **info})
         dump("05_quantized", model.mod)
 
+    # split early exits (last compression pass): binds the weights itself, so each
+    # stage function owns the constants it reads and the bind below is a no-op.
+    if config.early_exit:
+        from edgec.passes.split_early_exits import split_model
+
+        model, summary = split_model(model, config.exit_plan())
+        passes.append(summary)
+        dump("09_split_early_exits", model.mod)
+
     # bind: weights become constants, so lowering can fold and prepack them.
     mod = bind(model)
     dump("10_bound", mod)
@@ -75,7 +85,7 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None,
     # build: tvm.compile for the target (finalize passes + codegen).
     with tvm_target:
         executable = tvm.compile(mod, target=tvm_target)
-    return PipelineResult(executable, mod, target, passes, tuning)
+    return PipelineResult(executable, mod, target, passes, tuning, model)
 
 
 def _simplify(mod, fold_batchnorm: bool):

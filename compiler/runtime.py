@@ -12,6 +12,7 @@ import numpy as np
 
 from edgec.compiler.artifact import elf_machine, read_manifest
 from edgec.compiler.errors import ArtifactError, InputError
+from edgec.compiler.exit_bench import with_default_thresholds
 from edgec.compiler.tvm_compat import VirtualMachine, tensor, tvm
 
 HOST_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
@@ -72,13 +73,19 @@ class Model:
     def input_names(self) -> list:
         return [s["name"] for s in self.manifest["inputs"]]
 
+    exit_taken = None  # early-exit artifacts: the exit index of the last call
+
     def __call__(self, *args, **kwargs) -> list:
+        args, kwargs = with_default_thresholds(self.manifest, args, kwargs)
         arrays = check_inputs(self.manifest, args, kwargs)
-        out = self._vm["main"](*[tensor(a) for a in arrays])
-        return flatten_outputs(out)
+        out = flatten_outputs(self._vm["main"](*[tensor(a) for a in arrays]))
+        if self.manifest.get("early_exit"):
+            self.exit_taken = int(out[-1])
+        return out
 
     def time(self, *args, repeat: int = 20, number: int = 1, warmup: int = 3, **kwargs) -> np.ndarray:
         """Per-run latencies in seconds (``repeat`` samples, each averaged over ``number``)."""
+        args, kwargs = with_default_thresholds(self.manifest, args, kwargs)
         arrays = [tensor(a) for a in check_inputs(self.manifest, args, kwargs)]
         for _ in range(warmup):
             self._vm["main"](*arrays)

@@ -1,0 +1,116 @@
+"""Dynamic inference over data: per-sample latency and the exit each sample took.
+
+An early-exit library's latency depends on the input, so one input says
+nothing: ``bench_over_data`` runs every sample of a split through one or more
+loaded artifacts, interleaved sample by sample (so load drifts hit all alike),
+and reports mean / median / p95 latency, accuracy, exit rates and per-exit latency.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from edgec.compiler.errors import InputError
+from edgec.passes.exit_plan import THRESHOLDS_INPUT
+
+
+def with_default_thresholds(manifest: dict, args, kwargs):
+    """Add the manifest's default ``exit_thresholds`` input when the caller left it out."""
+    info = manifest.get("early_exit") or {}
+    if not info.get("thresholds_as_input") or info.get("thresholds") is None:
+        return args, kwargs
+    default = np.asarray(info["thresholds"], dtype="float32")
+    n_inputs = len(manifest["inputs"])
+    if len(args) == 1 and isinstance(args[0], dict):
+        kwargs, args = dict(args[0]), ()
+    if kwargs and not args and THRESHOLDS_INPUT not in kwargs:
+        kwargs = {**kwargs, THRESHOLDS_INPUT: default}
+    elif args and not kwargs and len(args) == n_inputs - 1:
+        args = (*args, default)
+    return args, kwargs
+
+
+def _prepare(model, x):
+    """Inputs of ``model`` for one batch ``x`` as VM tensors (checked once, up front)."""
+    from edgec.compiler.runtime import check_inputs
+    from edgec.compiler.tvm_compat import tensor
+
+    args, kwargs = with_default_thresholds(model.manifest, (x,), {})
+    return [tensor(a) for a in check_inputs(model.manifest, args, kwargs)]
+
+
+def _run_once(model, inputs):
+    start = time.perf_counter()
+    out = model._vm["main"](*inputs)
+    seconds = time.perf_counter() - start
+    from edgec.compiler.runtime import flatten_outputs
+
+    flat = flatten_outputs(out)
+    exit_k = int(flat[-1]) if model.manifest.get("early_exit") else None
+    return seconds, flat[0], exit_k
+
+
+def bench_over_data(models: dict, split, rounds: int = 3, warmup: int = 10,
+                    quiet: bool = False) -> dict:
+    """Time every sample of ``split`` on each model in ``models`` ({name: runtime.Model}).
+
+    Each sample's latency is its median over ``rounds``; engines alternate order
+    per sample. Returns {name: summary} (see ``summarize``).
+    """
+    names = list(models)
+    batch = {n: int(models[n].manifest["inputs"][0]["shape"][0]) for n in names}
+    if len(set(batch.values())) != 1:
+        raise InputError(f"models take different batch sizes {batch}; compare like with like")
+    b = batch[names[0]]
+    starts = list(range(0, len(split) - len(split) % b, b))
+    inputs = {n: [_prepare(models[n], split.x[i:i + b]) for i in starts] for n in names}
+    for n in names:
+        for j in range(min(warmup, len(starts))):
+            _run_once(models[n], inputs[n][j])
+    times = {n: np.zeros((rounds, len(starts))) for n in names}
+    logits, exits = {n: [None] * len(starts) for n in names}, {n: [None] * len(starts) for n in names}
+    with tqdm(total=rounds * len(starts), desc="bench", disable=quiet, leave=False) as bar:
+        for r in range(rounds):
+            for j in range(len(starts)):
+                order = names[(r + j) % len(names):] + names[:(r + j) % len(names)]
+                for n in order:
+                    times[n][r, j], logits[n][j], exits[n][j] = _run_once(models[n], inputs[n][j])
+                bar.update(1)
+    labels = np.concatenate([split.y[i:i + b] for i in starts])
+    return {n: summarize(np.median(times[n], axis=0), np.concatenate(logits[n]), labels,
+                         exits[n], models[n].manifest) for n in names}
+
+
+def summarize(seconds, logits, labels, exits, manifest) -> dict:
+    """Latency (ms), accuracy (%), and per-exit rates and latencies of one model."""
+    ms = np.asarray(seconds) * 1e3
+    out = {"samples": int(len(ms)), "mean_ms": float(ms.mean()), "median_ms": float(np.median(ms)),
+           "p95_ms": float(np.percentile(ms, 95)),
+           "accuracy": float((np.argmax(logits, axis=1) == labels).mean() * 100.0)}
+    info = manifest.get("early_exit")
+    if info:
+        taken = np.asarray(exits)
+        out["per_exit"] = [{"exit": k, "rate": float((taken == k).mean()),
+                            "count": int((taken == k).sum()),
+                            "mean_ms": float(ms[taken == k].mean()) if (taken == k).any() else None}
+                           for k in range(info["count"] + 1)]
+    return out
+
+
+def bench_artifacts(paths: dict, data: str, split: str = "test", samples: int | None = None,
+                    rounds: int = 3, quiet: bool = False) -> dict:
+    """``edgec bench --data`` entry point: {name: model.so} over a data set's split.
+
+    data: ``mnist``, a ``.npz`` or an image folder (``train.data.load_dataset``).
+    """
+    from edgec.compiler.runtime import load
+    from edgec.compiler.train.data import Split, load_dataset
+
+    if split not in ("train", "val", "test"):
+        raise InputError(f"unknown split {split!r}; valid: train, val, test")
+    part = getattr(load_dataset(data), split)
+    if samples:
+        part = Split(part.x[:samples], part.y[:samples])
+    return bench_over_data({n: load(p) for n, p in paths.items()}, part, rounds=rounds, quiet=quiet)
