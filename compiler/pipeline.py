@@ -26,8 +26,12 @@ class PipelineResult:
     tuning: dict = field(default_factory=dict)
 
 
-def run(model: RelaxModel, config: PipelineConfig) -> PipelineResult:
-    """Compile ``model`` as ``config`` says; returns the executable and a summary."""
+def run(model: RelaxModel, config: PipelineConfig, lower_only: bool = False) -> PipelineResult:
+    """Compile ``model`` as ``config`` says; returns the executable and a summary.
+
+    lower_only: stop before applying tuning and building (``executable`` is None); the
+    tuner tunes exactly this module, so its records match what the build looks up.
+    """
     target = get_target(config.target)
     tvm_target = target.tvm_target()
     dump = _dumper(config.dump_ir)
@@ -49,8 +53,15 @@ def run(model: RelaxModel, config: PipelineConfig) -> PipelineResult:
             mod = relax.get_pipeline("zero")(mod)
         dump("30_fused", mod)
 
-    # apply tuning: MetaSchedule database records for this target (tuning issue).
-    tuning = {"applied": False, "logs": []}
+    # apply tuning: MetaSchedule records from tuning_logs/<target>, matched by workload.
+    if lower_only:
+        return PipelineResult(None, mod, target, passes, {})
+    tuning = {"applied": False, "logs": [], "summary": "tuning not applied"}
+    if config.tuning_logs and config.fuse:
+        from edgec.compiler.tune import apply_tuning
+
+        mod, tuning = apply_tuning(mod, target, config.tuning_logs)
+        dump("40_tuned", mod)
 
     # build: tvm.compile for the target (finalize passes + codegen).
     with tvm_target:

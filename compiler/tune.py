@@ -1,0 +1,236 @@
+"""Tuning: MetaSchedule (XGBoost cost model + evolutionary search) over a model's tasks.
+
+The tuner tunes exactly the module the build applies records to: the pipeline's own
+lowering (``pipeline.run(..., lower_only=True)``), so workloads match. Records go to the
+target's log (``tuning_logs/<tuning_key>/``, see ``tuning_db``), shared by every model.
+Trials are shared across tasks by weight (gradient task scheduler, 16 trials a round so
+every task gets a first round early). Builders run locally (cross-compiling for boards);
+candidates run on this machine (LocalRunner) or on a board over an RPC tracker.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+
+from edgec.compiler.errors import EdgecError
+from edgec.compiler.tuning_db import (TuningLogError, count_records, digest, log_dir_for,
+                                      open_database, record_run)
+from edgec.compiler.tvm_compat import (fast_inspect_initializer, fix_vnni_intrinsic, has_vnni,
+                                       meta_schedule, relax, tvm)
+
+
+class TuneError(EdgecError):
+    """Tuning could not run or produced no valid measurement."""
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """One tuning run.
+
+    target: edgec target name; trials: new trials to run (with ``resume``: the total
+    for this model's tasks, counting records already in the log); log_dir: None for
+    ``tuning_logs/<target>``; tracker: "host:port" of an RPC tracker (None: measure
+    on this machine) with ``rpc_key`` the board key (default: the target's); label:
+    the model's name in the log's run history (default: its source).
+    """
+
+    target: str = "host"
+    trials: int = 64
+    log_dir: str | None = None
+    resume: bool = False
+    tracker: str | None = None
+    rpc_key: str | None = None
+    trials_per_iter: int = 16
+    seed: int = 0
+    build_timeout: float = 60.0
+    run_timeout: float = 60.0
+    quiet: bool = False
+    label: str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.trials, int) or self.trials < 0:
+            raise TuneError(f"trials must be a non-negative integer, got {self.trials!r}")
+        if self.tracker is not None and not _parse_tracker(self.tracker):
+            raise TuneError(f"bad tracker {self.tracker!r}; expected HOST:PORT, e.g. 127.0.0.1:9190")
+
+
+def _parse_tracker(text: str):
+    host, _, port = text.rpartition(":")
+    return (host, int(port)) if host and port.isdigit() else None
+
+
+def prepare(tvm_target) -> None:
+    """Process-wide fixes MetaSchedule needs here (cheap TVMScript parsing; VNNI impl)."""
+    fast_inspect_initializer()
+    if has_vnni(tvm_target):
+        fix_vnni_intrinsic()
+
+
+def lowered_module(model, target_name: str):
+    """The fused module the build applies records to (the pipeline's own lowering)."""
+    from edgec.compiler.config import PipelineConfig
+    from edgec.compiler.pipeline import run
+
+    return run(model, PipelineConfig(target=target_name, tuning_logs=None), lower_only=True).lowered
+
+
+def extract_tasks(mod, tvm_target) -> list:
+    """MetaSchedule tasks (one per distinct fused PrimFunc) with their call counts as weights."""
+    prepare(tvm_target)
+    return list(meta_schedule().relax_integration.extract_tasks(mod, tvm_target))
+
+
+def task_status(tasks, db) -> list[dict]:
+    """Per task: name, weight, trials in the log, best measured latency (ms, None if none)."""
+    rows = []
+    for t in tasks:
+        mod = t.dispatched[0]
+        trials, best = 0, None
+        if db is not None and db.has_workload(mod):
+            recs = db.get_top_k(db.commit_workload(mod), 1 << 30)
+            trials = len(recs)
+            costs = [_mean_ms(r) for r in recs]
+            costs = [c for c in costs if c is not None]
+            best = min(costs) if costs else None
+        rows.append({"task": t.task_name, "weight": int(t.weight), "trials": trials,
+                     "best_ms": best})
+    return rows
+
+
+def _mean_ms(record):
+    secs = [float(s) for s in (record.run_secs or [])]
+    if not secs or max(secs) >= 1e9:  # MetaSchedule stores 1e10 s for failed candidates
+        return None
+    return 1e3 * sum(secs) / len(secs)
+
+
+def estimate_ms(rows) -> float | None:
+    """End-to-end estimate: sum of weight x best latency (None until every task has one)."""
+    if not rows or any(r["best_ms"] is None for r in rows):
+        return None
+    return sum(r["weight"] * r["best_ms"] for r in rows)
+
+
+def tune(model, spec: TuneSpec) -> dict:
+    """Tune ``model`` (a RelaxModel) as ``spec`` says; returns a JSON-able summary.
+
+    Appends to the target's log as it goes: Ctrl-C or a crash keeps every record measured
+    so far, and re-running continues from them.
+    """
+    from edgec.targets import get_target
+
+    target = get_target(spec.target)
+    tvm_target = target.tvm_target()
+    log_dir = spec.log_dir or log_dir_for(target)
+    db = open_database(log_dir, target, create=True)  # validates first: never writes a bad log
+    mod = lowered_module(model, spec.target)
+    tasks = extract_tasks(mod, tvm_target)
+    if not tasks:
+        raise TuneError("the model has no tunable operators (no fused PrimFuncs)")
+    before = task_status(tasks, db)
+    done = sum(r["trials"] for r in before)
+    budget = max(0, spec.trials - done) if spec.resume else spec.trials
+    summary = {"model": spec.label or model.source, "target": target.name, "log_dir": log_dir,
+               "tasks": len(tasks), "trials_before": done, "trials_requested": budget}
+    start = time.perf_counter()
+    interrupted, progress = False, None
+    if budget > 0:
+        try:
+            progress = _run_search(tasks, db, spec, target, budget, before)
+        except KeyboardInterrupt:
+            interrupted = True
+    wall = time.perf_counter() - start
+    after = task_status(tasks, db)
+    ran = sum(r["trials"] for r in after) - done
+    summary.update(_run_stats(ran, wall, progress), interrupted=interrupted, per_task=after,
+                   estimate_ms=estimate_ms(after), records=count_records(log_dir),
+                   digest=digest(log_dir))
+    if ran:
+        record_run(log_dir, {k: summary[k] for k in ("model", "target", "tasks", "trials",
+                                                      "wall_s", "trials_per_min", "interrupted")})
+    if interrupted:
+        raise KeyboardInterrupt
+    if budget and progress and progress.valid == 0:
+        raise TuneError(f"all {progress.count} candidates failed; first error: {progress.first_error}")
+    return summary
+
+
+def _run_stats(ran, wall, progress) -> dict:
+    return {"trials": ran, "wall_s": round(wall, 1),
+            "trials_per_min": round(60 * ran / wall, 1) if ran and wall else 0.0,
+            "overhead_s_per_trial": round(wall / ran, 2) if ran else None,
+            "failed": progress.failed if progress else 0}
+
+
+def _run_search(tasks, db, spec, target, budget, before):
+    from edgec.compiler.tune_measure import Progress, make_builder, make_runner
+
+    import logging
+
+    ms = meta_schedule()
+    # MetaSchedule prints its task table at INFO on stdout every round; our tqdm bar says it
+    logging.getLogger(ms.__name__).setLevel(logging.WARNING)
+    work_dir = tempfile.mkdtemp(prefix="edgec-tune-")
+    try:
+        # a fresh seed per run, so resuming explores new candidates instead of the same ones
+        seed = spec.seed + sum(r["trials"] for r in before)
+        # half TVM's default population: on 2 shared cores the search itself cost 10-60 s a
+        # round, as much as building the 16 candidates it picks
+        strategy = ms.search_strategy.EvolutionarySearch(population_size=256, genetic_num_iters=3)
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            tasks, work_dir, strategy=strategy, num_threads=target.num_cores, seed=seed)
+        progress = Progress(budget, before, spec.quiet)
+        callbacks = ms.measure_callback.MeasureCallback.create("default") + [progress]
+        try:
+            ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir,
+                          max_trials_global=budget, num_trials_per_iter=spec.trials_per_iter,
+                          builder=make_builder(target, spec), runner=make_runner(target, spec),
+                          database=db, cost_model="xgb", measure_callbacks=callbacks,
+                          task_scheduler="gradient")
+        finally:
+            progress.close()
+        return progress
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def apply_tuning(mod, target, logs: str):
+    """The pipeline's tuning phase: apply every matching record of the target's log.
+
+    logs: "auto" (``tuning_logs/<tuning_key>``, skipped if absent) or a log directory.
+    Returns (module, manifest dict: logs used, records, tasks tuned / left on defaults).
+    """
+    path = log_dir_for(target) if logs == "auto" else logs
+    if logs != "auto" and not os.path.isdir(path):
+        raise TuningLogError(f"tuning log directory not found: {path}")
+    db = open_database(path, target)
+    total = _count_funcs(mod)
+    info = {"applied": False, "logs": [], "records": 0, "tasks": total, "tuned": 0,
+            "default": total}
+    if db is None:
+        info["summary"] = f"no tuning log for {target.tuning_key}: {total} tasks on default schedules"
+        return mod, info
+    tvm_target = target.tvm_target()
+    prepare(tvm_target)
+    with tvm_target, db:
+        mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+    tuned = _count_funcs(mod, scheduled=True)
+    name = os.path.basename(os.path.normpath(path))
+    info.update(applied=tuned > 0, logs=[name], records=count_records(path), tuned=tuned,
+                default=total - tuned, digest=digest(path))
+    info["summary"] = (f"{tuned} of {total} tasks tuned from log {name} ({info['records']} "
+                       f"records), {total - tuned} on default schedules")
+    return mod, info
+
+
+def _count_funcs(mod, scheduled: bool = False) -> int:
+    n = 0
+    for _, f in mod.functions.items():
+        if isinstance(f, tvm.tirx.PrimFunc):
+            is_sched = bool(f.attrs and f.attrs.get("tirx.is_scheduled", False))
+            n += 1 if (is_sched or not scheduled) else 0
+    return n
+
