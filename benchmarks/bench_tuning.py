@@ -48,7 +48,7 @@ def bench_model(name: str, args, peak: dict) -> dict:
     engines += [Engine("edgec_untuned", edgec_runner(untuned, [x])),
                 Engine("edgec_tuned", edgec_runner(tuned, [x]))]
     result = run_compare(engines, args)
-    flops = model_flops(model)
+    flops = model_flops(model, x)
     tuned_ms = result["engines"]["edgec_tuned"]["median_ms"]
     return {"model": name, "input_shape": list(x.shape), "tuning": manifest["tuning"],
             "tuned_build_s": round(build_s, 1), "max_abs_diff_vs_torch": max_abs_diff(tuned, model, x),

@@ -44,11 +44,16 @@ def fp32_peak() -> dict:
                                f"(cpu family {family}, model {model})"}
 
 
-def model_flops(model, target: str = "x86-avx2") -> float:
-    """FLOPs of one inference: sum over MetaSchedule tasks of weight x TIR FLOP estimate."""
+def model_flops(model, x, target: str = "x86-avx2") -> float:
+    """FLOPs of one inference of torch ``model`` on numpy ``x``: sum over MetaSchedule
+    tasks of weight x TIR FLOP estimate (the operators edgec actually runs)."""
+    import torch
+
+    from edgec.compiler.frontend import import_model
     from edgec.compiler.tune import extract_tasks, lowered_module
     from edgec.targets import get_target
     from tvm.s_tir.analysis import estimate_tir_flops
 
+    model = import_model(model, (torch.from_numpy(x),))
     tasks = extract_tasks(lowered_module(model, target), get_target(target).tvm_target())
     return float(sum(t.weight * estimate_tir_flops(t.dispatched[0]) for t in tasks))

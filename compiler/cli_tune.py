@@ -23,7 +23,7 @@ def load_relax_model(model: str, inputs):
     return import_model(model, None, specs or None)
 
 
-def status(model, target_name: str, log_dir: str | None) -> dict:
+def status(model, target_name: str, log_dir: str | None, label: str | None = None) -> dict:
     """Per-task trials and best latency of ``model`` in the target's log (read-only)."""
     from edgec.compiler.tune import estimate_ms, extract_tasks, lowered_module, task_status
     from edgec.compiler.tuning_db import count_records, log_dir_for, open_database, read_meta
@@ -35,7 +35,7 @@ def status(model, target_name: str, log_dir: str | None) -> dict:
     tasks = extract_tasks(lowered_module(model, target_name), target.tvm_target())
     rows = task_status(tasks, db)
     runs = (read_meta(path) or {}).get("runs", []) if db is not None else []
-    return {"model": model.source, "target": target.name, "log_dir": path,
+    return {"model": label or model.source, "target": target.name, "log_dir": path,
             "records": count_records(path), "tasks": rows, "estimate_ms": estimate_ms(rows),
             "trials": sum(r["trials"] for r in rows), "tuned_tasks": sum(bool(r["trials"]) for r in rows),
             "log_trials_total": sum(r.get("trials", 0) for r in runs),
@@ -61,7 +61,7 @@ def cmd_tune(args):
 
     model = load_relax_model(args.model, args.input)
     if args.status:
-        s = status(model, args.target, args.log_dir)
+        s = status(model, args.target, args.log_dir, args.model)
         emit(args, s, _status_text(s))
         return 0
     spec = TuneSpec(target=args.target, trials=args.trials, log_dir=args.log_dir,
