@@ -17,7 +17,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import (NAMES, Engine, edgec_build, edgec_runner, machine_line,
                                markdown_table, max_abs_diff, model_and_input, peer_engines,
-                               ratios, run_compare, scratch, write_results)
+                               ratios, run_compare, scratch, set_threads, write_results)
 from benchmarks.peak import fp32_peak, model_flops
 
 
@@ -60,7 +60,7 @@ def bench_model(name: str, args, peak: dict) -> dict:
             "tuning_cost": tuning_cost(log_dir, f"benchmarks.models:{name}"), "compare": result}
 
 
-def _markdown(rows, peak) -> str:
+def _markdown(rows, peak, threads) -> str:
     md = []
     for r in rows:
         md.append(markdown_table(r["compare"], f"{r['model']} {'x'.join(map(str, r['input_shape']))}"))
@@ -71,7 +71,7 @@ def _markdown(rows, peak) -> str:
                   f"({c['trials_per_min']} trials/min, {c['s_per_trial']} s/trial); "
                   f"max |edgec - torch| = {r['max_abs_diff_vs_torch']:.2e}\n")
     md.append(f"FP32 peak used: {peak['gflops']:.1f} GFLOP/s = {peak['how']}.")
-    md.append(machine_line(rows[0]["compare"]))
+    md.append(machine_line(rows[-1]["compare"], threads))
     return "\n".join(md)
 
 
@@ -84,9 +84,10 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--out", help="result files stem (default: benchmarks/results/<name>)")
     args = p.parse_args(argv)
+    set_threads(args.threads)
     peak = fp32_peak()
     rows = [bench_model(name, args, peak) for name in args.models]
-    md = _markdown(rows, peak)
+    md = _markdown(rows, peak, args.threads)
     paths = write_results(args.out or "tuned-" + "-".join(args.models),
                           {"peak": peak, "results": rows}, md)
     print(md)

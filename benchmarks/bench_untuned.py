@@ -17,7 +17,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import (NAMES, Engine, edgec_build, edgec_runner, machine_line,
                                markdown_table, max_abs_diff, model_and_input, peer_engines,
-                               ratios, run_compare, scratch, write_results)
+                               ratios, run_compare, scratch, set_threads, write_results)
 
 
 def bench_model(name: str, args) -> dict:
@@ -40,13 +40,14 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--out", help="result files stem (default: benchmarks/results/<name>)")
     args = p.parse_args(argv)
+    set_threads(args.threads)
     rows = [bench_model(name, args) for name in args.models]
     md = []
     for r in rows:
         md.append(markdown_table(r["compare"], f"{r['model']} {'x'.join(map(str, r['input_shape']))}"))
         md.append("\n" + ", ".join(f"{k} = {v:.2f}" for k, v in r["ratios"].items())
                   + f"; max |edgec - torch| = {r['max_abs_diff_vs_torch']:.2e}\n")
-    md.append(machine_line(rows[0]["compare"]))
+    md.append(machine_line(rows[-1]["compare"], args.threads))
     paths = write_results(args.out or "untuned-" + "-".join(args.models), {"results": rows},
                           "\n".join(md))
     print("\n".join(md))

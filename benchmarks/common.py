@@ -77,6 +77,11 @@ def write_results(stem: str, data: dict, markdown: str) -> tuple[str, str]:
     return js, md
 
 
+def set_threads(n: int) -> None:
+    """Give every engine ``n`` threads (TVM's pool reads TVM_NUM_THREADS when it starts)."""
+    os.environ["TVM_NUM_THREADS"] = str(n)
+
+
 def run_compare(engines, args, baseline="pytorch_eager") -> dict:
     return compare(engines, rounds=args.rounds, samples=args.samples, baseline=baseline)
 
@@ -85,12 +90,13 @@ def scratch() -> str:
     return tempfile.mkdtemp(prefix="edgec-bench-")
 
 
-def machine_line(result: dict) -> str:
+def machine_line(result: dict, threads: int) -> str:
     m = result["machine"]
     return (f"Machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['flags'])}, "
-            f"load average {m['loadavg_1m']:.2f} at the start.")
+            f"load average {m['loadavg_1m']:.2f} at the end; every engine ran {threads} "
+            f"thread(s), batch 1.")
 
 
 __all__ = ["NAMES", "model_and_input", "edgec_build", "peer_engines", "max_abs_diff", "ratios",
-           "write_results", "run_compare", "scratch", "machine_line", "markdown_table",
+           "write_results", "run_compare", "set_threads", "scratch", "machine_line", "markdown_table",
            "Engine", "edgec_runner", "json"]
