@@ -177,9 +177,9 @@ def _run_search(tasks, db, spec, target, budget, before):
     try:
         # a fresh seed per run, so resuming explores new candidates instead of the same ones
         seed = spec.seed + sum(r["trials"] for r in before)
-        # half TVM's default population: on 2 shared cores the search itself cost 10-60 s a
-        # round, as much as building the 16 candidates it picks
-        strategy = ms.search_strategy.EvolutionarySearch(population_size=256, genetic_num_iters=3)
+        # a quarter of TVM's default population, 2 evolution rounds instead of 4: on 2 shared
+        # cores the default search took 1-2.5 min per 16 candidates, more than building them
+        strategy = ms.search_strategy.EvolutionarySearch(population_size=128, genetic_num_iters=2)
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             tasks, work_dir, strategy=strategy, num_threads=target.num_cores, seed=seed)
         progress = Progress(budget, before, spec.quiet)
