@@ -9,15 +9,14 @@ Never run it while a tune (or anything heavy) runs: contention ruins the numbers
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import (NAMES, Engine, edgec_build, edgec_runner, machine_line,
+from benchmarks.common import (Engine, edgec_build, edgec_runner, machine_line,
                                markdown_table, max_abs_diff, model_and_input, peer_engines,
-                               ratios, run_compare, scratch, set_threads, write_results)
+                               parse_args, ratios, run_compare, scratch, write_results)
 from benchmarks.peak import fp32_peak, model_flops
 
 
@@ -76,15 +75,8 @@ def _markdown(rows, peak, threads) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=list(NAMES), choices=list(NAMES))
-    p.add_argument("--log-dir", help="tuning log to apply (default: the host's base target's)")
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--samples", type=int, default=5)
-    p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--out", help="result files stem (default: benchmarks/results/<name>)")
-    args = p.parse_args(argv)
-    set_threads(args.threads)
+    args = parse_args(__doc__, argv, lambda p: p.add_argument(
+        "--log-dir", help="tuning log to apply (default: the host's base target's)"))
     peak = fp32_peak()
     rows = [bench_model(name, args, peak) for name in args.models]
     md = _markdown(rows, peak, args.threads)

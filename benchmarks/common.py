@@ -5,7 +5,6 @@ load) and the engines' interleaved medians (``compiler/compare.py``).
 """
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
@@ -77,6 +76,23 @@ def write_results(stem: str, data: dict, markdown: str) -> tuple[str, str]:
     return js, md
 
 
+def parse_args(doc: str, argv, extra=None):
+    """The flags every benchmark takes (``extra(parser)`` adds more); sets the threads."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=list(NAMES), choices=list(NAMES))
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--samples", type=int, default=5)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--out", help="result files stem (default: benchmarks/results/<name>)")
+    if extra:
+        extra(p)
+    args = p.parse_args(argv)
+    set_threads(args.threads)
+    return args
+
+
 def set_threads(n: int) -> None:
     """Give every engine ``n`` threads (TVM's pool reads TVM_NUM_THREADS when it starts)."""
     os.environ["TVM_NUM_THREADS"] = str(n)
@@ -98,5 +114,5 @@ def machine_line(result: dict, threads: int) -> str:
 
 
 __all__ = ["NAMES", "model_and_input", "edgec_build", "peer_engines", "max_abs_diff", "ratios",
-           "write_results", "run_compare", "set_threads", "scratch", "machine_line", "markdown_table",
-           "Engine", "edgec_runner", "json"]
+           "write_results", "run_compare", "set_threads", "parse_args", "scratch", "machine_line", "markdown_table",
+           "Engine", "edgec_runner"]

@@ -98,6 +98,29 @@ def test_compile_applies_records(tuned, tmp_path):
         np.testing.assert_allclose(load(out)(x.numpy())[0], model(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
+class SharesALayer(nn.Module):
+    """Never tuned: its first layer is TinyMLP's (same op and shapes), then a new one."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(32, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.fc(x)))
+
+
+def test_records_are_reused_by_another_model(tuned, tmp_path):
+    from edgec.compiler import PipelineConfig, compile
+
+    log, _, _, _ = tuned
+    torch.manual_seed(1)
+    manifest = compile(SharesALayer().eval(), (torch.randn(1, 32),), output=str(tmp_path / "o.so"),
+                       config=PipelineConfig(target=TARGET, tuning_logs=str(log)))
+    t = manifest["tuning"]
+    assert t["tuned"] >= 1 and t["default"] >= 1  # the shared layer tuned, the new head not
+
+
 def _copy_log(src, dst):
     dst.mkdir()
     for name in (WORKLOADS, RECORDS, META):
