@@ -152,6 +152,10 @@ def tune(model, spec: TuneSpec) -> dict:
         record_run(log_dir, {k: summary[k] for k in ("model", "target", "tasks", "trials",
                                                       "wall_s", "trials_per_min", "interrupted")})
     if interrupted:
+        import sys
+
+        print(f"edgec tune: interrupted; {ran} trials of this run are saved in {log_dir}; run "
+              "the same command (with --resume) to continue", file=sys.stderr)
         raise KeyboardInterrupt
     if budget and progress and progress.valid == 0:
         raise TuneError(f"all {progress.count} candidates failed; first error: {progress.first_error}")
@@ -171,8 +175,14 @@ def _run_search(tasks, db, spec, target, budget, before):
     import logging
 
     ms = meta_schedule()
-    # MetaSchedule prints its task table at INFO on stdout every round; our tqdm bar says it
-    logging.getLogger(ms.__name__).setLevel(logging.WARNING)
+    # MetaSchedule prints its task table at INFO on stdout every round; our tqdm bar says it.
+    # Drop the handlers an earlier run left (files in a deleted work dir; unnamed ones make
+    # MetaSchedule's logging dictConfig fail on the next run in this process).
+    ms_logger = logging.getLogger(ms.__name__)
+    for handler in list(ms_logger.handlers):
+        ms_logger.removeHandler(handler)
+        handler.close()
+    ms_logger.setLevel(logging.WARNING)
     work_dir = tempfile.mkdtemp(prefix="edgec-tune-")
     try:
         # a fresh seed per run, so resuming explores new candidates instead of the same ones

@@ -278,3 +278,31 @@ def test_board_builder_cross_compiles_candidates(tmp_path):
     (result,) = builder.build([ms.builder.BuilderInput(task, target.tvm_target())])
     assert result.error_msg is None, result.error_msg
     assert elf_machine(result.artifact_path) == "aarch64"
+
+
+def test_host_uses_its_base_targets_log_and_isa_is_checked(tuned):
+    from edgec.compiler.tuning_db import log_dir_for
+    from edgec.targets import detect_host
+
+    host = detect_host(flags={"avx2", "fma"}, cores=4)
+    assert host.tuning_key == "x86-avx2" and log_dir_for(host, "logs") == os.path.join("logs", TARGET)
+    log, _, _, _ = tuned
+    assert open_database(str(log), host) is not None  # same ISA, other core count: valid
+    with pytest.raises(TuningLogError, match="holds records for target"):
+        open_database(str(log), get_target("x86-avx512"))
+
+
+def test_cli_status_json_and_one_line_errors(tuned, tmp_path, capsys):
+    from edgec.compiler.cli import main
+
+    log, _, _, _ = tuned
+    factory = ["edgec.compiler.zoo:mnist_cnn", "--input", "x:1x1x28x28", "--target", TARGET]
+    assert main(["tune", *factory, "--status", "--json", "--log-dir", str(tmp_path / "none")]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["trials"] == 0 and s["tasks"] and all(t["best_ms"] is None for t in s["tasks"])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / META).write_text('{"format": "something-else"}')
+    assert main(["tune", *factory, "--trials", "4", "--log-dir", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edgec: error:") and "not an edgec tuning log" in err and "\n" not in err
