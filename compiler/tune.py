@@ -136,12 +136,15 @@ def tune(model, spec: TuneSpec) -> dict:
     summary = {"model": spec.label or model.source, "target": target.name, "log_dir": log_dir,
                "tasks": len(tasks), "trials_before": done, "trials_requested": budget}
     start = time.perf_counter()
-    interrupted, progress = False, None
-    if budget > 0:
-        try:
-            progress = _run_search(tasks, db, spec, target, budget, before)
-        except KeyboardInterrupt:
-            interrupted = True
+    progress = None
+    with _CtrlC() as ctrl_c:
+        if budget > 0:
+            try:
+                progress = _run_search(tasks, db, spec, target, budget, before)
+            except Exception:
+                if not ctrl_c.pressed:
+                    raise
+    interrupted = ctrl_c.pressed
     wall = time.perf_counter() - start
     after = task_status(tasks, db)
     ran = sum(r["trials"] for r in after) - done
@@ -160,6 +163,34 @@ def tune(model, spec: TuneSpec) -> dict:
     if budget and progress and progress.valid == 0:
         raise TuneError(f"all {progress.count} candidates failed; first error: {progress.first_error}")
     return summary
+
+
+class _CtrlC:
+    """Remember a Ctrl-C during the search. It raises inside whatever Python callback
+    MetaSchedule's C++ loop is running, and TVM's FFI re-raises it as a RuntimeError, so
+    ``except KeyboardInterrupt`` alone would miss it."""
+
+    pressed = False
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return isinstance(exc[1], KeyboardInterrupt) and self.pressed
 
 
 def _run_stats(ran, wall, progress) -> dict:

@@ -169,27 +169,34 @@ def test_torn_last_line_is_dropped(tuned, tmp_path):
     assert len(db.get_all_tuning_records()) == 8
 
 
-def test_killed_tune_leaves_loadable_log(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["crash", "ctrl-c"])
+def test_interrupted_tune_leaves_loadable_log(tmp_path, sig):
     log = tmp_path / TARGET
-    script = tmp_path / "run.py"
-    script.write_text(
-        "import sys; sys.path.insert(0, %r)\n"
-        "from test_tune import tiny, spec\nfrom edgec.compiler.frontend import import_model\n"
-        "from edgec.compiler.tune import tune\ntune(import_model(*tiny()), spec(%r, 400))\n"
-        % (os.path.dirname(__file__), str(log)))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd = [sys.executable, "-m", "edgec.compiler.cli", "tune", "test_tune:TinyMLP", "--input",
+           "x:1x32", "--target", TARGET, "--trials", "400", "--log-dir", str(log)]
+    proc = subprocess.Popen(cmd, cwd=os.path.dirname(__file__), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.time() + 600
         while count_records(log) < 2 and time.time() < deadline and proc.poll() is None:
             time.sleep(1)
+        os.kill(proc.pid, sig)  # SIGKILL: a crash, no cleanup runs; SIGINT: Ctrl-C
+        _, err = proc.communicate(timeout=300)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # a crash: no cleanup runs
+        try:  # the whole session: builder/runner workers too
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         proc.wait()
     n = count_records(log)
     assert n >= 2
     db = open_database(str(log), get_target(TARGET))
     assert len(db.get_all_tuning_records()) >= n - 1
+    if sig == signal.SIGINT:  # clean exit: says how to continue, the run is in the history
+        assert proc.returncode == 130 and "Traceback" not in err
+        assert "run the same command" in err and "edgec: interrupted" in err
+        runs = json.loads((log / META).read_text())["runs"]
+        assert runs[-1]["interrupted"] and runs[-1]["trials"] == n
 
 
 def _free_port():
