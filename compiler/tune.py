@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from edgec.compiler.errors import EdgecError
 from edgec.compiler.tuning_db import (TuningLogError, count_records, digest, log_dir_for,
-                                      open_database, record_run)
+                                      open_database, open_subset, record_run)
 from edgec.compiler.tvm_compat import (fast_inspect_initializer, fix_vnni_intrinsic, has_vnni,
                                        meta_schedule, relax, tvm)
 
@@ -247,24 +247,34 @@ def apply_tuning(mod, target, logs: str):
     path = log_dir_for(target) if logs == "auto" else logs
     if logs != "auto" and not os.path.isdir(path):
         raise TuningLogError(f"tuning log directory not found: {path}")
-    db = open_database(path, target)
+    name = os.path.basename(os.path.normpath(path))
     total = _count_funcs(mod)
     info = {"applied": False, "logs": [], "records": 0, "tasks": total, "tuned": 0,
-            "default": total}
-    if db is None:
-        info["summary"] = f"no tuning log for {target.tuning_key}: {total} tasks on default schedules"
+            "default": total, "summary": f"no tuning log for {target.tuning_key}: {total} tasks "
+                                         "on default schedules"}
+    if not os.path.isdir(path):
         return mod, info
-    tvm_target = target.tvm_target()
-    prepare(tvm_target)
-    with tvm_target, db:
-        mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+    with tempfile.TemporaryDirectory(prefix="edgec-db-") as scratch:
+        db, n = open_subset(path, target, _workload_hashes(mod), scratch)
+        if db is not None:
+            tvm_target = target.tvm_target()
+            prepare(tvm_target)
+            with tvm_target, db:
+                mod = relax.transform.MetaScheduleApplyDatabase()(mod)
     tuned = _count_funcs(mod, scheduled=True)
-    name = os.path.basename(os.path.normpath(path))
-    info.update(applied=tuned > 0, logs=[name], records=count_records(path), tuned=tuned,
-                default=total - tuned, digest=digest(path))
-    info["summary"] = (f"{tuned} of {total} tasks tuned from log {name} ({info['records']} "
-                       f"records), {total - tuned} on default schedules")
+    info.update(applied=tuned > 0, logs=[name], records=n, tuned=tuned, default=total - tuned,
+                log_records=count_records(path), digest=digest(path))
+    info["summary"] = (f"{tuned} of {total} tasks tuned from log {name} ({n} matching of "
+                       f"{info['log_records']} records), {total - tuned} on default schedules")
     return mod, info
+
+
+def _workload_hashes(mod) -> set:
+    """Structural hashes of the module's PrimFuncs, normalised as MetaSchedule keys them."""
+    from tvm_ffi import structural_hash
+
+    return {str(structural_hash(tvm.IRModule({"main": f.with_attr("global_symbol", "main")})))
+            for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
 
 
 def _count_funcs(mod, scheduled: bool = False) -> int:

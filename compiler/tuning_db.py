@@ -160,6 +160,29 @@ def open_database(path: str, target, create: bool = False):
         os.path.join(path, WORKLOADS), os.path.join(path, RECORDS), allow_missing=True)
 
 
+def open_subset(path: str, target, hashes: set, scratch: str):
+    """Open only the records whose workload hash is in ``hashes`` (the module's PrimFuncs).
+
+    TVM's JSONDatabase parses every record of a log (seconds for a few hundred); a build
+    needs only its own workloads. The subset is written to ``scratch`` and opened there.
+    Returns (database or None when nothing matches, number of records).
+    """
+    from edgec.compiler.tvm_compat import meta_schedule
+
+    validate(path, target)
+    workloads = _read_lines(os.path.join(path, WORKLOADS), "workload")
+    keep = {i: n for n, i in enumerate(i for i, w in enumerate(workloads) if w[0] in hashes)}
+    if not keep:
+        return None, 0
+    records = [[keep[r[0]], r[1]] for r in _read_lines(os.path.join(path, RECORDS), "tuning record")
+               if r[0] in keep]
+    files = [os.path.join(scratch, WORKLOADS), os.path.join(scratch, RECORDS)]
+    for name, rows in zip(files, ([workloads[i] for i in keep], records)):
+        with open(name, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, separators=(",", ":")) + "\n" for row in rows)
+    return meta_schedule().database.JSONDatabase(*files, allow_missing=False), len(records)
+
+
 def record_run(path: str, run: dict) -> None:
     """Append one tuning run's summary (model, trials, wall time) to the log's meta."""
     meta = read_meta(path) or {}
