@@ -135,17 +135,7 @@ def tune(model, spec: TuneSpec) -> dict:
     budget = max(0, spec.trials - done) if spec.resume else spec.trials
     summary = {"model": spec.label or model.source, "target": target.name, "log_dir": log_dir,
                "tasks": len(tasks), "trials_before": done, "trials_requested": budget}
-    start = time.perf_counter()
-    progress = None
-    with _CtrlC() as ctrl_c:
-        if budget > 0:
-            try:
-                progress = _run_search(tasks, db, spec, target, budget, before)
-            except Exception:
-                if not ctrl_c.pressed:
-                    raise
-    interrupted = ctrl_c.pressed
-    wall = time.perf_counter() - start
+    progress, interrupted, wall = _search_guarded(tasks, db, spec, target, budget, before)
     after = task_status(tasks, db)
     ran = sum(r["trials"] for r in after) - done
     summary.update(_run_stats(ran, wall, progress), interrupted=interrupted, per_task=after,
@@ -163,6 +153,19 @@ def tune(model, spec: TuneSpec) -> dict:
     if budget and progress and progress.valid == 0:
         raise TuneError(f"all {progress.count} candidates failed; first error: {progress.first_error}")
     return summary
+
+
+def _search_guarded(tasks, db, spec, target, budget, before):
+    """Run the search unless the budget is spent; returns (progress, interrupted, wall s)."""
+    start, progress = time.perf_counter(), None
+    with _CtrlC() as ctrl_c:
+        if budget > 0:
+            try:
+                progress = _run_search(tasks, db, spec, target, budget, before)
+            except Exception:
+                if not ctrl_c.pressed:
+                    raise
+    return progress, ctrl_c.pressed, time.perf_counter() - start
 
 
 class _CtrlC:
@@ -201,7 +204,7 @@ def _run_stats(ran, wall, progress) -> dict:
 
 
 def _run_search(tasks, db, spec, target, budget, before):
-    from edgec.compiler.tune_measure import Progress, make_builder, make_runner
+    from edgec.compiler.tune_measure import NoRepeatSearch, Progress, make_builder, make_runner
 
     import logging
 
@@ -220,7 +223,8 @@ def _run_search(tasks, db, spec, target, budget, before):
         seed = spec.seed + sum(r["trials"] for r in before)
         # a quarter of TVM's default population, 2 evolution rounds instead of 4: on 2 shared
         # cores the default search took 1-2.5 min per 16 candidates, more than building them
-        strategy = ms.search_strategy.EvolutionarySearch(population_size=128, genetic_num_iters=2)
+        strategy = NoRepeatSearch(ms.search_strategy.EvolutionarySearch(
+            population_size=128, genetic_num_iters=2))
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             tasks, work_dir, strategy=strategy, num_threads=target.num_cores, seed=seed)
         progress = Progress(budget, before, spec.quiet)

@@ -97,3 +97,66 @@ class Progress(ms.measure_callback.PyMeasureCallback):
 
     def close(self):
         self.bar.close()
+
+
+def _plain(x):
+    """TVM containers/immediates -> plain Python (for a stable key of a trace)."""
+    if hasattr(x, "value") and not isinstance(x, (str, bytes)):
+        return x.value
+    if isinstance(x, (str, int, float)) or x is None:
+        return x
+    if hasattr(x, "items"):
+        return {str(k): _plain(v) for k, v in x.items()}
+    return [_plain(v) for v in x]
+
+
+def _trace_key(trace) -> str:
+    import json
+
+    return json.dumps(_plain(trace.as_json()), sort_keys=True)
+
+
+@derived_object
+class NoRepeatSearch(ms.search_strategy.PySearchStrategy):
+    """TVM's evolutionary search, minus candidates the log has already measured.
+
+    TVM only avoids repeats within one run; a resumed run would measure some of the
+    log's schedules again. This drops every candidate whose trace is in the database.
+    """
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.seen, self.mod = inner, set(), None
+
+    def _initialize_with_tune_context(self, context) -> None:
+        self.mod = context.mod
+        self.inner._initialize_with_tune_context(context)
+
+    def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None,
+                   cost_model=None) -> None:
+        if database is not None and self.mod is not None and database.has_workload(self.mod):
+            workload = database.commit_workload(self.mod)
+            self.seen = {_trace_key(r.trace) for r in database.get_all_tuning_records()
+                         if r.workload.same_as(workload)}
+        self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
+
+    def post_tuning(self) -> None:
+        self.inner.post_tuning()
+
+    def generate_measure_candidates(self):
+        candidates = self.inner.generate_measure_candidates()
+        if candidates is None:
+            return None
+        fresh = []
+        for c in candidates:
+            key = _trace_key(c.sch.trace)
+            if key not in self.seen:
+                self.seen.add(key)
+                fresh.append(c)
+        return fresh
+
+    def notify_runner_results(self, measure_candidates, results) -> None:
+        self.inner.notify_runner_results(measure_candidates, results)
+
+    def clone(self):
+        return NoRepeatSearch(self.inner.clone())
