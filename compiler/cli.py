@@ -12,7 +12,7 @@ from edgec.compiler.errors import EdgecError
 
 COMMANDS = {}
 # Modules whose @command functions make up the CLI, in help order.
-COMMAND_MODULES = ["cli_commands", "cli_prune", "cli_demo", "cli_rpc"]
+COMMAND_MODULES = ["cli_commands", "cli_tune", "cli_prune", "cli_demo", "cli_rpc"]
 
 
 def command(name, help_text):

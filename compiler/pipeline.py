@@ -27,11 +27,13 @@ class PipelineResult:
     model: RelaxModel | None = None  # the model after the compression passes
 
 
-def run(model: RelaxModel, config: PipelineConfig, calib_data=None,
-        quiet: bool = True) -> PipelineResult:
+def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool = True,
+        lower_only: bool = False) -> PipelineResult:
     """Compile ``model`` as ``config`` says; returns the executable and a summary.
 
     calib_data: input samples (N, *input shape[1:]) for INT8 calibration.
+    lower_only: stop before applying tuning and building (``executable`` is None); the
+    tuner tunes exactly this module, so its records match what the build looks up.
     """
     target = get_target(config.target)
     tvm_target = target.tvm_target()
@@ -79,8 +81,15 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None,
             mod = relax.get_pipeline("zero")(mod)
         dump("30_fused", mod)
 
-    # apply tuning: MetaSchedule database records for this target (tuning issue).
-    tuning = {"applied": False, "logs": []}
+    # apply tuning: MetaSchedule records from tuning_logs/<target>, matched by workload.
+    if lower_only:
+        return PipelineResult(None, mod, target, passes, {}, model)
+    tuning = {"applied": False, "logs": [], "summary": "tuning not applied"}
+    if config.tuning_logs and config.fuse:
+        from edgec.compiler.tune import apply_tuning
+
+        mod, tuning = apply_tuning(mod, target, config.tuning_logs)
+        dump("40_tuned", mod)
 
     # build: tvm.compile for the target (finalize passes + codegen).
     with tvm_target:

@@ -60,3 +60,89 @@ def rpc():
     from tvm import rpc as tvm_rpc
 
     return tvm_rpc
+
+
+# --- MetaSchedule: make builder workers usable on small, loaded machines ---------------
+# Builder workers import tvm.s_tir.tensor_intrin, whose ~500 TVMScript prim_funcs each call
+# inspect.stack(); that resolves every frame's source file and took 28-50 s here, longer
+# than the builder's 30 s timeout, so every candidate "timed out". TVMScript only needs each
+# frame's locals and its current source line, which a plain frame walk gives in microseconds.
+
+def _frame_infos(frame, context: int = 1) -> list:
+    import inspect
+    import linecache
+
+    infos = []
+    while frame is not None:
+        code = frame.f_code
+        line = linecache.getline(code.co_filename, frame.f_lineno, frame.f_globals)
+        infos.append(inspect.FrameInfo(frame, code.co_filename, frame.f_lineno, code.co_name,
+                                       [line] if context and line else None, 0 if line else None))
+        frame = frame.f_back
+    return infos
+
+
+def _fast_stack(context: int = 1) -> list:
+    import sys
+
+    return _frame_infos(sys._getframe(1), context)
+
+
+def _fast_outerframes(frame, context: int = 1) -> list:
+    return _frame_infos(frame, context)
+
+
+def fast_inspect_initializer() -> None:
+    """Replace ``inspect.stack``/``getouterframes`` by a cheap frame walker (idempotent).
+
+    Given to MetaSchedule's ``LocalBuilder``/``LocalRunner(initializer=...)`` and called in
+    the tuning process itself; it changes no result, only the cost of TVMScript parsing.
+    """
+    import inspect
+
+    inspect.stack = _fast_stack
+    inspect.getouterframes = _fast_outerframes
+
+
+def fix_vnni_intrinsic() -> None:
+    """Re-register ``dot_16x4_vnni`` with operand types LLVM 22 accepts (idempotent).
+
+    TVM's shipped impl passes ``<16 x i32>`` operands to ``vpdpbusd.512``; LLVM 22 wants
+    ``<64 x i8>`` and rejects most candidates ("Call parameter type does not match function
+    signature"). Same description, operands reinterpreted as u8x64 / i8x64.
+    """
+    from tvm.s_tir import tensor_intrin  # noqa: F401  (registers the originals first)
+    from tvm.s_tir.tensor_intrin import x86
+    from tvm.script import tirx as T
+    from tvm.s_tir import TensorIntrin
+
+    @T.prim_func(s_tir=True)
+    def vnni_impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            A_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            A_u8x64 = T.reinterpret(T.broadcast(A_i32, 16), dtype="uint8x64")
+            B_i8x64 = B.vload([0, 0], dtype="int8x64")
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([0], dtype="int32x16"), A_u8x64, B_i8x64, dtype="int32x16")
+
+    TensorIntrin.register(x86.VNNI_DOT_16x4_INTRIN, x86.dot_product_16x4_u8i8i32_desc,
+                          vnni_impl, override=True)
+
+
+def has_vnni(target) -> bool:
+    """Whether a ``tvm.target.Target`` has AVX-512 VNNI (where ``dot_16x4_vnni`` is used)."""
+    from tvm.target import codegen
+
+    try:
+        return bool(codegen.target_has_features("avx512vnni", target))
+    except Exception:  # older API or non-x86 target
+        return "avx512vnni" in str(target.attrs.get("mattr", "")) or \
+            str(target.attrs.get("mcpu", "")) in ("znver4", "znver5", "cascadelake", "icelake-server",
+                                                   "sapphirerapids")

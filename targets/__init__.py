@@ -27,6 +27,8 @@ class Target:
     default key its boards register under; arch: ELF machine family
     ("x86_64" or "aarch64"); vector_bits: SIMD width, used to round pruned
     channel counts; int8: which int8 dot-product path it has.
+    tuning_key: the ``tuning_logs/`` directory whose records fit this target (default:
+    its name; ``host`` uses the base target it compiles like, e.g. ``x86-avx2``).
     """
 
     name: str
@@ -39,6 +41,11 @@ class Target:
     vector_bits: int = 256
     int8: str = "none"
     features: tuple = field(default_factory=tuple)
+    tuning_key: str | None = None
+
+    def __post_init__(self):
+        if self.tuning_key is None:
+            object.__setattr__(self, "tuning_key", self.name)
 
     def tvm_target(self):
         """The ``tvm.target.Target`` for this entry."""
@@ -126,7 +133,7 @@ def detect_host(flags: set[str] | None = None, cores: int | None = None) -> Targ
            "x86-avx2": "AVX2 + FMA"}.get(base.name, "x86-64")
     desc = f"this machine: {isa}, {cores} cores (compiles like {base.name})"
     return Target("host", tvm, desc, "x86_64", None, None, "host", base.vector_bits,
-                  base.int8, base.features)
+                  base.int8, base.features, tuning_key=base.name)
 
 
 def get_target(name: str) -> Target:

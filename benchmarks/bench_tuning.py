@@ -1,0 +1,90 @@
+"""Tuned edgec vs untuned edgec, PyTorch eager and ONNX Runtime, batch 1, on this machine.
+
+    python -m benchmarks.bench_tuning [--models resnet18 mobilenet_v2 mnist_cnn] [--log-dir DIR]
+
+Tuned builds apply the committed log of the host's base target (tuning_logs/x86-avx2 on
+AVX2 machines). Reports latency ratios, % of this CPU's FP32 peak, and the tuning cost
+recorded in the log (trials, wall time, trials/minute, seconds per trial).
+Never run it while a tune (or anything heavy) runs: contention ruins the numbers.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import (Engine, edgec_build, edgec_runner, machine_line,
+                               markdown_table, max_abs_diff, model_and_input, peer_engines,
+                               parse_args, ratios, run_compare, scratch, write_results)
+from benchmarks.peak import fp32_peak, model_flops
+
+
+def tuning_cost(log_dir: str, label: str) -> dict:
+    """Trials and wall time the log's runs spent on ``label`` (and on the whole log)."""
+    from edgec.compiler.tuning_db import read_meta
+
+    runs = (read_meta(log_dir) or {}).get("runs", [])
+    mine = [r for r in runs if r.get("model") == label]
+    trials, wall = sum(r["trials"] for r in mine), sum(r["wall_s"] for r in mine)
+    return {"trials": trials, "wall_s": round(wall, 1),
+            "trials_per_min": round(60 * trials / wall, 1) if wall else None,
+            "s_per_trial": round(wall / trials, 2) if trials else None,
+            "log_trials": sum(r["trials"] for r in runs),
+            "log_wall_s": round(sum(r["wall_s"] for r in runs), 1)}
+
+
+def bench_model(name: str, args, peak: dict) -> dict:
+    from edgec.compiler.tuning_db import log_dir_for
+    from edgec.targets import get_target
+
+    model, x = model_and_input(name)
+    folder = scratch()
+    log_dir = args.log_dir or log_dir_for(get_target("host"))
+    untuned, _, _ = edgec_build(model, x, folder, "untuned", None)
+    tuned, manifest, build_s = edgec_build(model, x, folder, "tuned", log_dir)
+    engines = peer_engines(model, x, args.threads, folder)
+    engines += [Engine("edgec_untuned", edgec_runner(untuned, [x])),
+                Engine("edgec_tuned", edgec_runner(tuned, [x]))]
+    result = run_compare(engines, args)
+    flops = model_flops(model, x)
+    tuned_ms = result["engines"]["edgec_tuned"]["median_ms"]
+    return {"model": name, "input_shape": list(x.shape), "tuning": manifest["tuning"],
+            "tuned_build_s": round(build_s, 1), "max_abs_diff_vs_torch": max_abs_diff(tuned, model, x),
+            "gflop": flops / 1e9, "tuned_gflops": flops / tuned_ms / 1e6,
+            "tuned_pct_of_peak": 100 * flops / tuned_ms / 1e6 / peak["gflops"],
+            "ratios": dict(ratios(result, "edgec_tuned"),
+                           speedup_tuned_over_untuned=result["engines"]["edgec_untuned"]["median_ms"]
+                           / tuned_ms),
+            "tuning_cost": tuning_cost(log_dir, f"benchmarks.models:{name}"), "compare": result}
+
+
+def _markdown(rows, peak, threads) -> str:
+    md = []
+    for r in rows:
+        md.append(markdown_table(r["compare"], f"{r['model']} {'x'.join(map(str, r['input_shape']))}"))
+        c = r["tuning_cost"]
+        md.append("\n" + ", ".join(f"{k} = {v:.2f}" for k, v in r["ratios"].items())
+                  + f"; {r['tuned_gflops']:.1f} GFLOP/s = {r['tuned_pct_of_peak']:.1f}% of peak; "
+                  f"{r['tuning']['summary']}; tuning spent {c['trials']} trials in {c['wall_s']} s "
+                  f"({c['trials_per_min']} trials/min, {c['s_per_trial']} s/trial); "
+                  f"max |edgec - torch| = {r['max_abs_diff_vs_torch']:.2e}\n")
+    md.append(f"FP32 peak used: {peak['gflops']:.1f} GFLOP/s = {peak['how']}.")
+    md.append(machine_line(rows[-1]["compare"], threads))
+    return "\n".join(md)
+
+
+def main(argv=None):
+    args = parse_args(__doc__, argv, lambda p: p.add_argument(
+        "--log-dir", help="tuning log to apply (default: the host's base target's)"))
+    peak = fp32_peak()
+    rows = [bench_model(name, args, peak) for name in args.models]
+    md = _markdown(rows, peak, args.threads)
+    paths = write_results(args.out or "tuned-" + "-".join(args.models),
+                          {"peak": peak, "results": rows}, md)
+    print(md)
+    print("wrote", *paths)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Untuned edgec vs PyTorch eager and ONNX Runtime, batch 1, on this machine.
+
+    python -m benchmarks.bench_untuned [--models resnet18 mobilenet_v2 mnist_cnn]
+
+Engines run in interleaved rounds (compiler/compare.py); writes
+benchmarks/results/untuned-<models>.json and .md with the command line.
+Untuned TVM code is expected to be far slower than both peers: this is the
+baseline that tuning (benchmarks/bench_tuning.py) is measured against.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import (Engine, edgec_build, edgec_runner, machine_line,
+                               markdown_table, max_abs_diff, model_and_input, peer_engines,
+                               parse_args, ratios, run_compare, scratch, write_results)
+
+
+def bench_model(name: str, args) -> dict:
+    model, x = model_and_input(name)
+    folder = scratch()
+    so, manifest, build_s = edgec_build(model, x, folder, "untuned", None)
+    engines = peer_engines(model, x, args.threads, folder)
+    engines.append(Engine("edgec_untuned", edgec_runner(so, [x])))
+    result = run_compare(engines, args)
+    return {"model": name, "input_shape": list(x.shape), "build_s": round(build_s, 1),
+            "max_abs_diff_vs_torch": max_abs_diff(so, model, x),
+            "ratios": ratios(result, "edgec_untuned"), "compare": result}
+
+
+def main(argv=None):
+    args = parse_args(__doc__, argv)
+    rows = [bench_model(name, args) for name in args.models]
+    md = []
+    for r in rows:
+        md.append(markdown_table(r["compare"], f"{r['model']} {'x'.join(map(str, r['input_shape']))}"))
+        md.append("\n" + ", ".join(f"{k} = {v:.2f}" for k, v in r["ratios"].items())
+                  + f"; max |edgec - torch| = {r['max_abs_diff_vs_torch']:.2e}\n")
+    md.append(machine_line(rows[-1]["compare"], args.threads))
+    paths = write_results(args.out or "untuned-" + "-".join(args.models), {"results": rows},
+                          "\n".join(md))
+    print("\n".join(md))
+    print("wrote", *paths)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""``edgec tune``: MetaSchedule tuning into the target's reusable log, and ``--status``."""
+from __future__ import annotations
+
+import os
+
+from edgec.compiler.cli import command, emit
+from edgec.compiler.errors import EdgecError
+
+
+def load_relax_model(model: str, inputs):
+    """``MODEL`` as the CLI names it (.onnx, .pt2, module:factory + --input) -> RelaxModel."""
+    from edgec.compiler.frontend import import_model
+    from edgec.compiler.specs import load_factory, parse_input_spec
+
+    specs = [parse_input_spec(s) for s in inputs or []]
+    if ":" in model and not os.path.exists(model):  # package.module:factory
+        import torch
+
+        if not specs:
+            raise EdgecError("a module:factory model needs --input NAME:SHAPE[:DTYPE] for each input")
+        example = tuple(torch.zeros(s.shape, dtype=getattr(torch, s.dtype)) for s in specs)
+        return import_model(load_factory(model), example, specs)
+    return import_model(model, None, specs or None)
+
+
+def status(model, target_name: str, log_dir: str | None, label: str | None = None) -> dict:
+    """Per-task trials and best latency of ``model`` in the target's log (read-only)."""
+    from edgec.compiler.tune import estimate_ms, extract_tasks, lowered_module, task_status
+    from edgec.compiler.tuning_db import count_records, log_dir_for, open_database, read_meta
+    from edgec.targets import get_target
+
+    target = get_target(target_name)
+    path = log_dir or log_dir_for(target)
+    db = open_database(path, target)
+    tasks = extract_tasks(lowered_module(model, target_name), target.tvm_target())
+    rows = task_status(tasks, db)
+    runs = (read_meta(path) or {}).get("runs", []) if db is not None else []
+    return {"model": label or model.source, "target": target.name, "log_dir": path,
+            "records": count_records(path), "tasks": rows, "estimate_ms": estimate_ms(rows),
+            "trials": sum(r["trials"] for r in rows), "tuned_tasks": sum(bool(r["trials"]) for r in rows),
+            "log_trials_total": sum(r.get("trials", 0) for r in runs),
+            "log_wall_s_total": round(sum(r.get("wall_s", 0) for r in runs), 1)}
+
+
+def _status_text(s: dict) -> str:
+    lines = [f"{s['model']} on {s['target']}: log {s['log_dir']} ({s['records']} records), "
+             f"{s['tuned_tasks']}/{len(s['tasks'])} tasks tuned, {s['trials']} trials",
+             f"{'task':<48} {'weight':>6} {'trials':>7} {'best ms':>10}"]
+    for r in s["tasks"]:
+        best = "-" if r["best_ms"] is None else f"{r['best_ms']:.4f}"
+        lines.append(f"{r['task'][:48]:<48} {r['weight']:>6} {r['trials']:>7} {best:>10}")
+    est = s["estimate_ms"]
+    lines.append("estimated end to end: " + ("- (some tasks untuned)" if est is None
+                                            else f"{est:.3f} ms (sum of weight x best)"))
+    return "\n".join(lines)
+
+
+@command("tune", "tune a model with MetaSchedule into tuning_logs/<target> (resumable)")
+def cmd_tune(args):
+    from edgec.compiler.tune import TuneSpec, tune
+
+    model = load_relax_model(args.model, args.input)
+    if args.status:
+        s = status(model, args.target, args.log_dir, args.model)
+        emit(args, s, _status_text(s))
+        return 0
+    spec = TuneSpec(target=args.target, trials=args.trials, log_dir=args.log_dir,
+                    resume=args.resume, tracker=args.tracker, rpc_key=args.key,
+                    seed=args.seed, quiet=args.quiet or args.json, label=args.model)
+    s = tune(model, spec)
+    est = "-" if s["estimate_ms"] is None else f"{s['estimate_ms']:.3f} ms"
+    emit(args, s, f"tuned {s['tasks']} tasks of {s['model']} for {s['target']}: {s['trials']} "
+         f"trials in {s['wall_s']} s ({s['trials_per_min']} trials/min, {s['failed']} failed); "
+         f"{s['trials_before'] + s['trials']} trials in the log for this model; "
+         f"estimated end to end {est}; log {s['log_dir']}")
+    return 0
+
+
+def _flags(p):
+    p.add_argument("model", help="model.onnx, model.pt2, or package.module:factory")
+    p.add_argument("--input", "-i", action="append", metavar="NAME:SHAPE[:DTYPE]",
+                   help="input name, shape and dtype (needed for module:factory)")
+    p.add_argument("--target", "-t", default="host", help="target name (see 'edgec targets')")
+    p.add_argument("--trials", "-n", type=int, default=64,
+                   help="trials to run (with --resume: total for this model, counting the log)")
+    p.add_argument("--log-dir", help="tuning log directory (default: tuning_logs/<target>)")
+    p.add_argument("--resume", action="store_true",
+                   help="treat --trials as the model's total and run only what the log lacks")
+    p.add_argument("--status", action="store_true", help="show per-task trials and best latency")
+    p.add_argument("--tracker", metavar="HOST:PORT", help="RPC tracker to measure on a board")
+    p.add_argument("--key", help="board key at the tracker (default: the target's rpc_key)")
+    p.add_argument("--seed", type=int, default=0, help="search seed")
+    p.add_argument("--json", action="store_true", help="machine-readable summary")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+cmd_tune.configure = _flags

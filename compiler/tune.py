@@ -1,0 +1,291 @@
+"""Tuning: MetaSchedule (XGBoost cost model + evolutionary search) over a model's tasks.
+
+The tuner tunes exactly the module the build applies records to: the pipeline's own
+lowering (``pipeline.run(..., lower_only=True)``), so workloads match. Records go to the
+target's log (``tuning_logs/<tuning_key>/``, see ``tuning_db``), shared by every model.
+Trials are shared across tasks by weight (gradient task scheduler, 16 trials a round so
+every task gets a first round early). Builders run locally (cross-compiling for boards);
+candidates run on this machine (LocalRunner) or on a board over an RPC tracker.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+
+from edgec.compiler.errors import EdgecError
+from edgec.compiler.tuning_db import (TuningLogError, count_records, digest, log_dir_for,
+                                      open_database, open_subset, record_run)
+from edgec.compiler.tvm_compat import (fast_inspect_initializer, fix_vnni_intrinsic, has_vnni,
+                                       meta_schedule, relax, tvm)
+
+
+class TuneError(EdgecError):
+    """Tuning could not run or produced no valid measurement."""
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """One tuning run.
+
+    target: edgec target name; trials: new trials to run (with ``resume``: the total
+    for this model's tasks, counting records already in the log); log_dir: None for
+    ``tuning_logs/<target>``; tracker: "host:port" of an RPC tracker (None: measure
+    on this machine) with ``rpc_key`` the board key (default: the target's); label:
+    the model's name in the log's run history (default: its source).
+    """
+
+    target: str = "host"
+    trials: int = 64
+    log_dir: str | None = None
+    resume: bool = False
+    tracker: str | None = None
+    rpc_key: str | None = None
+    trials_per_iter: int = 16
+    seed: int = 0
+    build_timeout: float = 60.0
+    run_timeout: float = 60.0
+    quiet: bool = False
+    label: str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.trials, int) or self.trials < 0:
+            raise TuneError(f"trials must be a non-negative integer, got {self.trials!r}")
+        if self.tracker is not None and not _parse_tracker(self.tracker):
+            raise TuneError(f"bad tracker {self.tracker!r}; expected HOST:PORT, e.g. 127.0.0.1:9190")
+
+
+def _parse_tracker(text: str):
+    host, _, port = text.rpartition(":")
+    return (host, int(port)) if host and port.isdigit() else None
+
+
+def prepare(tvm_target) -> None:
+    """Process-wide fixes MetaSchedule needs here (cheap TVMScript parsing; VNNI impl)."""
+    fast_inspect_initializer()
+    if has_vnni(tvm_target):
+        fix_vnni_intrinsic()
+
+
+def lowered_module(model, target_name: str):
+    """The fused module the build applies records to (the pipeline's own lowering)."""
+    from edgec.compiler.config import PipelineConfig
+    from edgec.compiler.pipeline import run
+
+    return run(model, PipelineConfig(target=target_name, tuning_logs=None), lower_only=True).lowered
+
+
+def extract_tasks(mod, tvm_target) -> list:
+    """MetaSchedule tasks (one per distinct fused PrimFunc) with their call counts as weights."""
+    prepare(tvm_target)
+    return list(meta_schedule().relax_integration.extract_tasks(mod, tvm_target))
+
+
+def task_status(tasks, db) -> list[dict]:
+    """Per task: name, weight, trials in the log, best measured latency (ms, None if none)."""
+    rows = []
+    for t in tasks:
+        mod = t.dispatched[0]
+        trials, best = 0, None
+        if db is not None and db.has_workload(mod):
+            recs = db.get_top_k(db.commit_workload(mod), 1 << 30)
+            trials = len(recs)
+            costs = [_mean_ms(r) for r in recs]
+            costs = [c for c in costs if c is not None]
+            best = min(costs) if costs else None
+        rows.append({"task": t.task_name, "weight": int(t.weight), "trials": trials,
+                     "best_ms": best})
+    return rows
+
+
+def _mean_ms(record):
+    secs = [float(s) for s in (record.run_secs or [])]
+    if not secs or max(secs) >= 1e9:  # MetaSchedule stores 1e10 s for failed candidates
+        return None
+    return 1e3 * sum(secs) / len(secs)
+
+
+def estimate_ms(rows) -> float | None:
+    """End-to-end estimate: sum of weight x best latency (None until every task has one)."""
+    if not rows or any(r["best_ms"] is None for r in rows):
+        return None
+    return sum(r["weight"] * r["best_ms"] for r in rows)
+
+
+def tune(model, spec: TuneSpec) -> dict:
+    """Tune ``model`` (a RelaxModel) as ``spec`` says; returns a JSON-able summary.
+
+    Appends to the target's log as it goes: Ctrl-C or a crash keeps every record measured
+    so far, and re-running continues from them.
+    """
+    from edgec.targets import get_target
+
+    target = get_target(spec.target)
+    tvm_target = target.tvm_target()
+    log_dir = spec.log_dir or log_dir_for(target)
+    db = open_database(log_dir, target, create=True)  # validates first: never writes a bad log
+    mod = lowered_module(model, spec.target)
+    tasks = extract_tasks(mod, tvm_target)
+    if not tasks:
+        raise TuneError("the model has no tunable operators (no fused PrimFuncs)")
+    before = task_status(tasks, db)
+    done = sum(r["trials"] for r in before)
+    budget = max(0, spec.trials - done) if spec.resume else spec.trials
+    summary = {"model": spec.label or model.source, "target": target.name, "log_dir": log_dir,
+               "tasks": len(tasks), "trials_before": done, "trials_requested": budget}
+    progress, interrupted, wall = _search_guarded(tasks, db, spec, target, budget, before)
+    after = task_status(tasks, db)
+    ran = sum(r["trials"] for r in after) - done
+    summary.update(_run_stats(ran, wall, progress), interrupted=interrupted, per_task=after,
+                   estimate_ms=estimate_ms(after), records=count_records(log_dir),
+                   digest=digest(log_dir))
+    if ran:
+        record_run(log_dir, {k: summary[k] for k in ("model", "target", "tasks", "trials",
+                                                      "wall_s", "trials_per_min", "interrupted")})
+    if interrupted:
+        import sys
+
+        print(f"edgec tune: interrupted; {ran} trials of this run are saved in {log_dir}; run "
+              "the same command (with --resume) to continue", file=sys.stderr)
+        raise KeyboardInterrupt
+    if budget and progress and progress.valid == 0:
+        raise TuneError(f"all {progress.count} candidates failed; first error: {progress.first_error}")
+    return summary
+
+
+def _search_guarded(tasks, db, spec, target, budget, before):
+    """Run the search unless the budget is spent; returns (progress, interrupted, wall s)."""
+    start, progress = time.perf_counter(), None
+    with _CtrlC() as ctrl_c:
+        if budget > 0:
+            try:
+                progress = _run_search(tasks, db, spec, target, budget, before)
+            except Exception:
+                if not ctrl_c.pressed:
+                    raise
+    return progress, ctrl_c.pressed, time.perf_counter() - start
+
+
+class _CtrlC:
+    """Remember a Ctrl-C during the search. It raises inside whatever Python callback
+    MetaSchedule's C++ loop is running, and TVM's FFI re-raises it as a RuntimeError, so
+    ``except KeyboardInterrupt`` alone would miss it."""
+
+    pressed = False
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return isinstance(exc[1], KeyboardInterrupt) and self.pressed
+
+
+def _run_stats(ran, wall, progress) -> dict:
+    return {"trials": ran, "wall_s": round(wall, 1),
+            "trials_per_min": round(60 * ran / wall, 1) if ran and wall else 0.0,
+            "overhead_s_per_trial": round(wall / ran, 2) if ran else None,
+            "failed": progress.failed if progress else 0}
+
+
+def _run_search(tasks, db, spec, target, budget, before):
+    from edgec.compiler.tune_measure import NoRepeatSearch, Progress, make_builder, make_runner
+
+    import logging
+
+    ms = meta_schedule()
+    # MetaSchedule prints its task table at INFO on stdout every round; our tqdm bar says it.
+    # Drop the handlers an earlier run left (files in a deleted work dir; unnamed ones make
+    # MetaSchedule's logging dictConfig fail on the next run in this process).
+    ms_logger = logging.getLogger(ms.__name__)
+    for handler in list(ms_logger.handlers):
+        ms_logger.removeHandler(handler)
+        handler.close()
+    ms_logger.setLevel(logging.WARNING)
+    work_dir = tempfile.mkdtemp(prefix="edgec-tune-")
+    try:
+        # a fresh seed per run, so resuming explores new candidates instead of the same ones
+        seed = spec.seed + sum(r["trials"] for r in before)
+        # a quarter of TVM's default population, 2 evolution rounds instead of 4: on 2 shared
+        # cores the default search took 1-2.5 min per 16 candidates, more than building them
+        strategy = NoRepeatSearch(ms.search_strategy.EvolutionarySearch(
+            population_size=128, genetic_num_iters=2))
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            tasks, work_dir, strategy=strategy, num_threads=target.num_cores, seed=seed)
+        progress = Progress(budget, before, spec.quiet)
+        callbacks = ms.measure_callback.MeasureCallback.create("default") + [progress]
+        try:
+            ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir,
+                          max_trials_global=budget, num_trials_per_iter=spec.trials_per_iter,
+                          builder=make_builder(target, spec), runner=make_runner(target, spec),
+                          database=db, cost_model="xgb", measure_callbacks=callbacks,
+                          task_scheduler="gradient")
+        finally:
+            progress.close()
+        return progress
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def apply_tuning(mod, target, logs: str):
+    """The pipeline's tuning phase: apply every matching record of the target's log.
+
+    logs: "auto" (``tuning_logs/<tuning_key>``, skipped if absent) or a log directory.
+    Returns (module, manifest dict: logs used, records, tasks tuned / left on defaults).
+    """
+    path = log_dir_for(target) if logs == "auto" else logs
+    if logs != "auto" and not os.path.isdir(path):
+        raise TuningLogError(f"tuning log directory not found: {path}")
+    name = os.path.basename(os.path.normpath(path))
+    total = _count_funcs(mod)
+    info = {"applied": False, "logs": [], "records": 0, "tasks": total, "tuned": 0,
+            "default": total, "summary": f"no tuning log for {target.tuning_key}: {total} tasks "
+                                         "on default schedules"}
+    if not os.path.isdir(path):
+        return mod, info
+    with tempfile.TemporaryDirectory(prefix="edgec-db-") as scratch:
+        db, n = open_subset(path, target, _workload_hashes(mod), scratch)
+        if db is not None:
+            tvm_target = target.tvm_target()
+            prepare(tvm_target)
+            with tvm_target, db:
+                mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+    tuned = _count_funcs(mod, scheduled=True)
+    info.update(applied=tuned > 0, logs=[name], records=n, tuned=tuned, default=total - tuned,
+                log_records=count_records(path), digest=digest(path))
+    info["summary"] = (f"{tuned} of {total} tasks tuned from log {name} ({n} matching of "
+                       f"{info['log_records']} records), {total - tuned} on default schedules")
+    return mod, info
+
+
+def _workload_hashes(mod) -> set:
+    """Structural hashes of the module's PrimFuncs, normalised as MetaSchedule keys them."""
+    from tvm_ffi import structural_hash
+
+    return {str(structural_hash(tvm.IRModule({"main": f.with_attr("global_symbol", "main")})))
+            for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def _count_funcs(mod, scheduled: bool = False) -> int:
+    n = 0
+    for _, f in mod.functions.items():
+        if isinstance(f, tvm.tirx.PrimFunc):
+            is_sched = bool(f.attrs and f.attrs.get("tirx.is_scheduled", False))
+            n += 1 if (is_sched or not scheduled) else 0
+    return n
+

@@ -1,0 +1,162 @@
+"""Measuring candidates: builder, runner (local or RPC board) and the progress callback.
+
+Runner choice: the host measures with ``LocalRunner``; a board measures over TVM RPC
+(``RPCRunner`` through a tracker, by the board's key). Builders always run here; for a
+board they cross-compile with the target's ``cross_cc``. Every worker pool gets the
+cheap-``inspect`` initializer (see ``tvm_compat.fast_inspect_initializer``): without it
+each builder worker spends 30-50 s importing TVM's tensor intrinsics and times out.
+"""
+from __future__ import annotations
+
+from tqdm import tqdm
+from tvm.ir.utils import derived_object
+
+from edgec.compiler.tvm_compat import cross_compiler, fast_inspect_initializer, meta_schedule
+
+ms = meta_schedule()
+# Candidates are short kernels: 3 runs of at least 40 ms each is enough to rank them.
+EVALUATOR = dict(number=3, repeat=1, min_repeat_ms=40, enable_cpu_cache_flush=False)
+
+
+def export_aarch64(mod, path: str = None) -> str:
+    """Builder export for aarch64 boards: link the candidate with the cross compiler."""
+    import os
+    import tempfile
+
+    path = path or os.path.join(tempfile.mkdtemp(prefix="edgec-cand-"), "cand.so")
+    mod.export_library(path, fcompile=cross_compiler("aarch64-linux-gnu-g++"))
+    return path
+
+
+def make_builder(target, spec):
+    """A LocalBuilder (cross-compiling for boards) whose workers parse TVMScript cheaply."""
+    from edgec.compiler.build import check_cross_compiler
+
+    check_cross_compiler(target)
+    f_export = export_aarch64 if target.arch == "aarch64" else None
+    return ms.builder.LocalBuilder(max_workers=max(1, target.num_cores if target.arch == "x86_64"
+                                                   else 2),
+                                   timeout_sec=spec.build_timeout, f_export=f_export,
+                                   initializer=fast_inspect_initializer)
+
+
+def make_runner(target, spec):
+    """LocalRunner on this machine, or RPCRunner via ``spec.tracker`` for a board."""
+    from edgec.compiler.tune import TuneError, _parse_tracker
+
+    config = ms.runner.EvaluatorConfig(**EVALUATOR)
+    if spec.tracker is None:
+        if target.arch != "x86_64":
+            raise TuneError(f"target {target.name!r} ({target.arch}) cannot run on this machine; "
+                            "give --tracker HOST:PORT of an RPC tracker its board registered with")
+        return ms.runner.LocalRunner(timeout_sec=spec.run_timeout, evaluator_config=config,
+                                     initializer=fast_inspect_initializer)
+    host, port = _parse_tracker(spec.tracker)
+    rpc = ms.runner.RPCConfig(tracker_host=host, tracker_port=port,
+                              tracker_key=spec.rpc_key or target.rpc_key,
+                              session_timeout_sec=int(spec.run_timeout))
+    return ms.runner.RPCRunner(rpc_config=rpc, evaluator_config=config, max_workers=1,
+                               initializer=fast_inspect_initializer)
+
+
+@derived_object
+class Progress(ms.measure_callback.PyMeasureCallback):
+    """tqdm over trials, with the best end-to-end estimate and the failure count."""
+
+    def __init__(self, total: int, before: list, quiet: bool):
+        super().__init__()
+        self.best = {r["task"]: r["best_ms"] for r in before}
+        self.weight = {r["task"]: r["weight"] for r in before}
+        self.names = [r["task"] for r in before]
+        self.count = self.valid = self.failed = 0
+        self.first_error = None
+        self.bar = tqdm(total=total, desc="tuning trials", unit="trial", disable=quiet)
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+        name = self.names[task_id]
+        for b, r in zip(builder_results, runner_results):
+            self.count += 1
+            err = b.error_msg or r.error_msg
+            secs = [float(s) for s in (r.run_secs or [])]
+            if err or not secs:
+                self.failed += 1
+                self.first_error = self.first_error or str(err).strip().splitlines()[-1][:300]
+                continue
+            self.valid += 1
+            ms_ = 1e3 * sum(secs) / len(secs)
+            if self.best.get(name) is None or ms_ < self.best[name]:
+                self.best[name] = ms_
+        self.bar.update(len(builder_results))
+        self.bar.set_postfix_str(self._postfix())
+
+    def _postfix(self) -> str:
+        known = [n for n in self.names if self.best.get(n) is not None]
+        est = sum(self.weight[n] * self.best[n] for n in known)
+        tag = "" if len(known) == len(self.names) else f" ({len(known)}/{len(self.names)} tasks)"
+        return f"best {est:.3f} ms{tag}, failed {self.failed}"
+
+    def close(self):
+        self.bar.close()
+
+
+def _plain(x):
+    """TVM containers/immediates -> plain Python (for a stable key of a trace)."""
+    if hasattr(x, "value") and not isinstance(x, (str, bytes)):
+        return x.value
+    if isinstance(x, (str, int, float)) or x is None:
+        return x
+    if hasattr(x, "items"):
+        return {str(k): _plain(v) for k, v in x.items()}
+    return [_plain(v) for v in x]
+
+
+def _trace_key(trace) -> str:
+    import json
+
+    return json.dumps(_plain(trace.as_json()), sort_keys=True)
+
+
+@derived_object
+class NoRepeatSearch(ms.search_strategy.PySearchStrategy):
+    """TVM's evolutionary search, minus candidates the log has already measured.
+
+    TVM only avoids repeats within one run; a resumed run would measure some of the
+    log's schedules again. This drops every candidate whose trace is in the database.
+    """
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.seen, self.mod = inner, set(), None
+
+    def _initialize_with_tune_context(self, context) -> None:
+        self.mod = context.mod
+        self.inner._initialize_with_tune_context(context)
+
+    def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None,
+                   cost_model=None) -> None:
+        if database is not None and self.mod is not None and database.has_workload(self.mod):
+            workload = database.commit_workload(self.mod)
+            self.seen = {_trace_key(r.trace) for r in database.get_all_tuning_records()
+                         if r.workload.same_as(workload)}
+        self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
+
+    def post_tuning(self) -> None:
+        self.inner.post_tuning()
+
+    def generate_measure_candidates(self):
+        candidates = self.inner.generate_measure_candidates()
+        if candidates is None:
+            return None
+        fresh = []
+        for c in candidates:
+            key = _trace_key(c.sch.trace)
+            if key not in self.seen:
+                self.seen.add(key)
+                fresh.append(c)
+        return fresh
+
+    def notify_runner_results(self, measure_candidates, results) -> None:
+        self.inner.notify_runner_results(measure_candidates, results)
+
+    def clone(self):
+        return NoRepeatSearch(self.inner.clone())

@@ -1,0 +1,212 @@
+"""Tuning logs as data: one MetaSchedule JSON database per target under ``tuning_logs/``.
+
+A log directory holds TVM's two append-only JSON-lines files plus ``edgec-log.json``
+(which target the records are for, and every tuning run's trials and wall time):
+
+    tuning_logs/x86-avx2/database_workload.json        one workload (TIR module) a line
+    tuning_logs/x86-avx2/database_tuning_record.json   one measured schedule a line
+    tuning_logs/x86-avx2/edgec-log.json                target, runs
+
+Records are keyed by workload (the structural hash of a fused TIR function), not by
+model, so every model that shares a layer with a tuned one reuses its records. Files are
+validated before TVM opens them: a corrupt or foreign log raises ``TuningLogError`` and
+is never written to. TVM appends one whole line per record, so an interrupted tune
+leaves every finished record readable; a torn last line (a kill during the write) is
+the only damage possible and is cut off on the next open.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+
+from edgec.compiler.artifact import write_json_atomic
+from edgec.compiler.errors import EdgecError
+
+WORKLOADS = "database_workload.json"
+RECORDS = "database_tuning_record.json"
+META = "edgec-log.json"
+FORMAT = "edgec-tuning-log"
+# What makes a schedule valid for a CPU: the ISA. num-cores only changes thread counts.
+ISA_KEYS = ("kind", "mtriple", "mcpu", "mattr")
+
+
+class TuningLogError(EdgecError):
+    """A tuning log is corrupt, foreign (another target or tool), or unreadable."""
+
+
+def default_root() -> str:
+    """``$EDGEC_TUNING_LOGS`` or the repository's committed ``tuning_logs/``."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.environ.get("EDGEC_TUNING_LOGS") or os.path.join(here, "tuning_logs")
+
+
+def log_dir_for(target, root: str | None = None) -> str:
+    """The log directory of ``target`` (``host`` uses its base target's logs)."""
+    return os.path.join(root or default_root(), target.tuning_key)
+
+
+def isa_of(tvm_dict: dict) -> dict:
+    """The ISA-defining part of a TVM target dict (what records must agree on)."""
+    out = {k: tvm_dict[k] for k in ISA_KEYS if k in tvm_dict}
+    if "mattr" in out:
+        out["mattr"] = sorted(out["mattr"])
+    return out
+
+
+def _read_lines(path: str, what: str) -> list:
+    """Parse a JSON-lines file; cut a torn last line, refuse anything else malformed."""
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends in a newline
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            raise TuningLogError(f"{path} line {number} is not valid JSON: not a MetaSchedule "
+                                 f"{what} file (corrupt?); move it away or fix it, edgec "
+                                 "will not overwrite it") from None
+    if tail.strip():
+        try:
+            rows.append(json.loads(tail))
+        except ValueError:  # a record torn by a kill mid-write: drop only that fragment
+            warnings.warn(f"{path}: dropping a torn last line ({len(tail)} bytes) left by an "
+                          "interrupted tune")
+            with open(path, "r+b") as f:
+                f.truncate(len(data) - len(tail))
+    return rows
+
+
+def _check_rows(path: str, workloads: list, records: list, isa: dict, meta_path: str) -> None:
+    for i, w in enumerate(workloads, 1):
+        if not (isinstance(w, list) and len(w) == 2 and isinstance(w[1], str)):
+            raise TuningLogError(f"{path}/{WORKLOADS} line {i} is not a MetaSchedule workload "
+                                 "[hash, module]; not a tuning log edgec can use")
+    for i, r in enumerate(records, 1):
+        ok = (isinstance(r, list) and len(r) == 2 and isinstance(r[0], int)
+              and 0 <= r[0] < len(workloads) and isinstance(r[1], list) and len(r[1]) >= 3)
+        if not ok:
+            raise TuningLogError(f"{path}/{RECORDS} line {i} is not a MetaSchedule tuning record "
+                                 f"(or names a workload not in {WORKLOADS}); corrupt or foreign "
+                                 "log, left untouched")
+        rec_isa = isa_of(r[1][2]) if isinstance(r[1][2], dict) else {}
+        if rec_isa and rec_isa != isa:
+            raise TuningLogError(f"{path}/{RECORDS} line {i} was tuned for {rec_isa}, not for "
+                                 f"this log's target {isa} ({meta_path}); foreign records, "
+                                 "left untouched")
+
+
+def read_meta(path: str) -> dict | None:
+    """The ``edgec-log.json`` of a log directory (None if there is none)."""
+    meta_path = os.path.join(path, META)
+    if not os.path.exists(meta_path):
+        return None
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise TuningLogError(f"{meta_path} is not valid JSON ({e}); left untouched") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise TuningLogError(f"{meta_path} is not an edgec tuning log (format "
+                             f"{meta.get('format') if isinstance(meta, dict) else '?'!r}, "
+                             f"expected {FORMAT!r}); left untouched")
+    return meta
+
+
+def validate(path: str, target) -> dict:
+    """Check a log directory holds only well-formed records for ``target``'s ISA.
+
+    Returns its meta (a fresh one if the directory is new). Raises TuningLogError.
+    """
+    isa = isa_of(target.tvm)
+    meta = read_meta(path)
+    meta_path = os.path.join(path, META)
+    if meta is not None and isa_of(meta.get("target_tvm", {})) != isa:
+        raise TuningLogError(f"{path} holds records for target {meta.get('target')!r} "
+                             f"({isa_of(meta.get('target_tvm', {}))}), not for {target.name!r} "
+                             f"({isa}); use --log-dir for another directory")
+    workloads = _read_lines(os.path.join(path, WORKLOADS), "workload")
+    records = _read_lines(os.path.join(path, RECORDS), "tuning record")
+    if meta is None and (workloads or records):
+        raise TuningLogError(f"{path} has MetaSchedule files but no {META}: not written by "
+                             "edgec tune, so its target is unknown; left untouched")
+    _check_rows(path, workloads, records, isa, meta_path)
+    return meta or {"format": FORMAT, "version": 1, "target": target.tuning_key,
+                    "target_tvm": dict(target.tvm), "runs": []}
+
+
+def open_database(path: str, target, create: bool = False):
+    """Validate, then open the log at ``path`` as a MetaSchedule JSONDatabase.
+
+    create: make the directory and its meta file when missing (tuning); otherwise a
+    missing log returns None (compiling without tuning records).
+    """
+    from edgec.compiler.tvm_compat import meta_schedule
+
+    if not os.path.isdir(path) and not create:
+        return None
+    meta = validate(path, target)
+    os.makedirs(path, exist_ok=True)
+    if not os.path.exists(os.path.join(path, META)):
+        _write_meta(path, meta)
+    return meta_schedule().database.JSONDatabase(
+        os.path.join(path, WORKLOADS), os.path.join(path, RECORDS), allow_missing=True)
+
+
+def open_subset(path: str, target, hashes: set, scratch: str):
+    """Open only the records whose workload hash is in ``hashes`` (the module's PrimFuncs).
+
+    TVM's JSONDatabase parses every record of a log (seconds for a few hundred); a build
+    needs only its own workloads. The subset is written to ``scratch`` and opened there.
+    Returns (database or None when nothing matches, number of records).
+    """
+    from edgec.compiler.tvm_compat import meta_schedule
+
+    validate(path, target)
+    workloads = _read_lines(os.path.join(path, WORKLOADS), "workload")
+    keep = {i: n for n, i in enumerate(i for i, w in enumerate(workloads) if w[0] in hashes)}
+    if not keep:
+        return None, 0
+    records = [[keep[r[0]], r[1]] for r in _read_lines(os.path.join(path, RECORDS), "tuning record")
+               if r[0] in keep]
+    files = [os.path.join(scratch, WORKLOADS), os.path.join(scratch, RECORDS)]
+    for name, rows in zip(files, ([workloads[i] for i in keep], records)):
+        with open(name, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, separators=(",", ":")) + "\n" for row in rows)
+    return meta_schedule().database.JSONDatabase(*files, allow_missing=False), len(records)
+
+
+def record_run(path: str, run: dict) -> None:
+    """Append one tuning run's summary (model, trials, wall time) to the log's meta."""
+    meta = read_meta(path) or {}
+    meta.setdefault("runs", []).append(dict(run, finished=time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                         time.gmtime())))
+    _write_meta(path, meta)
+
+
+def _write_meta(path: str, meta: dict) -> None:
+    write_json_atomic(os.path.join(path, META), meta)
+    os.chmod(os.path.join(path, META), 0o644)  # a committed data file, not a private temp
+
+
+def digest(path: str) -> str:
+    """A short content digest of a log's records (goes into the build manifest)."""
+    from edgec.compiler.artifact import file_digest
+
+    rec = os.path.join(path, RECORDS)
+    return file_digest(rec) if os.path.exists(rec) else ""
+
+
+def count_records(path: str) -> int:
+    rec = os.path.join(path, RECORDS)
+    if not os.path.exists(rec):
+        return 0
+    with open(rec, "rb") as f:
+        return sum(1 for line in f if line.strip())

@@ -1,0 +1,315 @@
+"""Tuning: records, resume, tuned compile, bad logs, interruption, RPC runner (real parts).
+
+One tiny matmul model, a handful of trials per run: the point is the bookkeeping,
+not the speed (speed is benchmarks/bench_tuning.py).
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgec.compiler.errors import EdgecError
+from edgec.compiler.frontend import import_model
+from edgec.compiler.tune import TuneSpec, tune
+from edgec.compiler.tvm_compat import tvm
+from edgec.compiler.tuning_db import (META, RECORDS, WORKLOADS, TuningLogError, count_records,
+                                      open_database)
+from edgec.targets import get_target
+
+pytestmark = pytest.mark.slow
+TARGET = "x86-avx2"
+
+
+class TinyMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(32, 16)
+
+    def forward(self, x):
+        return torch.relu(self.fc(x))
+
+
+def tiny():
+    torch.manual_seed(0)
+    return TinyMLP().eval(), torch.randn(1, 32)
+
+
+def spec(log_dir, trials, **kw):
+    return TuneSpec(target=TARGET, trials=trials, log_dir=str(log_dir), trials_per_iter=4,
+                    quiet=True, **kw)
+
+
+def traces(log_dir):
+    with open(os.path.join(log_dir, RECORDS), encoding="utf-8") as f:
+        return [json.dumps(json.loads(line)[1][0]) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """One log, tuned twice: 4 trials, then resumed to a total of 8."""
+    log = tmp_path_factory.mktemp("logs") / TARGET
+    model = import_model(*tiny())
+    first = tune(model, spec(log, 4))
+    second = tune(model, spec(log, 8, resume=True))
+    return log, model, first, second
+
+
+def test_tune_writes_records(tuned):
+    log, _, first, _ = tuned
+    assert first["trials"] == 4 and first["failed"] == 0
+    assert count_records(log) >= 4
+    assert os.path.exists(log / WORKLOADS) and os.path.exists(log / META)
+    best = [t["best_ms"] for t in first["per_task"] if t["trials"]]
+    assert best and all(b > 0 for b in best)
+
+
+def test_resume_continues_without_duplicates(tuned):
+    log, model, first, second = tuned
+    assert second["trials_before"] == first["trials_before"] + first["trials"]
+    assert second["trials"] == 4
+    assert sum(t["trials"] for t in second["per_task"]) == 8
+    assert len(set(traces(log))) == len(traces(log))  # no candidate measured twice
+    third = tune(model, spec(log, 8, resume=True))  # total reached: nothing to do
+    assert third["trials"] == 0 and count_records(log) == 8
+    runs = json.loads((log / META).read_text())["runs"]
+    assert [r["trials"] for r in runs] == [4, 4]
+
+
+def test_compile_applies_records(tuned, tmp_path):
+    from edgec.compiler import PipelineConfig, compile, load
+
+    log, _, _, _ = tuned
+    model, x = tiny()
+    out = str(tmp_path / "m.so")
+    manifest = compile(model, (x,), config=PipelineConfig(target=TARGET, tuning_logs=str(log)),
+                       output=out)
+    t = manifest["tuning"]
+    assert t["applied"] and t["tuned"] >= 1 and t["tuned"] + t["default"] == t["tasks"]
+    assert t["logs"] == [TARGET] and t["records"] == 8 and "tuned from log" in t["summary"]
+    with torch.no_grad():
+        np.testing.assert_allclose(load(out)(x.numpy())[0], model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+class SharesALayer(nn.Module):
+    """Never tuned: its first layer is TinyMLP's (same op and shapes), then a new one."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(32, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.fc(x)))
+
+
+def test_records_are_reused_by_another_model(tuned, tmp_path):
+    from edgec.compiler import PipelineConfig, compile
+
+    log, _, _, _ = tuned
+    torch.manual_seed(1)
+    manifest = compile(SharesALayer().eval(), (torch.randn(1, 32),), output=str(tmp_path / "o.so"),
+                       config=PipelineConfig(target=TARGET, tuning_logs=str(log)))
+    t = manifest["tuning"]
+    assert t["tuned"] >= 1 and t["default"] >= 1  # the shared layer tuned, the new head not
+
+
+def _copy_log(src, dst):
+    dst.mkdir()
+    for name in (WORKLOADS, RECORDS, META):
+        (dst / name).write_bytes((src / name).read_bytes())
+
+
+def test_corrupt_log_is_refused_and_untouched(tuned, tmp_path):
+    log, model, _, _ = tuned
+    bad = tmp_path / TARGET
+    _copy_log(log, bad)
+    text = (bad / RECORDS).read_text()
+    lines = text.splitlines(keepends=True)
+    broken = lines[0] + "{not json\n" + "".join(lines[1:])
+    (bad / RECORDS).write_text(broken)
+    with pytest.raises(TuningLogError, match=r"line 2 is not valid JSON"):
+        tune(model, spec(bad, 4))
+    assert (bad / RECORDS).read_text() == broken
+
+
+def test_foreign_log_is_refused(tuned, tmp_path):
+    log, model, _, _ = tuned
+    other = tmp_path / "other"
+    _copy_log(log, other)
+    meta = json.loads((other / META).read_text())
+    meta["target_tvm"] = dict(meta["target_tvm"], mcpu="skylake-avx512")
+    (other / META).write_text(json.dumps(meta))
+    before = (other / RECORDS).read_bytes()
+    with pytest.raises(TuningLogError, match="holds records for target"):
+        tune(model, spec(other, 4))
+    no_meta = tmp_path / "nometa"
+    _copy_log(log, no_meta)
+    (no_meta / META).unlink()
+    with pytest.raises(TuningLogError, match="not written by edgec tune"):
+        open_database(str(no_meta), get_target(TARGET))
+    assert (other / RECORDS).read_bytes() == before
+
+
+def test_torn_last_line_is_dropped(tuned, tmp_path):
+    log, _, _, _ = tuned
+    torn = tmp_path / TARGET
+    _copy_log(log, torn)
+    with open(torn / RECORDS, "a", encoding="utf-8") as f:
+        f.write('[0,[[["GetSBlock"')  # a record cut by a kill mid-write
+    with pytest.warns(UserWarning, match="torn last line"):
+        db = open_database(str(torn), get_target(TARGET))
+    assert len(db.get_all_tuning_records()) == 8
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["crash", "ctrl-c"])
+def test_interrupted_tune_leaves_loadable_log(tmp_path, sig):
+    log = tmp_path / TARGET
+    cmd = [sys.executable, "-m", "edgec.compiler.cli", "tune", "test_tune:TinyMLP", "--input",
+           "x:1x32", "--target", TARGET, "--trials", "400", "--log-dir", str(log)]
+    proc = subprocess.Popen(cmd, cwd=os.path.dirname(__file__), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while count_records(log) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(1)
+        os.kill(proc.pid, sig)  # SIGKILL: a crash, no cleanup runs; SIGINT: Ctrl-C
+        _, err = proc.communicate(timeout=300)
+    finally:
+        try:  # the whole session: builder/runner workers too
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    n = count_records(log)
+    assert n >= 2
+    db = open_database(str(log), get_target(TARGET))
+    assert len(db.get_all_tuning_records()) >= n - 1
+    if sig == signal.SIGINT:  # clean exit: says how to continue, the run is in the history
+        assert proc.returncode == 130 and "Traceback" not in err
+        assert "run the same command" in err and "edgec: interrupted" in err
+        runs = json.loads((log / META).read_text())["runs"]
+        assert runs[-1]["interrupted"] and runs[-1]["trials"] == n
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@pytest.fixture
+def rpc_tracker():
+    """A real TVM tracker plus one server registered as key 'edgec-test', on 127.0.0.1."""
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
+                               "--port", str(port), "--port-end", str(port + 1)],
+                              start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)]
+    try:
+        _wait_port(port)
+        server = _free_port()
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
+             "--tracker", f"127.0.0.1:{port}", "--key", "edgec-test", "--port", str(server),
+             "--port-end", str(server + 1)],
+            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _wait_registered(port)
+        yield f"127.0.0.1:{port}"
+    finally:
+        for p in reversed(procs):  # by process group: the server's socket is held by a child
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait()
+
+
+def _wait_registered(port, timeout=120):
+    from edgec.compiler.tvm_compat import rpc
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        summary = rpc().connect_tracker("127.0.0.1", port).summary()
+        if "edgec-test" in str(summary.get("server_info", "")):
+            return
+        time.sleep(1)
+    raise RuntimeError("RPC server did not register with the tracker")
+
+
+def test_rpc_runner_measures_on_a_tracked_server(rpc_tracker, tmp_path):
+    model = import_model(*tiny())
+    s = tune(model, spec(tmp_path / TARGET, 4, tracker=rpc_tracker, rpc_key="edgec-test"))
+    assert s["trials"] == 4 and s["failed"] == 0
+    assert all(t["best_ms"] > 0 for t in s["per_task"] if t["trials"])
+
+
+def test_bad_tracker_and_board_without_tracker():
+    with pytest.raises(EdgecError, match="HOST:PORT"):
+        TuneSpec(target=TARGET, tracker="nohost")
+    from edgec.compiler.tune_measure import make_runner
+
+    with pytest.raises(EdgecError, match="--tracker"):
+        make_runner(get_target("rpi4"), TuneSpec(target="rpi4"))
+
+
+def test_board_builder_cross_compiles_candidates(tmp_path):
+    """The builder a board tune uses links candidates for aarch64 (checked by ELF machine)."""
+    import shutil
+
+    from edgec.compiler.artifact import elf_machine
+    from edgec.compiler.tune import lowered_module
+    from edgec.compiler.tune_measure import make_builder, ms
+
+    if shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("aarch64-linux-gnu-g++ not installed (apt-get install g++-aarch64-linux-gnu)")
+    target = get_target("rpi4")
+    mod = lowered_module(import_model(*tiny()), "rpi4")
+    prim = next(f for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
+    task = tvm.IRModule({"main": prim.with_attr("global_symbol", "main")})
+    builder = make_builder(target, TuneSpec(target="rpi4"))
+    (result,) = builder.build([ms.builder.BuilderInput(task, target.tvm_target())])
+    assert result.error_msg is None, result.error_msg
+    assert elf_machine(result.artifact_path) == "aarch64"
+
+
+def test_host_uses_its_base_targets_log_and_isa_is_checked(tuned):
+    from edgec.compiler.tuning_db import log_dir_for
+    from edgec.targets import detect_host
+
+    host = detect_host(flags={"avx2", "fma"}, cores=4)
+    assert host.tuning_key == "x86-avx2" and log_dir_for(host, "logs") == os.path.join("logs", TARGET)
+    log, _, _, _ = tuned
+    assert open_database(str(log), host) is not None  # same ISA, other core count: valid
+    with pytest.raises(TuningLogError, match="holds records for target"):
+        open_database(str(log), get_target("x86-avx512"))
+
+
+def test_cli_status_json_and_one_line_errors(tuned, tmp_path, capsys):
+    from edgec.compiler.cli import main
+
+    log, _, _, _ = tuned
+    factory = ["edgec.compiler.zoo:mnist_cnn", "--input", "x:1x1x28x28", "--target", TARGET]
+    assert main(["tune", *factory, "--status", "--json", "--log-dir", str(tmp_path / "none")]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["trials"] == 0 and s["tasks"] and all(t["best_ms"] is None for t in s["tasks"])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / META).write_text('{"format": "something-else"}')
+    assert main(["tune", *factory, "--trials", "4", "--log-dir", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edgec: error:") and "not an edgec tuning log" in err and "\n" not in err
