@@ -29,7 +29,7 @@ def cmd_compile(args):
                             **_int8_config(args))
     calib = _calib_data(args, config)
     model, example = args.model, None
-    if not os.path.splitext(model)[1] and ":" in model:
+    if ":" in model and not os.path.exists(model):  # package.module:factory
         import torch
 
         if not specs:

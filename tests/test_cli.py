@@ -44,6 +44,11 @@ def test_compile_module_factory(tmp_path):
     r = edgec("compile", "mymodels:small", "--input", "x:2x4:float32", "-o", "s.so", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert os.path.isfile(tmp_path / "s.so") and os.path.isfile(tmp_path / "s.json")
+    # a dotted package path is a factory, not a file with an extension
+    r = edgec("compile", "edgec.compiler.zoo:mnist_cnn", "--input", "x:1x1x28x28", "-o", "z.so",
+              cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert os.path.isfile(tmp_path / "z.json")
 
 
 def test_errors_are_one_line_exit_2(tmp_path):
