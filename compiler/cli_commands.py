@@ -43,7 +43,8 @@ def cmd_compile(args):
                              input_specs=specs or None, calib_data=calib)
     emit(args, manifest, f"wrote {args.output} ({manifest['library_bytes'] / 1e6:.2f} MB, "
          f"{manifest['arch']}, target {manifest['target']['name']}) and its manifest "
-         f"{os.path.splitext(args.output)[0]}.json")
+         f"{os.path.splitext(args.output)[0]}.json\n"
+         f"tuning: {manifest.get('tuning', {}).get('summary', 'not applied')}")
 
 
 def _compile_flags(p):
