@@ -19,7 +19,7 @@ def _common(p, quiet=True):
 def cmd_compile(args):
     from edgec.compiler.api import compile as compile_model
     from edgec.compiler.config import PipelineConfig
-    from edgec.compiler.specs import load_factory, parse_input_spec
+    from edgec.compiler.specs import factory_model, is_factory, parse_input_spec
 
     specs = [parse_input_spec(s) for s in args.input or []]
     config = PipelineConfig(target=args.target, dump_ir=args.dump_ir,
@@ -29,13 +29,8 @@ def cmd_compile(args):
                             **_int8_config(args))
     calib = _calib_data(args, config)
     model, example = args.model, None
-    if ":" in model and not os.path.exists(model):  # package.module:factory
-        import torch
-
-        if not specs:
-            raise EdgecError("a module:factory model needs --input NAME:SHAPE[:DTYPE] for each input")
-        model = load_factory(model)
-        example = tuple(torch.zeros(s.shape, dtype=getattr(torch, s.dtype)) for s in specs)
+    if is_factory(model):
+        model, example = factory_model(model, specs)
     from edgec.compiler.cli_exits import exit_config
 
     config = exit_config(args, config, model, example, specs or None, quiet=args.quiet or args.json)

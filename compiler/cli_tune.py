@@ -1,25 +1,17 @@
 """``edgec tune``: MetaSchedule tuning into the target's reusable log, and ``--status``."""
 from __future__ import annotations
 
-import os
-
 from edgec.compiler.cli import command, emit
-from edgec.compiler.errors import EdgecError
 
 
 def load_relax_model(model: str, inputs):
     """``MODEL`` as the CLI names it (.onnx, .pt2, module:factory + --input) -> RelaxModel."""
     from edgec.compiler.frontend import import_model
-    from edgec.compiler.specs import load_factory, parse_input_spec
+    from edgec.compiler.specs import factory_model, is_factory, parse_input_spec
 
     specs = [parse_input_spec(s) for s in inputs or []]
-    if ":" in model and not os.path.exists(model):  # package.module:factory
-        import torch
-
-        if not specs:
-            raise EdgecError("a module:factory model needs --input NAME:SHAPE[:DTYPE] for each input")
-        example = tuple(torch.zeros(s.shape, dtype=getattr(torch, s.dtype)) for s in specs)
-        return import_model(load_factory(model), example, specs)
+    if is_factory(model):
+        return import_model(*factory_model(model, specs), specs)
     return import_model(model, None, specs or None)
 
 

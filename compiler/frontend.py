@@ -11,7 +11,7 @@ import re
 import numpy as np
 
 from edgec.compiler.errors import FrontendError, UnsupportedOperatorError
-from edgec.compiler.graph import RelaxModel, TensorSpec
+from edgec.compiler.graph import RelaxModel, TensorSpec, substitute
 from edgec.compiler.tvm_compat import detach_params, onnx_frontend, relax, torch_frontend
 
 FORMATS = (".pt2", ".onnx")
@@ -151,23 +151,11 @@ def _rename_inputs(mod, specs):
         return mod
     new_params = [relax.Var(s.name, p.ty) for p, s in zip(func.params[:n], specs)]
     new_params += list(func.params[n:])
-    body = _VarRenamer(dict(zip(func.params[:n], new_params[:n]))).visit_expr(func.body)
+    body = substitute(func.body, dict(zip(func.params[:n], new_params[:n])))
     new = relax.Function(new_params, body, func.ret_ty, func.is_pure, func.attrs)
     mod = mod.__class__(dict(mod.functions), attrs=mod.attrs)
     mod["main"] = new
     return mod
-
-
-@relax.expr_functor.mutator
-class _VarRenamer(relax.PyExprMutator):
-    """Replace some Vars by others (used to rename function parameters)."""
-
-    def __init__(self, mapping):
-        super().__init__()
-        self.mapping = mapping
-
-    def visit_var_(self, op):
-        return self.mapping.get(op, op)
 
 
 def example_from_specs(specs, seed=0) -> list:

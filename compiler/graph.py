@@ -102,3 +102,23 @@ def _leaf_specs(sinfo, prefix) -> list:
 def output_specs(mod, func="main") -> tuple:
     """Flattened output specs of ``func`` (``output0``, ``output1``... for tuples)."""
     return tuple(_leaf_specs(mod[func].ret_ty, "output"))
+
+
+@relax.expr_functor.mutator
+class _Substitute(relax.PyExprMutator):
+    """Replace Vars (dataflow or not) by the given expressions."""
+
+    def __init__(self, mapping):
+        super().__init__()
+        self.mapping = mapping
+
+    def visit_var_(self, op):
+        return self.mapping.get(op, op)
+
+    def visit_dataflow_var_(self, op):
+        return self.mapping.get(op, op)
+
+
+def substitute(expr, mapping: dict):
+    """``expr`` with each Var in ``mapping`` replaced by its expression."""
+    return _Substitute(mapping).visit_expr(expr)

@@ -45,3 +45,18 @@ def load_factory(spec: str):
     if not callable(factory):
         raise EdgecError(f"{module_name} has no callable {attr!r} (from {spec!r})")
     return factory()
+
+
+def is_factory(model: str) -> bool:
+    """``package.module:factory`` (not an existing file, whatever dots it has)."""
+    return ":" in model and not os.path.exists(model)
+
+
+def factory_model(spec: str, specs) -> tuple:
+    """Build ``spec``'s torch model and zero example inputs matching ``specs``."""
+    import torch
+
+    if not specs:
+        raise EdgecError("a module:factory model needs --input NAME:SHAPE[:DTYPE] for each input")
+    example = tuple(torch.zeros(s.shape, dtype=getattr(torch, s.dtype)) for s in specs)
+    return load_factory(spec), example

@@ -19,27 +19,13 @@ from __future__ import annotations
 import math
 
 from edgec.compiler.errors import EdgecError
+from edgec.compiler.graph import substitute
 from edgec.compiler.tvm_compat import relax, tvm
 from edgec.passes.exit_plan import THRESHOLDS_INPUT, ExitPlan, ExitPlanError
 
 
 class SplitError(EdgecError):
     """The module cannot be split into exit stages."""
-
-
-@relax.expr_functor.mutator
-class _Substitute(relax.PyExprMutator):
-    """Replace Vars (dataflow or not) by the given expressions."""
-
-    def __init__(self, mapping):
-        super().__init__()
-        self.mapping = mapping
-
-    def visit_var_(self, op):
-        return self.mapping.get(op, op)
-
-    def visit_dataflow_var_(self, op):
-        return self.mapping.get(op, op)
 
 
 def _graph(func):
@@ -115,7 +101,7 @@ def _emit_stage(bb, name, own, reads, exports, out, criterion):
         with bb.dataflow():
             vmap = dict(zip(reads, params))
             for var, value in own:
-                vmap[var] = bb.emit(_Substitute(vmap).visit_expr(value), name_hint=var.name)
+                vmap[var] = bb.emit(substitute(value, vmap), name_hint=var.name)
             logits = vmap.get(out, out)
             if criterion is None:
                 result = bb.emit_output(logits)
