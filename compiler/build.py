@@ -32,6 +32,12 @@ def build(model: RelaxModel, config, output: str, calib_data=None) -> dict:
     Both files appear only when the build succeeded. Returns the manifest.
     calib_data: INT8 calibration inputs (see ``pipeline.run``).
     """
+    return build_result(model, config, output, calib_data)[0]
+
+
+def build_result(model: RelaxModel, config, output: str, calib_data=None) -> tuple:
+    """``build``, also returning the PipelineResult (its ``model`` is the graph after
+    the compression passes, for counting what the artifact computes)."""
     from edgec.targets import get_target
 
     if not output.endswith(".so"):
@@ -47,7 +53,7 @@ def build(model: RelaxModel, config, output: str, calib_data=None) -> dict:
             raise BuildError(f"built library is {arch}, expected {target.arch} for {target.name}")
         manifest = _manifest(model, config, result, target, output, tmp, start)
     write_json_atomic(manifest_path(output), manifest)
-    return manifest
+    return manifest, result
 
 
 def _export(executable, path, target):

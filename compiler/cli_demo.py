@@ -128,7 +128,7 @@ def cmd_optimize(args):
     config = RunConfig(target=args.target, out=args.out, data=args.data, model=args.model,
                        fresh=args.fresh, epochs=args.epochs, seed=args.seed, quiet=args.quiet,
                        power_cmd=args.power_cmd, accuracy_budget=args.accuracy_budget,
-                       command=_command_line(), mode="optimize")
+                       prune=args.prune, command=_command_line(), mode="optimize")
     return _finish(args, run(config, compress))
 
 

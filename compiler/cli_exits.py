@@ -64,8 +64,10 @@ def exit_config(args, config, model, example, specs, quiet: bool = False):
                    exit_criterion=args.exit_criterion, thresholds_as_input=args.thresholds_as_input)
 
 
-def all_output_logits(relax_model, split, quiet: bool = False) -> list:
-    """Every output of the (unsplit) model over ``split``, compiled for this machine."""
+def all_output_logits(relax_model, split, quiet: bool = False, config=None,
+                      calib_data=None) -> list:
+    """Every output of the (unsplit) model over ``split``, compiled for this machine
+    (as ``config`` says, e.g. INT8 with ``calib_data``; default FP32, untuned)."""
     from edgec.compiler.config import PipelineConfig
     from edgec.compiler.pipeline import run
     from edgec.compiler.runtime import flatten_outputs
@@ -75,7 +77,8 @@ def all_output_logits(relax_model, split, quiet: bool = False) -> list:
     if tuple(split.x.shape[1:]) != tuple(spec.shape[1:]):
         raise EdgecError(f"calibration data has samples of shape {list(split.x.shape[1:])}; the "
                          f"model input {spec.name!r} takes {list(spec.shape[1:])}")
-    vm = VirtualMachine(run(relax_model, PipelineConfig(tuning_logs=None)).executable, tvm.cpu())
+    config = config or PipelineConfig(tuning_logs=None)
+    vm = VirtualMachine(run(relax_model, config, calib_data).executable, tvm.cpu())
     b = int(spec.shape[0])
     outs = []
     for i in tqdm(range(0, len(split) - len(split) % b, b), desc="calibrate", disable=quiet,

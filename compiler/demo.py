@@ -32,7 +32,8 @@ OVER_BUDGET = "over the accuracy budget"
 SKIPPED = "skipped (an earlier stage missed the accuracy budget)"
 # Code a stage's result depends on (its own function is hashed too): the stage and
 # measuring modules, and what training or building runs.
-DEMO_CODE = ("edgec.compiler.demo_stages", "edgec.compiler.demo_measure")
+DEMO_CODE = ("edgec.compiler.demo_stages", "edgec.compiler.demo_measure",
+             "edgec.compiler.demo_compress", "edgec.compiler.demo_exits", "edgec.compiler.cli_exits")
 TRAIN_CODE = DEMO_CODE + ("edgec.compiler.zoo", "edgec.compiler.train")
 BUILD_CODE = DEMO_CODE + (
     "edgec.compiler.api", "edgec.compiler.frontend", "edgec.compiler.graph",
@@ -61,6 +62,7 @@ class RunConfig:
     quiet: bool = False
     power_cmd: str | None = None
     accuracy_budget: float | None = None
+    prune: float | None = None  # fraction of channels to prune (None: the demo's 0.5)
     command: str = ""
     mode: str = "demo"
 
@@ -81,6 +83,7 @@ class Outcome:
     model: object = None
     artifact: str | None = None
     info: dict = field(default_factory=dict)
+    compiled: object = None  # the RelaxModel after the passes (this run only, not cached)
 
 
 @dataclass(frozen=True)

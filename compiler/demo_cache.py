@@ -49,7 +49,7 @@ def stage_key(stage: Stage, ctx: Context) -> str:
     parts = {"stage": stage.slug, "params": [list(p) for p in stage.params],
              "seed": ctx.config.seed, "data": ctx.digests.get("data"),
              "model": ctx.digests.get("model"), "code": source_digest(stage.code),
-             "run": inspect.getsource(stage.run),
+             "run": inspect.getsource(getattr(stage.run, "func", stage.run)),
              "after": [ctx.records[a].key for a in stage.after],
              "versions": [__version__, tvm_version(), torch.__version__]}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,25 +1,17 @@
 """The stages of the edge-classifier scenario, in order.
 
 Each stage is one function ``run(ctx, workdir) -> Outcome`` plus a ``Stage``
-entry naming what it needs. Today's build has the dense stages; the
-compression stages are listed with the modules they need (``NEEDS``) and no
-function yet (``RUNS``), so the report shows them as "not available in this
-build". Wiring one in is writing its function and putting it in ``RUNS``:
+entry naming what it needs: the dense ones here, the compression ones in
+``demo_compress`` (pruned, pruned + INT8) and ``demo_exits`` (+ early exit), which
+take one more argument, ``after``: the stage whose torch model they start from.
 
-    def prune(ctx, workdir):
-        teacher = ctx.model(STAGE_EAGER)            # earlier stages' torch models
-        student = ...                               # plan, prune, fine-tune
-        out = compile_stage(ctx, student, workdir)  # -> workdir/model.so, power proxy
-        out.model = student                         # cached; the next stage starts from it
-        out.info["sensitivity"] = {"prune": ...}    # optional data for plots.py
-        return out
-
-The driver caches the result, measures size and accuracy from the artifact,
+The driver caches each result, measures size and accuracy from the artifact,
 and benchmarks it with the others. ``plots.py`` documents the optional info
 keys (``exits``, ``sensitivity``).
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 import time
@@ -132,23 +124,24 @@ def train_dense(ctx, workdir) -> Outcome:
         "seconds": round(time.perf_counter() - t0, 2), "samples": len(ctx.data.train)}})
 
 
-def compile_stage(ctx, model, workdir, config=None, proxy_model=None) -> Outcome:
+def compile_stage(ctx, model, workdir, config=None, calib_data=None) -> Outcome:
     """Compile ``model`` for the run's target into ``workdir/model.so``, with its power proxy.
 
     config: a PipelineConfig (default: the target's, tuning logs applied);
-    proxy_model: the RelaxModel after this stage's passes, when they run outside
-    the pipeline, so the proxy counts the compressed graph.
+    calib_data: INT8 calibration inputs. The proxy counts the graph after the
+    compression passes, i.e. what the artifact computes.
     """
-    from edgec.compiler.build import build
+    from edgec.compiler.build import build_result
     from edgec.compiler.config import PipelineConfig
     from edgec.compiler.frontend import import_model
     from edgec.compiler.power import proxy_of
 
     config = config or PipelineConfig(target=ctx.config.target)
     relax_model = import_model(model.eval(), (ctx.example(),))
-    proxy = proxy_of(proxy_model or relax_model, ctx.config.target)
-    manifest = build(relax_model, config, os.path.join(workdir, "model.so"))
-    return Outcome(model=None, artifact="model.so", info={
+    manifest, result = build_result(relax_model, config, os.path.join(workdir, "model.so"),
+                                    calib_data)
+    proxy = proxy_of(result.model or relax_model, ctx.config.target)
+    return Outcome(model=None, artifact="model.so", compiled=result.model, info={
         "power_proxy": proxy.to_json(), "build_seconds": manifest["build_seconds"]})
 
 
@@ -157,8 +150,16 @@ def compile_dense(ctx, workdir) -> Outcome:
     return compile_stage(ctx, ctx.model(STAGE_EAGER), workdir)
 
 
-# The compression stages' functions: None until the stage is wired into this build.
-RUNS = {STAGE_PRUNED: None, STAGE_INT8: None, STAGE_EXITS: None}
+def _compression_runs() -> dict:
+    from edgec.compiler.demo_compress import int8, prune
+    from edgec.compiler.demo_exits import exits
+
+    return {STAGE_PRUNED: prune, STAGE_INT8: int8, STAGE_EXITS: exits}
+
+
+# The compression stages' functions ``fn(ctx, workdir, after)``: ``after`` names the
+# stage whose torch model they start from (None: not wired into this build).
+RUNS = _compression_runs()
 
 
 def stages(config, compress=(STAGE_PRUNED, STAGE_INT8, STAGE_EXITS)) -> list:
@@ -171,7 +172,10 @@ def stages(config, compress=(STAGE_PRUNED, STAGE_INT8, STAGE_EXITS)) -> list:
     previous = STAGE_EAGER
     for name in compress:
         slug = name.replace(" + ", "-").replace(" ", "-").lower()
-        out.append(Stage(name, slug, RUNS[name], requires=NEEDS[name],
-                         code=BUILD_CODE + TRAIN_CODE, after=(previous,), params=target))
+        fn = RUNS[name] and functools.partial(RUNS[name], after=previous)
+        out.append(Stage(name, slug, fn, requires=NEEDS[name],
+                         code=BUILD_CODE + TRAIN_CODE, after=(previous,),
+                         params=target + (("quick", config.quick), ("prune", config.prune),
+                                          ("budget", config.accuracy_budget))))
         previous = name
     return out

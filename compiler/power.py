@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from edgec.compiler.tvm_compat import Constant, relax, tvm
+from edgec.passes.int8_kernels import MACS_ATTR
 
 PROXY_LABEL = ("power proxy, not a measurement: MACs (conv/matmul, from shapes) and bytes "
                "moved per inference (weights read + activations read/written by each fused kernel)")
@@ -92,19 +93,21 @@ def _macs(call) -> int:
     return math.prod(out) * math.prod(reduce_dims)  # (Cin/groups) * kernel window
 
 
-def _count_call(call) -> OpCount | None:
+def _count_call(call, mod) -> OpCount | None:
     if not isinstance(call.op, tvm.ir.Op) or call.op.name in VIEW_OPS:
         return None
     name, args = call.op.name.replace("relax.", ""), list(call.args)
+    macs = _macs(call) if call.op.name in MAC_OPS else 0
     if call.op.name == "relax.call_tir":  # a compiled kernel: its arguments are a tuple
         name, args = args[0].name_hint, list(args[1].fields)
+        attrs = mod[call.args[0]].attrs  # edgec's hand-written kernels say their MACs
+        macs = int(attrs[MACS_ATTR]) if attrs is not None and MACS_ATTR in attrs else 0
     args = [a for a in args if isinstance(a, relax.Expr) and not isinstance(a, relax.ShapeExpr)]
     if args and all(isinstance(a, Constant) for a in args):
         return None  # folded at compile time
     weights = sum(_tensor_bytes(a.ty) for a in args if isinstance(a, Constant))
     acts = sum(_tensor_bytes(a.ty) for a in args if not isinstance(a, Constant))
     acts += _tensor_bytes(call.ty)
-    macs = _macs(call) if call.op.name in MAC_OPS else 0
     return OpCount(name, macs, weights, acts)
 
 
@@ -125,7 +128,7 @@ def count_function(mod, name: str = "main", _seen=None) -> PowerProxy:
             total.add(_seen[callee])
             total.functions[callee] = _seen[callee].to_json()["bytes_moved"]
             return
-        op = _count_call(expr)
+        op = _count_call(expr, mod)
         if op:
             total.add(PowerProxy(op.macs, op.weight_bytes, op.activation_bytes, [op]))
 
@@ -140,23 +143,41 @@ def simplify_for_count(mod):
     return tvm.transform.Sequential(seq)(mod)
 
 
+def _graph_and_fused(model, target):
+    """(simplified graph, the same after legalize + fusion) of a RelaxModel or bound module."""
+    from edgec.compiler.graph import RelaxModel, bind
+    from edgec.targets import get_target
+
+    mod = simplify_for_count(bind(model) if isinstance(model, RelaxModel) else model)
+    with get_target(target).tvm_target():  # legalization needs a target
+        return mod, relax.get_pipeline("zero")(mod)
+
+
 def proxy_of(model, target="host") -> PowerProxy:
     """The proxy for a RelaxModel (weights bound first) or a bound IRModule.
 
     MACs come from the graph before lowering (conv/matmul shapes); bytes from the
     fused kernels the target would run (legalize + FuseOps, as the pipeline does).
     """
-    from edgec.compiler.graph import RelaxModel, bind
-    from edgec.targets import get_target
-
-    mod = simplify_for_count(bind(model) if isinstance(model, RelaxModel) else model)
+    mod, fused = _graph_and_fused(model, target)
     graph = count_function(mod)
-    with get_target(target).tvm_target():  # legalization needs a target
-        fused = relax.get_pipeline("zero")(mod)
     result = count_function(fused)
     result.macs = graph.macs
     result.mac_ops = [op for op in graph.ops if op.macs]
     return result
+
+
+def stage_proxies(model, target="host") -> list:
+    """One PowerProxy per stage function of an early-exit model (``stage0``, ...), in order."""
+    from edgec.passes.split_early_exits import stage_names
+
+    mod, fused = _graph_and_fused(model, target)
+    out = []
+    for name in stage_names(mod):
+        p = count_function(fused, name)
+        p.macs = count_function(mod, name).macs
+        out.append(p)
+    return out
 
 
 def run_power_cmd(cmd: str, when: str, timeout: float = 60.0) -> dict:

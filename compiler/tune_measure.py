@@ -8,12 +8,16 @@ each builder worker spends 30-50 s importing TVM's tensor intrinsics and times o
 """
 from __future__ import annotations
 
+import threading
+
 from tqdm import tqdm
 from tvm.ir.utils import derived_object
 
 from edgec.compiler.tvm_compat import cross_compiler, fast_inspect_initializer, meta_schedule
 
 ms = meta_schedule()
+# Set by the first Ctrl-C of ``edgec tune``: every task's search then reports itself done.
+STOP = threading.Event()
 # Candidates are short kernels: 3 runs of at least 40 ms each is enough to rank them.
 EVALUATOR = dict(number=3, repeat=1, min_repeat_ms=40, enable_cpu_cache_flush=False)
 
@@ -28,6 +32,19 @@ def export_aarch64(mod, path: str = None) -> str:
     return path
 
 
+def worker_initializer() -> None:
+    """Builder/runner worker set-up: cheap TVMScript frame inspection, and no SIGINT.
+
+    A terminal's Ctrl-C reaches the whole process group; the workers leave it to the
+    tuning process, which finishes the batch being measured (a worker killed by it
+    would log a spurious failed candidate) and then stops them.
+    """
+    import signal
+
+    fast_inspect_initializer()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_builder(target, spec):
     """A LocalBuilder (cross-compiling for boards) whose workers parse TVMScript cheaply."""
     from edgec.compiler.build import check_cross_compiler
@@ -37,7 +54,7 @@ def make_builder(target, spec):
     return ms.builder.LocalBuilder(max_workers=max(1, target.num_cores if target.arch == "x86_64"
                                                    else 2),
                                    timeout_sec=spec.build_timeout, f_export=f_export,
-                                   initializer=fast_inspect_initializer)
+                                   initializer=worker_initializer)
 
 
 def make_runner(target, spec):
@@ -50,13 +67,13 @@ def make_runner(target, spec):
             raise TuneError(f"target {target.name!r} ({target.arch}) cannot run on this machine; "
                             "give --tracker HOST:PORT of an RPC tracker its board registered with")
         return ms.runner.LocalRunner(timeout_sec=spec.run_timeout, evaluator_config=config,
-                                     initializer=fast_inspect_initializer)
+                                     initializer=worker_initializer)
     host, port = _parse_tracker(spec.tracker)
     rpc = ms.runner.RPCConfig(tracker_host=host, tracker_port=port,
                               tracker_key=spec.rpc_key or target.rpc_key,
                               session_timeout_sec=int(spec.run_timeout))
     return ms.runner.RPCRunner(rpc_config=rpc, evaluator_config=config, max_workers=1,
-                               initializer=fast_inspect_initializer)
+                               initializer=worker_initializer)
 
 
 @derived_object
@@ -144,6 +161,8 @@ class NoRepeatSearch(ms.search_strategy.PySearchStrategy):
         self.inner.post_tuning()
 
     def generate_measure_candidates(self):
+        if STOP.is_set():  # Ctrl-C: this task is done; MetaSchedule winds down normally
+            return None
         candidates = self.inner.generate_measure_candidates()
         if candidates is None:
             return None

@@ -18,6 +18,9 @@ from edgec.compiler.tvm_compat import relax
 OC_BLOCK, IC_BLOCK = 8, 4
 
 
+# The multiply-accumulates one call of a packed kernel does (the power proxy reads it).
+MACS_ATTR = "edgec.macs"
+
 def packable(wq: np.ndarray, groups: int = 1) -> bool:
     """Whether an OIHW conv weight (or a (K, N) matmul weight) fits the packed kernels."""
     if wq.ndim == 2:
@@ -83,7 +86,9 @@ def emit_packed_conv(bb, x, wq: np.ndarray, strides, dilation):
     func, out_shape = scheduled_conv((n, c // IC_BLOCK, h, w, IC_BLOCK), wp.shape,
                                      [int(s) for s in strides], [int(d) for d in dilation])
     name = f"conv2d_int8_avx2_{n}x{c}x{h}x{w}_{wq.shape[0]}x{wq.shape[2]}"
-    gv = bb.add_func(func.with_attr("global_symbol", name), name)
+    out_channels = out_shape[1] * out_shape[4]  # each output reads wp.size / out_channels
+    macs = int(np.prod(out_shape)) * (wp.size // out_channels)
+    gv = bb.add_func(func.with_attr("global_symbol", name).with_attr(MACS_ATTR, macs), name)
     out = bb.emit(relax.call_tir(gv, [packed, relax.const(wp, "int8")],
                                  relax.TensorType(out_shape, "int32")))
     nb, co8, ho, wo, _ = out_shape
@@ -125,7 +130,8 @@ def emit_packed_matmul(bb, x, wq: np.ndarray):
     m = int(np.prod(shape[:-1]))
     wp = np.ascontiguousarray(wq.T.reshape(n // 8, 8, k // 4, 4).transpose(0, 2, 1, 3))
     name = f"matmul_int8_avx2_{m}x{k}x{n}"
-    gv = bb.add_func(scheduled_matmul(m, k, n).with_attr("global_symbol", name), name)
+    func = scheduled_matmul(m, k, n).with_attr("global_symbol", name)
+    gv = bb.add_func(func.with_attr(MACS_ATTR, m * k * n), name)
     flat = bb.emit(relax.op.reshape(x, (m, k))) if len(shape) != 2 else x
     out = bb.emit(relax.call_tir(gv, [flat, relax.const(wp, "int8")],
                                  relax.TensorType((m, n), "int32")))

@@ -159,7 +159,9 @@ def split_early_exits(mod: tvm.IRModule, plan: ExitPlan) -> tvm.IRModule:
     outputs = [fields[p] for p in plan.exit_points] + [fields[-1]]
     _check_outputs(outputs, plan)
     own, reads, exports = _plan_stages(func, outputs, bindings)
-    bb = relax.BlockBuilder()
+    # start from ``mod`` so the functions its bindings call keep their GlobalVars (the
+    # INT8 pass adds packed-kernel PrimFuncs); ``main`` is replaced below
+    bb = relax.BlockBuilder(mod)
     criteria = plan.criteria_list(plan.num_exits) + [None]
     for k, out in enumerate(outputs):
         _emit_stage(bb, f"stage{k}", own[k], reads[k], exports[k], out, criteria[k])

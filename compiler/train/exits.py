@@ -8,6 +8,8 @@ named submodules through forward hooks, so any backbone works unchanged and
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -39,13 +41,11 @@ class ExitModel(nn.Module):
         self.heads = nn.ModuleList(heads)
         self._features: dict = {}
         modules = dict(backbone.named_modules())
-        for name in self.after:
-            modules[name].register_forward_hook(self._keep(name))
+        for name in self.after:  # a partial of a method: the model stays picklable
+            modules[name].register_forward_hook(functools.partial(self._keep, name))
 
-    def _keep(self, name):
-        def hook(_module, _inputs, output):
-            self._features[name] = output
-        return hook
+    def _keep(self, name, _module, _inputs, output):
+        self._features[name] = output
 
     def forward(self, x):
         self._features.clear()

@@ -39,7 +39,7 @@ def fit(model: nn.Module, train: Split, epochs: int = 3, lr: float = 1e-3, batch
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.3f}")
         history.append(float(np.mean(losses)))

@@ -1,0 +1,156 @@
+"""The demo's last stage: early exits on the pruned INT8 model.
+
+Exit heads are attached to the previous stage's torch model and trained with its
+backbone frozen (self-distillation from the final head), under the same INT8
+method that stage chose (QAT fake-quant, or PTQ calibration). Thresholds are
+calibrated on the validation split with the compiled INT8 model's own outputs, to
+spend part of what is left of the accuracy budget; the split and the decision are
+compiled into the library.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import os
+
+import numpy as np
+import torch
+
+from edgec.compiler.demo import STAGE_EAGER, DemoError, Outcome
+from edgec.compiler.demo_compress import (CALIB_SAMPLES, EXIT_SHARE, _budget, _epochs,
+                                          _target)
+
+
+def exit_points(model, example, most: int = 2) -> list:
+    """Modules to attach exits after: 4-d outputs of conv/batch-norm layers, in forward
+    order (a batch norm replaces the conv it follows), at most ``most`` of them, spread
+    over the first part of the network (never the last feature map)."""
+    names, shapes = [], {}
+
+    def seen(name, _m, _i, out):  # returns None: the output is left as it is
+        names.append(name)
+        shapes[name] = tuple(out.shape)
+
+    hooks = [m.register_forward_hook(functools.partial(seen, name))
+             for name, m in model.named_modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.BatchNorm2d))]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    points: list = []
+    for n in names:
+        if len(shapes[n]) != 4:
+            continue
+        if points and shapes[points[-1]] == shapes[n] and isinstance(
+                dict(model.named_modules())[n], torch.nn.BatchNorm2d):
+            points[-1] = n  # the norm of the same conv: its output is what flows on
+        elif n not in points:
+            points.append(n)
+    points = points[:-1]  # the last feature map is the final head's input
+    if not points:
+        raise DemoError("no place for an early exit: the model has a single conv feature map")
+    step = max(1, len(points) // most)
+    return points[::step][:most]
+
+
+def exits(ctx, workdir, after: str) -> Outcome:
+    """Attach, train, quantize, calibrate and compile the early-exit model."""
+    from edgec.compiler.config import PipelineConfig
+    from edgec.compiler.demo_stages import compile_stage
+    from edgec.compiler.train.exits import add_exits, train_exits
+
+    int8_info = (ctx.records[after].meta.get("info") or {}).get("int8")
+    method = int8_info["method"] if int8_info else None  # None: the model before is FP32
+    base = copy.deepcopy(ctx.model(after)).eval()
+    points = exit_points(base, ctx.example())
+    model = add_exits(base, points, ctx.data.num_classes, ctx.example(), seed=ctx.config.seed)
+    calib = ctx.data.train.x[:CALIB_SAMPLES]
+    epochs = _epochs(ctx, 3)
+    scales = None
+    if method == "qat":
+        from edgec.compiler.train.qat import prepare_qat
+        from edgec.passes.quant_scheme import scheme_for_target
+
+        qat = prepare_qat(model, scheme_for_target(_target(ctx)), calib)
+        train_exits(model, ctx.data.train, epochs=epochs, freeze_backbone=True,
+                    seed=ctx.config.seed, quiet=ctx.config.quiet)
+        scales = os.path.join(workdir, "int8_scales.json")
+        qat.finish(scales)
+    else:
+        train_exits(model, ctx.data.train, epochs=epochs, freeze_backbone=True,
+                    seed=ctx.config.seed, quiet=ctx.config.quiet)
+    model.eval()
+    int8 = PipelineConfig(target=ctx.config.target, int8=method is not None, int8_scales=scales)
+    cal, allowed = _calibrate(ctx, model, int8, calib)
+    config = PipelineConfig(target=ctx.config.target, int8=method is not None, int8_scales=scales,
+                            early_exit=True, exit_thresholds=tuple(cal.thresholds))
+    out = compile_stage(ctx, model, workdir, config, calib_data=calib)
+    dist = exit_distribution(os.path.join(workdir, "model.so"), ctx.data.test, len(points))
+    out.model = model
+    out.info["exits"] = {
+        "after": points, "int8": method, "train_epochs": epochs,
+        "thresholds": [round(float(t), 4) for t in cal.thresholds],
+        "criterion": "max_prob", "distribution": dist,
+        "val": {"exit_rates": [round(float(r), 4) for r in cal.exit_rates],
+                "accuracy": round(cal.accuracy, 2), "never_exiting": round(cal.full_accuracy, 2),
+                "budget_points": round(allowed, 2), "expected_mac_speedup": round(cal.speedup, 2)}}
+    out.info["power_proxy"] = weighted_proxy(out.info["power_proxy"], out.compiled,
+                                             ctx.config.target, dist)
+    return out
+
+
+def _calibrate(ctx, model, int8_config, calib):
+    """Thresholds from the compiled INT8 multi-exit model's outputs on val, within
+    EXIT_SHARE of the budget the earlier stages left (dense teacher's val top-1 minus
+    this model's, never exiting)."""
+    from edgec.compiler.cli_exits import all_output_logits
+    from edgec.compiler.frontend import import_model
+    from edgec.compiler.graph import bind
+    from edgec.compiler.train.fit import evaluate
+    from edgec.passes.exit_plan import ExitPlan
+    from edgec.passes.exit_thresholds import calibrate, exit_macs
+    from edgec.passes.split_early_exits import split_early_exits
+
+    val = ctx.data.val
+    relax_model = import_model(model, (ctx.example(),))
+    costs = exit_macs(split_early_exits(bind(relax_model), ExitPlan(thresholds_as_input=True)))
+    logits = all_output_logits(relax_model, val, quiet=True, config=int8_config,
+                               calib_data=calib)
+    never = float((logits[-1].argmax(1) == val.y[:len(logits[-1])]).mean() * 100)
+    dense = evaluate(ctx.model(STAGE_EAGER), val)
+    allowed = max(0.0, EXIT_SHARE * (_budget(ctx) - max(0.0, dense - never)))
+    return calibrate(logits, val.y[:len(logits[0])], costs, allowed, "max_prob"), allowed
+
+
+def exit_distribution(so_path: str, split, num_exits: int) -> dict:
+    """{exit name: fraction of ``split`` leaving there}, run by the compiled library."""
+    from edgec.compiler.runtime import load
+
+    lib = load(so_path)
+    taken = np.zeros(num_exits + 1)
+    for i in range(len(split)):
+        lib(split.x[i:i + 1])
+        taken[lib.exit_taken] += 1
+    names = [f"exit {k}" for k in range(num_exits)] + ["final"]
+    return {n: round(float(c / len(split)), 4) for n, c in zip(names, taken)}
+
+
+def weighted_proxy(proxy: dict, compiled, target: str, dist: dict) -> dict:
+    """The power proxy averaged over the measured exit distribution (the full count,
+    every stage run, is kept as ``worst_case``). ``compiled``: the split model."""
+    from edgec.compiler.power import stage_proxies
+
+    stages = stage_proxies(compiled, target)
+    keys = ("macs", "weight_bytes", "activation_bytes")
+    cum = np.cumsum([[getattr(s, k) for k in keys] for s in stages], axis=0)
+    expected = (np.asarray(list(dist.values()))[:, None] * cum).sum(axis=0)
+    out = {"functions": proxy.get("functions")}
+    out.update({k: int(v) for k, v in zip(keys, expected)})
+    out["bytes_moved"] = out["weight_bytes"] + out["activation_bytes"]
+    out["label"] = (proxy.get("label", "").replace(" (every branch counted: an upper bound)", "")
+                    + "; averaged over the exit distribution on the test split")
+    out["worst_case"] = {k: proxy.get(k) for k in (*keys, "bytes_moved")}
+    return out
