@@ -4,8 +4,8 @@ A plot whose data no stage produced is skipped, and the report says so.
 Data the compression stages provide in their ``Outcome.info``:
 
 - ``exits``: ``{"distribution": {exit name: fraction of test images}}``
-- ``sensitivity``: ``{"prune": {layer: {ratio: test top-1 %}},
-  "int8": {layer: value}, "int8_metric": "accuracy drop (points)"}``
+- ``sensitivity``: ``{"prune": {layer: {ratio: top-1 %}}, "prune_metric": axis label,
+  "int8": {layer: value}, "int8_metric": axis label}``
 """
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ def plot_sensitivity(sens, path) -> str:
                 ratios = sorted(curve, key=float)
                 ax.plot([float(r) for r in ratios], [curve[r] for r in ratios], marker="o", label=layer)
             ax.set_xlabel("fraction of channels pruned")
-            ax.set_ylabel("test top-1, %")
+            ax.set_ylabel(sens.get("prune_metric", "validation top-1, %"))
             ax.set_title("Pruning sensitivity per layer")
             ax.legend(fontsize=8)
         else:

@@ -57,7 +57,8 @@ def _stage_entry(rec, bench) -> dict:
         "engine": m["engine"], "size": m["size"],
         "accuracy": m["accuracy"], "latency": _latency(rec.stage.name, bench),
         "power_proxy": {k: proxy.get(k) for k in ("macs", "weight_bytes", "activation_bytes",
-                                                  "bytes_moved", "label", "functions")},
+                                                  "bytes_moved", "label", "functions",
+                                                  "worst_case")},
         "tuning": m.get("tuning"), "passes": m.get("passes"), "target": m.get("target"),
         "seconds": rec.meta.get("seconds"), "info": info})
     return entry

@@ -65,7 +65,26 @@ def test_demo_report_has_every_stage(demo_out):
         else:  # a pass not in this build: reported, with what it needs, and no numbers
             assert s["status"] == "not available in this build" and s["missing"]
             assert "accuracy" not in s and "latency" not in s and "size" not in s
-    dense = next(s for s in report["stages"] if s["name"] == STAGE_DENSE)
+    by_name = {s["name"]: s for s in report["stages"]}
+    assert all(s["status"] == "ok" for s in report["stages"])
+    dense, pruned, int8, final = (by_name[n] for n in names[1:])
+    plan = pruned["info"]["prune"]
+    assert plan["macs_after"] < 0.5 * plan["macs_before"] and plan["groups"]
+    assert pruned["power_proxy"]["macs"] < 0.5 * dense["power_proxy"]["macs"]
+    assert pruned["size"]["weight_bytes"] < 0.5 * dense["size"]["weight_bytes"]
+    assert [p["name"] for p in pruned["passes"]] == ["prune_channels"]
+    assert int8["info"]["int8"]["method"] in ("qat", "ptq")
+    assert set(int8["info"]["int8"]["val_top1"]) == {"qat", "ptq"}
+    assert int8["size"]["weight_bytes"] < 0.4 * pruned["size"]["weight_bytes"]  # int8 weights
+    assert [p["name"] for p in int8["passes"]] == ["quantize_int8"]
+    exits = final["info"]["exits"]
+    assert abs(sum(exits["distribution"].values()) - 1.0) < 1e-6 and exits["after"] == ["bn1"]
+    assert [p["name"] for p in final["passes"]] == ["quantize_int8", "split_early_exits"]
+    assert "averaged over the exit distribution" in final["power_proxy"]["label"]
+    assert final["power_proxy"]["macs"] <= final["power_proxy"]["worst_case"]["macs"]
+    sens = {**pruned["info"]["sensitivity"], **int8["info"]["sensitivity"]}
+    assert set(sens["prune"]) and all(len(r) == 3 for r in sens["prune"].values())
+    assert set(sens["int8"]) == {"conv1", "conv2", "fc1", "fc2"}
     assert dense["engine"] == "edgec" and "compiled artifact" in dense["accuracy"]["measured_by"]
     assert os.path.isfile(os.path.join(demo_out, "model.so"))
     goals = report["goals"]["items"]
@@ -77,7 +96,7 @@ def test_demo_plots_are_pngs_and_report_md_mentions_them(demo_out):
     with open(os.path.join(demo_out, "report.md"), encoding="utf-8") as f:
         md = f.read()
     drawn = [p for p in report["plots"].values() if p["path"]]
-    assert {"stages", "pareto"} <= {k for k, p in report["plots"].items() if p["path"]}
+    assert set(report["plots"]) == {k for k, p in report["plots"].items() if p["path"]}  # all drawn
     for p in drawn:
         check_png(p["path"])
         assert os.path.relpath(p["path"], demo_out) in md
