@@ -17,8 +17,15 @@ import numpy as np
 import torch
 
 from edgec.compiler.demo import STAGE_EAGER, DemoError, Outcome
-from edgec.compiler.demo_compress import (CALIB_SAMPLES, EXIT_SHARE, _budget, _epochs,
-                                          _target)
+from edgec.compiler.demo_compress import CALIB_SAMPLES, EXIT_SHARE, _budget, _target
+from edgec.compiler.train.exits import exit_head
+
+
+# The heads: ReLU, 7x7 average pool, 64 hidden, linear. On the demo's pruned MNIST CNN
+# (exit after bn1) the default 4x4 linear head exited 15% of val images within a
+# 0.5-point budget and this one 84% (5 epochs, lr 3e-3; the backbone frozen).
+HEAD = functools.partial(exit_head, pool=7, hidden=64)
+HEAD_LR = 3e-3
 
 
 def exit_points(model, example, most: int = 2) -> list:
@@ -66,21 +73,22 @@ def exits(ctx, workdir, after: str) -> Outcome:
     method = int8_info["method"] if int8_info else None  # None: the model before is FP32
     base = copy.deepcopy(ctx.model(after)).eval()
     points = exit_points(base, ctx.example())
-    model = add_exits(base, points, ctx.data.num_classes, ctx.example(), seed=ctx.config.seed)
+    model = add_exits(base, points, ctx.data.num_classes, ctx.example(), head=HEAD,
+                      seed=ctx.config.seed)
     calib = ctx.data.train.x[:CALIB_SAMPLES]
-    epochs = _epochs(ctx, 3)
+    epochs = 2 if ctx.config.quick else 5
     scales = None
     if method == "qat":
         from edgec.compiler.train.qat import prepare_qat
         from edgec.passes.quant_scheme import scheme_for_target
 
         qat = prepare_qat(model, scheme_for_target(_target(ctx)), calib)
-        train_exits(model, ctx.data.train, epochs=epochs, freeze_backbone=True,
+        train_exits(model, ctx.data.train, epochs=epochs, lr=HEAD_LR, freeze_backbone=True,
                     seed=ctx.config.seed, quiet=ctx.config.quiet)
         scales = os.path.join(workdir, "int8_scales.json")
         qat.finish(scales)
     else:
-        train_exits(model, ctx.data.train, epochs=epochs, freeze_backbone=True,
+        train_exits(model, ctx.data.train, epochs=epochs, lr=HEAD_LR, freeze_backbone=True,
                     seed=ctx.config.seed, quiet=ctx.config.quiet)
     model.eval()
     int8 = PipelineConfig(target=ctx.config.target, int8=method is not None, int8_scales=scales)

@@ -99,3 +99,19 @@ def test_power_proxy_counts_packed_int8_macs_and_each_stage(exit_model):
     assert len(stages) == 2 and all(s.macs > 0 for s in stages)
     assert sum(s.macs for s in stages) == proxy_of(split).macs
     assert stages[0].macs < stages[1].macs  # conv1 + the head, then conv2 + the linears
+
+
+def test_frozen_backbone_keeps_its_weights_and_batch_norm_statistics():
+    from edgec.compiler.train.data import Split
+    from edgec.compiler.train.exits import train_exits
+
+    model = add_exits(mnist_cnn(0, c1=8, c2=16, hidden=32), ["bn1"], example=X)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    heads = {k: v.clone() for k, v in model.heads.state_dict().items()}
+    rng = np.random.default_rng(0)
+    data = Split(rng.random((64, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 64))
+    train_exits(model, data, epochs=1, freeze_backbone=True, quiet=True)
+    for k, v in model.backbone.state_dict().items():
+        assert torch.equal(v, before[k]), k  # running mean/var included
+    assert any(not torch.equal(v, heads[k]) for k, v in model.heads.state_dict().items())
+    assert model.frozen_backbone is False and model.train().backbone.training

@@ -40,12 +40,21 @@ class ExitModel(nn.Module):
         self.after = list(after)
         self.heads = nn.ModuleList(heads)
         self._features: dict = {}
+        self.frozen_backbone = False  # train() then leaves the backbone in eval mode
         modules = dict(backbone.named_modules())
         for name in self.after:  # a partial of a method: the model stays picklable
             modules[name].register_forward_hook(functools.partial(self._keep, name))
 
     def _keep(self, name, _module, _inputs, output):
         self._features[name] = output
+
+    def train(self, mode: bool = True):
+        """As ``nn.Module.train``; a frozen backbone stays in eval mode, so its batch-norm
+        statistics (and INT8 observers) are exactly those the heads see at inference."""
+        super().train(mode)
+        if getattr(self, "frozen_backbone", False):  # models pickled before it existed
+            self.backbone.eval()
+        return self
 
     def forward(self, x):
         self._features.clear()
@@ -125,9 +134,11 @@ def train_exits(model: ExitModel, train, epochs: int = 3, lr: float = 1e-3, weig
     """
     for p in model.backbone.parameters():
         p.requires_grad_(not freeze_backbone)
+    model.frozen_backbone = freeze_backbone
     try:
         return fit(model, train, epochs=epochs, lr=lr, seed=seed, quiet=quiet, desc="exits",
                    loss_fn=exit_loss(weights, temperature, distill))
     finally:
+        model.frozen_backbone = False
         for p in model.backbone.parameters():
             p.requires_grad_(True)
