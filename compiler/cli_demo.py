@@ -19,6 +19,8 @@ def _flags(p, out_default):
                    "artifacts, and the cache of trained models)")
     p.add_argument("--fresh", action="store_true", help="ignore cached stages and redo them")
     p.add_argument("--seed", type=int, default=0, help="seed of the data split and training")
+    p.add_argument("--tune-trials", type=int, metavar="N", help="tune every compiled stage for N "
+                   "MetaSchedule trials (total per stage, resumable) into OUT/tuning_logs/")
     p.add_argument("--power-cmd", metavar="CMD", help="a command printing a power reading; run "
                    "before and after each stage's timed run and recorded in the report")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -71,9 +73,11 @@ def cmd_demo(args):
                          "run the demo with --target host")
     if args.epochs is not None and args.epochs < 0:
         raise EdgecError(f"--epochs must be 0 or more, got {args.epochs}")
+    _check_trials(args)
     config = RunConfig(target=args.target, out=args.out, quick=args.quick, fresh=args.fresh,
                        epochs=args.epochs, seed=args.seed, quiet=args.quiet,
-                       power_cmd=args.power_cmd, command=_command_line())
+                       power_cmd=args.power_cmd, tune_trials=args.tune_trials or 0,
+                       command=_command_line())
     return _finish(args, run(config))
 
 
@@ -91,8 +95,7 @@ cmd_demo.configure = _demo_flags
 def _compress_request(args) -> list:
     """The compression stages asked for; refuses, naming what is missing, those not in this build."""
     from edgec.compiler.demo import module_exists
-    from edgec.compiler.demo_stages import (NEEDS, RUNS, STAGE_EXITS, STAGE_INT8, STAGE_PRUNED,
-                                            TUNE_MODULE)
+    from edgec.compiler.demo_stages import NEEDS, RUNS, STAGE_EXITS, STAGE_INT8, STAGE_PRUNED
 
     if args.prune is not None and not 0.0 < args.prune < 1.0:
         raise EdgecError(f"--prune takes the fraction of channels to remove, between 0 and 1; "
@@ -108,10 +111,19 @@ def _compress_request(args) -> list:
         if asked and RUNS[stage] is None:
             raise EdgecError(f"{flag}: its stage is not wired into 'edgec optimize' yet")
         out += [stage] if asked else []
+    _check_trials(args)
+    return out
+
+
+def _check_trials(args) -> None:
+    from edgec.compiler.demo import module_exists
+    from edgec.compiler.demo_stages import TUNE_MODULE
+
+    if args.tune_trials is not None and args.tune_trials < 1:
+        raise EdgecError(f"--tune-trials must be a positive number of trials, got {args.tune_trials}")
     if args.tune_trials and not module_exists(TUNE_MODULE):
         raise EdgecError(f"--tune-trials needs {TUNE_MODULE} (MetaSchedule tuning), which this "
                          "build of edgec does not have yet")
-    return out
 
 
 @command("optimize", "train/evaluate, compress and compile your own model on your data, "
@@ -128,7 +140,8 @@ def cmd_optimize(args):
     config = RunConfig(target=args.target, out=args.out, data=args.data, model=args.model,
                        fresh=args.fresh, epochs=args.epochs, seed=args.seed, quiet=args.quiet,
                        power_cmd=args.power_cmd, accuracy_budget=args.accuracy_budget,
-                       prune=args.prune, command=_command_line(), mode="optimize")
+                       prune=args.prune, tune_trials=args.tune_trials or 0,
+                       command=_command_line(), mode="optimize")
     return _finish(args, run(config, compress))
 
 
@@ -144,7 +157,6 @@ def _optimize_flags(p):
     p.add_argument("--prune", type=float, metavar="R", help="prune this fraction of channels")
     p.add_argument("--int8", action="store_true", help="quantize to INT8")
     p.add_argument("--early-exit", action="store_true", help="add early exits")
-    p.add_argument("--tune-trials", type=int, metavar="N", help="MetaSchedule trials to tune")
     _flags(p, "edgec-optimize")
 
 

@@ -63,6 +63,7 @@ class RunConfig:
     power_cmd: str | None = None
     accuracy_budget: float | None = None
     prune: float | None = None  # fraction of channels to prune (None: the demo's 0.5)
+    tune_trials: int = 0  # MetaSchedule trials per compiled stage (0: committed logs only)
     command: str = ""
     mode: str = "demo"
 

@@ -138,11 +138,47 @@ def compile_stage(ctx, model, workdir, config=None, calib_data=None) -> Outcome:
 
     config = config or PipelineConfig(target=ctx.config.target)
     relax_model = import_model(model.eval(), (ctx.example(),))
-    manifest, result = build_result(relax_model, config, os.path.join(workdir, "model.so"),
-                                    calib_data)
-    proxy = proxy_of(result.model or relax_model, ctx.config.target)
-    return Outcome(model=None, artifact="model.so", compiled=result.model, info={
-        "power_proxy": proxy.to_json(), "build_seconds": manifest["build_seconds"]})
+    path = os.path.join(workdir, "model.so")
+    manifest, result = build_result(relax_model, config, path, calib_data)
+    info = {"build_seconds": manifest["build_seconds"]}
+    if ctx.config.tune_trials:  # tune what this build runs, then build again with the log
+        from dataclasses import replace
+
+        info["tuning_run"], logs = tune_stage(ctx, result.model, workdir)
+        manifest, result = build_result(relax_model, replace(config, tuning_logs=logs), path,
+                                        calib_data)
+    info["power_proxy"] = proxy_of(result.model or relax_model, ctx.config.target).to_json()
+    return Outcome(model=None, artifact="model.so", compiled=result.model, info=info)
+
+
+def tune_stage(ctx, compiled, workdir) -> tuple:
+    """Tune ``compiled`` (the graph after the stage's passes) for ``--tune-trials`` trials
+    into the run's log, ``OUT/tuning_logs/<target>`` (seeded with the committed log, so
+    its records keep applying). Returns (summary, log dir)."""
+    import shutil
+
+    from edgec.compiler.tune import TuneSpec, tune
+    from edgec.compiler.tuning_db import log_dir_for
+    from edgec.targets import get_target
+
+    target = get_target(ctx.config.target)
+    logs = log_dir_for(target, os.path.join(os.path.abspath(ctx.config.out), "tuning_logs"))
+    committed = log_dir_for(target)
+    if not os.path.isdir(logs) and os.path.isdir(committed):
+        shutil.copytree(committed, logs + ".tmp", dirs_exist_ok=True)
+        os.replace(logs + ".tmp", logs)
+    spec = TuneSpec(target=target.name, trials=ctx.config.tune_trials, log_dir=logs,
+                    resume=True, quiet=ctx.config.quiet,
+                    label=f"{ctx.config.model or 'MnistCNN'} ({_slug_of(workdir)})")
+    summary = tune(compiled, spec)
+    keep = ("log_dir", "tasks", "trials_before", "trials", "wall_s", "trials_per_min",
+            "estimate_ms")
+    return {k: summary.get(k) for k in keep}, logs
+
+
+def _slug_of(workdir: str) -> str:
+    """The stage slug of a stage's temporary workdir (``.<slug>-<random>``)."""
+    return os.path.basename(workdir).lstrip(".").rsplit("-", 1)[0]
 
 
 def compile_dense(ctx, workdir) -> Outcome:
@@ -165,7 +201,7 @@ RUNS = _compression_runs()
 def stages(config, compress=(STAGE_PRUNED, STAGE_INT8, STAGE_EXITS)) -> list:
     """The stages of one run, in order: the dense ones, then ``compress`` (names)."""
     dense_params = (("epochs", config.train_epochs), ("model", config.model or "MnistCNN"))
-    target = (("target", config.target),)
+    target = (("target", config.target), ("tune_trials", config.tune_trials))
     out = [Stage(STAGE_EAGER, "dense-eager", train_dense, code=TRAIN_CODE, params=dense_params),
            Stage(STAGE_DENSE, "dense-edgec", compile_dense, code=BUILD_CODE,
                  after=(STAGE_EAGER,), params=target)]

@@ -177,6 +177,28 @@ def test_optimize_own_model_and_npz(tmp_path):
     assert os.path.isfile(tmp_path / "o" / "model.so") and report["stopped"] is None
 
 
+def test_optimize_tunes_each_stage_into_its_own_log(tmp_path):
+    (tmp_path / "mlp.py").write_text(
+        "import torch\n"
+        "def mlp():\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8),\n"
+        "                               torch.nn.ReLU(), torch.nn.Linear(8, 3))\n")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((60, 1, 4, 4), dtype=np.float32),
+             y=np.arange(60) % 3)
+    r = edgec("optimize", "mlp:mlp", "--data", "d.npz", "--tune-trials", "2", "--out", "o",
+              "--target", "x86-avx2", "--json", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    dense = next(s for s in json.loads(r.stdout)["stages"] if s["name"] == STAGE_DENSE)
+    run = dense["info"]["tuning_run"]
+    assert run["trials"] + run["trials_before"] >= 2 and run["tasks"] >= 1
+    assert run["log_dir"] == str(tmp_path / "o" / "tuning_logs" / "x86-avx2")
+    assert dense["tuning"]["applied"] and dense["tuning"]["logs"] == ["x86-avx2"]
+    assert dense["tuning"]["tuned"] >= 1  # the build looked up what the tuner measured
+    one_line = edgec("optimize", "mlp:mlp", "--data", "d.npz", "--tune-trials", "0", cwd=tmp_path)
+    assert one_line.returncode == 2 and "--tune-trials must be a positive" in one_line.stderr
+
+
 def test_power_proxy_counts_macs_and_bytes(tmp_path):
     from edgec.compiler.frontend import import_model
     from edgec.compiler.power import power_window, proxy_of
