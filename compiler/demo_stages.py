@@ -199,17 +199,21 @@ RUNS = _compression_runs()
 
 
 def stages(config, compress=(STAGE_PRUNED, STAGE_INT8, STAGE_EXITS)) -> list:
-    """The stages of one run, in order: the dense ones, then ``compress`` (names)."""
+    """The stages of one run, in order: the dense ones, then ``compress`` (kinds, named
+    by the demo's stage names); each is named by what its model has had done, e.g.
+    ``INT8 + early exit`` when optimize runs without pruning."""
     dense_params = (("epochs", config.train_epochs), ("model", config.model or "MnistCNN"))
     target = (("target", config.target), ("tune_trials", config.tune_trials))
     out = [Stage(STAGE_EAGER, "dense-eager", train_dense, code=TRAIN_CODE, params=dense_params),
            Stage(STAGE_DENSE, "dense-edgec", compile_dense, code=BUILD_CODE,
                  after=(STAGE_EAGER,), params=target)]
-    previous = STAGE_EAGER
-    for name in compress:
+    previous, parts = STAGE_EAGER, []
+    for kind in compress:
+        parts.append(kind.rpartition(" + ")[2])  # "pruned + INT8" -> "INT8"
+        name = " + ".join(parts)  # what this stage's model has had done to it
         slug = name.replace(" + ", "-").replace(" ", "-").lower()
-        fn = RUNS[name] and functools.partial(RUNS[name], after=previous)
-        out.append(Stage(name, slug, fn, requires=NEEDS[name],
+        fn = RUNS[kind] and functools.partial(RUNS[kind], after=previous)
+        out.append(Stage(name, slug, fn, requires=NEEDS[kind],
                          code=BUILD_CODE + TRAIN_CODE, after=(previous,),
                          params=target + (("quick", config.quick), ("prune", config.prune),
                                           ("budget", config.accuracy_budget))))

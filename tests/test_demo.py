@@ -177,6 +177,32 @@ def test_optimize_own_model_and_npz(tmp_path):
     assert os.path.isfile(tmp_path / "o" / "model.so") and report["stopped"] is None
 
 
+def test_optimize_compresses_a_users_conv_net(tmp_path):
+    (tmp_path / "convnet.py").write_text(
+        "import torch\n"
+        "from torch import nn\n"
+        "def net():\n"
+        "    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),\n"
+        "                         nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),\n"
+        "                         nn.Flatten(), nn.Linear(16 * 16, 3))\n")
+    rng = np.random.default_rng(0)
+    y = np.arange(300) % 3
+    x = 0.1 * rng.standard_normal((300, 1, 8, 8)).astype(np.float32)
+    x[np.arange(300), 0, 2 * y, :] += 2.0  # the class is the bright row
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    r = edgec("optimize", "convnet:net", "--data", "d.npz", "--epochs", "4", "--int8",
+              "--early-exit", "--accuracy-budget", "100", "--out", "o", "--json", "--quiet",
+              cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    stages = {s["name"]: s for s in json.loads(r.stdout)["stages"]}
+    assert list(stages) == [STAGE_EAGER, STAGE_DENSE, "INT8", "INT8 + early exit"]
+    assert all(s["status"] == "ok" for s in stages.values())
+    exits = stages["INT8 + early exit"]["info"]["exits"]
+    assert exits["after"] == ["1"] and exits["int8"] in ("qat", "ptq")  # after the first BN
+    assert [p["name"] for p in stages["INT8 + early exit"]["passes"]] == [
+        "quantize_int8", "split_early_exits"]
+
+
 def test_optimize_tunes_each_stage_into_its_own_log(tmp_path):
     (tmp_path / "mlp.py").write_text(
         "import torch\n"
