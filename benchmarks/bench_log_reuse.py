@@ -1,0 +1,81 @@
+"""Tuning-log reuse: a model never tuned, sharing layers with a tuned one.
+
+    python -m benchmarks.bench_log_reuse [--trials 160]
+
+The new model is the MNIST CNN with a wider head (hidden 256 instead of 128): its conv
+layers are the tuned MNIST CNN's, its linear layers are new. Three builds of it, timed
+interleaved in one run: untuned; with the committed log alone (what ``edgec compile``
+applies, no tuning of this model); and tuned on its own for ``--trials`` trials from an
+empty log. The goal (issue 5): the shared log gives >= 80% of the own-tuned speedup.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import (Engine, edgec_build, edgec_runner, machine_line,
+                               markdown_table, parse_args, run_compare, scratch, write_results)
+
+
+def wide_head():
+    """The demo's MNIST CNN with a 256-wide hidden layer (never tuned)."""
+    from edgec.compiler.zoo import mnist_cnn
+
+    return mnist_cnn(seed=0, hidden=256)
+
+
+def _extra(p):
+    p.add_argument("--trials", type=int, default=160, help="own tuning of the new model")
+
+
+def main(argv=None):
+    import numpy as np
+    import torch
+
+    from edgec.compiler.frontend import import_model
+    from edgec.compiler.tune import TuneSpec, tune
+    from edgec.compiler.tuning_db import log_dir_for
+    from edgec.targets import get_target
+
+    args = parse_args(__doc__, argv, _extra)
+    target = get_target("host")
+    model = wide_head()
+    x = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype("float32")
+    folder = scratch()
+    own_log = os.path.join(folder, "own", target.tuning_key)
+    summary = tune(import_model(model, (torch.from_numpy(x),)),
+                   TuneSpec(target=target.name, trials=args.trials, log_dir=own_log,
+                            label="mnist_cnn hidden=256"))
+    shared_log = log_dir_for(target)
+    builds = {"untuned": None, "shared_log": shared_log, "own_tuned": own_log}
+    engines, manifests = [], {}
+    for tag, logs in builds.items():
+        path, manifests[tag], _ = edgec_build(model, x, folder, tag, logs)
+        engines.append(Engine(tag, edgec_runner(path, [x])))
+    result = run_compare(engines, args, baseline="untuned")
+    med = {k: v["median_ms"] for k, v in result["engines"].items()}
+    shared_speedup, own_speedup = med["untuned"] / med["shared_log"], med["untuned"] / med["own_tuned"]
+    data = {"model": "mnist_cnn(hidden=256)", "shared_log": os.path.relpath(shared_log),
+            "tuning": {k: m["tuning"] for k, m in manifests.items()},
+            "own_tuning": {k: summary[k] for k in ("trials", "wall_s", "trials_per_min", "tasks")},
+            "speedup_shared_log": shared_speedup, "speedup_own_tuned": own_speedup,
+            "fraction_of_own_speedup": shared_speedup / own_speedup, "goal": 0.8,
+            "compare": result}
+    text = "\n".join([
+        f"New model: MNIST CNN with hidden=256 (never tuned). Own tuning: {summary['trials']} "
+        f"trials in {summary['wall_s']} s.", "",
+        f"- shared log only: {shared_speedup:.2f}x over untuned "
+        f"({manifests['shared_log']['tuning']['summary']})",
+        f"- own tuning: {own_speedup:.2f}x over untuned",
+        f"- shared / own speedup: **{100 * shared_speedup / own_speedup:.0f}%** (goal >= 80%)", "",
+        markdown_table(result), "", machine_line(result, args.threads)])
+    js, md = write_results(args.out or "log_reuse-mnist_cnn", data, text)
+    print(text)
+    print(f"wrote {js} and {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
