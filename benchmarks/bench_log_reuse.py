@@ -1,9 +1,10 @@
 """Tuning-log reuse: a model never tuned, sharing layers with a tuned one.
 
-    python -m benchmarks.bench_log_reuse [--trials 160]
+    python -m benchmarks.bench_log_reuse [--trials 160] [--variant hidden256|classes26]
 
-The new model is the MNIST CNN with a wider head (hidden 256 instead of 128): its conv
-layers are the tuned MNIST CNN's, its linear layers are new. Three builds of it, timed
+The new model is the tuned MNIST CNN changed (``--variant``): a wider hidden layer (its
+linear layers are new) or 26 classes (only the last layer is new); its conv layers are
+the tuned MNIST CNN's. Three builds of it, timed
 interleaved in one run: untuned; with the committed log alone (what ``edgec compile``
 applies, no tuning of this model); and tuned on its own for ``--trials`` trials from an
 empty log. The goal (issue 5): the shared log gives >= 80% of the own-tuned speedup.
@@ -19,15 +20,24 @@ from benchmarks.common import (Engine, edgec_build, edgec_runner, machine_line,
                                markdown_table, parse_args, run_compare, scratch, write_results)
 
 
-def wide_head():
-    """The demo's MNIST CNN with a 256-wide hidden layer (never tuned)."""
+# --variant: (MnistCNN keyword arguments, description). "classes26" is the usual transfer
+# case (the same network, a new label set: 26 letters); "hidden256" changes the big layer.
+VARIANTS = {
+    "hidden256": ({"hidden": 256}, "MNIST CNN with hidden=256 (fc1 and fc2 new)"),
+    "classes26": ({"num_classes": 26}, "MNIST CNN with 26 classes (only fc2 new)"),
+}
+
+
+def new_model(variant: str):
+    """The demo's MNIST CNN changed as ``variant`` says (never tuned)."""
     from edgec.compiler.zoo import mnist_cnn
 
-    return mnist_cnn(seed=0, hidden=256)
+    return mnist_cnn(seed=0, **VARIANTS[variant][0])
 
 
 def _extra(p):
     p.add_argument("--trials", type=int, default=160, help="own tuning of the new model")
+    p.add_argument("--variant", choices=sorted(VARIANTS), default="hidden256")
 
 
 def main(argv=None):
@@ -41,13 +51,13 @@ def main(argv=None):
 
     args = parse_args(__doc__, argv, _extra)
     target = get_target("host")
-    model = wide_head()
+    model, about = new_model(args.variant), VARIANTS[args.variant][1]
     x = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype("float32")
     folder = scratch()
     own_log = os.path.join(folder, "own", target.tuning_key)
     summary = tune(import_model(model, (torch.from_numpy(x),)),
                    TuneSpec(target=target.name, trials=args.trials, log_dir=own_log,
-                            label="mnist_cnn hidden=256"))
+                            label=about))
     shared_log = log_dir_for(target)
     builds = {"untuned": None, "shared_log": shared_log, "own_tuned": own_log}
     engines, manifests = [], {}
@@ -57,21 +67,21 @@ def main(argv=None):
     result = run_compare(engines, args, baseline="untuned")
     med = {k: v["median_ms"] for k, v in result["engines"].items()}
     shared_speedup, own_speedup = med["untuned"] / med["shared_log"], med["untuned"] / med["own_tuned"]
-    data = {"model": "mnist_cnn(hidden=256)", "shared_log": os.path.relpath(shared_log),
+    data = {"model": about, "shared_log": os.path.relpath(shared_log),
             "tuning": {k: m["tuning"] for k, m in manifests.items()},
             "own_tuning": {k: summary[k] for k in ("trials", "wall_s", "trials_per_min", "tasks")},
             "speedup_shared_log": shared_speedup, "speedup_own_tuned": own_speedup,
             "fraction_of_own_speedup": shared_speedup / own_speedup, "goal": 0.8,
             "compare": result}
     text = "\n".join([
-        f"New model: MNIST CNN with hidden=256 (never tuned). Own tuning: {summary['trials']} "
+        f"New model: {about} (never tuned). Own tuning: {summary['trials']} "
         f"trials in {summary['wall_s']} s.", "",
         f"- shared log only: {shared_speedup:.2f}x over untuned "
         f"({manifests['shared_log']['tuning']['summary']})",
         f"- own tuning: {own_speedup:.2f}x over untuned",
         f"- shared / own speedup: **{100 * shared_speedup / own_speedup:.0f}%** (goal >= 80%)", "",
         markdown_table(result), "", machine_line(result, args.threads)])
-    js, md = write_results(args.out or "log_reuse-mnist_cnn", data, text)
+    js, md = write_results(args.out or f"log_reuse-mnist_cnn-{args.variant}", data, text)
     print(text)
     print(f"wrote {js} and {md}")
     return 0
