@@ -124,7 +124,7 @@ def bench_data(session, paths: list, config: DataBenchConfig, quiet: bool = Fals
         for i in starts[:config.warmup]:
             r.run(split.x[i:i + b], timed=False)
     label = "bench over data" + (" (EMULATED: timings meaningless)" if session.emulated else "")
-    times, logits, exits = _time_all(runners, [split.x[i:i + b] for i in starts], config.rounds,
+    times, logits, exits = time_all(runners, [split.x[i:i + b] for i in starts], config.rounds,
                                      label, quiet)
     labels = np.concatenate([split.y[i:i + b] for i in starts])
     models = [{"path": p, "target": run.manifest["target"]["name"], "arch": run.manifest["arch"],
@@ -139,7 +139,7 @@ def bench_data(session, paths: list, config: DataBenchConfig, quiet: bool = Fals
     return report
 
 
-def _time_all(runners, batches, rounds: int, label: str, quiet: bool):
+def time_all(runners, batches, rounds: int, label: str, quiet: bool):
     """Each batch through every runner, order rotating; (seconds [model, round, batch],
     logits [model][batch], exits [model][batch])."""
     times = np.zeros((len(runners), rounds, len(batches)))

@@ -32,7 +32,6 @@ NEEDS = {
                   "edgec.compiler.train.distill"),
 }
 TUNE_MODULE = "edgec.compiler.tune"
-BENCH_MODULE = "edgec.compiler.bench"
 
 
 class ExportedModule(torch.nn.Module):
