@@ -14,7 +14,11 @@ EXIT_BUDGET = 3  # optimize ran, but a stage missed the accuracy budget
 
 def _flags(p, out_default):
     p.add_argument("--target", "-t", default="host",
-                   help="target name (see 'edgec targets'); it must run on this machine")
+                   help="target name (see 'edgec targets'); without --tracker it must run on "
+                        "this machine")
+    p.add_argument("--tracker", metavar="HOST:PORT", help="an RPC tracker with the target's "
+                   "board: accuracy, exits and latency of the compiled stages are measured on it")
+    p.add_argument("--key", help="the board's key at the tracker (default: the target's rpc_key)")
     p.add_argument("--out", "-o", default=out_default, help="output folder (report, plots, "
                    "artifacts, and the cache of trained models)")
     p.add_argument("--fresh", action="store_true", help="ignore cached stages and redo them")
@@ -57,27 +61,32 @@ def _finish(args, result) -> int:
     return 0
 
 
+def _board(args) -> dict:
+    """RunConfig's board fields: the tracker, and the key (default: the target's rpc_key)."""
+    if not args.tracker:
+        if args.key:
+            raise EdgecError("--key needs --tracker HOST:PORT")
+        return {}
+    from edgec.compiler.rpc import parse_addr
+    from edgec.targets import get_target
+
+    parse_addr(args.tracker, "tracker address")
+    return {"tracker": args.tracker, "key": args.key or get_target(args.target).rpc_key}
+
+
 @command("demo", "the edge-classifier demo on real MNIST digits: train, compress, compile, "
                  "benchmark every stage, and write a report with plots")
 def cmd_demo(args):
     from edgec.compiler.demo import RunConfig, run
 
     _calm_warnings()
-    if args.tracker:
-        from edgec.compiler.demo import module_exists
-        from edgec.compiler.demo_stages import BENCH_MODULE
-
-        state = ("is not wired into the demo yet" if module_exists(BENCH_MODULE)
-                 else f"needs {BENCH_MODULE}, which this build does not have yet")
-        raise EdgecError(f"--tracker: benchmarking on a board over RPC {state}; "
-                         "run the demo with --target host")
     if args.epochs is not None and args.epochs < 0:
         raise EdgecError(f"--epochs must be 0 or more, got {args.epochs}")
     _check_trials(args)
     config = RunConfig(target=args.target, out=args.out, quick=args.quick, fresh=args.fresh,
                        epochs=args.epochs, seed=args.seed, quiet=args.quiet,
                        power_cmd=args.power_cmd, tune_trials=args.tune_trials or 0,
-                       command=_command_line())
+                       command=_command_line(), **_board(args))
     return _finish(args, run(config))
 
 
@@ -85,7 +94,6 @@ def _demo_flags(p):
     p.add_argument("--quick", action="store_true", help="fewer epochs and benchmark rounds")
     p.add_argument("--epochs", type=int, help="training epochs of the dense model "
                    "(default 8, or 2 with --quick)")
-    p.add_argument("--tracker", metavar="HOST:PORT", help="benchmark on a board over RPC (not in this build yet)")
     _flags(p, "edgec-demo")
 
 
@@ -141,7 +149,7 @@ def cmd_optimize(args):
                        fresh=args.fresh, epochs=args.epochs, seed=args.seed, quiet=args.quiet,
                        power_cmd=args.power_cmd, accuracy_budget=args.accuracy_budget,
                        prune=args.prune, tune_trials=args.tune_trials or 0,
-                       command=_command_line(), mode="optimize")
+                       command=_command_line(), mode="optimize", **_board(args))
     return _finish(args, run(config, compress))
 
 

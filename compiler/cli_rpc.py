@@ -114,29 +114,50 @@ cmd_rpc.configure = _rpc_flags
 command("rpc", "TVM RPC: tracker, server, status, emulated aarch64 board")(cmd_rpc)
 
 
-@command("bench", "latency statistics of a compiled .so, here or on a board over RPC")
-def cmd_bench(args):
-    from edgec.compiler.artifact import read_manifest, write_json_atomic
-    from edgec.compiler.bench import BenchConfig, benchmark, format_report
+def _bench_session(args, paths):
+    """Manifests read (fail on a missing one before connecting), then the session."""
+    from edgec.compiler.artifact import read_manifest
     from edgec.compiler.rpc_session import connect
 
-    config = BenchConfig(args.repeat, args.number, args.warmup, args.timeout)
-    paths = [args.model] + ([args.compare] if args.compare else [])
-    manifests = [read_manifest(p) for p in paths]  # fail on a missing manifest before connecting
+    manifests = [read_manifest(p) for p in paths]
     key = args.key
     if args.tracker and not key:
         from edgec.targets import get_target
 
         key = get_target(manifests[0]["target"]["name"]).rpc_key
         _say(args, f"using key {key!r} (the rpc_key of target {manifests[0]['target']['name']})")
-    session = connect(args.rpc, args.tracker, key, args.timeout, progress=lambda m: _say(args, m))
+    return connect(args.rpc, args.tracker, key, args.timeout, progress=lambda m: _say(args, m))
+
+
+@command("bench", "latency statistics of a compiled .so, here or on a board over RPC; "
+                  "with --data, latency, accuracy and exit rates over a data set")
+def cmd_bench(args):
+    from edgec.compiler import bench, bench_data
+    from edgec.compiler.artifact import write_json_atomic
+
+    bench_data.check_flags(args)
+    paths = [args.model] + ([args.compare] if args.compare else [])
+    if args.data:
+        rounds = 1 if args.repeat is None else args.repeat
+        config = bench_data.DataBenchConfig(args.data, args.split, args.samples, args.number,
+                                            rounds, args.warmup, args.timeout)
+        prepared = bench_data.prepare(paths, config)  # bad data fails before connecting
+
+        def run(session, paths, config, quiet):
+            return bench_data.bench_data(session, paths, config, quiet, prepared)
+        fmt = bench_data.format_data_report
+    else:
+        repeat = 20 if args.repeat is None else args.repeat
+        config = bench.BenchConfig(repeat, args.number, args.warmup, args.timeout)
+        run, fmt = bench.benchmark, bench.format_report
+    session = _bench_session(args, paths)
     try:
-        report = benchmark(session, paths, config, quiet=args.quiet or args.json)
+        report = run(session, paths, config, quiet=args.quiet or args.json)
     finally:
         session.close()
     if args.save:
         write_json_atomic(args.save, report)
-    emit(args, report, format_report(report))
+    emit(args, report, fmt(report))
 
 
 def _bench_flags(p):
@@ -144,9 +165,16 @@ def _bench_flags(p):
     p.add_argument("--rpc", metavar="HOST:PORT", help="an RPC server to run on directly")
     p.add_argument("--tracker", metavar="HOST:PORT", help="an RPC tracker to get a board from")
     p.add_argument("--key", help="board key at the tracker (default: the target's rpc_key)")
-    p.add_argument("--repeat", type=int, default=20, help="samples (default 20)")
+    p.add_argument("--data", metavar="DATA", help="bench over a data set (mnist, a .npz, or an "
+                   "image folder): latency per sample, accuracy, per-exit rates and latency")
+    p.add_argument("--split", default="test", help="with --data: train, val or test (default test)")
+    p.add_argument("--samples", type=int, metavar="N", help="with --data: the first N samples "
+                   "of the split (default: all)")
+    p.add_argument("--repeat", type=int, help="samples (default 20); with --data, rounds over "
+                   "the data, each sample's latency the median over them (default 1)")
     p.add_argument("--number", type=int, default=5, help="runs averaged per sample (default 5)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3; with "
+                   "--data, untimed samples)")
     p.add_argument("--compare", metavar="OTHER.so", help="time a second artifact interleaved")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to wait for a tracker, a free server or any one RPC step")

@@ -66,6 +66,8 @@ class RunConfig:
     tune_trials: int = 0  # MetaSchedule trials per compiled stage (0: committed logs only)
     command: str = ""
     mode: str = "demo"
+    tracker: str | None = None  # HOST:PORT: measure and time the artifacts on a board
+    key: str | None = None  # the board's key at the tracker
 
     @property
     def train_epochs(self) -> int:
@@ -136,6 +138,7 @@ class Context:
     data: object
     records: dict = field(default_factory=dict)
     digests: dict = field(default_factory=dict)
+    board: object = None  # a demo_board.Board: artifacts run there, not here
 
     @property
     def cache_dir(self) -> str:
@@ -177,17 +180,20 @@ class DemoRun:
     data: dict = field(default_factory=dict)
 
 
-def check_target(name: str) -> None:
-    """The demo runs what it builds: the target must be this machine's architecture and ISA."""
+def check_target(name: str, board: bool = False) -> None:
+    """The demo runs what it builds: without a board (``--tracker``), the target must be
+    this machine's architecture and ISA."""
     from edgec.compiler.runtime import host_arch
     from edgec.targets import cpu_flags, get_target
 
     target = get_target(name)  # unknown names: UnknownTargetError listing the known ones
+    if board:
+        return  # the board's architecture is checked when it is first reached
     if target.arch != host_arch():
         raise DemoError(f"target {target.name!r} builds {target.arch} libraries but this machine "
                         f"is {host_arch()}: the demo runs every stage to measure accuracy and "
-                        "latency, and benchmarking on a board over RPC is not wired into the "
-                        "demo yet; use --target host")
+                        "latency; give the board with --tracker HOST:PORT [--key KEY], or use "
+                        "--target host")
     flags = {f.replace("_", "") for f in cpu_flags()}
     lacking = [f for f in target.features if f.replace("_", "") not in flags]
     if flags and lacking:
@@ -223,11 +229,15 @@ def run(config: RunConfig, compress=None) -> DemoRun:
     from edgec.compiler.demo_measure import benchmark, best_artifact
     from edgec.compiler.train.data import load_dataset
 
-    check_target(config.target)
+    check_target(config.target, board=bool(config.tracker))
     t0 = time.perf_counter()
     data = load_dataset(config.data, config.seed)
     ctx = Context(config, data, digests={"data": data_digest(data),
                                          "model": model_digest(config.model)})
+    if config.tracker:  # reached before any training: fail fast
+        from edgec.compiler.demo_board import open_board
+
+        ctx.board = open_board(config.tracker, config.key, config.target)
     plan = demo_stages.stages(config) if compress is None else demo_stages.stages(config, compress)
     stopped = run_stages(plan, ctx)
     bench = benchmark(ctx)

@@ -128,7 +128,9 @@ def int8(ctx, workdir, after: str) -> Outcome:
                     sensitivity={"int8": int8_sensitivity(model, ctx, scales if method == "qat"
                                                           else None),
                                  "int8_metric": "SQNR of the logits (dB) with only that layer "
-                                                "INT8; lower: more sensitive"})
+                                                "INT8; lower: more sensitive" + (
+                                                    " (computed on this host)" if ctx.board
+                                                    else "")})
     return out
 
 
@@ -136,7 +138,8 @@ def _val_top1(so_path, ctx) -> float:
     from edgec.compiler.demo_measure import artifact_logits
     from edgec.compiler.train.fit import accuracy
 
-    return round(accuracy(artifact_logits(so_path, ctx.data.val), ctx.data.val.y), 2)
+    logits = artifact_logits(so_path, ctx.data.val, board=ctx.board)
+    return round(accuracy(logits, ctx.data.val.y), 2)
 
 
 def int8_sensitivity(model, ctx, scales=None, samples: int = 200) -> dict:

@@ -92,11 +92,12 @@ def exits(ctx, workdir, after: str) -> Outcome:
                     seed=ctx.config.seed, quiet=ctx.config.quiet)
     model.eval()
     int8 = PipelineConfig(target=ctx.config.target, int8=method is not None, int8_scales=scales)
-    cal, allowed = _calibrate(ctx, model, int8, calib)
+    cal, allowed = _calibrate(ctx, model, int8, calib, workdir)
     config = PipelineConfig(target=ctx.config.target, int8=method is not None, int8_scales=scales,
                             early_exit=True, exit_thresholds=tuple(cal.thresholds))
     out = compile_stage(ctx, model, workdir, config, calib_data=calib)
-    dist = exit_distribution(os.path.join(workdir, "model.so"), ctx.data.test, len(points))
+    dist = exit_distribution(os.path.join(workdir, "model.so"), ctx.data.test, len(points),
+                             ctx.board)
     out.model = model
     out.info["exits"] = {
         "after": points, "int8": method, "train_epochs": epochs,
@@ -104,16 +105,18 @@ def exits(ctx, workdir, after: str) -> Outcome:
         "criterion": "max_prob", "distribution": dist,
         "val": {"exit_rates": [round(float(r), 4) for r in cal.exit_rates],
                 "accuracy": round(cal.accuracy, 2), "never_exiting": round(cal.full_accuracy, 2),
-                "budget_points": round(allowed, 2), "expected_mac_speedup": round(cal.speedup, 2)}}
+                "budget_points": round(allowed, 2), "expected_mac_speedup": round(cal.speedup, 2),
+                "outputs_from": "the unsplit model built for the target, run "
+                                + ("on the board" if ctx.board else "here")}}
     out.info["power_proxy"] = weighted_proxy(out.info["power_proxy"], out.compiled,
                                              ctx.config.target, dist)
     return out
 
 
-def _calibrate(ctx, model, int8_config, calib):
+def _calibrate(ctx, model, int8_config, calib, workdir):
     """Thresholds from the compiled INT8 multi-exit model's outputs on val, within
     EXIT_SHARE of the budget the earlier stages left (dense teacher's val top-1 minus
-    this model's, never exiting)."""
+    this model's, never exiting). With a board, that model is built for it and run there."""
     from edgec.compiler.cli_exits import all_output_logits
     from edgec.compiler.frontend import import_model
     from edgec.compiler.graph import bind
@@ -125,23 +128,36 @@ def _calibrate(ctx, model, int8_config, calib):
     val = ctx.data.val
     relax_model = import_model(model, (ctx.example(),))
     costs = exit_macs(split_early_exits(bind(relax_model), ExitPlan(thresholds_as_input=True)))
-    logits = all_output_logits(relax_model, val, quiet=True, config=int8_config,
-                               calib_data=calib)
+    if ctx.board is None:
+        logits = all_output_logits(relax_model, val, quiet=True, config=int8_config,
+                                   calib_data=calib)
+    else:
+        from edgec.compiler.demo_board import build_and_run
+
+        logits = build_and_run(ctx.board, relax_model, int8_config, calib, val.x,
+                               os.path.join(workdir, "calibration", "model.so"))
     never = float((logits[-1].argmax(1) == val.y[:len(logits[-1])]).mean() * 100)
     dense = evaluate(ctx.model(STAGE_EAGER), val)
     allowed = max(0.0, EXIT_SHARE * (_budget(ctx) - max(0.0, dense - never)))
     return calibrate(logits, val.y[:len(logits[0])], costs, allowed, "max_prob"), allowed
 
 
-def exit_distribution(so_path: str, split, num_exits: int) -> dict:
-    """{exit name: fraction of ``split`` leaving there}, run by the compiled library."""
+def exit_distribution(so_path: str, split, num_exits: int, board=None) -> dict:
+    """{exit name: fraction of ``split`` leaving there}, run by the compiled library
+    (here, or on ``board``)."""
     from edgec.compiler.runtime import load
 
-    lib = load(so_path)
     taken = np.zeros(num_exits + 1)
-    for i in range(len(split)):
-        lib(split.x[i:i + 1])
-        taken[lib.exit_taken] += 1
+    if board is not None:
+        from edgec.compiler.demo_board import board_outputs
+
+        exits = board_outputs(board, so_path, split.x, "exit distribution (board)")[-1]
+        np.add.at(taken, exits.astype(int).reshape(-1), 1)
+    else:
+        lib = load(so_path)
+        for i in range(len(split)):
+            lib(split.x[i:i + 1])
+            taken[lib.exit_taken] += 1
     names = [f"exit {k}" for k in range(num_exits)] + ["final"]
     return {n: round(float(c / len(split)), 4) for n, c in zip(names, taken)}
 

@@ -32,7 +32,6 @@ NEEDS = {
                   "edgec.compiler.train.distill"),
 }
 TUNE_MODULE = "edgec.compiler.tune"
-BENCH_MODULE = "edgec.compiler.bench"
 
 
 class ExportedModule(torch.nn.Module):
@@ -167,8 +166,10 @@ def tune_stage(ctx, compiled, workdir) -> tuple:
     if not os.path.isdir(logs) and os.path.isdir(committed):
         shutil.copytree(committed, logs + ".tmp", dirs_exist_ok=True)
         os.replace(logs + ".tmp", logs)
+    # on a board (--tracker), candidates are cross-built here and measured there
     spec = TuneSpec(target=target.name, trials=ctx.config.tune_trials, log_dir=logs,
-                    resume=True, quiet=ctx.config.quiet,
+                    resume=True, quiet=ctx.config.quiet, tracker=ctx.config.tracker,
+                    rpc_key=ctx.config.key,
                     label=f"{ctx.config.model or 'MnistCNN'} ({_slug_of(workdir)})")
     summary = tune(compiled, spec)
     keep = ("log_dir", "tasks", "trials_before", "trials", "wall_s", "trials_per_min",

@@ -33,7 +33,9 @@ def _save(fig, path) -> str:
 
 
 def _measured(report) -> list:
-    return [s for s in report["stages"] if s.get("accuracy") and s.get("latency")]
+    """Stages with accuracy and latency (with a board: those timed on it, not on this host)."""
+    return [s for s in report["stages"] if s.get("accuracy") and s.get("latency")
+            and s["latency"].get("where") != "host"]
 
 
 def plot_stages(stages, path) -> str:

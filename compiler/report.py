@@ -34,7 +34,7 @@ def build_report(run) -> dict:
         "seconds": run.seconds,
         "versions": {"edgec": __version__, "tvm": tvm_version(), "torch": torch.__version__},
         "config": asdict(run.config), "data": run.data, "machine": machine_info(),
-        "stages": stages, "goals": goals(stages),
+        "stages": stages, "goals": goals(stages, bench.get("device")),
         "benchmark": {k: v for k, v in bench.items() if k not in ("engines", "power_readings")},
         "power_proxy_label": PROXY_LABEL, "power_readings": bench.get("power_readings"),
         "stopped": run.stopped,
@@ -78,9 +78,11 @@ def _latency(name, bench) -> dict | None:
         return None
     s = engines[name]
     out = {k: s[k] for k in ("median_ms", "min_ms", "mean_ms", "p95_ms", "runs_per_sample")}
+    if s.get("where"):  # a board run: "board", or "host" for what cannot run there
+        out["where"] = s["where"]
     for ref, label in ((STAGE_DENSE, "x_faster_than_dense_edgec"),
                        (STAGE_EAGER, "x_faster_than_pytorch_eager")):
-        if ref in engines:
+        if ref in engines and engines[ref].get("where") == s.get("where"):  # same device only
             out[label] = engines[ref]["median_ms"] / s["median_ms"]
             out[label + "_by_min"] = engines[ref]["min_ms"] / s["min_ms"]
     return out
@@ -90,8 +92,9 @@ def _measured(stages) -> list:
     return [s for s in stages if s.get("accuracy") and s.get("latency")]
 
 
-def goals(stages) -> dict:
-    """The scenario's goals, marked met/not met from the measured numbers."""
+def goals(stages, device: dict | None = None) -> dict:
+    """The scenario's goals, marked met/not met from the measured numbers (``device``:
+    the board the latencies were measured on, if any)."""
     measured = _measured(stages)
     dense = next((s for s in measured if s["name"] == STAGE_DENSE), None)
     final = next((s for s in reversed(measured) if s["engine"] == "edgec"), None)
@@ -117,7 +120,22 @@ def goals(stages) -> dict:
     if final["name"] == STAGE_DENSE:
         note = ("the final stage is dense FP32 edgec itself: the compression stages are not "
                 "available in this build, so the size and speed goals cannot be met yet")
+    if device:
+        note = "; ".join(filter(None, [note, board_note(device)]))
+        if device.get("emulated"):
+            items[1]["measured"] += " on an EMULATED board: meaningless"
     return {"final_stage": final["name"], "items": items, **eager, "note": note}
+
+
+def board_note(device: dict) -> str:
+    """What a board run's latencies mean (and what they leave out)."""
+    text = (f"latencies of the edgec stages were measured on the board {device['where']} "
+            f"({device['arch']}) and the speed goal compares them there; PyTorch eager cannot "
+            "run on the board, so it was timed on this host and has no ratio against them")
+    if device.get("emulated"):
+        text += ("; the board is EMULATED (qemu-user): its latencies and the speed goal are "
+                 "meaningless, while accuracy and exit rates are real")
+    return text
 
 
 def _mb(n) -> str:

@@ -23,6 +23,13 @@ def _x(v) -> str:
     return "—" if v is None else f"{v:.2f}x"
 
 
+def _ms(lat, key) -> str:
+    if not lat:
+        return "—"
+    where = {"host": " (this host)", "board": " (board)"}.get(lat.get("where"), "")
+    return f"{lat[key]:.3f}{where}"
+
+
 def _row(s) -> str:
     if not s.get("accuracy"):
         why = f"needs {', '.join(s['missing'])}" if s.get("missing") else ""
@@ -31,7 +38,7 @@ def _row(s) -> str:
     cells = [s["name"], s["status"] + (" (cached)" if s.get("cache_hit") else ""),
              _mb(s["size"]["artifact_bytes"]), _mb(s["size"]["weight_bytes"]),
              f"{s['accuracy']['test_top1']:.2f}%",
-             f"{lat['median_ms']:.3f}" if lat else "—", f"{lat['min_ms']:.3f}" if lat else "—",
+             _ms(lat, "median_ms"), _ms(lat, "min_ms"),
              _x(lat.get("x_faster_than_dense_edgec")), _x(lat.get("x_faster_than_pytorch_eager")),
              _count(p.get("macs")), _mb(p.get("bytes_moved"))]
     return "| " + " | ".join(cells) + " |"
@@ -81,8 +88,12 @@ def _method(r) -> list:
              "- **Size**: the artifact file (`model.so` for edgec stages, the `torch.save` file for "
              "PyTorch) and the bytes of its weights (constants in the compiled graph).",
              "- **Accuracy**: top-1 on the test split, computed by running each compiled artifact "
-             "in the edgec runtime (batch 1) on every test image; the PyTorch stage by PyTorch."]
-    if b:
+             "in the edgec runtime (batch 1) on every test image"
+             + (" on the board, over RPC" if b.get("device") else "")
+             + "; the PyTorch stage by PyTorch" + (" on this host." if b.get("device") else ".")]
+    if b.get("device"):
+        lines += _board_method(b)
+    elif b:
         lines.append(f"- **Latency**: one interleaved run of all stages ({b['rounds']} rounds x "
                      f"{b['samples']} samples, engine order rotated each round), each engine cycling "
                      f"through the same {b.get('images_cycled', '?')} test images at batch 1; "
@@ -102,6 +113,26 @@ def _method(r) -> list:
         lines += ["", "For a board with a power reading, add `--power-cmd CMD`: CMD runs before "
                       "and after each stage's timed run and its output is recorded here."]
     return lines
+
+
+def _board_method(b) -> list:
+    """How latency was measured with a board (--tracker)."""
+    from edgec.compiler.report import board_note
+
+    d = b["device"]
+    out = [f"- **Latency on the board** {d['where']} ({d['arch']}): the edgec stages ran there "
+           f"over TVM RPC in one interleaved run ({b['rounds']} rounds; each round every stage "
+           f"takes each of the same {b['images_cycled']} test images in turn, stage order "
+           "rotating), each image timed on the device by TVM's time evaluator "
+           f"({b['runs_per_image']} runs), so network time "
+           "never enters; a round's figure is the stage's mean over the images; median and "
+           "minimum over rounds, in ms. Test accuracy and the exit distribution were also "
+           "measured on the board.",
+           f"- Note: {board_note(d)}."]
+    if b.get("host_engines"):
+        out.append(f"- **On this host**: {', '.join(b['host_engines'])} (interleaved with "
+                   "itself only; marked *(this host)* in the table).")
+    return out
 
 
 def _stage_notes(r) -> list:
@@ -153,6 +184,9 @@ def markdown(r: dict) -> str:
             f"{'x'.join(map(str, d['input_shape']))}, {d['classes']} classes).", ""]
     if r.get("stopped"):
         head += [f"**Stopped early**: {r['stopped']}.", ""]
+    if (r["benchmark"].get("device") or {}).get("emulated"):
+        head += ["**The board is EMULATED (qemu-user): its latencies are meaningless.** Accuracy "
+                 "and exit rates measured on it are real.", ""]
     if r.get("best_artifact"):
         b = r["best_artifact"]
         head += [f"Result: `{os.path.relpath(b['path'], r['config']['out'])}` (stage "
