@@ -18,7 +18,7 @@ import torch
 
 from edgec.compiler.demo import STAGE_EAGER, DemoError, Outcome
 from edgec.compiler.demo_compress import CALIB_SAMPLES, EXIT_SHARE, _budget, _target
-from edgec.compiler.train.exits import exit_head
+from edgec.compiler.train.exits import exit_head, output_shapes
 
 
 # The heads: ReLU, 7x7 average pool, 64 hidden, linear. On the demo's pruned MNIST CNN
@@ -32,27 +32,17 @@ def exit_points(model, example, most: int = 2) -> list:
     """Modules to attach exits after: 4-d outputs of conv/batch-norm layers, in forward
     order (a batch norm replaces the conv it follows), at most ``most`` of them, spread
     over the first part of the network (never the last feature map)."""
-    names, shapes = [], {}
-
-    def seen(name, _m, _i, out):  # returns None: the output is left as it is
-        names.append(name)
-        shapes[name] = tuple(out.shape)
-
-    hooks = [m.register_forward_hook(functools.partial(seen, name))
-             for name, m in model.named_modules()
-             if isinstance(m, (torch.nn.Conv2d, torch.nn.BatchNorm2d))]
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    kinds = (torch.nn.Conv2d, torch.nn.BatchNorm2d)
+    modules = dict(model.named_modules())
+    shapes = output_shapes(model, [n for n, m in modules.items() if isinstance(m, kinds)],
+                           example)
+    names = list(shapes)  # in forward order
     points: list = []
     for n in names:
         if len(shapes[n]) != 4:
             continue
         if points and shapes[points[-1]] == shapes[n] and isinstance(
-                dict(model.named_modules())[n], torch.nn.BatchNorm2d):
+                modules[n], torch.nn.BatchNorm2d):
             points[-1] = n  # the norm of the same conv: its output is what flows on
         elif n not in points:
             points.append(n)

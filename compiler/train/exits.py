@@ -64,17 +64,27 @@ class ExitModel(nn.Module):
         return (*exits, final)
 
 
-def _feature_channels(backbone, after, example, need_4d: bool) -> list:
-    shapes = {}
-    modules = dict(backbone.named_modules())
-    handles = [modules[n].register_forward_hook(
-        lambda _m, _i, out, n=n: shapes.__setitem__(n, tuple(out.shape))) for n in after]
+def output_shapes(model: nn.Module, names, example) -> dict:
+    """{module name: output shape} of the named modules for one eval run on ``example``,
+    in the order they ran."""
+    shapes: dict = {}
+    modules = dict(model.named_modules())
+
+    def seen(name, _module, _inputs, out):  # returns None: the output is left as it is
+        shapes.setdefault(name, tuple(out.shape))
+
+    handles = [modules[n].register_forward_hook(functools.partial(seen, n)) for n in names]
     try:
         with torch.no_grad():
-            backbone.eval()(example)
+            model.eval()(example)
     finally:
         for h in handles:
             h.remove()
+    return shapes
+
+
+def _feature_channels(backbone, after, example, need_4d: bool) -> list:
+    shapes = output_shapes(backbone, after, example)
     for name in after:
         if need_4d and len(shapes[name]) != 4:
             raise ExitError(f"module {name!r} outputs shape {list(shapes[name])}; exit heads "
