@@ -38,6 +38,8 @@ def new_model(variant: str):
 def _extra(p):
     p.add_argument("--trials", type=int, default=160, help="own tuning of the new model")
     p.add_argument("--variant", choices=sorted(VARIANTS), default="hidden256")
+    p.add_argument("--own-log", help="the new model's own log (kept; resumed up to --trials): "
+                   "re-time on a quiet machine without tuning again")
 
 
 def main(argv=None):
@@ -54,10 +56,10 @@ def main(argv=None):
     model, about = new_model(args.variant), VARIANTS[args.variant][1]
     x = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype("float32")
     folder = scratch()
-    own_log = os.path.join(folder, "own", target.tuning_key)
+    own_log = args.own_log or os.path.join(folder, "own", target.tuning_key)
     summary = tune(import_model(model, (torch.from_numpy(x),)),
                    TuneSpec(target=target.name, trials=args.trials, log_dir=own_log,
-                            label=about))
+                            label=about, resume=True))
     shared_log = log_dir_for(target)
     builds = {"untuned": None, "shared_log": shared_log, "own_tuned": own_log}
     engines, manifests = [], {}
@@ -69,13 +71,14 @@ def main(argv=None):
     shared_speedup, own_speedup = med["untuned"] / med["shared_log"], med["untuned"] / med["own_tuned"]
     data = {"model": about, "shared_log": os.path.relpath(shared_log),
             "tuning": {k: m["tuning"] for k, m in manifests.items()},
-            "own_tuning": {k: summary[k] for k in ("trials", "wall_s", "trials_per_min", "tasks")},
+            "own_tuning": {k: summary[k] for k in ("trials_before", "trials", "wall_s",
+                                                   "trials_per_min", "tasks")},
             "speedup_shared_log": shared_speedup, "speedup_own_tuned": own_speedup,
             "fraction_of_own_speedup": shared_speedup / own_speedup, "goal": 0.8,
             "compare": result}
     text = "\n".join([
-        f"New model: {about} (never tuned). Own tuning: {summary['trials']} "
-        f"trials in {summary['wall_s']} s.", "",
+        f"New model: {about} (never tuned). Own tuning: {summary['trials_before']} trials "
+        f"already in its log, {summary['trials']} more in {summary['wall_s']} s.", "",
         f"- shared log only: {shared_speedup:.2f}x over untuned "
         f"({manifests['shared_log']['tuning']['summary']})",
         f"- own tuning: {own_speedup:.2f}x over untuned",

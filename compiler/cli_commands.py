@@ -18,16 +18,14 @@ def _common(p, quiet=True):
 @command("compile", "compile a model (.onnx, .pt2, or module:factory) into a .so + manifest")
 def cmd_compile(args):
     from edgec.compiler.api import compile as compile_model
-    from edgec.compiler.config import PipelineConfig
     from edgec.compiler.specs import factory_model, is_factory, parse_input_spec
 
     specs = [parse_input_spec(s) for s in args.input or []]
-    config = PipelineConfig(target=args.target, dump_ir=args.dump_ir,
-                            tuning_logs=None if args.no_tuning else "auto",
-                            prune=args.prune, prune_criterion=args.prune_criterion,
-                            prune_plan=args.prune_plan, prune_multiple=args.prune_multiple,
-                            **_int8_config(args))
-    calib = _calib_data(args, config)
+    if args.no_tuning and args.tuning_logs:
+        raise EdgecError("give --no-tuning or --tuning-logs DIR, not both")
+    config = compression_config(args, dump_ir=args.dump_ir, tuning_logs=None if args.no_tuning
+                                else args.tuning_logs or "auto")
+    calib = calib_data(args, config)
     model, example = args.model, None
     if is_factory(model):
         model, example = factory_model(model, specs)
@@ -50,6 +48,18 @@ def _compile_flags(p):
                    help="input name, shape and dtype, e.g. x:1x3x224x224:float32 (repeatable)")
     p.add_argument("--dump-ir", metavar="DIR", help="write the IR after each phase into DIR")
     p.add_argument("--no-tuning", action="store_true", help="do not apply tuning logs")
+    p.add_argument("--tuning-logs", metavar="DIR", help="apply this tuning log (default: the "
+                   "committed tuning_logs/<target>, e.g. an 'edgec tune --log-dir' of your own)")
+    prune_flags(p)
+    int8_flags(p)
+    from edgec.compiler.cli_exits import add_exit_flags
+
+    add_exit_flags(p)
+    _common(p)
+
+
+def prune_flags(p):
+    """The pruning flags of ``compile`` (and ``tune``, which must tune what compile builds)."""
     p.add_argument("--prune", type=float, default=0.0, metavar="R",
                    help="remove fraction R of every prunable channel group (0 = off)")
     p.add_argument("--prune-criterion", default="l1", metavar="C",
@@ -57,14 +67,10 @@ def _compile_flags(p):
     p.add_argument("--prune-plan", metavar="PLAN.json", help="apply this plan (see 'edgec prune-plan')")
     p.add_argument("--prune-multiple", type=int, metavar="N",
                    help="round kept channel counts to a multiple of N (default: from the target)")
-    _int8_flags(p)
-    from edgec.compiler.cli_exits import add_exit_flags
-
-    add_exit_flags(p)
-    _common(p)
 
 
-def _int8_flags(p):
+def int8_flags(p):
+    """The INT8 flags (``compile`` and ``tune``)."""
     g = p.add_argument_group("INT8 quantization")
     g.add_argument("--int8", action="store_true", help="quantize conv/linear layers to INT8")
     g.add_argument("--calib-data", metavar="DATA", help="calibration inputs: .npy, .npz (x) or mnist")
@@ -77,6 +83,15 @@ def _int8_flags(p):
     g.add_argument("--reduce-range", default="auto", help="7-bit weights: auto | on | off")
 
 
+def compression_config(args, **fields):
+    """The PipelineConfig of the prune and INT8 flags (plus ``fields``)."""
+    from edgec.compiler.config import PipelineConfig
+
+    return PipelineConfig(target=args.target, prune=args.prune,
+                          prune_criterion=args.prune_criterion, prune_plan=args.prune_plan,
+                          prune_multiple=args.prune_multiple, **_int8_config(args), **fields)
+
+
 def _int8_config(args) -> dict:
     keep = args.int8_keep_fp32
     keep = int(keep) if keep.isdigit() else tuple(k for k in keep.split(",") if k)
@@ -85,7 +100,8 @@ def _int8_config(args) -> dict:
                 int8_activation=args.int8_activation, int8_reduce_range=args.reduce_range)
 
 
-def _calib_data(args, config):
+def calib_data(args, config):
+    """The calibration inputs the flags name (None without INT8 or --calib-data)."""
     if not config.int8 or not args.calib_data:
         return None
     from edgec.passes.calibrate import load_calib_data

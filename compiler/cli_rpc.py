@@ -180,7 +180,8 @@ def _bench_flags(p):
                    help="seconds to wait for a tracker, a free server or any one RPC step")
     p.add_argument("--save", metavar="FILE.json", help="also write the report (atomically)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar, print nothing on success (--save FILE keeps the report)")
 
 
 cmd_bench.configure = _bench_flags

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from edgec.compiler.cli import command, emit
+from edgec.compiler.cli_commands import int8_flags, prune_flags
 
 
 def load_relax_model(model: str, inputs):
@@ -47,18 +48,36 @@ def _status_text(s: dict) -> str:
     return "\n".join(lines)
 
 
+def compressed(args, model) -> tuple:
+    """(``model`` after the prune / INT8 passes the flags ask for, as ``edgec compile`` with
+    the same flags builds it, so its tasks are the ones that build looks up; its label)."""
+    from edgec.compiler.cli_commands import calib_data, compression_config
+    from edgec.compiler.pipeline import run
+
+    config = compression_config(args, tuning_logs=None)
+    if not (config.prune or config.prune_plan or config.int8):
+        return model, args.model
+    after = run(model, config, calib_data(args, config), lower_only=True).model
+    return after, f"{args.model} ({', '.join(_applied(config))})"
+
+
+def _applied(config) -> list:
+    return ([f"pruned {config.prune}"] if config.prune else []) + \
+        ([f"plan {config.prune_plan}"] if config.prune_plan else []) + (["INT8"] if config.int8 else [])
+
+
 @command("tune", "tune a model with MetaSchedule into tuning_logs/<target> (resumable)")
 def cmd_tune(args):
     from edgec.compiler.tune import TuneSpec, tune
 
-    model = load_relax_model(args.model, args.input)
+    model, label = compressed(args, load_relax_model(args.model, args.input))
     if args.status:
-        s = status(model, args.target, args.log_dir, args.model)
+        s = status(model, args.target, args.log_dir, label)
         emit(args, s, _status_text(s))
         return 0
     spec = TuneSpec(target=args.target, trials=args.trials, log_dir=args.log_dir,
                     resume=args.resume, tracker=args.tracker, rpc_key=args.key,
-                    seed=args.seed, quiet=args.quiet or args.json, label=args.model)
+                    seed=args.seed, quiet=args.quiet or args.json, label=label)
     s = tune(model, spec)
     est = "-" if s["estimate_ms"] is None else f"{s['estimate_ms']:.3f} ms"
     emit(args, s, f"tuned {s['tasks']} tasks of {s['model']} for {s['target']}: {s['trials']} "
@@ -84,6 +103,8 @@ def _flags(p):
     p.add_argument("--seed", type=int, default=0, help="search seed")
     p.add_argument("--json", action="store_true", help="machine-readable summary")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    prune_flags(p)  # tune what 'edgec compile' with the same flags builds
+    int8_flags(p)
 
 
 cmd_tune.configure = _flags

@@ -313,3 +313,41 @@ def test_cli_status_json_and_one_line_errors(tuned, tmp_path, capsys):
     assert main(["tune", *factory, "--trials", "4", "--log-dir", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("edgec: error:") and "not an edgec tuning log" in err and "\n" not in err
+
+
+class TinyConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 8 * 8, 4)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.relu(self.conv(x)), 1))
+
+
+def test_tune_with_prune_flags_tunes_what_compile_builds(tmp_path, capsys):
+    """``edgec tune --prune R`` tunes the pruned graph: ``edgec compile --prune R`` with its
+    log finds every task tuned; the dense build finds the conv task untuned."""
+    from edgec.compiler.cli import main
+
+    torch.manual_seed(0)
+    model = tmp_path / "tinyconv.pt2"
+    torch.export.save(torch.export.export(TinyConv().eval(), (torch.randn(1, 1, 8, 8),)),
+                      str(model))
+    log = tmp_path / TARGET
+    common = [str(model), "--target", TARGET, "--prune", "0.5"]
+    assert main(["tune", *common, "--trials", "8", "--log-dir", str(log), "--json",
+                 "--quiet"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["model"] == f"{model} (pruned 0.5)" and s["trials"] >= 1
+    out = tmp_path / "pruned.so"
+    assert main(["compile", *common, "--tuning-logs", str(log), "-o", str(out), "--json"]) == 0
+    tuning = json.loads(capsys.readouterr().out)["tuning"]
+    measured = sum(1 for t in s["per_task"] if t["trials"])
+    assert tuning["applied"] and tuning["tuned"] >= measured >= 1  # every tuned task found
+    dense = tmp_path / "dense.so"
+    assert main(["compile", str(model), "--target", TARGET, "--tuning-logs", str(log), "-o",
+                 str(dense), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tuning"]["tuned"] < tuning["tuned"]
+    assert main(["compile", *common, "--no-tuning", "--tuning-logs", str(log)]) == 2
+    assert "not both" in capsys.readouterr().err
