@@ -78,9 +78,22 @@ def lowered_module(model, target_name: str):
 
 
 def extract_tasks(mod, tvm_target) -> list:
-    """MetaSchedule tasks (one per distinct fused PrimFunc) with their call counts as weights."""
+    """MetaSchedule tasks (one per distinct fused PrimFunc) with their call counts as weights.
+
+    edgec's hand-scheduled kernels (the packed INT8 convs/matmuls, tensorized) are left
+    out: they are final, and MetaSchedule's FLOP estimate cannot read their intrinsics
+    ("Do not have a default for prim.Broadcast").
+    """
     prepare(tvm_target)
-    return list(meta_schedule().relax_integration.extract_tasks(mod, tvm_target))
+    tasks = meta_schedule().relax_integration.extract_tasks(mod, tvm_target)
+    return [t for t in tasks if not _hand_scheduled(t.dispatched[0])]
+
+
+def _hand_scheduled(mod) -> bool:
+    from edgec.passes.int8_kernels import MACS_ATTR
+
+    attrs = mod["main"].attrs
+    return attrs is not None and MACS_ATTR in attrs
 
 
 def task_status(tasks, db) -> list[dict]:

@@ -351,3 +351,51 @@ def test_tune_with_prune_flags_tunes_what_compile_builds(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["tuning"]["tuned"] < tuning["tuned"]
     assert main(["compile", *common, "--no-tuning", "--tuning-logs", str(log)]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+class TinyConv2(nn.Module):
+    """Two convs and a linear whose widths fit the packed INT8 kernels (x 8 / x 4)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 8 * 8, 8)
+
+    def forward(self, x):
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_tune_int8_skips_hand_scheduled_kernels(tmp_path, capsys):
+    """An INT8 build's packed kernels are edgec's own schedules: ``edgec tune --int8`` tunes
+    the other tasks and leaves those out (MetaSchedule cannot even estimate their FLOPs)."""
+    from edgec.compiler import PipelineConfig
+    from edgec.compiler.cli import main
+    from edgec.compiler.cli_tune import load_relax_model
+    from edgec.compiler.pipeline import run
+    from edgec.compiler.tune import _hand_scheduled, prepare
+    from edgec.compiler.tvm_compat import meta_schedule
+
+    torch.manual_seed(0)
+    model = tmp_path / "tinyconv.pt2"
+    torch.export.save(torch.export.export(TinyConv2().eval(), (torch.randn(1, 1, 8, 8),)),
+                      str(model))
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(0).random((16, 1, 8, 8), dtype=np.float32))
+    flags = [str(model), "--target", TARGET, "--int8", "--calib-data", str(calib)]
+    assert main(["tune", *flags, "--trials", "4", "--log-dir", str(tmp_path / TARGET),
+                 "--json", "--quiet"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["model"].endswith("(INT8)") and s["tasks"] >= 1
+    names = [t["task"] for t in s["per_task"]]
+    assert not any("int8_avx2" in n for n in names), names
+    # the INT8 graph does hold packed kernels, which MetaSchedule alone would extract
+    config = PipelineConfig(target=TARGET, int8=True, tuning_logs=None)
+    lowered = run(load_relax_model(str(model), None), config, np.load(calib),
+                  lower_only=True).lowered
+    tvm_target = get_target(TARGET).tvm_target()
+    prepare(tvm_target)
+    raw = meta_schedule().relax_integration.extract_tasks(lowered, tvm_target)
+    assert any(_hand_scheduled(t.dispatched[0]) for t in raw)
+    assert len(raw) > s["tasks"]
