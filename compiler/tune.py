@@ -171,7 +171,9 @@ def tune(model, spec: TuneSpec) -> dict:
 def _search_guarded(tasks, db, spec, target, budget, before):
     """Run the search unless the budget is spent; returns (progress, interrupted, wall s)."""
     start, progress = time.perf_counter(), None
-    with _CtrlC() as ctrl_c:
+    from edgec.compiler.tune_measure import CtrlC
+
+    with CtrlC() as ctrl_c:
         if budget > 0:
             try:
                 progress = _run_search(tasks, db, spec, target, budget, before)
@@ -179,51 +181,6 @@ def _search_guarded(tasks, db, spec, target, budget, before):
                 if not ctrl_c.pressed:
                     raise
     return progress, ctrl_c.pressed, time.perf_counter() - start
-
-
-class _CtrlC:
-    """Ctrl-C during the search: the first press asks the search to stop after the
-    candidates being measured (``tune_measure.STOP``: every task's search then reports
-    itself finished, so MetaSchedule returns normally with its records committed); a
-    second press aborts at once. Raising from the first press is not reliable: it lands
-    inside whatever Python callback MetaSchedule's C++ loop is running, and some of
-    those swallow it and tune on."""
-
-    pressed = False
-
-    def __enter__(self):
-        import signal
-        import threading
-
-        from edgec.compiler.tune_measure import STOP
-
-        STOP.clear()
-        self._old = None
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        import sys
-
-        from edgec.compiler.tune_measure import STOP
-
-        if self.pressed:
-            raise KeyboardInterrupt
-        self.pressed = True
-        STOP.set()
-        print("\nedgec tune: stopping after the candidates being measured (Ctrl-C again to "
-              "stop now)", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc):
-        import signal
-
-        from edgec.compiler.tune_measure import STOP
-
-        STOP.clear()
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-        return isinstance(exc[1], KeyboardInterrupt) and self.pressed
 
 
 def _run_stats(ran, wall, progress) -> dict:

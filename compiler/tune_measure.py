@@ -179,3 +179,45 @@ class NoRepeatSearch(ms.search_strategy.PySearchStrategy):
 
     def clone(self):
         return NoRepeatSearch(self.inner.clone())
+
+
+class CtrlC:
+    """Ctrl-C during the search: the first press asks the search to stop after the
+    candidates being measured (``tune_measure.STOP``: every task's search then reports
+    itself finished, so MetaSchedule returns normally with its records committed); a
+    second press aborts at once. Raising from the first press is not reliable: it lands
+    inside whatever Python callback MetaSchedule's C++ loop is running, and some of
+    those swallow it and tune on."""
+
+    pressed = False
+
+    def __enter__(self):
+        import signal
+        import threading
+
+
+        STOP.clear()
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        import sys
+
+
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+        STOP.set()
+        print("\nedgec tune: stopping after the candidates being measured (Ctrl-C again to "
+              "stop now)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        import signal
+
+
+        STOP.clear()
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return isinstance(exc[1], KeyboardInterrupt) and self.pressed
