@@ -41,6 +41,8 @@ class PipelineConfig:
     exit_thresholds: one value in [0, 1] per exit (baked, or the defaults of the input).
     exit_criterion: "max_prob" or "entropy" (see ``edgec.passes.exit_plan``).
     thresholds_as_input: the library takes an ``exit_thresholds`` input at run time.
+    transfer_schedules: a task with no record of its own borrows the best schedule of a
+      similar logged workload (same operators, other shapes; see ``tune_transfer``).
     """
 
     target: str = "host"
@@ -65,12 +67,13 @@ class PipelineConfig:
     exit_thresholds: tuple | None = None
     exit_criterion: str = "max_prob"
     thresholds_as_input: bool = False
+    transfer_schedules: bool = True
 
     def __post_init__(self):
         from edgec.targets import get_target
 
         get_target(self.target)  # raises UnknownTargetError listing known targets
-        for flag in ("fold_batchnorm", "fuse"):
+        for flag in ("fold_batchnorm", "fuse", "transfer_schedules"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         self._check_prune()

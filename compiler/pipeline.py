@@ -88,7 +88,7 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool 
     if config.tuning_logs and config.fuse:
         from edgec.compiler.tune import apply_tuning
 
-        mod, tuning = apply_tuning(mod, target, config.tuning_logs)
+        mod, tuning = apply_tuning(mod, target, config.tuning_logs, config.transfer_schedules)
         dump("40_tuned", mod)
 
     # build: tvm.compile for the target (finalize passes + codegen).

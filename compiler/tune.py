@@ -229,11 +229,13 @@ def _run_search(tasks, db, spec, target, budget, before):
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def apply_tuning(mod, target, logs: str):
+def apply_tuning(mod, target, logs: str, transfer: bool = True):
     """The pipeline's tuning phase: apply every matching record of the target's log.
 
     logs: "auto" (``tuning_logs/<tuning_key>``, skipped if absent) or a log directory.
-    Returns (module, manifest dict: logs used, records, tasks tuned / left on defaults).
+    transfer: tasks with no record borrow a similar workload's schedule (``tune_transfer``).
+    Returns (module, manifest dict: logs used, records, tasks tuned / transferred / left
+    on defaults).
     """
     path = log_dir_for(target) if logs == "auto" else logs
     if logs != "auto" and not os.path.isdir(path):
@@ -241,22 +243,30 @@ def apply_tuning(mod, target, logs: str):
     name = os.path.basename(os.path.normpath(path))
     total = _count_funcs(mod)
     info = {"applied": False, "logs": [], "records": 0, "tasks": total, "tuned": 0,
-            "default": total, "summary": f"no tuning log for {target.tuning_key}: {total} tasks "
-                                         "on default schedules"}
+            "transferred": 0, "default": total,
+            "summary": f"no tuning log for {target.tuning_key}: {total} tasks on default schedules"}
     if not os.path.isdir(path):
         return mod, info
+    tvm_target = target.tvm_target()
     with tempfile.TemporaryDirectory(prefix="edgec-db-") as scratch:
         db, n = open_subset(path, target, _workload_hashes(mod), scratch)
         if db is not None:
-            tvm_target = target.tvm_target()
             prepare(tvm_target)
             with tvm_target, db:
                 mod = relax.transform.MetaScheduleApplyDatabase()(mod)
-    tuned = _count_funcs(mod, scheduled=True)
-    info.update(applied=tuned > 0, logs=[name], records=n, tuned=tuned, default=total - tuned,
+    exact = _count_funcs(mod, scheduled=True)
+    moved = []
+    if transfer and exact < total:
+        from edgec.compiler.tune_transfer import transfer_schedules
+
+        mod, moved = transfer_schedules(mod, path, tvm_target)
+    tuned = exact + len(moved)
+    info.update(applied=tuned > 0, logs=[name], records=n, tuned=exact, transferred=len(moved),
+                transferred_tasks=moved, default=total - tuned,
                 log_records=count_records(path), digest=digest(path))
-    info["summary"] = (f"{tuned} of {total} tasks tuned from log {name} ({n} matching of "
-                       f"{info['log_records']} records), {total - tuned} on default schedules")
+    info["summary"] = (f"{exact} of {total} tasks tuned from log {name} ({n} matching of "
+                       f"{info['log_records']} records), {len(moved)} with a schedule transferred "
+                       f"from a similar workload, {total - tuned} on default schedules")
     return mod, info
 
 

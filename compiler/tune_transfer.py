@@ -1,0 +1,157 @@
+"""Schedule transfer: a task with no record of its own borrows a similar task's schedule.
+
+A tuning log only matches workloads exactly (structural hash), so a model that changes one
+layer's width (hidden 128 -> 256) gets that layer on TVM's default schedule, often 10x
+slower than tuned. MetaSchedule schedules are traces of schedule primitives over block and
+loop names; the best trace of a workload with the same operators (same blocks, same buffer
+ranks and dtypes) usually replays on other shapes. Schedule primitives preserve semantics,
+so a trace that replays gives a correct function; one that does not (a tile split that does
+not fit the new extents) raises and the next candidate is tried, nearest shapes first. Each
+borrowed function is built once before it is used, and the build reports how many tasks
+were transferred, so a user knows what to tune next.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from edgec.compiler.tvm_compat import meta_schedule, tvm
+
+RECORDS, WORKLOADS = "database_tuning_record.json", "database_workload.json"
+FAILED_SECS = 1e9  # MetaSchedule stores 1e10 s for candidates that failed to build or run
+
+
+def _best_records(path: str) -> dict:
+    """{workload line index: (mean seconds, record json)} of the fastest valid record each."""
+    best = {}
+    with open(os.path.join(path, RECORDS), encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            index, rec = json.loads(line)
+            secs = [float(s) for s in (rec[1] or [])]
+            if secs and max(secs) < FAILED_SECS:
+                cost = sum(secs) / len(secs)
+                if index not in best or cost < best[index][0]:
+                    best[index] = (cost, rec)
+    return best
+
+
+def _blocks(func) -> tuple:
+    """Names of the blocks under the root block (the operators a trace refers to by name)."""
+    try:
+        sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}))
+        return tuple(sorted(sch.get(b).name_hint
+                            for b in sch.get_child_blocks(sch.get_sblock("root"))))
+    except Exception:  # noqa: BLE001 - no root block: nothing a trace could name
+        return ()
+
+
+def _buffers(func) -> list:
+    """The parameters that are buffers (TVM 0.27: a buffer parameter carries shape/dtype)."""
+    return [p for p in func.params if getattr(p, "shape", None) is not None]
+
+
+def signature(func) -> tuple:
+    """What must agree for a trace to be worth replaying: block names, buffer ranks, dtypes."""
+    return _blocks(func), tuple((len(b.shape), str(b.dtype)) for b in _buffers(func))
+
+
+def distance(a, b) -> float:
+    """Sum of |log ratio| over every buffer dimension (0: identical shapes)."""
+    total = 0.0
+    for x, y in zip(_buffers(a), _buffers(b)):
+        for p, q in zip(x.shape, y.shape):
+            total += abs(math.log(max(int(p), 1) / max(int(q), 1)))
+    return total
+
+
+class Donors:
+    """The best record of every workload in a log, parsed lazily and grouped by signature."""
+
+    def __init__(self, path: str):
+        ms = meta_schedule()
+        with open(os.path.join(path, WORKLOADS), encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        self.entries = []
+        for index, (cost, rec) in _best_records(path).items():
+            workload = ms.database.Workload.from_json(rows[index])
+            func = workload.mod["main"]
+            self.entries.append((signature(func), func, cost, rec, workload))
+
+    def candidates(self, func) -> list:
+        """Donor (func, record json, workload) of the same signature, nearest shapes first."""
+        sig = signature(func)
+        same = [e for e in self.entries if e[0] == sig]
+        same.sort(key=lambda e: (distance(func, e[1]), e[2]))
+        return [(e[1], e[3], e[4]) for e in same]
+
+
+def fit_tile(extent: int, decision) -> list:
+    """A tile decision for a loop of ``extent``: keep the donor's inner factors (its micro
+    kernel) as far as they divide, the outermost factor takes the rest.
+    [16, 8, 2] on 256 -> [16, 8, 2] (same extent); on 512 -> [32, 8, 2]; on 96 -> [6, 8, 2]."""
+    out, rest = [1] * len(decision), int(extent)
+    for i in range(len(decision) - 1, 0, -1):
+        out[i] = math.gcd(int(decision[i]), rest)
+        rest //= out[i]
+    out[0] = rest
+    return out
+
+
+def _replay(func, rec, workload):
+    """The function scheduled by ``rec``'s trace, or None when the trace does not fit it.
+
+    Tile sizes are refitted to the new loop extents while replaying (a donor's decisions
+    only divide its own shapes); every other decision is replayed as recorded.
+    """
+    ms = meta_schedule()
+    sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}))
+
+    def refit(inst, inputs, attrs, decision):
+        if inst.kind.name == "SamplePerfectTile" and decision is not None:
+            return fit_tile(sch.get(inputs[0]).extent, decision)
+        return decision
+
+    try:
+        trace = ms.database.TuningRecord.from_json(rec, workload).trace
+        trace.apply_to_schedule(sch, remove_postproc=False, decision_provider=refit)
+        return sch.mod["main"]
+    except Exception:  # noqa: BLE001 - TVM raises its own error types for a misfit trace
+        return None
+
+
+def _builds(func, tvm_target) -> bool:
+    try:
+        tvm.compile(tvm.IRModule({"main": func}), target=tvm_target)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def transfer_schedules(mod, path: str, tvm_target, max_tries: int = 4):
+    """Schedule every still-unscheduled PrimFunc of ``mod`` with a similar workload's best
+    trace from the log at ``path``. Returns (module, [{task, distance} per transfer])."""
+    todo = [(gv, f) for gv, f in mod.functions.items()
+            if isinstance(f, tvm.tirx.PrimFunc) and not _scheduled(f)]
+    if not todo or not os.path.exists(os.path.join(path, RECORDS)):
+        return mod, []
+    donors, done = Donors(path), []
+    mod = mod.clone()  # IRModule updates in place: leave the caller's module as it was
+    for gv, func in todo:
+        for donor, rec, workload in donors.candidates(func)[:max_tries]:
+            new = _replay(func, rec, workload)
+            if new is None or not _builds(new, tvm_target):
+                continue
+            new = new.without_attr("global_symbol")
+            if func.attrs is not None and "global_symbol" in func.attrs:
+                new = new.with_attr("global_symbol", func.attrs["global_symbol"])
+            mod[gv] = new.with_attr("tirx.is_scheduled", True)
+            done.append({"task": gv.name_hint, "distance": round(distance(func, donor), 3)})
+            break
+    return mod, done
+
+
+def _scheduled(func) -> bool:
+    return bool(func.attrs and func.attrs.get("tirx.is_scheduled", False))

@@ -1,0 +1,101 @@
+"""Schedule transfer: a task without a record borrows a similar logged workload's schedule."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgec.compiler.frontend import import_model
+from edgec.compiler.tune import TuneSpec, apply_tuning, lowered_module, tune
+from edgec.compiler.tune_transfer import fit_tile, signature, transfer_schedules
+from edgec.compiler.tvm_compat import tvm
+from edgec.targets import get_target
+
+TARGET = "x86-avx2"
+
+
+class Dense(nn.Module):
+    def __init__(self, n_in, n_out):
+        super().__init__()
+        self.fc = nn.Linear(n_in, n_out)
+
+    def forward(self, x):
+        return torch.relu(self.fc(x))
+
+
+def _model(n_in, n_out, seed=0):
+    torch.manual_seed(seed)
+    return Dense(n_in, n_out).eval(), torch.randn(1, n_in)
+
+
+@pytest.fixture(scope="module")
+def log(tmp_path_factory):
+    """A log holding only Dense(32, 16)'s workload (4 real trials)."""
+    path = tmp_path_factory.mktemp("logs") / TARGET
+    tune(import_model(*_model(32, 16)), TuneSpec(target=TARGET, trials=4, log_dir=str(path),
+                                                 trials_per_iter=4, quiet=True))
+    return path
+
+
+@pytest.mark.parametrize("extent,donor,want", [
+    (256, [16, 8, 2], [16, 8, 2]),   # same extent: the donor's decision
+    (512, [16, 8, 2], [32, 8, 2]),   # inner tiles kept, outer loop longer
+    (96, [16, 8, 2], [6, 8, 2]),
+    (100, [16, 8, 2], [25, 2, 2]),   # what does not divide shrinks to what does
+    (7, [1, 4, 8], [7, 1, 1]),
+])
+def test_fit_tile_keeps_inner_tiles_and_covers_the_extent(extent, donor, want):
+    got = fit_tile(extent, donor)
+    assert got == want and int(np.prod(got)) == extent
+
+
+def _funcs(mod):
+    return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def test_wider_layer_borrows_the_logged_schedule(log):
+    """Structural: the untuned wider matmul gets scheduled, by transfer, not by record."""
+    target = get_target(TARGET)
+    mod = lowered_module(import_model(*_model(32, 48)), TARGET)
+    exact, info = apply_tuning(mod, target, str(log), transfer=False)
+    assert info["tuned"] == 0 and info["transferred"] == 0 and info["default"] == info["tasks"]
+    moved, info = apply_tuning(mod, target, str(log))
+    assert info["tuned"] == 0 and info["transferred"] >= 1
+    assert info["default"] == info["tasks"] - info["transferred"]
+    assert "transferred from a similar workload" in info["summary"]
+    name = info["transferred_tasks"][0]["task"]
+    before, after = _funcs(exact)[name], _funcs(moved)[name]
+    assert not (before.attrs and before.attrs.get("tirx.is_scheduled", False))
+    assert after.attrs["tirx.is_scheduled"]
+    assert signature(before)[1] == signature(after)[1]  # same buffers, rescheduled
+    assert before.script() != after.script()
+
+
+def test_transferred_build_matches_torch(log, tmp_path):
+    """Numeric: the library built with a borrowed schedule computes what torch computes."""
+    from edgec.compiler import PipelineConfig, compile, load
+
+    for n_out in (48, 40):  # 40: the donor's 16-wide tiles do not divide it
+        model, x = _model(32, n_out, seed=n_out)
+        out = str(tmp_path / f"m{n_out}.so")
+        manifest = compile(model, (x,), output=out,
+                           config=PipelineConfig(target=TARGET, tuning_logs=str(log)))
+        assert manifest["tuning"]["transferred"] >= 1
+        with torch.no_grad():
+            np.testing.assert_allclose(load(out)(x.numpy())[0], model(x).numpy(),
+                                       rtol=1e-5, atol=1e-5)
+
+
+def test_no_donor_with_other_operators(log):
+    """A workload with other operators (no relu) finds no donor and stays on defaults."""
+    class NoRelu(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(32, 48)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    torch.manual_seed(0)
+    mod = lowered_module(import_model(NoRelu().eval(), (torch.randn(1, 32),)), TARGET)
+    _, moved = transfer_schedules(mod, str(log), get_target(TARGET).tvm_target())
+    assert moved == []
