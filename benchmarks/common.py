@@ -33,14 +33,14 @@ def model_and_input(name: str, seed: int = 0):
     return model, x
 
 
-def edgec_build(model, x, folder: str, tag: str, tuning_logs, target: str = "host"):
-    """Compile with edgec; returns (so path, manifest, build seconds)."""
+def edgec_build(model, x, folder: str, tag: str, tuning_logs, target: str = "host", **fields):
+    """Compile with edgec (``fields``: more PipelineConfig); returns (so path, manifest, build s)."""
     from edgec.compiler import PipelineConfig, compile
 
     out = os.path.join(folder, f"{tag}.so")
     start = time.perf_counter()
     manifest = compile(model, (torch.from_numpy(x),), output=out,
-                       config=PipelineConfig(target=target, tuning_logs=tuning_logs))
+                       config=PipelineConfig(target=target, tuning_logs=tuning_logs, **fields))
     return out, manifest, time.perf_counter() - start
 
 

@@ -24,7 +24,8 @@ def cmd_compile(args):
     if args.no_tuning and args.tuning_logs:
         raise EdgecError("give --no-tuning or --tuning-logs DIR, not both")
     config = compression_config(args, dump_ir=args.dump_ir, tuning_logs=None if args.no_tuning
-                                else args.tuning_logs or "auto")
+                                else args.tuning_logs or "auto",
+                                transfer_schedules=not args.no_schedule_transfer)
     calib = calib_data(args, config)
     model, example = args.model, None
     if is_factory(model):
@@ -50,6 +51,9 @@ def _compile_flags(p):
     p.add_argument("--no-tuning", action="store_true", help="do not apply tuning logs")
     p.add_argument("--tuning-logs", metavar="DIR", help="apply this tuning log (default: the "
                    "committed tuning_logs/<target>, e.g. an 'edgec tune --log-dir' of your own)")
+    p.add_argument("--no-schedule-transfer", action="store_true",
+                   help="apply exact records only: a task without one keeps TVM's default "
+                   "schedule instead of borrowing a similar workload's")
     prune_flags(p)
     int8_flags(p)
     from edgec.compiler.cli_exits import add_exit_flags

@@ -85,6 +85,21 @@ def test_transferred_build_matches_torch(log, tmp_path):
                                        rtol=1e-5, atol=1e-5)
 
 
+def test_cli_no_schedule_transfer(log, tmp_path, capsys):
+    import json
+
+    from edgec.compiler.cli import main
+
+    model = tmp_path / "dense48.pt2"
+    torch.export.save(torch.export.export(*_model(32, 48)[:1], (torch.randn(1, 32),)), str(model))
+    common = [str(model), "--target", TARGET, "--tuning-logs", str(log), "--json"]
+    assert main(["compile", *common, "-o", str(tmp_path / "a.so")]) == 0
+    assert json.loads(capsys.readouterr().out)["tuning"]["transferred"] >= 1
+    assert main(["compile", *common, "--no-schedule-transfer", "-o", str(tmp_path / "b.so")]) == 0
+    tuning = json.loads(capsys.readouterr().out)["tuning"]
+    assert tuning["transferred"] == 0 and tuning["default"] == tuning["tasks"]
+
+
 def test_no_donor_with_other_operators(log):
     """A workload with other operators (no relu) finds no donor and stays on defaults."""
     class NoRelu(nn.Module):
