@@ -42,7 +42,8 @@ def ratio_for_macs(model, removed: float, target: str) -> tuple:
 def _build(model, x, config, path) -> dict:
     manifest = compile(model, (x,), config=config, output=path)
     tuning = manifest.get("tuning", {})
-    return {"manifest": manifest, "tuned": bool(tuning.get("applied")),
+    counts = {k: tuning.get(k, 0) for k in ("tasks", "tuned", "transferred", "default")}
+    return {"manifest": manifest, "tuned": bool(tuning.get("applied")), "tuning": counts,
             "library_bytes": manifest["library_bytes"], "weights_bytes": manifest["weights_bytes"]}
 
 
@@ -65,6 +66,7 @@ def bench_speed(name, args, workdir) -> dict:
             "macs_dense": record["macs_before"], "macs_pruned": record["macs_after"],
             "mac_ratio": record["macs_before"] / record["macs_after"], "speedup": speedup,
             "tuned": {"dense": dense["tuned"], "pruned": pruned["tuned"]},
+            "tuning": {"dense": dense["tuning"], "pruned": pruned["tuning"]},
             "weights_bytes": [dense["weights_bytes"], pruned["weights_bytes"]],
             "library_bytes": [dense["library_bytes"], pruned["library_bytes"]],
             "timing": timing, "table": markdown_table(timing, f"{name} {args.size}x{args.size}")}
@@ -109,6 +111,7 @@ def bench_mnist(args, workdir) -> dict:
             "weights_bytes": [dense["weights_bytes"], pruned["weights_bytes"]],
             "library_bytes": [dense["library_bytes"], pruned["library_bytes"]],
             "tuned": {"dense": dense["tuned"], "pruned": pruned["tuned"]},
+            "tuning": {"dense": dense["tuning"], "pruned": pruned["tuning"]},
             "speedup": timing["engines"]["dense"]["median_ms"] / timing["engines"]["pruned"]["median_ms"],
             "timing": timing, "table": markdown_table(timing, "mnist_cnn 1x1x28x28")}
 
@@ -139,8 +142,9 @@ def main(argv=None):
 
 
 def _summary(run) -> str:
-    tuned = "tuned" if all(run["tuned"].values()) else "UNTUNED (no tuning logs applied)"
-    head = f"{run['model']}: {tuned}, latency speedup {run['speedup']:.2f}x"
+    tuned = "; ".join(f"{k}: {c['tuned']} of {c['tasks']} tasks tuned, {c['transferred']} "
+                      f"transferred, {c['default']} default" for k, c in run["tuning"].items())
+    head = f"{run['model']} ({tuned}): latency speedup {run['speedup']:.2f}x"
     if "accuracy" in run:
         acc = ", ".join(f"{k} {v:.1f}%" for k, v in run["accuracy"].items())
         head += f", MACs {run['macs'][0]:,} -> {run['macs'][1]:,}; accuracy: {acc}"

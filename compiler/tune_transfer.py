@@ -130,6 +130,20 @@ def _builds(func, tvm_target) -> bool:
         return False
 
 
+_CACHE: dict = {}  # (log path, size, mtime) -> Donors: a process parses a log once
+
+
+def donors_of(path: str) -> Donors:
+    """The log's donors, parsed once per process and log version (a build that compiles
+    several models, like the demo or the tests, pays the parse once)."""
+    stat = os.stat(os.path.join(path, RECORDS))
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = Donors(path)
+    return _CACHE[key]
+
+
 def transfer_schedules(mod, path: str, tvm_target, max_tries: int = 4):
     """Schedule every still-unscheduled PrimFunc of ``mod`` with a similar workload's best
     trace from the log at ``path``. Returns (module, [{task, distance} per transfer])."""
@@ -137,7 +151,7 @@ def transfer_schedules(mod, path: str, tvm_target, max_tries: int = 4):
             if isinstance(f, tvm.tirx.PrimFunc) and not _scheduled(f)]
     if not todo or not os.path.exists(os.path.join(path, RECORDS)):
         return mod, []
-    donors, done = Donors(path), []
+    donors, done = donors_of(path), []
     mod = mod.clone()  # IRModule updates in place: leave the caller's module as it was
     for gv, func in todo:
         for donor, rec, workload in donors.candidates(func)[:max_tries]:
