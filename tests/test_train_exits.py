@@ -126,9 +126,9 @@ def test_distill_errors():
         distill(teacher, teacher, data, temperature=0, quiet=True)
     with pytest.raises(DistillError, match=r"alpha must be in \[0, 1\]"):
         distill(teacher, teacher, data, alpha=1.5, quiet=True)
-    with pytest.raises(DistillError, match="unknown augment 'flip'; valid: none, affine"):
+    with pytest.raises(DistillError, match="unknown augment 'flip'; valid: none, affine, strong-affine"):
         distill(teacher, teacher, data, augment="flip", quiet=True)
-    with pytest.raises(DistillError, match="unknown augment 'flip'; valid: none, affine"):
+    with pytest.raises(DistillError, match="unknown augment 'flip'; valid: none, affine, strong-affine"):
         train_alone(teacher, data, augment="flip", quiet=True)
 
 

@@ -5,7 +5,7 @@ The T^2 keeps the soft-target gradients on the scale of the CE term as T grows.
 Works for any teacher/student pair with the same number of classes; a
 multi-output model (e.g. one with exit heads) is judged by its last output.
 
-``augment="affine"`` is "consistent" function matching (Beyer et al. 2022): each
+``augment="affine"`` (or ``"strong-affine"``) is "consistent" function matching (Beyer et al. 2022): each
 step draws one random view of the batch and teacher and student both see that
 view, so the student learns the teacher's function off the training images too.
 ``train_alone`` is the matching no-teacher baseline: same views, hard labels.
@@ -20,7 +20,11 @@ from torch import nn
 from edgec.compiler.errors import EdgecError
 from edgec.compiler.train.fit import evaluate, fit
 
-AUGMENTS = ("none", "affine")
+# name -> random_affine settings: "affine" keeps every digit readable; "strong-affine"
+# makes some views ambiguous (a rotated 6 or a shifted-off stroke), where hard labels
+# mislead and the teacher's soft output does not
+AUGMENTS = {"none": None, "affine": dict(rotate=10.0, shift=2.0, scale=0.1),
+            "strong-affine": dict(rotate=20.0, shift=4.0, scale=0.2)}
 
 
 class DistillError(EdgecError):
@@ -58,7 +62,8 @@ def random_affine(x: torch.Tensor, rotate: float = 10.0, shift: float = 2.0,
 def _views(augment: str):
     if augment not in AUGMENTS:
         raise DistillError(f"unknown augment {augment!r}; valid: {', '.join(AUGMENTS)}")
-    return random_affine if augment == "affine" else (lambda x: x)
+    kwargs = AUGMENTS[augment]
+    return (lambda x: x) if kwargs is None else (lambda x: random_affine(x, **kwargs))
 
 
 def _last(out):
@@ -104,8 +109,8 @@ def distill(teacher: nn.Module, student: nn.Module, data, temperature: float = 4
             quiet: bool = False, augment: str = "none") -> dict:
     """Train ``student`` in place from ``teacher`` on ``data`` (a Dataset or a train Split).
 
-    ``augment``: ``"none"`` (the training images as they are) or ``"affine"`` (a
-    random view per step, the same for teacher and student). Returns the history:
+    ``augment``: ``"none"`` (the training images as they are), ``"affine"`` or
+    ``"strong-affine"`` (a random view per step, the same for teacher and student). Returns the history:
     mean loss per epoch, and validation accuracy of both models when ``data`` is a Dataset.
     """
     train = getattr(data, "train", data)
