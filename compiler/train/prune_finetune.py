@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgec.compiler.train.distill import kd_loss
 from edgec.compiler.train.fit import fit
 from edgec.passes.channel_groups import analyze, layout_indices
 from edgec.passes.prune_plan import PlanError, resolve
@@ -67,18 +68,14 @@ def masked_copy(model: nn.Module, relax_model, plan) -> nn.Module:
 
 
 def distillation_loss(teacher: nn.Module, temperature: float = 4.0, alpha: float = 0.5):
-    """``loss_fn(model, x, y)``: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE."""
+    """``loss_fn(model, x, y)``: ``distill.kd_loss`` of the model against ``teacher``."""
     teacher.eval()
 
     def loss_fn(model, x, y):
         logits = model(x)
         with torch.no_grad():
             t = teacher(x)
-        kl = nn.functional.kl_div(nn.functional.log_softmax(logits / temperature, 1),
-                                  nn.functional.log_softmax(t / temperature, 1),
-                                  reduction="batchmean", log_target=True)
-        ce = nn.functional.cross_entropy(logits, y)
-        return alpha * temperature ** 2 * kl + (1.0 - alpha) * ce
+        return kd_loss(logits, t, y, temperature, alpha)
 
     return loss_fn
 
