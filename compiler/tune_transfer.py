@@ -68,7 +68,7 @@ def distance(a, b) -> float:
 
 
 class Donors:
-    """The best record of every workload in a log, parsed lazily and grouped by signature."""
+    """The best valid record of every workload in a log, with its function and signature."""
 
     def __init__(self, path: str):
         ms = meta_schedule()
