@@ -135,9 +135,10 @@ def main(argv=None):
                                                args.quiet)
         if args.part in ("distill", "all"):
             kd_args = distill_parser().parse_args(["--quiet"] if args.quiet else [])
+            threads = torch.get_num_threads()
             torch.set_num_threads(1)  # as bench_distill.py runs it
             results["distill"] = distill_part(data, kd_args)
-            torch.set_num_threads(2)
+            torch.set_num_threads(threads)
         if args.part in ("resnet", "all"):
             results["resnet"] = early_exit_part(lambda: SmallResNet(), ["layer1", "layer2"], None,
                                                 pad32(data), args.epochs, args.rounds, args.budget,

@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass
 
 from edgec.compiler.errors import EdgecError
+from edgec.compiler.tune_transfer import is_scheduled
 from edgec.compiler.tuning_db import (TuningLogError, count_records, digest, log_dir_for,
-                                      open_database, open_subset, record_run)
+                                      mean_run_secs, open_database, open_subset, record_run)
 from edgec.compiler.tvm_compat import (fast_inspect_initializer, fix_vnni_intrinsic, has_vnni,
                                        meta_schedule, relax, tvm)
 
@@ -114,10 +115,8 @@ def task_status(tasks, db) -> list[dict]:
 
 
 def _mean_ms(record):
-    secs = [float(s) for s in (record.run_secs or [])]
-    if not secs or max(secs) >= 1e9:  # MetaSchedule stores 1e10 s for failed candidates
-        return None
-    return 1e3 * sum(secs) / len(secs)
+    secs = mean_run_secs(record.run_secs)
+    return None if secs is None else 1e3 * secs
 
 
 def estimate_ms(rows) -> float | None:
@@ -282,7 +281,6 @@ def _count_funcs(mod, scheduled: bool = False) -> int:
     n = 0
     for _, f in mod.functions.items():
         if isinstance(f, tvm.tirx.PrimFunc):
-            is_sched = bool(f.attrs and f.attrs.get("tirx.is_scheduled", False))
-            n += 1 if (is_sched or not scheduled) else 0
+            n += 1 if (is_scheduled(f) or not scheduled) else 0
     return n
 

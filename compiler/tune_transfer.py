@@ -12,29 +12,20 @@ were transferred, so a user knows what to tune next.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 
+from edgec.compiler.tuning_db import RECORDS, WORKLOADS, mean_run_secs, read_rows
 from edgec.compiler.tvm_compat import meta_schedule, tvm
-
-RECORDS, WORKLOADS = "database_tuning_record.json", "database_workload.json"
-FAILED_SECS = 1e9  # MetaSchedule stores 1e10 s for candidates that failed to build or run
 
 
 def _best_records(path: str) -> dict:
     """{workload line index: (mean seconds, record json)} of the fastest valid record each."""
     best = {}
-    with open(os.path.join(path, RECORDS), encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            index, rec = json.loads(line)
-            secs = [float(s) for s in (rec[1] or [])]
-            if secs and max(secs) < FAILED_SECS:
-                cost = sum(secs) / len(secs)
-                if index not in best or cost < best[index][0]:
-                    best[index] = (cost, rec)
+    for index, rec in read_rows(os.path.join(path, RECORDS), "tuning record"):
+        cost = mean_run_secs(rec[1])
+        if cost is not None and (index not in best or cost < best[index][0]):
+            best[index] = (cost, rec)
     return best
 
 
@@ -72,8 +63,7 @@ class Donors:
 
     def __init__(self, path: str):
         ms = meta_schedule()
-        with open(os.path.join(path, WORKLOADS), encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+        rows = read_rows(os.path.join(path, WORKLOADS), "workload")
         self.entries = []
         for index, (cost, rec) in _best_records(path).items():
             workload = ms.database.Workload.from_json(rows[index])
@@ -148,7 +138,7 @@ def transfer_schedules(mod, path: str, tvm_target, max_tries: int = 4):
     """Schedule every still-unscheduled PrimFunc of ``mod`` with a similar workload's best
     trace from the log at ``path``. Returns (module, [{task, distance} per transfer])."""
     todo = [(gv, f) for gv, f in mod.functions.items()
-            if isinstance(f, tvm.tirx.PrimFunc) and not _scheduled(f)]
+            if isinstance(f, tvm.tirx.PrimFunc) and not is_scheduled(f)]
     if not todo or not os.path.exists(os.path.join(path, RECORDS)):
         return mod, []
     donors, done = donors_of(path), []
@@ -167,5 +157,6 @@ def transfer_schedules(mod, path: str, tvm_target, max_tries: int = 4):
     return mod, done
 
 
-def _scheduled(func) -> bool:
+def is_scheduled(func) -> bool:
+    """A PrimFunc already scheduled (by a record, a transfer, or edgec's own kernels)."""
     return bool(func.attrs and func.attrs.get("tirx.is_scheduled", False))

@@ -55,8 +55,8 @@ def isa_of(tvm_dict: dict) -> dict:
     return out
 
 
-def _read_lines(path: str, what: str) -> list:
-    """Parse a JSON-lines file; cut a torn last line, refuse anything else malformed."""
+def read_rows(path: str, what: str) -> list:
+    """Parse a log's JSON-lines file; cut a torn last line, refuse anything else malformed."""
     if not os.path.exists(path):
         return []
     with open(path, "rb") as f:
@@ -82,6 +82,15 @@ def _read_lines(path: str, what: str) -> list:
             with open(path, "r+b") as f:
                 f.truncate(len(data) - len(tail))
     return rows
+
+
+def mean_run_secs(run_secs) -> float | None:
+    """Mean measured seconds of one record; None when it has none or failed (MetaSchedule
+    stores 1e10 s for a candidate that did not build or run)."""
+    secs = [float(x) for x in (run_secs or [])]
+    if not secs or max(secs) >= 1e9:
+        return None
+    return sum(secs) / len(secs)
 
 
 def _check_rows(path: str, workloads: list, records: list, isa: dict, meta_path: str) -> None:
@@ -132,8 +141,8 @@ def validate(path: str, target) -> dict:
         raise TuningLogError(f"{path} holds records for target {meta.get('target')!r} "
                              f"({isa_of(meta.get('target_tvm', {}))}), not for {target.name!r} "
                              f"({isa}); use --log-dir for another directory")
-    workloads = _read_lines(os.path.join(path, WORKLOADS), "workload")
-    records = _read_lines(os.path.join(path, RECORDS), "tuning record")
+    workloads = read_rows(os.path.join(path, WORKLOADS), "workload")
+    records = read_rows(os.path.join(path, RECORDS), "tuning record")
     if meta is None and (workloads or records):
         raise TuningLogError(f"{path} has MetaSchedule files but no {META}: not written by "
                              "edgec tune, so its target is unknown; left untouched")
@@ -170,11 +179,11 @@ def open_subset(path: str, target, hashes: set, scratch: str):
     from edgec.compiler.tvm_compat import meta_schedule
 
     validate(path, target)
-    workloads = _read_lines(os.path.join(path, WORKLOADS), "workload")
+    workloads = read_rows(os.path.join(path, WORKLOADS), "workload")
     keep = {i: n for n, i in enumerate(i for i, w in enumerate(workloads) if w[0] in hashes)}
     if not keep:
         return None, 0
-    records = [[keep[r[0]], r[1]] for r in _read_lines(os.path.join(path, RECORDS), "tuning record")
+    records = [[keep[r[0]], r[1]] for r in read_rows(os.path.join(path, RECORDS), "tuning record")
                if r[0] in keep]
     files = [os.path.join(scratch, WORKLOADS), os.path.join(scratch, RECORDS)]
     for name, rows in zip(files, ([workloads[i] for i in keep], records)):
