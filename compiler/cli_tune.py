@@ -77,7 +77,8 @@ def cmd_tune(args):
         return 0
     spec = TuneSpec(target=args.target, trials=args.trials, log_dir=args.log_dir,
                     resume=args.resume, tracker=args.tracker, rpc_key=args.key,
-                    seed=args.seed, quiet=args.quiet or args.json, label=label)
+                    seed=args.seed, quiet=args.quiet or args.json, label=label,
+                    warm_start=not args.no_warm_start)
     s = tune(model, spec)
     est = "-" if s["estimate_ms"] is None else f"{s['estimate_ms']:.3f} ms"
     emit(args, s, f"tuned {s['tasks']} tasks of {s['model']} for {s['target']}: {s['trials']} "
@@ -103,6 +104,9 @@ def _flags(p):
     p.add_argument("--seed", type=int, default=0, help="search seed")
     p.add_argument("--json", action="store_true", help="machine-readable summary")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--no-warm-start", action="store_true",
+                   help="start new workloads from random schedules instead of first measuring "
+                        "the log's schedules of similar workloads")
     prune_flags(p)  # tune what 'edgec compile' with the same flags builds
     int8_flags(p)
 

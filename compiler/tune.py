@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from edgec.compiler.errors import EdgecError
 from edgec.compiler.tune_transfer import is_scheduled
-from edgec.compiler.tuning_db import (TuningLogError, count_records, digest, log_dir_for,
+from edgec.compiler.tuning_db import (RECORDS, TuningLogError, count_records, digest, log_dir_for,
                                       mean_run_secs, open_database, open_subset, record_run)
 from edgec.compiler.tvm_compat import (fast_inspect_initializer, fix_vnni_intrinsic, has_vnni,
                                        meta_schedule, relax, tvm)
@@ -35,7 +35,9 @@ class TuneSpec:
     for this model's tasks, counting records already in the log); log_dir: None for
     ``tuning_logs/<target>``; tracker: "host:port" of an RPC tracker (None: measure
     on this machine) with ``rpc_key`` the board key (default: the target's); label:
-    the model's name in the log's run history (default: its source).
+    the model's name in the log's run history (default: its source); warm_start: a
+    workload with no record first measures the log's schedules of its nearest similar
+    workloads (``tune_measure.NoRepeatSearch``), so the search starts from them.
     """
 
     target: str = "host"
@@ -50,6 +52,7 @@ class TuneSpec:
     run_timeout: float = 60.0
     quiet: bool = False
     label: str | None = None
+    warm_start: bool = True
 
     def __post_init__(self):
         if not isinstance(self.trials, int) or self.trials < 0:
@@ -147,7 +150,9 @@ def tune(model, spec: TuneSpec) -> dict:
     budget = max(0, spec.trials - done) if spec.resume else spec.trials
     summary = {"model": spec.label or model.source, "target": target.name, "log_dir": log_dir,
                "tasks": len(tasks), "trials_before": done, "trials_requested": budget}
-    progress, interrupted, wall = _search_guarded(tasks, db, spec, target, budget, before)
+    donors = _donors(log_dir, spec) if budget > 0 else None
+    progress, interrupted, wall = _search_guarded(tasks, db, spec, target, budget, before,
+                                                  donors)
     after = task_status(tasks, db)
     ran = sum(r["trials"] for r in after) - done
     summary.update(_run_stats(ran, wall, progress), interrupted=interrupted, per_task=after,
@@ -167,7 +172,7 @@ def tune(model, spec: TuneSpec) -> dict:
     return summary
 
 
-def _search_guarded(tasks, db, spec, target, budget, before):
+def _search_guarded(tasks, db, spec, target, budget, before, donors=None):
     """Run the search unless the budget is spent; returns (progress, interrupted, wall s)."""
     start, progress = time.perf_counter(), None
     from edgec.compiler.tune_measure import CtrlC
@@ -175,7 +180,7 @@ def _search_guarded(tasks, db, spec, target, budget, before):
     with CtrlC() as ctrl_c:
         if budget > 0:
             try:
-                progress = _run_search(tasks, db, spec, target, budget, before)
+                progress = _run_search(tasks, db, spec, target, budget, before, donors)
             except Exception:
                 if not ctrl_c.pressed:
                     raise
@@ -189,7 +194,16 @@ def _run_stats(ran, wall, progress) -> dict:
             "failed": progress.failed if progress else 0}
 
 
-def _run_search(tasks, db, spec, target, budget, before):
+def _donors(path: str, spec):
+    """The log's workloads to warm-start new ones from (None when off or the log is empty)."""
+    from edgec.compiler.tune_transfer import donors_of
+
+    if not spec.warm_start or not os.path.exists(os.path.join(path, RECORDS)):
+        return None
+    return donors_of(path)
+
+
+def _run_search(tasks, db, spec, target, budget, before, donors=None):
     from edgec.compiler.tune_measure import NoRepeatSearch, Progress, make_builder, make_runner
 
     import logging
@@ -210,7 +224,7 @@ def _run_search(tasks, db, spec, target, budget, before):
         # a quarter of TVM's default population, 2 evolution rounds instead of 4: on 2 shared
         # cores the default search took 1-2.5 min per 16 candidates, more than building them
         strategy = NoRepeatSearch(ms.search_strategy.EvolutionarySearch(
-            population_size=128, genetic_num_iters=2))
+            population_size=128, genetic_num_iters=2), donors)
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             tasks, work_dir, strategy=strategy, num_threads=target.num_cores, seed=seed)
         progress = Progress(budget, before, spec.quiet)

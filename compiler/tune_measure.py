@@ -135,15 +135,24 @@ def _trace_key(trace) -> str:
 
 @derived_object
 class NoRepeatSearch(ms.search_strategy.PySearchStrategy):
-    """TVM's evolutionary search, minus candidates the log has already measured.
+    """TVM's evolutionary search, minus candidates the log has already measured, plus a
+    warm start for workloads the log has never seen.
 
     TVM only avoids repeats within one run; a resumed run would measure some of the
     log's schedules again. This drops every candidate whose trace is in the database.
+
+    Warm start: a task with no record of its own (a pruned or otherwise reshaped layer)
+    first measures the schedules of its nearest logged workloads of the same operators,
+    replayed on its shapes (``tune_transfer.seed_schedules``). Once measured they are in
+    the database, and TVM's evolutionary search draws part of every population from the
+    database's best records, so it mutates the borrowed schedules instead of starting
+    from random samples.
     """
 
-    def __init__(self, inner):
+    def __init__(self, inner, donors=None):
         super().__init__()
-        self.inner, self.seen, self.mod = inner, set(), None
+        self.inner, self.donors, self.seen, self.mod = inner, donors, set(), None
+        self.seeds, self.per_iter = [], 0
 
     def _initialize_with_tune_context(self, context) -> None:
         self.mod = context.mod
@@ -151,10 +160,15 @@ class NoRepeatSearch(ms.search_strategy.PySearchStrategy):
 
     def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None,
                    cost_model=None) -> None:
+        self.per_iter = num_trials_per_iter
         if database is not None and self.mod is not None and database.has_workload(self.mod):
             workload = database.commit_workload(self.mod)
             self.seen = {_trace_key(r.trace) for r in database.get_all_tuning_records()
                          if r.workload.same_as(workload)}
+        if not self.seen and self.donors is not None and self.mod is not None:
+            from edgec.compiler.tune_transfer import seed_schedules
+
+            self.seeds = seed_schedules(self.mod["main"], self.donors)
         self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
 
     def post_tuning(self) -> None:
@@ -163,22 +177,26 @@ class NoRepeatSearch(ms.search_strategy.PySearchStrategy):
     def generate_measure_candidates(self):
         if STOP.is_set():  # Ctrl-C: this task is done; MetaSchedule winds down normally
             return None
+        seeded = [ms.MeasureCandidate(sch, ms.arg_info.ArgInfo.from_entry_func(sch.mod, True))
+                  for sch in self.seeds]
+        self.seeds = []
         candidates = self.inner.generate_measure_candidates()
-        if candidates is None:
+        if candidates is None and not seeded:
             return None
         fresh = []
-        for c in candidates:
+        for c in seeded + list(candidates or []):
             key = _trace_key(c.sch.trace)
             if key not in self.seen:
                 self.seen.add(key)
                 fresh.append(c)
-        return fresh
+        # the borrowed schedules take places of this round, not extra trials
+        return fresh[:max(self.per_iter, len(seeded))]
 
     def notify_runner_results(self, measure_candidates, results) -> None:
         self.inner.notify_runner_results(measure_candidates, results)
 
     def clone(self):
-        return NoRepeatSearch(self.inner.clone())
+        return NoRepeatSearch(self.inner.clone(), self.donors)
 
 
 class CtrlC:

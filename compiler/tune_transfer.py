@@ -90,8 +90,9 @@ def fit_tile(extent: int, decision) -> list:
     return out
 
 
-def _replay(func, rec, workload):
-    """The function scheduled by ``rec``'s trace, or None when the trace does not fit it.
+def replay_schedule(func, rec, workload):
+    """A Schedule of ``func`` made by replaying ``rec``'s trace, or None when the trace does
+    not fit it.
 
     Tile sizes are refitted to the new loop extents while replaying (a donor's decisions
     only divide its own shapes); every other decision is replayed as recorded.
@@ -107,9 +108,22 @@ def _replay(func, rec, workload):
     try:
         trace = ms.database.TuningRecord.from_json(rec, workload).trace
         trace.apply_to_schedule(sch, remove_postproc=False, decision_provider=refit)
-        return sch.mod["main"]
+        return sch
     except Exception:  # noqa: BLE001 - TVM raises its own error types for a misfit trace
         return None
+
+
+def seed_schedules(func, donors: "Donors", limit: int = 4) -> list:
+    """Schedules of ``func`` replayed from its nearest donors (at most ``limit``): the
+    warm start of a tuning run for a workload the log has no record of (``tune``)."""
+    out = []
+    for _donor, rec, workload in donors.candidates(func):
+        sch = replay_schedule(func, rec, workload)
+        if sch is not None:
+            out.append(sch)
+        if len(out) == limit:
+            break
+    return out
 
 
 def _builds(func, tvm_target) -> bool:
@@ -145,9 +159,10 @@ def transfer_schedules(mod, path: str, tvm_target, max_tries: int = 4):
     mod = mod.clone()  # IRModule updates in place: leave the caller's module as it was
     for gv, func in todo:
         for donor, rec, workload in donors.candidates(func)[:max_tries]:
-            new = _replay(func, rec, workload)
-            if new is None or not _builds(new, tvm_target):
+            sch = replay_schedule(func, rec, workload)
+            if sch is None or not _builds(sch.mod["main"], tvm_target):
                 continue
+            new = sch.mod["main"]
             new = new.without_attr("global_symbol")
             if func.attrs is not None and "global_symbol" in func.attrs:
                 new = new.with_attr("global_symbol", func.attrs["global_symbol"])

@@ -114,3 +114,39 @@ def test_no_donor_with_other_operators(log):
     mod = lowered_module(import_model(NoRelu().eval(), (torch.randn(1, 32),)), TARGET)
     _, moved = transfer_schedules(mod, str(log), get_target(TARGET).tvm_target())
     assert moved == []
+
+
+def _new_task_traces(log_dir, mod):
+    """Trace keys of the log's records for the task ``mod`` (the widest new workload)."""
+    from edgec.compiler.tune_measure import _trace_key
+    from edgec.compiler.tuning_db import open_database
+
+    db = open_database(str(log_dir), get_target(TARGET))
+    if not db.has_workload(mod):
+        return set()
+    workload = db.commit_workload(mod)
+    return {_trace_key(r.trace) for r in db.get_all_tuning_records() if r.workload.same_as(workload)}
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_tuning_a_new_workload_starts_from_the_borrowed_schedule(log, tmp_path, warm):
+    """Warm start: tuning Dense(32, 48), which the log has never seen, first measures the
+    donor's schedule replayed on its shapes; with warm_start=False it does not."""
+    import shutil
+
+    from edgec.compiler.tune import extract_tasks
+    from edgec.compiler.tune_measure import _trace_key
+    from edgec.compiler.tune_transfer import Donors, seed_schedules
+
+    copy = tmp_path / TARGET
+    shutil.copytree(log, copy)
+    model = import_model(*_model(32, 48))
+    task = extract_tasks(lowered_module(model, TARGET), get_target(TARGET).tvm_target())[0]
+    seeds = {_trace_key(s.trace) for s in seed_schedules(task.dispatched[0]["main"], Donors(str(log)))}
+    assert seeds, "the logged Dense(32, 16) should replay on Dense(32, 48)"
+    assert not _new_task_traces(copy, task.dispatched[0])
+    summary = tune(model, TuneSpec(target=TARGET, trials=2, log_dir=str(copy), trials_per_iter=2,
+                                   quiet=True, warm_start=warm))
+    measured = _new_task_traces(copy, task.dispatched[0])
+    assert summary["trials"] >= 1 and measured
+    assert bool(seeds & measured) == warm
