@@ -150,3 +150,22 @@ def test_tuning_a_new_workload_starts_from_the_borrowed_schedule(log, tmp_path, 
     measured = _new_task_traces(copy, task.dispatched[0])
     assert summary["trials"] >= 1 and measured
     assert bool(seeds & measured) == warm
+
+
+def test_a_transfer_is_replayed_once_per_process(log, monkeypatch):
+    """Compiling the same model again reuses the transferred function (no replay, no
+    check build), with the same result."""
+    from edgec.compiler import tune_transfer
+
+    mod = lowered_module(import_model(*_model(32, 48)), TARGET)
+    tvm_target = get_target(TARGET).tvm_target()
+    first, moved = transfer_schedules(mod, str(log), tvm_target)
+    assert moved
+
+    def replay(*args):
+        raise AssertionError("replayed again")
+
+    monkeypatch.setattr(tune_transfer, "_transfer_one", replay)
+    again, moved_again = transfer_schedules(mod, str(log), tvm_target)
+    assert moved_again == moved
+    tvm.ir.assert_structural_equal(first, again)
