@@ -112,7 +112,11 @@ def replay_schedule(func, rec, workload):
     only divide its own shapes); every other decision is replayed as recorded.
     """
     ms = meta_schedule()
-    sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}))
+    # A TIR schedule rewrites uniquely held statement nodes in place, and ``func``'s body is
+    # shared with its module: schedule a deep copy (MetaSchedule's DeepCopyIRModule does
+    # the same), or a replay, even a failed one, mutates the caller's function.
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    sch = tvm.s_tir.Schedule(tvm.ir.load_json(tvm.ir.save_json(mod)))
 
     def refit(inst, inputs, attrs, decision):
         if inst.kind.name == "SamplePerfectTile" and decision is not None:

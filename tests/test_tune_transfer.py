@@ -169,3 +169,21 @@ def test_a_transfer_is_replayed_once_per_process(log, monkeypatch):
     again, moved_again = transfer_schedules(mod, str(log), tvm_target)
     assert moved_again == moved
     tvm.ir.assert_structural_equal(first, again)
+
+
+def test_replay_leaves_the_callers_functions_untouched():
+    """TIR schedules rewrite uniquely held nodes in place: transfer and warm start must
+    schedule a copy. (A max-pool trace starts by removing the block's schedule_rule
+    annotation; done in place, the task's own function lost it and MetaSchedule's later
+    replays of the task failed.)"""
+    from edgec.compiler.tune_transfer import donors_of, seed_schedules
+    from edgec.compiler.tuning_db import log_dir_for
+
+    logs = log_dir_for(get_target(TARGET))  # the committed log: it holds max-pool records
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2)).eval()
+    mod = lowered_module(import_model(model, (torch.randn(1, 3, 18, 18),)), TARGET)
+    before = tvm.ir.load_json(tvm.ir.save_json(mod))
+    seeds = [seed_schedules(f, donors_of(logs)) for f in _funcs(mod).values()]
+    assert any(seeds), "the committed log should hold donors for conv and max-pool"
+    transfer_schedules(mod, logs, get_target(TARGET).tvm_target())
+    tvm.ir.assert_structural_equal(mod, before)
