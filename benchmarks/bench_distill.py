@@ -10,6 +10,12 @@ epochs, learning rate, batch order and the same random view of every batch (teac
 and student see that one view: "consistent" function matching, Beyer et al. 2022).
 (temperature, alpha) is chosen by mean validation accuracy over the seeds; the test
 split only reports. Everything runs on one thread.
+
+    python benchmarks/bench_distill.py --labels 350 --epochs 100 --augment affine --seeds 1 2 3 4 5 --quiet
+
+``--labels N``: the students train on only N of the training digits (N/10 per class;
+the teacher still learns from all of them), the classic setting of soft targets as a
+regulariser (Hinton et al. 2015, sec. 5: 3% of the data).
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import write_results
 from edgec.compiler.compare import machine_info
-from edgec.compiler.train.data import mnist
+from edgec.compiler.train.data import Dataset, Split, mnist
 from edgec.compiler.train.distill import AUGMENTS, distill, param_count, train_alone
 from edgec.compiler.train.fit import evaluate
 from edgec.compiler.zoo import MnistCNN
@@ -73,14 +79,29 @@ def setting(teacher, data, widths, augment, grid, args) -> dict:
             "seeds_with_gain": int(sum(g > 0 for g in gains)), "seeds": len(gains)}
 
 
+def labelled_subset(data: Dataset, n: int | None) -> Dataset:
+    """``data`` with only the first n/10 training digits of every class (None: all)."""
+    if n is None:
+        return data
+    if not data.num_classes <= n <= len(data.train):
+        raise SystemExit(f"bench_distill: --labels {n} is out of range; choose "
+                         f"{data.num_classes}..{len(data.train)} (one per class at least)")
+    per_class = n // data.num_classes
+    keep = np.concatenate([np.flatnonzero(data.train.y == c)[:per_class]
+                           for c in range(data.num_classes)])
+    keep.sort()
+    return Dataset(data.name, Split(data.train.x[keep], data.train.y[keep]), data.val, data.test)
+
+
 def distill_part(data, args, grid=GRID) -> dict:
     """Teacher, then every augmentation setting; and each arm at its best setting on val."""
+    few = labelled_subset(data, args.labels)  # first: a bad --labels stops before training
     torch.manual_seed(0)
     teacher = MnistCNN()
     train_alone(teacher, data.train, epochs=args.teacher_epochs, lr=args.teacher_lr,
                 quiet=args.quiet, augment="affine")
     widths = tuple(int(w) for w in args.student.split(","))
-    settings = [setting(teacher, data, widths, aug, grid, args) for aug in args.augment]
+    settings = [setting(teacher, few, widths, aug, grid, args) for aug in args.augment]
     alone = max(settings, key=lambda r: r["alone_val_mean"])
     taught = max(settings, key=lambda r: r["distilled_val_mean"])
     return {"teacher": {"params": param_count(teacher), "test_acc": evaluate(teacher, data.test),
@@ -88,7 +109,8 @@ def distill_part(data, args, grid=GRID) -> dict:
                         "augment": "affine"},
             "student_widths": widths, "student_params": param_count(student(widths, 0)),
             "param_ratio": param_count(student(widths, 0)) / param_count(teacher),
-            "epochs": args.epochs, "lr": args.lr, "settings": settings,
+            "epochs": args.epochs, "lr": args.lr, "student_train_images": len(few.train),
+            "teacher_train_images": len(data.train), "settings": settings,
             "best_on_val": {"alone": {"augment": alone["augment"],
                                       "test_mean": alone["alone_test_mean"]},
                             "distilled": {"augment": taught["augment"],
@@ -102,7 +124,10 @@ def markdown(res: dict, machine: dict) -> str:
     lines = [f"Teacher MnistCNN: {res['teacher']['params']:,} parameters, "
              f"{res['teacher']['epochs']} epochs on `affine` views, test {res['teacher']['test_acc']:.1f}%. "
              f"Student MnistCNN{tuple(res['student_widths'])}: {res['student_params']:,} parameters "
-             f"({res['param_ratio']:.1%} of the teacher). Both arms: {res['epochs']} epochs, "
+             f"({res['param_ratio']:.1%} of the teacher). Students train on "
+             f"{res['student_train_images']:,} of the {res['teacher_train_images']:,} training "
+             "digits the teacher learned from. "
+             f"Both arms: {res['epochs']} epochs, "
              f"Adam lr {res['lr']}, the same seed, batches and views; the teacher sees the student's view."]
     for r in res["settings"]:
         c = r["chosen_on_val"]
@@ -137,6 +162,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", nargs="+", default=["affine", "strong-affine"], choices=list(AUGMENTS),
                    help="the students' views (one setting each, both arms)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--labels", type=int, default=None,
+                   help="students train on only this many training digits (default: all)")
     p.add_argument("--out", default="distill_mnist", help="results stem (benchmarks/results/)")
     p.add_argument("--quiet", action="store_true")
     return p
