@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 
 import numpy as np
 import torch
 
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import set_threads, write_results
 from edgec.compiler import PipelineConfig, compile, load, zoo
 from edgec.compiler.compare import Engine, compare, machine_info, markdown_table
 from edgec.compiler.frontend import import_model
@@ -127,18 +131,30 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--samples", type=int, default=5)
     p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--threads", type=int, default=os.cpu_count(),
+                   help="TVM threads (as the other benchmarks; TVM's own default may be fewer)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    results = {"machine": machine_info(), "target": args.target, "runs": []}
+    set_threads(args.threads)
+    results = {"machine": machine_info(), "target": args.target, "threads": args.threads, "runs": []}
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models.split(","):
             run = bench_mnist(args, workdir) if name == "mnist" else bench_speed(name, args, workdir)
             results["runs"].append(run)
             print(_summary(run), flush=True)
-    if args.out:
-        from edgec.compiler.artifact import write_json_atomic
+    if args.out:  # results/<stem>.json and .md, both naming this command
+        write_results(args.out[:-5] if args.out.endswith(".json") else args.out, results,
+                      markdown(results))
 
-        write_json_atomic(args.out, results)
+
+def markdown(results: dict) -> str:
+    """Every run's summary and table, and the machine."""
+    m = results["machine"]
+    return "\n".join(_summary(r) for r in results["runs"]) + (
+        f"\nMachine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['flags'])}, "
+        f"{results.get('threads', 'default')} TVM threads, load average "
+        f"{m['loadavg_1m']:.2f} at the end; target {results['target']}; builds apply the "
+        "target's tuning log (records, else transferred schedules).")
 
 
 def _summary(run) -> str:
