@@ -14,7 +14,7 @@ import sys
 
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import (Engine, edgec_build, edgec_runner, machine_line,
+from benchmarks.common import (Engine, diff_text, edgec_build, edgec_runner, machine_line,
                                markdown_table, max_abs_diff, model_and_input, peer_engines,
                                parse_args, ratios, run_compare, scratch, write_results)
 from benchmarks.peak import fp32_peak, model_flops
@@ -53,6 +53,8 @@ def bench_model(name: str, args, peak: dict) -> dict:
             "tuned_build_s": round(build_s, 1), "max_abs_diff_vs_torch": max_abs_diff(tuned, model, x),
             "gflop": flops / 1e9, "tuned_gflops": flops / tuned_ms / 1e6,
             "tuned_pct_of_peak": 100 * flops / tuned_ms / 1e6 / peak["gflops"],
+            "onnxruntime_pct_of_peak": 100 * flops / result["engines"]["onnxruntime"]["median_ms"]
+            / 1e6 / peak["gflops"],
             "ratios": dict(ratios(result, "edgec_tuned"),
                            speedup_tuned_over_untuned=result["engines"]["edgec_untuned"]["median_ms"]
                            / tuned_ms),
@@ -65,10 +67,11 @@ def _markdown(rows, peak, threads) -> str:
         md.append(markdown_table(r["compare"], f"{r['model']} {'x'.join(map(str, r['input_shape']))}"))
         c = r["tuning_cost"]
         md.append("\n" + ", ".join(f"{k} = {v:.2f}" for k, v in r["ratios"].items())
-                  + f"; {r['tuned_gflops']:.1f} GFLOP/s = {r['tuned_pct_of_peak']:.1f}% of peak; "
+                  + f"; {r['tuned_gflops']:.1f} GFLOP/s = {r['tuned_pct_of_peak']:.1f}% of peak "
+                  f"(ONNX Runtime {r['onnxruntime_pct_of_peak']:.1f}%); "
                   f"{r['tuning']['summary']}; tuning spent {c['trials']} trials in {c['wall_s']} s "
                   f"({c['trials_per_min']} trials/min, {c['s_per_trial']} s/trial); "
-                  f"max |edgec - torch| = {r['max_abs_diff_vs_torch']:.2e}\n")
+                  + diff_text(r['max_abs_diff_vs_torch']) + "\n")
     md.append(f"FP32 peak used: {peak['gflops']:.1f} GFLOP/s = {peak['how']}.")
     md.append(machine_line(rows[-1]["compare"], threads))
     return "\n".join(md)

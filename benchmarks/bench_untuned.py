@@ -14,7 +14,7 @@ import sys
 
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import (Engine, edgec_build, edgec_runner, machine_line,
+from benchmarks.common import (Engine, diff_text, edgec_build, edgec_runner, machine_line,
                                markdown_table, max_abs_diff, model_and_input, peer_engines,
                                parse_args, ratios, run_compare, scratch, write_results)
 
@@ -38,7 +38,7 @@ def main(argv=None):
     for r in rows:
         md.append(markdown_table(r["compare"], f"{r['model']} {'x'.join(map(str, r['input_shape']))}"))
         md.append("\n" + ", ".join(f"{k} = {v:.2f}" for k, v in r["ratios"].items())
-                  + f"; max |edgec - torch| = {r['max_abs_diff_vs_torch']:.2e}\n")
+                  + "; " + diff_text(r['max_abs_diff_vs_torch']) + "\n")
     md.append(machine_line(rows[-1]["compare"], args.threads))
     paths = write_results(args.out or "untuned-" + "-".join(args.models), {"results": rows},
                           "\n".join(md))

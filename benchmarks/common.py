@@ -51,12 +51,20 @@ def peer_engines(model, x, threads: int, folder: str) -> list:
             Engine("onnxruntime", onnxruntime_session(onnx_path, [x], threads))]
 
 
-def max_abs_diff(so_path: str, model, x) -> float:
+def max_abs_diff(so_path: str, model, x) -> dict:
+    """max |edgec - torch| and the output's scale max |torch| (random-weight mobilenet_v2's
+    logits are ~1e-14: an absolute difference alone would say nothing there)."""
     from edgec.compiler.runtime import load
 
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
-    return float(np.abs(load(so_path)(x)[0] - ref).max())
+    return {"abs": float(np.abs(load(so_path)(x)[0] - ref).max()), "scale": float(np.abs(ref).max())}
+
+
+def diff_text(d: dict) -> str:
+    """'max |edgec - torch| = a (b of max |torch| = c)' for a result's markdown."""
+    rel = d["abs"] / d["scale"] if d["scale"] else float("inf")
+    return f"max |edgec - torch| = {d['abs']:.2e} ({rel:.1e} of max |torch| = {d['scale']:.2e})"
 
 
 def ratios(result: dict, engine: str, peers=("pytorch_eager", "onnxruntime")) -> dict:
@@ -113,6 +121,6 @@ def machine_line(result: dict, threads: int) -> str:
             f"thread(s), batch 1.")
 
 
-__all__ = ["NAMES", "model_and_input", "edgec_build", "peer_engines", "max_abs_diff", "ratios",
+__all__ = ["NAMES", "model_and_input", "edgec_build", "peer_engines", "max_abs_diff", "diff_text", "ratios",
            "write_results", "run_compare", "set_threads", "parse_args", "scratch", "machine_line", "markdown_table",
            "Engine", "edgec_runner"]
