@@ -11,7 +11,8 @@ and student see that one view: "consistent" function matching, Beyer et al. 2022
 (temperature, alpha) is chosen by mean validation accuracy over the seeds; the test
 split only reports. Everything runs on one thread.
 
-    python benchmarks/bench_distill.py --labels 350 --epochs 100 --augment affine --seeds 1 2 3 4 5 --quiet
+    python benchmarks/bench_distill.py --labels 350 --epochs 100 --augment affine \
+        --seeds 1 2 3 4 5 --quiet --out distill_mnist-labels350
 
 ``--labels N``: the students train on only N of the training digits (N/10 per class;
 the teacher still learns from all of them), the classic setting of soft targets as a

@@ -16,8 +16,12 @@ def test_torchvision_parity(name, tmp_path):
     compile(model, (x,), target="host", output=out)
     y = load(out)(x.numpy())[0]
     ref = torch_out(model, x)
-    # fp32 with reordered reductions: relative to the logits' scale
-    np.testing.assert_allclose(y, ref, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(ref).max()))
+    # fp32 with reordered reductions: relative to the logits' scale. That scale, not 1:
+    # with torchvision's random init, mobilenet_v2's logits are ~1e-9, and an absolute
+    # floor of 1e-4 would accept any output at all.
+    scale = float(np.abs(ref).max())
+    assert scale > 0
+    np.testing.assert_allclose(y, ref, rtol=1e-3, atol=1e-4 * scale)
 
 
 def test_mnist_cnn_parity(tmp_path):
