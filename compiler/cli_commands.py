@@ -25,7 +25,8 @@ def cmd_compile(args):
         raise EdgecError("give --no-tuning or --tuning-logs DIR, not both")
     config = compression_config(args, dump_ir=args.dump_ir, tuning_logs=None if args.no_tuning
                                 else args.tuning_logs or "auto",
-                                transfer_schedules=not args.no_schedule_transfer)
+                                transfer_schedules=not args.no_schedule_transfer,
+                                prepack_weights=args.prepack_weights)
     calib = calib_data(args, config)
     model, example = args.model, None
     if is_factory(model):
@@ -54,12 +55,20 @@ def _compile_flags(p):
     p.add_argument("--no-schedule-transfer", action="store_true",
                    help="apply exact records only: a task without one keeps TVM's default "
                    "schedule instead of borrowing a similar workload's")
+    prepack_flag(p)
     prune_flags(p)
     int8_flags(p)
     from edgec.compiler.cli_exits import add_exit_flags
 
     add_exit_flags(p)
     _common(p)
+
+
+def prepack_flag(p):
+    """--prepack-weights, shared by compile and tune (their kernels must be the same)."""
+    p.add_argument("--prepack-weights", action="store_true",
+                   help="let tuned kernels store their weights in the layout they read best "
+                        "(rewritten at compile time; tune and compile with the same flag)")
 
 
 def prune_flags(p):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from edgec.compiler.cli import command, emit
-from edgec.compiler.cli_commands import int8_flags, prune_flags
+from edgec.compiler.cli_commands import int8_flags, prepack_flag, prune_flags
 
 
 def load_relax_model(model: str, inputs):
@@ -16,7 +16,8 @@ def load_relax_model(model: str, inputs):
     return import_model(model, None, specs or None)
 
 
-def status(model, target_name: str, log_dir: str | None, label: str | None = None) -> dict:
+def status(model, target_name: str, log_dir: str | None, label: str | None = None,
+           prepack_weights: bool = False) -> dict:
     """Per-task trials and best latency of ``model`` in the target's log (read-only)."""
     from edgec.compiler.tune import estimate_ms, extract_tasks, lowered_module, task_status
     from edgec.compiler.tuning_db import count_records, log_dir_for, open_database, read_meta
@@ -25,7 +26,7 @@ def status(model, target_name: str, log_dir: str | None, label: str | None = Non
     target = get_target(target_name)
     path = log_dir or log_dir_for(target)
     db = open_database(path, target)
-    tasks = extract_tasks(lowered_module(model, target_name), target.tvm_target())
+    tasks = extract_tasks(lowered_module(model, target_name, prepack_weights), target.tvm_target())
     rows = task_status(tasks, db)
     runs = (read_meta(path) or {}).get("runs", []) if db is not None else []
     return {"model": label or model.source, "target": target.name, "log_dir": path,
@@ -72,13 +73,13 @@ def cmd_tune(args):
 
     model, label = compressed(args, load_relax_model(args.model, args.input))
     if args.status:
-        s = status(model, args.target, args.log_dir, label)
+        s = status(model, args.target, args.log_dir, label, args.prepack_weights)
         emit(args, s, _status_text(s))
         return 0
     spec = TuneSpec(target=args.target, trials=args.trials, log_dir=args.log_dir,
                     resume=args.resume, tracker=args.tracker, rpc_key=args.key,
                     seed=args.seed, quiet=args.quiet or args.json, label=label,
-                    warm_start=not args.no_warm_start)
+                    warm_start=not args.no_warm_start, prepack_weights=args.prepack_weights)
     s = tune(model, spec)
     est = "-" if s["estimate_ms"] is None else f"{s['estimate_ms']:.3f} ms"
     emit(args, s, f"tuned {s['tasks']} tasks of {s['model']} for {s['target']}: {s['trials']} "
@@ -107,6 +108,7 @@ def _flags(p):
     p.add_argument("--no-warm-start", action="store_true",
                    help="start new workloads from random schedules instead of first measuring "
                         "the log's schedules of similar workloads")
+    prepack_flag(p)
     prune_flags(p)  # tune what 'edgec compile' with the same flags builds
     int8_flags(p)
 

@@ -43,6 +43,10 @@ class PipelineConfig:
     thresholds_as_input: the library takes an ``exit_thresholds`` input at run time.
     transfer_schedules: a task with no record of its own borrows the best schedule of a
       similar logged workload (same operators, other shapes; see ``tune_transfer``).
+    prepack_weights: CPU weight prepacking: the weights of every fused kernel are marked
+      layout-free, so a tuned schedule may store them in the layout it reads best
+      (MetaSchedule's RewriteLayout); the rewrite runs once, at compile time, on the bound
+      weights. Its kernels are other workloads than the plain ones: tune with the flag.
     """
 
     target: str = "host"
@@ -68,12 +72,13 @@ class PipelineConfig:
     exit_criterion: str = "max_prob"
     thresholds_as_input: bool = False
     transfer_schedules: bool = True
+    prepack_weights: bool = False
 
     def __post_init__(self):
         from edgec.targets import get_target
 
         get_target(self.target)  # raises UnknownTargetError listing known targets
-        for flag in ("fold_batchnorm", "fuse", "transfer_schedules"):
+        for flag in ("fold_batchnorm", "fuse", "transfer_schedules", "prepack_weights"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         self._check_prune()

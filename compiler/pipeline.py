@@ -80,6 +80,11 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool 
         with tvm_target:
             mod = relax.get_pipeline("zero")(mod)
         dump("30_fused", mod)
+        if config.prepack_weights:
+            # prepack (1/2): mark the kernels' weight buffers layout-free, so MetaSchedule's
+            # RewriteLayout postproc may give them the layout the schedule reads best
+            mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
+            dump("35_layout_free", mod)
 
     # apply tuning: MetaSchedule records from tuning_logs/<target>, matched by workload.
     if lower_only:
@@ -90,11 +95,28 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool 
 
         mod, tuning = apply_tuning(mod, target, config.tuning_logs, config.transfer_schedules)
         dump("40_tuned", mod)
+    if config.prepack_weights and config.fuse:
+        # prepack (2/2): each layout rewrite becomes its own function, and FoldConstant runs
+        # it on the bound weights now: the library stores the weights already rewritten
+        kernels = _prim_names(mod)
+        mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+        packed = {n for n in _prim_names(mod) if n.endswith("_prepacked")}
+        rewrites = _prim_names(mod) - kernels - packed
+        mod = tvm.transform.Sequential([relax.transform.FoldConstant(),
+                                        relax.transform.DeadCodeElimination()])(mod)
+        passes.append({"name": "prepack_weights", "kernels_prepacked": len(packed),
+                       "weight_rewrites_folded": len(rewrites - _prim_names(mod)),
+                       "weight_rewrites_at_run_time": len(rewrites & _prim_names(mod))})
+        dump("45_prepacked", mod)
 
     # build: tvm.compile for the target (finalize passes + codegen).
     with tvm_target:
         executable = tvm.compile(mod, target=tvm_target)
     return PipelineResult(executable, mod, target, passes, tuning, model)
+
+
+def _prim_names(mod) -> set:
+    return {gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
 
 
 def _simplify(mod, fold_batchnorm: bool):

@@ -37,7 +37,8 @@ class TuneSpec:
     on this machine) with ``rpc_key`` the board key (default: the target's); label:
     the model's name in the log's run history (default: its source); warm_start: a
     workload with no record first measures the log's schedules of its nearest similar
-    workloads (``tune_measure.NoRepeatSearch``), so the search starts from them.
+    workloads (``tune_measure.NoRepeatSearch``), so the search starts from them;
+    prepack_weights: tune the kernels of ``PipelineConfig(prepack_weights=True)``.
     """
 
     target: str = "host"
@@ -53,6 +54,7 @@ class TuneSpec:
     quiet: bool = False
     label: str | None = None
     warm_start: bool = True
+    prepack_weights: bool = False
 
     def __post_init__(self):
         if not isinstance(self.trials, int) or self.trials < 0:
@@ -73,12 +75,13 @@ def prepare(tvm_target) -> None:
         fix_vnni_intrinsic()
 
 
-def lowered_module(model, target_name: str):
+def lowered_module(model, target_name: str, prepack_weights: bool = False):
     """The fused module the build applies records to (the pipeline's own lowering)."""
     from edgec.compiler.config import PipelineConfig
     from edgec.compiler.pipeline import run
 
-    return run(model, PipelineConfig(target=target_name, tuning_logs=None), lower_only=True).lowered
+    config = PipelineConfig(target=target_name, tuning_logs=None, prepack_weights=prepack_weights)
+    return run(model, config, lower_only=True).lowered
 
 
 def extract_tasks(mod, tvm_target) -> list:
@@ -141,7 +144,7 @@ def tune(model, spec: TuneSpec) -> dict:
     tvm_target = target.tvm_target()
     log_dir = spec.log_dir or log_dir_for(target)
     db = open_database(log_dir, target, create=True)  # validates first: never writes a bad log
-    mod = lowered_module(model, spec.target)
+    mod = lowered_module(model, spec.target, spec.prepack_weights)
     tasks = extract_tasks(mod, tvm_target)
     if not tasks:
         raise TuneError("the model has no tunable operators (no fused PrimFuncs)")

@@ -51,6 +51,11 @@ def signature(func) -> tuple:
     return _blocks(func), tuple((len(b.shape), str(b.dtype)) for b in _buffers(func))
 
 
+def _prepacks(func) -> bool:
+    """Weights marked layout-free (``AttachAttrLayoutFreeBuffers``): tuned with prepacking."""
+    return bool(func.attrs is not None and len(func.attrs.get("layout_free_buffers", [])))
+
+
 def distance(a, b) -> float:
     """Sum of |log ratio| over every buffer dimension (0: identical shapes)."""
     total = 0.0
@@ -85,9 +90,13 @@ class Donors:
         return found
 
     def candidates(self, func) -> list:
-        """Donor (func, record json, workload) of the same signature, nearest shapes first."""
-        sig = signature(func)
-        same = [e for e in self.entries if e[0] == sig]
+        """Donor (func, record json, workload) of the same signature, nearest shapes first.
+
+        A prepacking kernel's trace (``PipelineConfig.prepack_weights``) rewrites weight
+        layouts inside the kernel: never given to a plain kernel, where that rewrite would
+        run on every call. A plain trace fits both."""
+        sig, packs = signature(func), _prepacks(func)
+        same = [e for e in self.entries if e[0] == sig and (packs or not _prepacks(e[1]))]
         same.sort(key=lambda e: (distance(func, e[1]), e[2]))
         return [(e[1], e[3], e[4]) for e in same]
 
