@@ -56,10 +56,12 @@ def compressed(args, model) -> tuple:
     from edgec.compiler.pipeline import run
 
     config = compression_config(args, tuning_logs=None)
+    # prepacking kernels are other workloads: the log's run history names them apart
+    applied = _applied(config) + (["prepacked"] if getattr(args, "prepack_weights", False) else [])
+    label = f"{args.model} ({', '.join(applied)})" if applied else args.model
     if not (config.prune or config.prune_plan or config.int8):
-        return model, args.model
-    after = run(model, config, calib_data(args, config), lower_only=True).model
-    return after, f"{args.model} ({', '.join(_applied(config))})"
+        return model, label
+    return run(model, config, calib_data(args, config), lower_only=True).model, label
 
 
 def _applied(config) -> list:
