@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 
 from edgec.compiler.errors import EdgecError
-from edgec.compiler.tune_transfer import is_scheduled
-from edgec.compiler.tuning_db import (RECORDS, TuningLogError, count_records, digest, log_dir_for,
+from edgec.compiler.tune_transfer import donors_of, is_scheduled
+from edgec.compiler.tuning_db import (TuningLogError, count_records, digest, log_dir_for,
                                       mean_run_secs, open_database, open_subset, record_run)
 from edgec.compiler.tvm_compat import (fast_inspect_initializer, fix_vnni_intrinsic, has_vnni,
                                        meta_schedule, relax, tvm)
@@ -153,7 +153,8 @@ def tune(model, spec: TuneSpec) -> dict:
     budget = max(0, spec.trials - done) if spec.resume else spec.trials
     summary = {"model": spec.label or model.source, "target": target.name, "log_dir": log_dir,
                "tasks": len(tasks), "trials_before": done, "trials_requested": budget}
-    donors = _donors(log_dir, spec) if budget > 0 else None
+    # warm start: new workloads first measure the log's schedules of similar ones
+    donors = donors_of(log_dir) if spec.warm_start and budget > 0 else None
     progress, interrupted, wall = _search_guarded(tasks, db, spec, target, budget, before,
                                                   donors)
     after = task_status(tasks, db)
@@ -195,15 +196,6 @@ def _run_stats(ran, wall, progress) -> dict:
             "trials_per_min": round(60 * ran / wall, 1) if ran and wall else 0.0,
             "overhead_s_per_trial": round(wall / ran, 2) if ran else None,
             "failed": progress.failed if progress else 0}
-
-
-def _donors(path: str, spec):
-    """The log's workloads to warm-start new ones from (None when off or the log is empty)."""
-    from edgec.compiler.tune_transfer import donors_of
-
-    if not spec.warm_start or not os.path.exists(os.path.join(path, RECORDS)):
-        return None
-    return donors_of(path)
 
 
 def _run_search(tasks, db, spec, target, budget, before, donors=None):

@@ -164,9 +164,11 @@ def _builds(func, tvm_target) -> bool:
 _CACHE: dict = {}  # (log path, size, mtime) -> Donors: a process parses a log once
 
 
-def donors_of(path: str) -> Donors:
+def donors_of(path: str) -> Donors | None:
     """The log's donors, parsed once per process and log version (a build that compiles
-    several models, like the demo or the tests, pays the parse once)."""
+    several models, like the demo or the tests, pays the parse once); None without records."""
+    if not os.path.exists(os.path.join(path, RECORDS)):
+        return None
     stat = os.stat(os.path.join(path, RECORDS))
     key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
     if key not in _CACHE:
@@ -180,9 +182,9 @@ def transfer_schedules(mod, path: str, tvm_target, max_tries: int = 4):
     trace from the log at ``path``. Returns (module, [{task, distance} per transfer])."""
     todo = [(gv, f) for gv, f in mod.functions.items()
             if isinstance(f, tvm.tirx.PrimFunc) and not is_scheduled(f)]
-    if not todo or not os.path.exists(os.path.join(path, RECORDS)):
+    donors, done = (donors_of(path) if todo else None), []
+    if donors is None:
         return mod, []
-    donors, done = donors_of(path), []
     mod = mod.clone()  # IRModule updates in place: leave the caller's module as it was
     for gv, func in todo:
         found = donors.transferred(func, tvm_target, max_tries)
