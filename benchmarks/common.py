@@ -33,13 +33,14 @@ def model_and_input(name: str, seed: int = 0):
     return model, x
 
 
-def edgec_build(model, x, folder: str, tag: str, tuning_logs, target: str = "host", **fields):
+def edgec_build(model, x, folder: str, tag: str, tuning_logs, target: str = "host",
+                calib_data=None, **fields):
     """Compile with edgec (``fields``: more PipelineConfig); returns (so path, manifest, build s)."""
     from edgec.compiler import PipelineConfig, compile
 
     out = os.path.join(folder, f"{tag}.so")
     start = time.perf_counter()
-    manifest = compile(model, (torch.from_numpy(x),), output=out,
+    manifest = compile(model, (torch.from_numpy(x),), output=out, calib_data=calib_data,
                        config=PipelineConfig(target=target, tuning_logs=tuning_logs, **fields))
     return out, manifest, time.perf_counter() - start
 

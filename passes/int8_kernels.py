@@ -22,14 +22,24 @@ OC_BLOCK, IC_BLOCK = 8, 4
 MACS_ATTR = "edgec.macs"
 
 def packable(wq: np.ndarray, groups: int = 1) -> bool:
-    """Whether an OIHW conv weight (or a (K, N) matmul weight) fits the packed kernels."""
+    """Whether an OIHW conv weight (or a (K, N) matmul weight) fits the packed kernels.
+
+    A conv's input channels need not divide by 4: ``channel_pad`` pads them (a stem's
+    3 RGB channels run packed as 4, the 4th with zero weights).
+    """
     if wq.ndim == 2:
         return wq.shape[0] % IC_BLOCK == 0 and wq.shape[1] % OC_BLOCK == 0
-    return groups == 1 and wq.shape[0] % OC_BLOCK == 0 and wq.shape[1] % IC_BLOCK == 0
+    return groups == 1 and wq.shape[0] % OC_BLOCK == 0
+
+
+def channel_pad(wq: np.ndarray) -> int:
+    """Input channels to add so an OIHW weight's input channels divide by 4."""
+    return -wq.shape[1] % IC_BLOCK
 
 
 def pack_weight(wq: np.ndarray) -> np.ndarray:
-    """OIHW -> (O/8, I/4, KH, KW, 8, 4)."""
+    """OIHW -> (O/8, I/4, KH, KW, 8, 4), input channels zero-padded to a multiple of 4."""
+    wq = np.pad(wq, [(0, 0), (0, channel_pad(wq)), (0, 0), (0, 0)])
     o, i, kh, kw = wq.shape
     return np.ascontiguousarray(
         wq.reshape(o // 8, 8, i // 4, 4, kh, kw).transpose(0, 2, 4, 5, 1, 3))
@@ -78,7 +88,10 @@ def scheduled_conv(data_shape, w_shape, strides, dilation):
 
 
 def emit_packed_conv(bb, x, wq: np.ndarray, strides, dilation):
-    """Emit pack(x) -> tensorized conv -> unpack; ``x`` is padded NCHW uint8. Returns int32 NCHW."""
+    """Emit pack(x) -> tensorized conv -> unpack; ``x`` is padded NCHW uint8. Returns int32 NCHW.
+
+    ``x`` carries ``channel_pad(wq)`` extra input channels (any value: their weights are 0).
+    """
     n, c, h, w = (int(d) for d in x.ty.shape.values)
     packed = bb.emit(relax.op.permute_dims(
         relax.op.reshape(x, (n, c // IC_BLOCK, IC_BLOCK, h, w)), [0, 1, 3, 4, 2]))
@@ -87,6 +100,7 @@ def emit_packed_conv(bb, x, wq: np.ndarray, strides, dilation):
                                      [int(s) for s in strides], [int(d) for d in dilation])
     name = f"conv2d_int8_avx2_{n}x{c}x{h}x{w}_{wq.shape[0]}x{wq.shape[2]}"
     out_channels = out_shape[1] * out_shape[4]  # each output reads wp.size / out_channels
+    # the MACs done, the padded channels' included: what the power proxy should count
     macs = int(np.prod(out_shape)) * (wp.size // out_channels)
     gv = bb.add_func(func.with_attr("global_symbol", name).with_attr(MACS_ATTR, macs), name)
     out = bb.emit(relax.call_tir(gv, [packed, relax.const(wp, "int8")],

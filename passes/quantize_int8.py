@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgec.compiler.tvm_compat import relax, tvm
-from edgec.passes.int8_kernels import emit_packed_conv, emit_packed_matmul, packable
+from edgec.passes.int8_kernels import (channel_pad, emit_packed_conv, emit_packed_matmul,
+                                       packable)
 from edgec.passes.int8_layers import PASSTHROUGH_OPS, _op, block_of, users
 from edgec.passes.quant_scheme import QuantPlan
 
@@ -197,9 +198,11 @@ class _Realizer:
         a = layer.attrs
         padding = [int(p) for p in a.padding]
         packed = self.packed and packable(wq, int(a.groups))
-        if (qin.zp or packed) and any(padding):  # pad with the zero point, the image of 0.0
+        extra = channel_pad(wq) if packed else 0
+        if (qin.zp or packed) and (any(padding) or extra):
+            # pad with the zero point, the image of 0.0 (extra channels meet zero weights)
             top, left, bottom, right = padding
-            x = self.bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right],
+            x = self.bb.emit(relax.op.nn.pad(x, [0, 0, 0, extra, top, bottom, left, right],
                                              pad_value=float(qin.zp)))
             padding = [0, 0, 0, 0]
         if packed:

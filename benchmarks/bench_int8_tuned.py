@@ -1,0 +1,100 @@
+"""Tuned INT8 vs tuned FP32 edgec, ONNX Runtime FP32 and static INT8, PyTorch eager: one run.
+
+    python benchmarks/bench_int8_tuned.py --models resnet18 mobilenet_v2 --rounds 5 --samples 3
+
+Both edgec builds apply the same tuning log (the host's base target's, or --log-dir):
+the FP32 build its FP32 records, the INT8 build the records of its own non-packed
+kernels (``edgec tune MODEL --int8``); the packed AVX2 int8 kernels carry their own
+schedule. ONNX Runtime's INT8 model is its fastest static configuration for this CPU:
+QDQ, per-channel weights, uint8 activations, reduce_range where there is no VNNI. Both
+INT8 models calibrate on the same random images (the models have random weights).
+Never run it while a tune (or anything heavy) runs.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.bench_int8 import ort_qdq
+from benchmarks.common import (Engine, edgec_build, edgec_runner, machine_line, markdown_table,
+                               model_and_input, parse_args, peer_engines, ratios, run_compare,
+                               scratch, write_results)
+
+
+def _sqnr(fp32_so, int8_so, xs) -> float:
+    from edgec.compiler.runtime import load
+    from edgec.passes.sensitivity import sqnr_db
+
+    fp, q = load(fp32_so), load(int8_so)
+    return sqnr_db(np.concatenate([q(x[None])[0] for x in xs]),
+                   np.concatenate([fp(x[None])[0] for x in xs]))
+
+
+def bench_model(name: str, args) -> dict:
+    from edgec.compiler.peers import onnxruntime_session
+    from edgec.compiler.tuning_db import log_dir_for
+    from edgec.targets import get_target
+
+    model, x = model_and_input(name)
+    calib = np.random.default_rng(1).standard_normal((args.calib, *x.shape[1:])).astype("float32")
+    folder = scratch()
+    host = get_target("host")
+    log_dir = args.log_dir or log_dir_for(host)
+    fp32, fp_manifest, _ = edgec_build(model, x, folder, "fp32", log_dir)
+    int8, q_manifest, _ = edgec_build(model, x, folder, "int8", log_dir, calib_data=calib,
+                                      int8=True, calib_samples=len(calib))
+    engines = peer_engines(model, x, args.threads, folder)
+    qdq = ort_qdq(os.path.join(folder, "model.onnx"), calib, os.path.join(folder, "qdq.onnx"),
+                  reduce_range=host.int8 != "vnni")
+    engines += [Engine("onnxruntime_int8", onnxruntime_session(qdq, [x], args.threads)),
+                Engine("edgec_fp32", edgec_runner(fp32, [x])),
+                Engine("edgec_int8", edgec_runner(int8, [x]))]
+    result = run_compare(engines, args, baseline="edgec_fp32")
+    quant = next(p for p in q_manifest["passes"] if p["name"] == "quantize_int8")
+    return {"model": name, "input_shape": list(x.shape), "calib_samples": len(calib),
+            "int8_kernel": quant["kernel"], "layers_int8": quant["layers_int8"],
+            "tuning": {"fp32": fp_manifest["tuning"]["summary"],
+                       "int8": q_manifest["tuning"]["summary"]},
+            "weights_bytes": {"fp32": fp_manifest["weights_bytes"],
+                              "int8": q_manifest["weights_bytes"],
+                              "ratio": q_manifest["weights_bytes"] / fp_manifest["weights_bytes"]},
+            "sqnr_db_int8_vs_fp32": _sqnr(fp32, int8, calib[:4]),
+            "ratios": ratios(result, "edgec_int8", peers=(
+                "edgec_fp32", "onnxruntime_int8", "onnxruntime", "pytorch_eager")),
+            "compare": result}
+
+
+def _summary(r) -> str:
+    w = r["weights_bytes"]
+    speed = ", ".join(f"{k} = {v:.2f}" for k, v in r["ratios"].items())
+    return (f"\n{speed}. Weights {w['fp32']:,} -> {w['int8']:,} bytes ({w['ratio']:.3f}x); "
+            f"SQNR of the INT8 logits vs FP32 {r['sqnr_db_int8_vs_fp32']:.1f} dB "
+            f"({r['calib_samples']} calibration images, {r['layers_int8']} layers INT8, "
+            f"kernels {r['int8_kernel']}). FP32: {r['tuning']['fp32']}. "
+            f"INT8: {r['tuning']['int8']}.\n")
+
+
+def main(argv=None):
+    def extra(p):
+        p.add_argument("--log-dir", help="tuning log to apply (default: the host's base target's)")
+        p.add_argument("--calib", type=int, default=16, help="calibration images (default 16)")
+
+    args = parse_args(__doc__, argv, extra)
+    rows = [bench_model(name, args) for name in args.models]
+    md = []
+    for r in rows:
+        md.append(markdown_table(r["compare"], f"{r['model']} {'x'.join(map(str, r['input_shape']))}"))
+        md.append(_summary(r))
+    md.append(machine_line(rows[-1]["compare"], args.threads))
+    paths = write_results(args.out or "int8_tuned-" + "-".join(args.models), {"results": rows},
+                          "\n".join(md))
+    print("\n".join(md))
+    print("wrote", *paths)
+
+
+if __name__ == "__main__":
+    main()
