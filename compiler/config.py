@@ -35,7 +35,8 @@ class PipelineConfig:
     int8_scales: a scale table JSON (from QAT or an earlier calibration) instead of calibrating.
     int8_keep_fp32: layer names to keep in FP32, or N: keep the N most sensitive ones.
     int8_activation: auto | uint8 | int8; int8_reduce_range: auto | on | off (7-bit weights).
-    int8_kernel: auto (packed vpmaddubsw convs on AVX2 when they fit) | nchw (plain convs).
+    int8_kernel: auto (packed dot-product convs where the target has one: vpmaddubsw on AVX2,
+      vpdpbusd on VNNI, sdot on ARM dotprod, smull + saddlp on ARM NEON) | nchw (plain convs).
     early_exit: split a multi-exit model (outputs: exit logits..., final logits)
       into stages with a ``main`` that returns at the first confident exit.
     exit_thresholds: one value in [0, 1] per exit (baked, or the defaults of the input).

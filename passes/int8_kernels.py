@@ -1,35 +1,90 @@
-"""Packed int8 conv2d and matmul kernels for x86 AVX2, tensorized with ``dot_8x4_avx2``.
+"""Packed int8 conv2d and matmul kernels, tensorized with each CPU's int8 dot product.
 
 Relax's conv2d legalizes to a plain NCHW loop nest that LLVM vectorizes by
-widening u8/s8 to s16 (vpmovzxbw + vpmaddwd). This kernel instead takes data
-packed NCHW[4c] and weights packed OIHW[8o][4i] at compile time, so each
-``vpmaddubsw`` multiplies 4 input channels for 8 output channels at once. The
-schedule is fixed (no tuning needed): output rows in parallel, a block of
-output pixels unrolled per weight tile, the 8x4 dot product tensorized.
+widening u8/s8 to s16 (vpmovzxbw + vpmaddwd on x86). These kernels instead take
+data packed NCHW[4c] and weights packed OIHW[Bo][4i] at compile time, so one
+instruction multiplies 4 input channels for B output channels at once:
 
-Needs 7-bit weights (``reduce_range``): vpmaddubsw saturates int16 pair sums.
+- ``avx2``: ``vpmaddubsw`` + ``vpmaddwd`` (``dot_8x4_avx2``, ours), B = 8, u8 data,
+  7-bit weights (``reduce_range``: vpmaddubsw saturates int16 pair sums);
+- ``vnni``: ``vpdpbusd`` (TVM's ``dot_16x4_vnni``, re-registered for LLVM 22 by
+  ``tvm_compat.fix_vnni_intrinsic``), B = 16, u8 data;
+- ``sdot``: ARM ``sdot`` (TVM's ``dot_4x4_i8i8s32_sdot``, ``+dotprod`` CPUs), B = 4,
+  s8 data;
+- ``neon``: ARM NEON without dotprod (TVM's ``dot_4x4_i8i8s32_neon``: smull,
+  saddlp, addp), B = 4, s8 data.
+
+The schedule is fixed (no tuning needed): output rows in parallel, a block of
+output pixels unrolled per weight tile, the Bx4 dot product tensorized.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from edgec.compiler.tvm_compat import relax
 
-OC_BLOCK, IC_BLOCK = 8, 4
-
+IC_BLOCK = 4
 
 # The multiply-accumulates one call of a packed kernel does (the power proxy reads it).
 MACS_ATTR = "edgec.macs"
 
-def packable(wq: np.ndarray, groups: int = 1) -> bool:
+
+@dataclass(frozen=True)
+class DotKernel:
+    """One CPU int8 dot-product instruction: B output x 4 input channels per call."""
+
+    name: str
+    oc_block: int
+    data_dtype: str  # the activations' dtype the instruction multiplies (weights: int8)
+    intrin: str  # the TensorIntrin's name
+
+    def register(self) -> str:
+        """Register the tensor intrinsic (idempotent); returns its name."""
+        if self.name == "avx2":
+            from edgec.passes.x86_int8_intrin import register
+
+            return register()
+        if self.name == "vnni":
+            from edgec.compiler.tvm_compat import fix_vnni_intrinsic
+
+            fix_vnni_intrinsic()
+        else:
+            from tvm.s_tir.tensor_intrin import arm_cpu  # noqa: F401  (registers sdot/neon)
+        return self.intrin
+
+
+KERNELS = {k.name: k for k in (
+    DotKernel("avx2", 8, "uint8", "dot_8x4_avx2"),
+    DotKernel("vnni", 16, "uint8", "dot_16x4_vnni"),
+    DotKernel("sdot", 4, "int8", "dot_4x4_i8i8s32_sdot"),
+    DotKernel("neon", 4, "int8", "dot_4x4_i8i8s32_neon"),
+)}
+
+
+def kernel_for(target, scheme) -> DotKernel | None:
+    """The packed kernel for a target and quantization scheme (None: plain int8 convs)."""
+    name = {("x86_64", "avx2"): "avx2", ("x86_64", "vnni"): "vnni",
+            ("aarch64", "dotprod"): "sdot", ("aarch64", "neon"): "neon"}.get(
+        (target.arch, target.int8))
+    kernel = KERNELS.get(name)
+    if kernel is None or scheme.activation_dtype != kernel.data_dtype:
+        return None
+    if kernel.name == "avx2" and not scheme.reduce_range:
+        return None  # 8-bit weights would saturate vpmaddubsw's int16 pair sums
+    return kernel
+
+
+def packable(wq: np.ndarray, kernel: DotKernel, groups: int = 1) -> bool:
     """Whether an OIHW conv weight (or a (K, N) matmul weight) fits the packed kernels.
 
     A conv's input channels need not divide by 4: ``channel_pad`` pads them (a stem's
     3 RGB channels run packed as 4, the 4th with zero weights).
     """
     if wq.ndim == 2:
-        return wq.shape[0] % IC_BLOCK == 0 and wq.shape[1] % OC_BLOCK == 0
-    return groups == 1 and wq.shape[0] % OC_BLOCK == 0
+        return wq.shape[0] % IC_BLOCK == 0 and wq.shape[1] % kernel.oc_block == 0
+    return groups == 1 and wq.shape[0] % kernel.oc_block == 0
 
 
 def channel_pad(wq: np.ndarray) -> int:
@@ -37,43 +92,41 @@ def channel_pad(wq: np.ndarray) -> int:
     return -wq.shape[1] % IC_BLOCK
 
 
-def pack_weight(wq: np.ndarray) -> np.ndarray:
-    """OIHW -> (O/8, I/4, KH, KW, 8, 4), input channels zero-padded to a multiple of 4."""
+def pack_weight(wq: np.ndarray, oc_block: int) -> np.ndarray:
+    """OIHW -> (O/B, I/4, KH, KW, B, 4), input channels zero-padded to a multiple of 4."""
     wq = np.pad(wq, [(0, 0), (0, channel_pad(wq)), (0, 0), (0, 0)])
     o, i, kh, kw = wq.shape
     return np.ascontiguousarray(
-        wq.reshape(o // 8, 8, i // 4, 4, kh, kw).transpose(0, 2, 4, 5, 1, 3))
+        wq.reshape(o // oc_block, oc_block, i // 4, 4, kh, kw).transpose(0, 2, 4, 5, 1, 3))
 
 
-def _compute(data_shape, w_shape, strides, dilation):
+def _compute(data_shape, w_shape, strides, dilation, data_dtype):
     from tvm import te
 
     n, ci4, hp, wp, _ = data_shape
-    co8, _, kh, kw, _, _ = w_shape
+    cob, _, kh, kw, ocb, _ = w_shape
     (sh, sw), (dh, dw) = strides, dilation
     ho, wo = (hp - (kh - 1) * dh - 1) // sh + 1, (wp - (kw - 1) * dw - 1) // sw + 1
-    x = te.placeholder(data_shape, "uint8", name="data")
+    x = te.placeholder(data_shape, data_dtype, name="data")
     w = te.placeholder(w_shape, "int8", name="weight")
     ico, ici = te.reduce_axis((0, ci4), "ico"), te.reduce_axis((0, IC_BLOCK), "ici")
     rh, rw = te.reduce_axis((0, kh), "kh"), te.reduce_axis((0, kw), "kw")
-    out = te.compute((n, co8, ho, wo, OC_BLOCK), lambda b, oc, y, xx, oci: te.sum(
+    out = te.compute((n, cob, ho, wo, ocb), lambda b, oc, y, xx, oci: te.sum(
         x[b, ico, y * sh + rh * dh, xx * sw + rw * dw, ici].astype("int32")
         * w[oc, ico, rh, rw, oci, ici].astype("int32"), axis=[ico, rh, rw, ici]), name="conv")
-    return te.create_prim_func([x, w, out]), (n, co8, ho, wo, OC_BLOCK)
+    return te.create_prim_func([x, w, out]), (n, cob, ho, wo, ocb)
 
 
 def _pixel_block(width: int) -> int:
     return next(b for b in (8, 7, 6, 4, 2, 1) if width % b == 0)
 
 
-def scheduled_conv(data_shape, w_shape, strides, dilation):
+def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel):
     """The tensorized PrimFunc and its output shape."""
     from tvm import s_tir
 
-    from edgec.passes.x86_int8_intrin import register
-
-    intrin = register()
-    func, out_shape = _compute(data_shape, w_shape, strides, dilation)
+    intrin = kernel.register()
+    func, out_shape = _compute(data_shape, w_shape, strides, dilation, kernel.data_dtype)
     sch = s_tir.Schedule(func)
     block = sch.get_sblock("conv")
     n, oc, y, x, oci, ico, kh, kw, ici = sch.get_loops(block)
@@ -87,64 +140,62 @@ def scheduled_conv(data_shape, w_shape, strides, dilation):
     return sch.mod["main"].with_attr("op_pattern", 8), out_shape
 
 
-def emit_packed_conv(bb, x, wq: np.ndarray, strides, dilation):
-    """Emit pack(x) -> tensorized conv -> unpack; ``x`` is padded NCHW uint8. Returns int32 NCHW.
+def emit_packed_conv(bb, x, wq: np.ndarray, strides, dilation, kernel: DotKernel):
+    """Emit pack(x) -> tensorized conv -> unpack; ``x`` is padded NCHW int8/uint8.
+    Returns int32 NCHW.
 
     ``x`` carries ``channel_pad(wq)`` extra input channels (any value: their weights are 0).
     """
     n, c, h, w = (int(d) for d in x.ty.shape.values)
     packed = bb.emit(relax.op.permute_dims(
         relax.op.reshape(x, (n, c // IC_BLOCK, IC_BLOCK, h, w)), [0, 1, 3, 4, 2]))
-    wp = pack_weight(wq)
+    wp = pack_weight(wq, kernel.oc_block)
     func, out_shape = scheduled_conv((n, c // IC_BLOCK, h, w, IC_BLOCK), wp.shape,
-                                     [int(s) for s in strides], [int(d) for d in dilation])
-    name = f"conv2d_int8_avx2_{n}x{c}x{h}x{w}_{wq.shape[0]}x{wq.shape[2]}"
+                                     [int(s) for s in strides], [int(d) for d in dilation], kernel)
+    name = f"conv2d_int8_{kernel.name}_{n}x{c}x{h}x{w}_{wq.shape[0]}x{wq.shape[2]}"
     out_channels = out_shape[1] * out_shape[4]  # each output reads wp.size / out_channels
     # the MACs done, the padded channels' included: what the power proxy should count
     macs = int(np.prod(out_shape)) * (wp.size // out_channels)
     gv = bb.add_func(func.with_attr("global_symbol", name).with_attr(MACS_ATTR, macs), name)
     out = bb.emit(relax.call_tir(gv, [packed, relax.const(wp, "int8")],
                                  relax.TensorType(out_shape, "int32")))
-    nb, co8, ho, wo, _ = out_shape
+    nb, cob, ho, wo, ocb = out_shape
     return bb.emit(relax.op.reshape(relax.op.permute_dims(out, [0, 1, 4, 2, 3]),
-                                    (nb, co8 * OC_BLOCK, ho, wo)))
+                                    (nb, cob * ocb, ho, wo)))
 
 
-
-def scheduled_matmul(m, k, n):
-    """(M, K) u8 x packed (N/8, K/4, 8, 4) s8 -> (M, N) s32, tensorized."""
+def scheduled_matmul(m, k, n, kernel: DotKernel):
+    """(M, K) data x packed (N/B, K/4, B, 4) s8 -> (M, N) s32, tensorized."""
     from tvm import s_tir, te
 
-    from edgec.passes.x86_int8_intrin import register
-
-    intrin = register()
-    a = te.placeholder((m, k), "uint8", name="data")
-    b = te.placeholder((n // OC_BLOCK, k // IC_BLOCK, OC_BLOCK, IC_BLOCK), "int8", name="weight")
+    intrin, ob = kernel.register(), kernel.oc_block
+    a = te.placeholder((m, k), kernel.data_dtype, name="data")
+    b = te.placeholder((n // ob, k // IC_BLOCK, ob, IC_BLOCK), "int8", name="weight")
     r = te.reduce_axis((0, k), "k")
     c = te.compute((m, n), lambda i, j: te.sum(
-        a[i, r].astype("int32") * b[j // 8, r // 4, j % 8, r % 4].astype("int32"), axis=r),
+        a[i, r].astype("int32") * b[j // ob, r // 4, j % ob, r % 4].astype("int32"), axis=r),
         name="matmul")
     sch = s_tir.Schedule(te.create_prim_func([a, b, c]))
     block = sch.get_sblock("matmul")
     i, j, kk = sch.get_loops(block)
-    jo, ji = sch.split(j, [None, OC_BLOCK])
+    jo, ji = sch.split(j, [None, ob])
     ko, ki = sch.split(kk, [None, IC_BLOCK])
     sch.reorder(i, jo, ko, ji, ki)
-    if m * n // OC_BLOCK >= 8 and m * n * k >= 1 << 18:  # small GEMVs: threads cost more
+    if m * n // ob >= 8 and m * n * k >= 1 << 18:  # small GEMVs: threads cost more
         sch.parallel(sch.fuse(i, jo))
     sch.decompose_reduction(block, ko)
     sch.tensorize(ji, intrin)
     return sch.mod["main"].with_attr("op_pattern", 8)
 
 
-def emit_packed_matmul(bb, x, wq: np.ndarray):
-    """Emit ``x (..., K) u8 @ wq (K, N) s8`` with the packed kernel; returns int32 (..., N)."""
+def emit_packed_matmul(bb, x, wq: np.ndarray, kernel: DotKernel):
+    """Emit ``x (..., K) @ wq (K, N) s8`` with the packed kernel; returns int32 (..., N)."""
     shape = [int(d) for d in x.ty.shape.values]
     k, n = wq.shape
-    m = int(np.prod(shape[:-1]))
-    wp = np.ascontiguousarray(wq.T.reshape(n // 8, 8, k // 4, 4).transpose(0, 2, 1, 3))
-    name = f"matmul_int8_avx2_{m}x{k}x{n}"
-    func = scheduled_matmul(m, k, n).with_attr("global_symbol", name)
+    m, ob = int(np.prod(shape[:-1])), kernel.oc_block
+    wp = np.ascontiguousarray(wq.T.reshape(n // ob, ob, k // 4, 4).transpose(0, 2, 1, 3))
+    name = f"matmul_int8_{kernel.name}_{m}x{k}x{n}"
+    func = scheduled_matmul(m, k, n, kernel).with_attr("global_symbol", name)
     gv = bb.add_func(func.with_attr(MACS_ATTR, m * k * n), name)
     flat = bb.emit(relax.op.reshape(x, (m, k))) if len(shape) != 2 else x
     out = bb.emit(relax.call_tir(gv, [flat, relax.const(wp, "int8")],

@@ -5,7 +5,8 @@ scale table (QAT or an earlier calibration), or calibration, in that order.
 """
 from __future__ import annotations
 
-from edgec.passes.quantize_int8 import quantize, use_packed
+from edgec.passes.int8_kernels import kernel_for
+from edgec.passes.quantize_int8 import quantize
 
 
 def quantize_phase(model, config, target, calib_data=None, quiet=True):
@@ -31,10 +32,10 @@ def quantize_phase(model, config, target, calib_data=None, quiet=True):
         rows = _ranked(mod, layers, plan, calib_data, model, keep)
         keep = tuple(r["layer"] for r in rows[:keep])
     plan = plan.with_keep_fp32(keep)
-    packed = use_packed(target, scheme) and config.int8_kernel == "auto"
-    qmod = quantize(mod, layers, plan, packed)
+    kernel = kernel_for(target, scheme) if config.int8_kernel == "auto" else None
+    qmod = quantize(mod, layers, plan, kernel)
     info = {**plan.summary(), "layers": [layer.name for layer in layers], "sensitivity": rows,
-            "kernel": "packed-avx2" if packed else "nchw"}
+            "kernel": f"packed-{kernel.name}" if kernel else "nchw"}
     return model.with_module(qmod, params={}), info
 
 
@@ -71,7 +72,7 @@ def _ranked(mod, layers, plan, data, model, keep):
 
 
 def quantize_model(model, scheme, calib_data=None, plan=None, keep_fp32=(), quiet=True,
-                   packed=False):
+                   kernel=None):
     """Quantize a ``RelaxModel``: returns (bound int8 module, the plan used).
 
     The plan comes from ``plan`` (a scale table, e.g. from QAT) or, without one,
@@ -85,4 +86,4 @@ def quantize_model(model, scheme, calib_data=None, plan=None, keep_fp32=(), quie
     if plan is None:
         plan = calibration_plan(mod, layers, calib_data, model.inputs[0], scheme, quiet)
     plan = plan.with_keep_fp32(keep_fp32)
-    return quantize(mod, layers, plan, packed), plan
+    return quantize(mod, layers, plan, kernel), plan

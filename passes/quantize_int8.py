@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgec.compiler.tvm_compat import relax, tvm
-from edgec.passes.int8_kernels import (channel_pad, emit_packed_conv, emit_packed_matmul,
-                                       packable)
+from edgec.passes.int8_kernels import (DotKernel, channel_pad, emit_packed_conv,
+                                       emit_packed_matmul, packable)
 from edgec.passes.int8_layers import PASSTHROUGH_OPS, _op, block_of, users
 from edgec.passes.quant_scheme import QuantPlan
 
@@ -42,21 +42,15 @@ class QValue:
     dtype: str
 
 
-def quantize(mod, layers, plan: QuantPlan, packed: bool = False) -> tvm.IRModule:
+def quantize(mod, layers, plan: QuantPlan, kernel: DotKernel | None = None) -> tvm.IRModule:
     """Rewrite ``mod`` (a prepared module) so ``plan``'s layers run in int8.
 
-    packed: convs use the AVX2 packed kernel (``int8_kernels``; needs uint8
-    activations and 7-bit weights) where their channels allow it.
+    kernel: convs and matmuls use this packed dot-product kernel (``int8_kernels``,
+    ``kernel_for(target, scheme)``) where their channels allow it; None: plain ops.
     """
     plan.check_layers([layer.name for layer in layers])
     active = [layer for layer in layers if layer.name not in plan.keep_fp32]
-    return _Realizer(mod, active, plan, packed).run()
-
-
-def use_packed(target, scheme) -> bool:
-    """The packed vpmaddubsw kernel fits: AVX2 x86 without VNNI, u8 data, 7-bit weights."""
-    return (target.arch == "x86_64" and target.int8 == "avx2"
-            and scheme.activation_dtype == "uint8" and scheme.reduce_range)
+    return _Realizer(mod, active, plan, kernel).run()
 
 
 def _const(value, dtype):
@@ -78,8 +72,8 @@ def _substitute(expr, fn):
 
 
 class _Realizer:
-    def __init__(self, mod, layers, plan, packed=False):
-        self.mod, self.plan, self.scheme, self.packed = mod, plan, plan.scheme, packed
+    def __init__(self, mod, layers, plan, kernel=None):
+        self.mod, self.plan, self.scheme, self.kernel = mod, plan, plan.scheme, kernel
         self.block = block_of(mod)
         self.uses = users(self.block, mod["main"].body.body)
         self.defs = {b.var: b.value for b in self.block.bindings}
@@ -192,12 +186,12 @@ class _Realizer:
         """The int32 accumulator of ``layer`` on the int8 input ``qin``."""
         x, w = qin.var, _const(wq, "int8")
         if layer.kind == "matmul":
-            if self.packed and packable(wq):
-                return emit_packed_matmul(self.bb, x, wq)
+            if self.kernel and packable(wq, self.kernel):
+                return emit_packed_matmul(self.bb, x, wq, self.kernel)
             return self.bb.emit(relax.op.matmul(x, w, out_dtype="int32"))
         a = layer.attrs
         padding = [int(p) for p in a.padding]
-        packed = self.packed and packable(wq, int(a.groups))
+        packed = self.kernel is not None and packable(wq, self.kernel, int(a.groups))
         extra = channel_pad(wq) if packed else 0
         if (qin.zp or packed) and (any(padding) or extra):
             # pad with the zero point, the image of 0.0 (extra channels meet zero weights)
@@ -206,7 +200,7 @@ class _Realizer:
                                              pad_value=float(qin.zp)))
             padding = [0, 0, 0, 0]
         if packed:
-            return emit_packed_conv(self.bb, x, wq, a.strides, a.dilation)
+            return emit_packed_conv(self.bb, x, wq, a.strides, a.dilation, self.kernel)
         return self.bb.emit(relax.op.nn.conv2d(
             x, w, strides=a.strides, padding=padding, dilation=a.dilation, groups=int(a.groups),
             data_layout="NCHW", kernel_layout="OIHW", out_layout="NCHW", out_dtype="int32"))
@@ -224,12 +218,12 @@ class _Realizer:
 
 
 
-def QuantizeInt8(plan: QuantPlan, names=None, packed=False):  # noqa: N802  (TVM's naming)
+def QuantizeInt8(plan: QuantPlan, names=None, kernel=None):  # noqa: N802  (TVM's naming)
     """The pass form: ``QuantizeInt8(plan, layer_names)(prepared_module)``."""
     from edgec.passes.int8_layers import find_layers
 
     @tvm.ir.transform.module_pass(opt_level=0, name="edgec.QuantizeInt8")
     def pass_fn(mod, _ctx):
-        return quantize(mod, find_layers(mod, names), plan, packed)
+        return quantize(mod, find_layers(mod, names), plan, kernel)
 
     return pass_fn

@@ -68,6 +68,35 @@ def test_mnist_cnn_aarch64_matches_pytorch(emulated_board, tmp_path):
     assert "timings are meaningless" in text
 
 
+@pytest.mark.parametrize("target, kernel", [("rpi5", "packed-sdot"), ("rpi4", "packed-neon")])
+def test_int8_packed_arm_kernels_match_plain_int8_on_board(emulated_board, tmp_path, tiny_cnn,
+                                                           target, kernel):
+    """sdot (dotprod) and smull/saddlp (NEON) kernels run on the (emulated) board and give
+    exactly the plain int8 convs' outputs: same plan, integer accumulation."""
+    from edgec.compiler import PipelineConfig
+
+    model, x = tiny_cnn
+    calib = np.random.default_rng(0).standard_normal((32, 1, 8, 8)).astype("float32")
+    outs, kernels = [], []
+    session = connect(rpc=f"127.0.0.1:{emulated_board.port}", timeout=120)
+    try:
+        for mode in ("auto", "nchw"):
+            so = str(tmp_path / f"int8_{mode}.so")
+            manifest = compile(model, (x,), output=so, calib_data=calib, config=PipelineConfig(
+                target=target, int8=True, int8_kernel=mode))
+            kernels.append(next(p["kernel"] for p in manifest["passes"]
+                                if p["name"] == "quantize_int8"))
+            remote = RemoteModel(session, so)
+            outs.append(np.concatenate([remote(calib[i:i + 1])[0] for i in range(8)]))
+    finally:
+        session.close()
+    assert kernels == [kernel, "nchw"]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    with torch.no_grad():  # and both are the FP32 model's outputs, up to int8 rounding
+        ref = model(torch.from_numpy(calib[:8])).numpy()
+    assert np.abs(outs[0] - ref).max() < 0.1 * np.abs(ref).max()
+
+
 def test_x86_artifact_refused_by_aarch64_board(emulated_board, tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(8, 4)).eval()
     so = str(tmp_path / "x86.so")

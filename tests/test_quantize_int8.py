@@ -13,6 +13,7 @@ from edgec.compiler.graph import constant_bytes
 from edgec.compiler.runtime import load
 from edgec.compiler.tvm_compat import relax, tvm
 from edgec.passes.calibrate import CalibrationError, run_outputs
+from edgec.passes.int8_kernels import KERNELS
 from edgec.passes.int8_layers import find_layers, layer_names, prepare
 from edgec.passes.quant_scheme import QuantError, QuantPlan, QuantScheme
 from edgec.passes.int8_phase import quantize_model
@@ -82,7 +83,7 @@ def test_lowered_conv_is_int8_with_int32_accumulator(tiny):
 def test_packed_avx2_conv_is_bit_exact_and_uses_vpmaddubsw(tiny):
     _, rm, data = tiny
     plain, plan = quantize_model(rm, QuantScheme("uint8", True), data[:16])
-    packed, _ = quantize_model(rm, QuantScheme("uint8", True), plan=plan, packed=True)
+    packed, _ = quantize_model(rm, QuantScheme("uint8", True), plan=plan, kernel=KERNELS["avx2"])
     target = get_target("x86-avx2").tvm_target()
     with target:
         low = relax.get_pipeline("zero")(packed)
@@ -98,12 +99,40 @@ def test_packed_avx2_conv_is_bit_exact_and_uses_vpmaddubsw(tiny):
                                   run_outputs(plain, x, rm.inputs[0]))
 
 
+@pytest.mark.parametrize("target_name, kernel, instruction", [
+    ("x86-avx512-vnni", "vnni", r"\bvpdpbusd\b"),
+    ("rpi5", "sdot", r"\bsdot\b"),
+    ("rpi4", "neon", r"\bsmull2?\b.*\n(.*\n)*.*\bsaddlp\b"),
+])
+def test_packed_kernel_per_cpu_uses_its_dot_instruction(tiny, target_name, kernel, instruction):
+    """Each target's packed kernel (code generated only: no VNNI/ARM CPU needed here)."""
+    from edgec.passes.int8_kernels import kernel_for
+    from edgec.passes.quant_scheme import scheme_for_target
+
+    _, rm, data = tiny
+    target = get_target(target_name)
+    scheme = scheme_for_target(target)
+    chosen = kernel_for(target, scheme)
+    assert chosen is KERNELS[kernel]
+    qmod, _ = quantize_model(rm, scheme, data[:16], kernel=chosen)
+    with target.tvm_target():
+        low = relax.get_pipeline("zero")(qmod)
+    names = [gv.name_hint for gv in low.functions if f"int8_{kernel}_" in gv.name_hint]
+    block = chosen.oc_block
+    # conv2 (16 out channels) packs with every block, conv1 (8) where 8 divides by it
+    assert f"conv2d_int8_{kernel}_1x8x10x10_16x3" in names
+    assert (f"conv2d_int8_{kernel}_1x4x10x10_8x3" in names) == (8 % block == 0)
+    lib = tvm.compile(low, target=target.tvm_target()).mod
+    asm = "".join(m.inspect_source("asm") for m in [lib, *lib.imports])
+    assert re.search(instruction, asm)
+
+
 def test_packed_avx2_matmul_is_bit_exact(mlp):
     model, x = mlp
     rm = import_model(model, x)
     data = np.random.default_rng(0).standard_normal((16, 16)).astype("float32")
     plain, plan = quantize_model(rm, QuantScheme("uint8", True), data)
-    packed, _ = quantize_model(rm, QuantScheme("uint8", True), plan=plan, packed=True)
+    packed, _ = quantize_model(rm, QuantScheme("uint8", True), plan=plan, kernel=KERNELS["avx2"])
     names = [gv.name_hint for gv in packed.functions]
     assert "matmul_int8_avx2_2x16x32" in names  # Linear(16, 32); Linear(32, 4): plain
     np.testing.assert_array_equal(run_outputs(packed, data, rm.inputs[0]),
