@@ -96,6 +96,25 @@ def extract_tasks(mod, tvm_target) -> list:
     return [t for t in tasks if not _hand_scheduled(t.dispatched[0])]
 
 
+def as_logged(tasks, db) -> list:
+    """Each task whose workload the log holds, on the log's own copy of that workload.
+
+    The log matches workloads structurally, block names aside: the INT8 mobilenet_v2's
+    pooling block ``lv2001_red`` matches the FP32 one's ``lv200_red``. A record tuned on the
+    task's copy names its blocks, and filed under the logged workload it replays nowhere
+    (TVM then refuses to open the whole log). Tuning the logged copy keeps them in step.
+    """
+    ms = meta_schedule()
+    out = []
+    for t in tasks:
+        mod = t.dispatched[0]
+        if db.has_workload(mod):
+            mod = db.commit_workload(mod).mod
+            t = ms.ExtractedTask(t.task_name, t.mod, t.target, [mod], int(t.weight))
+        out.append(t)
+    return out
+
+
 def _hand_scheduled(mod) -> bool:
     from edgec.passes.int8_kernels import MACS_ATTR
 
@@ -145,7 +164,7 @@ def tune(model, spec: TuneSpec) -> dict:
     log_dir = spec.log_dir or log_dir_for(target)
     db = open_database(log_dir, target, create=True)  # validates first: never writes a bad log
     mod = lowered_module(model, spec.target, spec.prepack_weights)
-    tasks = extract_tasks(mod, tvm_target)
+    tasks = as_logged(extract_tasks(mod, tvm_target), db)
     if not tasks:
         raise TuneError("the model has no tunable operators (no fused PrimFuncs)")
     before = task_status(tasks, db)

@@ -185,11 +185,38 @@ def open_subset(path: str, target, hashes: set, scratch: str):
         return None, 0
     records = [[keep[r[0]], r[1]] for r in read_rows(os.path.join(path, RECORDS), "tuning record")
                if r[0] in keep]
+    subset = [workloads[i] for i in keep]
     files = [os.path.join(scratch, WORKLOADS), os.path.join(scratch, RECORDS)]
-    for name, rows in zip(files, ([workloads[i] for i in keep], records)):
-        with open(name, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(row, separators=(",", ":")) + "\n" for row in rows)
-    return meta_schedule().database.JSONDatabase(*files, allow_missing=False), len(records)
+    for _ in range(2):
+        for name, rows in zip(files, (subset, records)):
+            with open(name, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(row, separators=(",", ":")) + "\n" for row in rows)
+        try:
+            return meta_schedule().database.JSONDatabase(*files, allow_missing=False), len(records)
+        except Exception:  # noqa: BLE001  (TVM raises one opaque error for the whole file)
+            good = replayable(subset, records)
+            warnings.warn(f"{path}: skipping {len(records) - len(good)} record(s) whose schedule "
+                          "does not replay on their workload (block names differ; see "
+                          "tune.as_logged)")
+            records = good
+    raise TuningLogError(f"{path}: TVM cannot open the log's records for this model")
+
+
+def replayable(workloads: list, records: list) -> list:
+    """The records whose trace replays on their workload (TVM refuses a file with any other)."""
+    from edgec.compiler.tvm_compat import meta_schedule
+
+    db = meta_schedule().database
+    parsed, good = {}, []
+    for r in records:
+        try:
+            if r[0] not in parsed:
+                parsed[r[0]] = db.Workload.from_json(workloads[r[0]])
+            db.TuningRecord.from_json(r[1], parsed[r[0]])
+        except Exception:  # noqa: BLE001,S112  (a ScheduleError, not rendered by TVM)
+            continue
+        good.append(r)
+    return good
 
 
 def record_run(path: str, run: dict) -> None:
