@@ -20,9 +20,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.bench_int8 import ort_qdq
-from benchmarks.common import (Engine, edgec_build, edgec_runner, machine_line, markdown_table,
-                               model_and_input, parse_args, peer_engines, ratios, run_compare,
-                               scratch, write_results)
+from benchmarks.common import (Engine, edgec_build, edgec_runner, model_and_input, parse_args,
+                               peer_engines, ratios, report_models, run_compare, scratch)
 
 
 def _sqnr(fp32_so, int8_so, xs) -> float:
@@ -71,11 +70,11 @@ def bench_model(name: str, args) -> dict:
 def _summary(r) -> str:
     w = r["weights_bytes"]
     speed = ", ".join(f"{k} = {v:.2f}" for k, v in r["ratios"].items())
-    return (f"\n{speed}. Weights {w['fp32']:,} -> {w['int8']:,} bytes ({w['ratio']:.3f}x); "
+    return (f"{speed}. Weights {w['fp32']:,} -> {w['int8']:,} bytes ({w['ratio']:.3f}x); "
             f"SQNR of the INT8 logits vs FP32 {r['sqnr_db_int8_vs_fp32']:.1f} dB "
             f"({r['calib_samples']} calibration images, {r['layers_int8']} layers INT8, "
             f"kernels {r['int8_kernel']}). FP32: {r['tuning']['fp32']}. "
-            f"INT8: {r['tuning']['int8']}.\n")
+            f"INT8: {r['tuning']['int8']}.")
 
 
 def main(argv=None):
@@ -85,15 +84,7 @@ def main(argv=None):
 
     args = parse_args(__doc__, argv, extra)
     rows = [bench_model(name, args) for name in args.models]
-    md = []
-    for r in rows:
-        md.append(markdown_table(r["compare"], f"{r['model']} {'x'.join(map(str, r['input_shape']))}"))
-        md.append(_summary(r))
-    md.append(machine_line(rows[-1]["compare"], args.threads))
-    paths = write_results(args.out or "int8_tuned-" + "-".join(args.models), {"results": rows},
-                          "\n".join(md))
-    print("\n".join(md))
-    print("wrote", *paths)
+    report_models(rows, args, "int8_tuned", _summary)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ import sys
 
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import (Engine, diff_text, edgec_build, edgec_runner, machine_line,
-                               markdown_table, max_abs_diff, model_and_input, peer_engines,
-                               parse_args, ratios, run_compare, scratch, write_results)
+from benchmarks.common import (Engine, diff_text, edgec_build, edgec_runner, max_abs_diff,
+                               model_and_input, parse_args, peer_engines, ratios,
+                               report_models, run_compare, scratch)
 
 
 def bench_model(name: str, args) -> dict:
@@ -34,16 +34,8 @@ def bench_model(name: str, args) -> dict:
 def main(argv=None):
     args = parse_args(__doc__, argv)
     rows = [bench_model(name, args) for name in args.models]
-    md = []
-    for r in rows:
-        md.append(markdown_table(r["compare"], f"{r['model']} {'x'.join(map(str, r['input_shape']))}"))
-        md.append("\n" + ", ".join(f"{k} = {v:.2f}" for k, v in r["ratios"].items())
-                  + "; " + diff_text(r['max_abs_diff_vs_torch']) + "\n")
-    md.append(machine_line(rows[-1]["compare"], args.threads))
-    paths = write_results(args.out or "untuned-" + "-".join(args.models), {"results": rows},
-                          "\n".join(md))
-    print("\n".join(md))
-    print("wrote", *paths)
+    report_models(rows, args, "untuned", lambda r: ", ".join(
+        f"{k} = {v:.2f}" for k, v in r["ratios"].items()) + "; " + diff_text(r["max_abs_diff_vs_torch"]))
 
 
 if __name__ == "__main__":

@@ -85,6 +85,22 @@ def write_results(stem: str, data: dict, markdown: str) -> tuple[str, str]:
     return js, md
 
 
+def report_models(rows: list, args, prefix: str, summary) -> None:
+    """Per model its table and ``summary(row)`` line, then the machine; write and print.
+
+    Results go to ``args.out`` or ``results/<prefix>-<models>``.
+    """
+    md = []
+    for r in rows:
+        md.append(markdown_table(r["compare"], f"{r['model']} {'x'.join(map(str, r['input_shape']))}"))
+        md.append("\n" + summary(r) + "\n")
+    md.append(machine_line(rows[-1]["compare"], args.threads))
+    paths = write_results(args.out or f"{prefix}-" + "-".join(args.models), {"results": rows},
+                          "\n".join(md))
+    print("\n".join(md))
+    print("wrote", *paths)
+
+
 def parse_args(doc: str, argv, extra=None):
     """The flags every benchmark takes (``extra(parser)`` adds more); sets the threads."""
     import argparse
@@ -123,5 +139,5 @@ def machine_line(result: dict, threads: int) -> str:
 
 
 __all__ = ["NAMES", "model_and_input", "edgec_build", "peer_engines", "max_abs_diff", "diff_text", "ratios",
-           "write_results", "run_compare", "set_threads", "parse_args", "scratch", "machine_line", "markdown_table",
+           "write_results", "report_models", "run_compare", "set_threads", "parse_args", "scratch", "machine_line", "markdown_table",
            "Engine", "edgec_runner"]

@@ -116,10 +116,13 @@ def as_logged(tasks, db) -> list:
 
 
 def _hand_scheduled(mod) -> bool:
+    return _is_hand_scheduled(mod["main"])
+
+
+def _is_hand_scheduled(func) -> bool:
     from edgec.passes.int8_kernels import MACS_ATTR
 
-    attrs = mod["main"].attrs
-    return attrs is not None and MACS_ATTR in attrs
+    return func.attrs is not None and MACS_ATTR in func.attrs
 
 
 def task_status(tasks, db) -> list[dict]:
@@ -268,9 +271,9 @@ def apply_tuning(mod, target, logs: str, transfer: bool = True):
     if logs != "auto" and not os.path.isdir(path):
         raise TuningLogError(f"tuning log directory not found: {path}")
     name = os.path.basename(os.path.normpath(path))
-    total = _count_funcs(mod)
+    total, hand = _count_funcs(mod), _count_funcs(mod, hand=True)
     info = {"applied": False, "logs": [], "records": 0, "tasks": total, "tuned": 0,
-            "transferred": 0, "default": total,
+            "transferred": 0, "default": total, "hand_scheduled": hand,
             "summary": f"no tuning log for {target.tuning_key}: {total} tasks on default schedules"}
     if not os.path.isdir(path):
         return mod, info
@@ -293,7 +296,8 @@ def apply_tuning(mod, target, logs: str, transfer: bool = True):
                 log_records=count_records(path), digest=digest(path))
     info["summary"] = (f"{exact} of {total} tasks tuned from log {name} ({n} matching of "
                        f"{info['log_records']} records), {len(moved)} with a schedule transferred "
-                       f"from a similar workload, {total - tuned} on default schedules")
+                       f"from a similar workload, {total - tuned} on default schedules"
+                       + (f"; {hand} hand-scheduled int8 kernels" if hand else ""))
     return mod, info
 
 
@@ -305,10 +309,12 @@ def _workload_hashes(mod) -> set:
             for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
 
 
-def _count_funcs(mod, scheduled: bool = False) -> int:
+def _count_funcs(mod, scheduled: bool = False, hand: bool = False) -> int:
+    """Tasks (PrimFuncs other than edgec's hand-scheduled kernels), the scheduled ones
+    only with ``scheduled``; with ``hand``: the hand-scheduled kernels."""
     n = 0
     for _, f in mod.functions.items():
-        if isinstance(f, tvm.tirx.PrimFunc):
-            n += 1 if (is_scheduled(f) or not scheduled) else 0
+        if isinstance(f, tvm.tirx.PrimFunc) and _is_hand_scheduled(f) == hand:
+            n += 1 if (hand or is_scheduled(f) or not scheduled) else 0
     return n
 

@@ -136,8 +136,13 @@ def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel):
     sch.decompose_reduction(block, ico)
     sch.tensorize(oci, intrin)
     sch.unroll(xi)
-    # opaque: FuseOps must not merge this scheduled kernel with its neighbours
-    return sch.mod["main"].with_attr("op_pattern", 8), out_shape
+    return _final(sch.mod["main"]), out_shape
+
+
+def _final(func):
+    # opaque: FuseOps must not merge this scheduled kernel with its neighbours; scheduled:
+    # MetaSchedule's database and edgec's schedule transfer leave it as it is
+    return func.with_attr("op_pattern", 8).with_attr("tirx.is_scheduled", True)
 
 
 def emit_packed_conv(bb, x, wq: np.ndarray, strides, dilation, kernel: DotKernel):
@@ -185,7 +190,7 @@ def scheduled_matmul(m, k, n, kernel: DotKernel):
         sch.parallel(sch.fuse(i, jo))
     sch.decompose_reduction(block, ko)
     sch.tensorize(ji, intrin)
-    return sch.mod["main"].with_attr("op_pattern", 8)
+    return _final(sch.mod["main"])
 
 
 def emit_packed_matmul(bb, x, wq: np.ndarray, kernel: DotKernel):
