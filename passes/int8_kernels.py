@@ -111,10 +111,14 @@ def _compute(data_shape, w_shape, strides, dilation, data_dtype):
     w = te.placeholder(w_shape, "int8", name="weight")
     ico, ici = te.reduce_axis((0, ci4), "ico"), te.reduce_axis((0, IC_BLOCK), "ici")
     rh, rw = te.reduce_axis((0, kh), "kh"), te.reduce_axis((0, kw), "kw")
-    out = te.compute((n, cob, ho, wo, ocb), lambda b, oc, y, xx, oci: te.sum(
+    acc = te.compute((n, cob, ho, wo, ocb), lambda b, oc, y, xx, oci: te.sum(
         x[b, ico, y * sh + rh * dh, xx * sw + rw * dw, ici].astype("int32")
         * w[oc, ico, rh, rw, oci, ici].astype("int32"), axis=[ico, rh, rw, ici]), name="conv")
-    return te.create_prim_func([x, w, out]), (n, cob, ho, wo, ocb)
+    # the output in plain NCHW: each tile is transposed in registers as it is stored, so no
+    # separate (and slow: strided) unpack pass runs over the whole int32 tensor
+    out = te.compute((n, cob * ocb, ho, wo), lambda b, c, y, xx: acc[b, c // ocb, y, xx, c % ocb],
+                     name="unpack")
+    return te.create_prim_func([x, w, out]), (n, cob * ocb, ho, wo)
 
 
 def _pixel_block(width: int) -> int:
@@ -133,6 +137,11 @@ def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel):
     xo, xi = sch.split(x, [None, _pixel_block(out_shape[3])])
     sch.reorder(n, oc, y, xo, ico, kh, kw, xi, oci, ici)
     sch.parallel(sch.fuse(n, oc, y))
+    unpack = sch.get_sblock("unpack")
+    sch.reverse_compute_at(unpack, xo)  # one (pixels x B channels) tile at a time
+    c_i, x_i = sch.get_loops(unpack)[-2:]
+    sch.vectorize(x_i)  # a row of consecutive pixels of one output channel
+    sch.unroll(c_i)
     sch.decompose_reduction(block, ico)
     sch.tensorize(oci, intrin)
     sch.unroll(xi)
@@ -158,15 +167,12 @@ def emit_packed_conv(bb, x, wq: np.ndarray, strides, dilation, kernel: DotKernel
     func, out_shape = scheduled_conv((n, c // IC_BLOCK, h, w, IC_BLOCK), wp.shape,
                                      [int(s) for s in strides], [int(d) for d in dilation], kernel)
     name = f"conv2d_int8_{kernel.name}_{n}x{c}x{h}x{w}_{wq.shape[0]}x{wq.shape[2]}"
-    out_channels = out_shape[1] * out_shape[4]  # each output reads wp.size / out_channels
-    # the MACs done, the padded channels' included: what the power proxy should count
-    macs = int(np.prod(out_shape)) * (wp.size // out_channels)
+    # each output reads wp.size / out_channels weights; the MACs done, the padded input
+    # channels' included: what the power proxy should count
+    macs = int(np.prod(out_shape)) * (wp.size // out_shape[1])
     gv = bb.add_func(func.with_attr("global_symbol", name).with_attr(MACS_ATTR, macs), name)
-    out = bb.emit(relax.call_tir(gv, [packed, relax.const(wp, "int8")],
-                                 relax.TensorType(out_shape, "int32")))
-    nb, cob, ho, wo, ocb = out_shape
-    return bb.emit(relax.op.reshape(relax.op.permute_dims(out, [0, 1, 4, 2, 3]),
-                                    (nb, cob * ocb, ho, wo)))
+    return bb.emit(relax.call_tir(gv, [packed, relax.const(wp, "int8")],
+                                  relax.TensorType(out_shape, "int32")))
 
 
 def scheduled_matmul(m, k, n, kernel: DotKernel):
