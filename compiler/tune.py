@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 from edgec.compiler.errors import EdgecError
 from edgec.compiler.tune_transfer import donors_of, is_scheduled
-from edgec.compiler.tuning_db import (TuningLogError, count_records, digest, log_dir_for,
-                                      mean_run_secs, open_database, open_subset, record_run)
+from edgec.compiler.tuning_db import (TuningLogError, as_logged, count_records, digest,
+                                      log_dir_for, mean_run_secs, open_database, open_subset,
+                                      record_run)
 from edgec.compiler.tvm_compat import (fast_inspect_initializer, fix_vnni_intrinsic, has_vnni,
                                        meta_schedule, relax, tvm)
 
@@ -94,25 +95,6 @@ def extract_tasks(mod, tvm_target) -> list:
     prepare(tvm_target)
     tasks = meta_schedule().relax_integration.extract_tasks(mod, tvm_target)
     return [t for t in tasks if not _hand_scheduled(t.dispatched[0])]
-
-
-def as_logged(tasks, db) -> list:
-    """Each task whose workload the log holds, on the log's own copy of that workload.
-
-    The log matches workloads structurally, block names aside: the INT8 mobilenet_v2's
-    pooling block ``lv2001_red`` matches the FP32 one's ``lv200_red``. A record tuned on the
-    task's copy names its blocks, and filed under the logged workload it replays nowhere
-    (TVM then refuses to open the whole log). Tuning the logged copy keeps them in step.
-    """
-    ms = meta_schedule()
-    out = []
-    for t in tasks:
-        mod = t.dispatched[0]
-        if db.has_workload(mod):
-            mod = db.commit_workload(mod).mod
-            t = ms.ExtractedTask(t.task_name, t.mod, t.target, [mod], int(t.weight))
-        out.append(t)
-    return out
 
 
 def _hand_scheduled(mod) -> bool:

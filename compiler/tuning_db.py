@@ -197,7 +197,7 @@ def open_subset(path: str, target, hashes: set, scratch: str):
             good = replayable(subset, records)
             warnings.warn(f"{path}: skipping {len(records) - len(good)} record(s) whose schedule "
                           "does not replay on their workload (block names differ; see "
-                          "tune.as_logged)")
+                          "as_logged)")
             records = good
     raise TuningLogError(f"{path}: TVM cannot open the log's records for this model")
 
@@ -217,6 +217,27 @@ def replayable(workloads: list, records: list) -> list:
             continue
         good.append(r)
     return good
+
+
+def as_logged(tasks, db) -> list:
+    """Each task whose workload the log holds, on the log's own copy of that workload.
+
+    The log matches workloads structurally, block names aside: the INT8 mobilenet_v2's
+    pooling block ``lv2001_red`` matches the FP32 one's ``lv200_red``. A record tuned on the
+    task's copy names its blocks, and filed under the logged workload it replays nowhere
+    (TVM then refuses to open the whole log). Tuning the logged copy keeps them in step.
+    """
+    from edgec.compiler.tvm_compat import meta_schedule
+
+    ms = meta_schedule()
+    out = []
+    for t in tasks:
+        mod = t.dispatched[0]
+        if db.has_workload(mod):
+            mod = db.commit_workload(mod).mod
+            t = ms.ExtractedTask(t.task_name, t.mod, t.target, [mod], int(t.weight))
+        out.append(t)
+    return out
 
 
 def record_run(path: str, run: dict) -> None:

@@ -79,12 +79,15 @@ def kernel_for(target, scheme) -> DotKernel | None:
 def packable(wq: np.ndarray, kernel: DotKernel, groups: int = 1) -> bool:
     """Whether an OIHW conv weight (or a (K, N) matmul weight) fits the packed kernels.
 
-    A conv's input channels need not divide by 4: ``channel_pad`` pads them (a stem's
-    3 RGB channels run packed as 4, the 4th with zero weights).
+    A conv's input channels need not divide by 4: ``channel_pad`` pads them with zero
+    weights (a stem's 3 RGB channels run packed as 4) where that adds at most a third more
+    multiply-accumulates; 1, 2 or 5 input channels stay on the plain int8 conv.
     """
     if wq.ndim == 2:
         return wq.shape[0] % IC_BLOCK == 0 and wq.shape[1] % kernel.oc_block == 0
-    return groups == 1 and wq.shape[0] % kernel.oc_block == 0
+    ic = wq.shape[1]
+    return (groups == 1 and wq.shape[0] % kernel.oc_block == 0
+            and 3 * (ic + channel_pad(wq)) <= 4 * ic)
 
 
 def channel_pad(wq: np.ndarray) -> int:

@@ -5,6 +5,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from edgec.compiler.api import compile as compile_model
 from edgec.compiler.config import ConfigError, PipelineConfig
@@ -88,9 +89,9 @@ def test_packed_avx2_conv_is_bit_exact_and_uses_vpmaddubsw(tiny):
     with target:
         low = relax.get_pipeline("zero")(packed)
     kernels = [gv.name_hint for gv in low.functions if gv.name_hint.startswith("conv2d_int8_avx2")]
-    # conv1 (1 -> 8 channels: its input padded to 4 channels) and conv2 (8 -> 16)
-    assert sorted(kernels) == ["conv2d_int8_avx2_1x4x10x10_8x3", "conv2d_int8_avx2_1x8x10x10_16x3"]
-    assert all("llvm.x86.avx2.pmadd.ub.sw" in low[k].script() for k in kernels)
+    # conv2 (8 -> 16); conv1 has 1 input channel: padding it to 4 would quadruple its work
+    assert kernels == ["conv2d_int8_avx2_1x8x10x10_16x3"]
+    assert "llvm.x86.avx2.pmadd.ub.sw" in low[kernels[0]].script()
     lib = tvm.compile(low, target=target).mod
     asm = "".join(m.inspect_source("asm") for m in [lib, *lib.imports])
     assert re.search(r"\bvpmaddubsw\b", asm) and re.search(r"\bvpmaddwd\b", asm)
@@ -118,13 +119,24 @@ def test_packed_kernel_per_cpu_uses_its_dot_instruction(tiny, target_name, kerne
     with target.tvm_target():
         low = relax.get_pipeline("zero")(qmod)
     names = [gv.name_hint for gv in low.functions if f"int8_{kernel}_" in gv.name_hint]
-    block = chosen.oc_block
-    # conv2 (16 out channels) packs with every block, conv1 (8) where 8 divides by it
-    assert f"conv2d_int8_{kernel}_1x8x10x10_16x3" in names
-    assert (f"conv2d_int8_{kernel}_1x4x10x10_8x3" in names) == (8 % block == 0)
+    assert chosen.oc_block == {"vnni": 16, "sdot": 4, "neon": 4}[kernel]
+    assert names == [f"conv2d_int8_{kernel}_1x8x10x10_16x3"]  # conv1: 1 input channel, plain
     lib = tvm.compile(low, target=target.tvm_target()).mod
     asm = "".join(m.inspect_source("asm") for m in [lib, *lib.imports])
     assert re.search(instruction, asm)
+
+
+def test_rgb_stem_conv_packs_with_a_padded_channel_bit_exact():
+    """3 input channels run packed as 4 (the 4th with zero weights), exactly as plain int8."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU()).eval()
+    rm = import_model(model, (torch.randn(1, 3, 9, 9),))
+    data = np.random.default_rng(0).standard_normal((24, 3, 9, 9)).astype("float32")
+    plain, plan = quantize_model(rm, QuantScheme("uint8", True), data[:16])
+    packed, _ = quantize_model(rm, QuantScheme("uint8", True), plan=plan, kernel=KERNELS["avx2"])
+    assert "conv2d_int8_avx2_1x4x11x11_8x3" in [gv.name_hint for gv in packed.functions]
+    np.testing.assert_array_equal(run_outputs(packed, data[16:], rm.inputs[0]),
+                                  run_outputs(plain, data[16:], rm.inputs[0]))
 
 
 def test_packed_avx2_matmul_is_bit_exact(mlp):
