@@ -103,7 +103,7 @@ def pack_weight(wq: np.ndarray, oc_block: int) -> np.ndarray:
         wq.reshape(o // oc_block, oc_block, i // 4, 4, kh, kw).transpose(0, 2, 4, 5, 1, 3))
 
 
-def _compute(data_shape, w_shape, strides, dilation, data_dtype):
+def _compute(data_shape, w_shape, strides, dilation, data_dtype, requant=None):
     from tvm import te
 
     n, ci4, hp, wp, _ = data_shape
@@ -118,22 +118,30 @@ def _compute(data_shape, w_shape, strides, dilation, data_dtype):
         x[b, ico, y * sh + rh * dh, xx * sw + rw * dw, ici].astype("int32")
         * w[oc, ico, rh, rw, oci, ici].astype("int32"), axis=[ico, rh, rw, ici]), name="conv")
     # the output in plain NCHW: each tile is transposed in registers as it is stored, so no
-    # separate (and slow: strided) unpack pass runs over the whole int32 tensor
-    out = te.compute((n, cob * ocb, ho, wo), lambda b, c, y, xx: acc[b, c // ocb, y, xx, c % ocb],
-                     name="unpack")
-    return te.create_prim_func([x, w, out]), (n, cob * ocb, ho, wo)
+    # separate (and slow: strided) unpack pass runs over the whole int32 tensor; with a
+    # requantize, the tile is requantized there too and int32 never goes to memory
+    if requant is None:
+        out = te.compute((n, cob * ocb, ho, wo),
+                         lambda b, c, y, xx: acc[b, c // ocb, y, xx, c % ocb], name="unpack")
+        return te.create_prim_func([x, w, out]), (n, cob * ocb, ho, wo)
+    bias = te.placeholder((cob * ocb,), "int32", name="bias")
+    scale = te.placeholder((cob * ocb,), "float32", name="scale")
+    out = te.compute((n, cob * ocb, ho, wo), lambda b, c, y, xx: requant.te_form(
+        acc[b, c // ocb, y, xx, c % ocb], c, bias, scale), name="unpack")
+    return te.create_prim_func([x, w, bias, scale, out]), (n, cob * ocb, ho, wo)
 
 
 def _pixel_block(width: int) -> int:
     return next(b for b in (8, 7, 6, 4, 2, 1) if width % b == 0)
 
 
-def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel):
-    """The tensorized PrimFunc and its output shape."""
+def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel, requant=None):
+    """The tensorized PrimFunc and its output shape (``requant``: a ``Requant`` done in
+    the epilogue; the PrimFunc then also takes its (C,) bias and scale)."""
     from tvm import s_tir
 
     intrin = kernel.register()
-    func, out_shape = _compute(data_shape, w_shape, strides, dilation, kernel.data_dtype)
+    func, out_shape = _compute(data_shape, w_shape, strides, dilation, kernel.data_dtype, requant)
     sch = s_tir.Schedule(func)
     block = sch.get_sblock("conv")
     n, oc, y, x, oci, ico, kh, kw, ici = sch.get_loops(block)
@@ -157,25 +165,44 @@ def _final(func):
     return func.with_attr("op_pattern", 8).with_attr("tirx.is_scheduled", True)
 
 
-def emit_packed_conv(bb, x, wq: np.ndarray, strides, dilation, kernel: DotKernel):
-    """Emit pack(x) -> tensorized conv -> unpack; ``x`` is padded NCHW int8/uint8.
-    Returns int32 NCHW.
+def add_kernel(bb, func, name: str):
+    """Add a PrimFunc to ``bb`` (once: equal kernels are shared) under a fresh name. Its
+    symbol comes from that name (AttachGlobalSymbol): two layers' kernels of one shape
+    differ when their requantize constants do, and must not share a symbol."""
+    return bb.add_func(func.without_attr("global_symbol"), name)
 
-    ``x`` carries ``channel_pad(wq)`` extra input channels (any value: their weights are 0).
+
+def emit_packed_conv(bb, x, wq: np.ndarray, strides, dilation, kernel: DotKernel,
+                     requant=None, padding=(0, 0, 0, 0), pad_value: int = 0):
+    """Emit pack(x) -> tensorized conv; ``x`` is NCHW int8/uint8, padded here by
+    ``padding`` (top, left, bottom, right) and ``channel_pad(wq)`` channels, with
+    ``pad_value`` (the zero point). Returns NCHW: int32, or ``requant``'s dtype when it
+    is given (done in the epilogue).
     """
-    n, c, h, w = (int(d) for d in x.ty.shape.values)
-    packed = bb.emit(relax.op.permute_dims(
-        relax.op.reshape(x, (n, c // IC_BLOCK, IC_BLOCK, h, w)), [0, 1, 3, 4, 2]))
+    from edgec.passes.int8_pack import pack_func
+
+    extra = channel_pad(wq)
+    pack = pack_func(x.ty.shape.values, str(x.ty.dtype), padding, extra, pad_value)
+    n, c4, h, w, _ = (int(d) for d in pack.params[1].shape)
+    c = c4 * IC_BLOCK
+    pgv = add_kernel(bb, pack, f"pack_nchw4c_{n}x{c}x{h}x{w}")
+    packed = bb.emit(relax.call_tir(pgv, [x], relax.TensorType((n, c4, h, w, IC_BLOCK),
+                                                               str(x.ty.dtype))))
     wp = pack_weight(wq, kernel.oc_block)
     func, out_shape = scheduled_conv((n, c // IC_BLOCK, h, w, IC_BLOCK), wp.shape,
-                                     [int(s) for s in strides], [int(d) for d in dilation], kernel)
+                                     [int(s) for s in strides], [int(d) for d in dilation], kernel,
+                                     requant)
     name = f"conv2d_int8_{kernel.name}_{n}x{c}x{h}x{w}_{wq.shape[0]}x{wq.shape[2]}"
+    args = [packed, relax.const(wp, "int8")]
+    if requant is not None:
+        name += "_requant"
+        args += [requant.bias_const((-1,)), requant.scale_const((-1,))]
     # each output reads wp.size / out_channels weights; the MACs done, the padded input
     # channels' included: what the power proxy should count
     macs = int(np.prod(out_shape)) * (wp.size // out_shape[1])
-    gv = bb.add_func(func.with_attr("global_symbol", name).with_attr(MACS_ATTR, macs), name)
-    return bb.emit(relax.call_tir(gv, [packed, relax.const(wp, "int8")],
-                                  relax.TensorType(out_shape, "int32")))
+    gv = add_kernel(bb, func.with_attr(MACS_ATTR, macs), name)
+    dtype = requant.dtype if requant is not None else "int32"
+    return bb.emit(relax.call_tir(gv, args, relax.TensorType(out_shape, dtype)))
 
 
 def scheduled_matmul(m, k, n, kernel: DotKernel):
@@ -209,8 +236,7 @@ def emit_packed_matmul(bb, x, wq: np.ndarray, kernel: DotKernel):
     m, ob = int(np.prod(shape[:-1])), kernel.oc_block
     wp = np.ascontiguousarray(wq.T.reshape(n // ob, ob, k // 4, 4).transpose(0, 2, 1, 3))
     name = f"matmul_int8_{kernel.name}_{m}x{k}x{n}"
-    func = scheduled_matmul(m, k, n, kernel).with_attr("global_symbol", name)
-    gv = bb.add_func(func.with_attr(MACS_ATTR, m * k * n), name)
+    gv = add_kernel(bb, scheduled_matmul(m, k, n, kernel).with_attr(MACS_ATTR, m * k * n), name)
     flat = bb.emit(relax.op.reshape(x, (m, k))) if len(shape) != 2 else x
     out = bb.emit(relax.call_tir(gv, [flat, relax.const(wp, "int8")],
                                  relax.TensorType((m, n), "int32")))

@@ -24,13 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgec.compiler.tvm_compat import relax, tvm
-from edgec.passes.int8_kernels import (DotKernel, channel_pad, emit_packed_conv,
-                                       emit_packed_matmul, packable)
+from edgec.passes.int8_kernels import DotKernel, emit_packed_conv, emit_packed_matmul, packable
 from edgec.passes.int8_layers import PASSTHROUGH_OPS, _op, block_of, users
 from edgec.passes.quant_scheme import QuantPlan
-
-INT32 = (-(2 ** 31), 2 ** 31 - 1)
-
+from edgec.passes.requant import Requant
 
 @dataclass(frozen=True)
 class QValue:
@@ -163,27 +160,26 @@ class _Realizer:
         acc_scale = qin.scale * sw
         other = tuple(d for d in range(wq.ndim) if d != axis)
         bias = np.round(layer.bias / acc_scale) - qin.zp * wq.astype(np.int64).sum(axis=other)
-        acc = self.accumulate(layer, qin, wq)
-        shape = (1, -1, 1, 1) if layer.kind == "conv2d" else (-1,)
-        acc = self.bb.emit(relax.op.add(acc, _const(np.clip(bias, *INT32).reshape(shape), "int32")))
         out = self.out_range(layer.out_var)
-        accf = relax.op.astype(acc, "float32")
         if out is None:  # only FP32 consumers: dequantize the accumulator itself
-            y = relax.op.multiply(accf, _const(acc_scale.reshape(shape), "float32"))
-            if layer.act:
-                y = relax.op.nn.relu(y) if layer.act[0] == "relu" else relax.op.clip(y, *layer.act[1:])
-            self.env[layer.out_var] = self.bb.emit(y, name_hint=layer.out_var.name)
-            return
-        scale, zp = self.scheme.activation_qparams(*out)
-        y = relax.op.round(relax.op.multiply(accf, _const((acc_scale / scale).reshape(shape), "float32")))
-        lo, hi = self._bounds(layer.act, scale, zp)
-        y = relax.op.clip(relax.op.add(y, _const(zp, "float32")) if zp else y, lo, hi)
-        dtype = self.scheme.activation_dtype
-        var = self.bb.emit(relax.op.astype(y, dtype), name_hint=f"{layer.out_var.name}_q")
-        self.q[layer.out_var] = QValue(var, scale, zp, dtype)
+            rq = Requant(bias, acc_scale, "float32", act=layer.act)
+        else:
+            scale, zp = self.scheme.activation_qparams(*out)
+            lo, hi = self._bounds(layer.act, scale, zp)
+            rq = Requant(bias, acc_scale / scale, self.scheme.activation_dtype, zp, lo, hi)
+        y = self.accumulate(layer, qin, wq, rq)
+        name = layer.out_var.name + ("_q" if rq.quantized else "")
+        if str(y.ty.dtype) == "int32":  # a plain op: requantize with Relax ops after it
+            shape = (1, -1, 1, 1) if layer.kind == "conv2d" else (-1,)
+            y = rq.relax_form(self.bb, y, shape, name)
+        if rq.quantized:
+            self.q[layer.out_var] = QValue(y, scale, zp, rq.dtype)
+        else:
+            self.env[layer.out_var] = y
 
-    def accumulate(self, layer, qin, wq):
-        """The int32 accumulator of ``layer`` on the int8 input ``qin``."""
+    def accumulate(self, layer, qin, wq, rq):
+        """``layer`` on the int8 input ``qin``: the int32 accumulator, or ``rq`` applied
+        already (the packed conv does it in its epilogue)."""
         x, w = qin.var, _const(wq, "int8")
         if layer.kind == "matmul":
             if self.kernel and packable(wq, self.kernel):
@@ -191,16 +187,16 @@ class _Realizer:
             return self.bb.emit(relax.op.matmul(x, w, out_dtype="int32"))
         a = layer.attrs
         padding = [int(p) for p in a.padding]
-        packed = self.kernel is not None and packable(wq, self.kernel, int(a.groups))
-        extra = channel_pad(wq) if packed else 0
-        if (qin.zp or packed) and (any(padding) or extra):
-            # pad with the zero point, the image of 0.0 (extra channels meet zero weights)
+        if self.kernel is not None and packable(wq, self.kernel, int(a.groups)):
+            # padded with the zero point (the image of 0.0) as it is packed; the extra
+            # channels up to a multiple of 4 meet zero weights
+            return emit_packed_conv(self.bb, x, wq, a.strides, a.dilation, self.kernel, rq,
+                                    padding, qin.zp)
+        if qin.zp and any(padding):  # pad with the zero point, the image of 0.0
             top, left, bottom, right = padding
-            x = self.bb.emit(relax.op.nn.pad(x, [0, 0, 0, extra, top, bottom, left, right],
+            x = self.bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right],
                                              pad_value=float(qin.zp)))
             padding = [0, 0, 0, 0]
-        if packed:
-            return emit_packed_conv(self.bb, x, wq, a.strides, a.dilation, self.kernel)
         return self.bb.emit(relax.op.nn.conv2d(
             x, w, strides=a.strides, padding=padding, dilation=a.dilation, groups=int(a.groups),
             data_layout="NCHW", kernel_layout="OIHW", out_layout="NCHW", out_dtype="int32"))

@@ -90,8 +90,13 @@ def test_packed_avx2_conv_is_bit_exact_and_uses_vpmaddubsw(tiny):
         low = relax.get_pipeline("zero")(packed)
     kernels = [gv.name_hint for gv in low.functions if gv.name_hint.startswith("conv2d_int8_avx2")]
     # conv2 (8 -> 16); conv1 has 1 input channel: padding it to 4 would quadruple its work
-    assert kernels == ["conv2d_int8_avx2_1x8x10x10_16x3"]
-    assert "llvm.x86.avx2.pmadd.ub.sw" in low[kernels[0]].script()
+    assert kernels == ["conv2d_int8_avx2_1x8x10x10_16x3_requant"]
+    func = low[kernels[0]]
+    assert "llvm.x86.avx2.pmadd.ub.sw" in func.script()
+    # the requantize runs in the kernel's epilogue: it takes the int32 bias and float scale
+    # and stores uint8 (the fc consumes it), no int32 tensor leaves the kernel
+    dtypes = [str(p.dtype) for p in func.params]
+    assert dtypes == ["uint8", "int8", "int32", "float32", "uint8"]
     lib = tvm.compile(low, target=target).mod
     asm = "".join(m.inspect_source("asm") for m in [lib, *lib.imports])
     assert re.search(r"\bvpmaddubsw\b", asm) and re.search(r"\bvpmaddwd\b", asm)
@@ -120,7 +125,7 @@ def test_packed_kernel_per_cpu_uses_its_dot_instruction(tiny, target_name, kerne
         low = relax.get_pipeline("zero")(qmod)
     names = [gv.name_hint for gv in low.functions if f"int8_{kernel}_" in gv.name_hint]
     assert chosen.oc_block == {"vnni": 16, "sdot": 4, "neon": 4}[kernel]
-    assert names == [f"conv2d_int8_{kernel}_1x8x10x10_16x3"]  # conv1: 1 input channel, plain
+    assert names == [f"conv2d_int8_{kernel}_1x8x10x10_16x3_requant"]  # conv1: 1 channel, plain
     lib = tvm.compile(low, target=target.tvm_target()).mod
     asm = "".join(m.inspect_source("asm") for m in [lib, *lib.imports])
     assert re.search(instruction, asm)
@@ -134,7 +139,7 @@ def test_rgb_stem_conv_packs_with_a_padded_channel_bit_exact():
     data = np.random.default_rng(0).standard_normal((24, 3, 9, 9)).astype("float32")
     plain, plan = quantize_model(rm, QuantScheme("uint8", True), data[:16])
     packed, _ = quantize_model(rm, QuantScheme("uint8", True), plan=plan, kernel=KERNELS["avx2"])
-    assert "conv2d_int8_avx2_1x4x11x11_8x3" in [gv.name_hint for gv in packed.functions]
+    assert "conv2d_int8_avx2_1x4x11x11_8x3_requant" in [gv.name_hint for gv in packed.functions]
     np.testing.assert_array_equal(run_outputs(packed, data[16:], rm.inputs[0]),
                                   run_outputs(plain, data[16:], rm.inputs[0]))
 

@@ -1,0 +1,78 @@
+"""Requantization of an int32 accumulator: one definition, two forms.
+
+``y = float32(acc + bias[c]) * scale[c]``, then either
+
+- requantized to int8/uint8: ``clip(round(y) + zp, lo, hi)`` (ReLU/clip folded into
+  ``lo``/``hi``), or
+- kept float32 (the layer feeds only FP32 ops): ``act(y)``.
+
+``relax_form`` emits it as Relax ops after a plain int32 conv/matmul (FuseOps fuses
+them into one elementwise kernel); ``te_form`` computes it inside a packed conv's
+epilogue, so the int32 accumulator never goes to memory. Both build the same
+expression in the same order, so the two are bit-exact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgec.compiler.tvm_compat import relax
+
+INT32 = (-(2 ** 31), 2 ** 31 - 1)
+
+
+@dataclass(frozen=True, eq=False)
+class Requant:
+    """What becomes of each accumulator of output channel ``c`` (see the module doc)."""
+
+    bias: np.ndarray        # int32 per output channel (zero point and BN folded in)
+    scale: np.ndarray       # float32 per output channel
+    dtype: str              # "uint8" | "int8" (requantized) | "float32" (dequantized)
+    zp: int = 0
+    lo: float = 0.0         # clip bounds of the requantized value
+    hi: float = 0.0
+    act: tuple | None = None  # float32 output: None, ("relu",) or ("clip", lo, hi)
+
+    @property
+    def quantized(self) -> bool:
+        return self.dtype != "float32"
+
+    def bias_const(self, shape):
+        return relax.const(np.clip(self.bias, *INT32).astype("int32").reshape(shape), "int32")
+
+    def scale_const(self, shape):
+        return relax.const(np.asarray(self.scale, "float32").reshape(shape), "float32")
+
+    def relax_form(self, bb, acc, shape, name_hint=""):
+        """Emit the requantize of ``acc`` (int32; channels on the axis ``shape`` marks -1)."""
+        acc = bb.emit(relax.op.add(acc, self.bias_const(shape)))
+        y = relax.op.multiply(relax.op.astype(acc, "float32"), self.scale_const(shape))
+        if not self.quantized:
+            if self.act:
+                y = relax.op.nn.relu(y) if self.act[0] == "relu" else relax.op.clip(y, *self.act[1:])
+            return bb.emit(y, name_hint=name_hint)
+        y = relax.op.round(y)
+        y = relax.op.clip(relax.op.add(y, relax.const(float(self.zp), "float32")) if self.zp
+                          else y, self.lo, self.hi)
+        return bb.emit(relax.op.astype(y, self.dtype), name_hint=name_hint)
+
+    def te_form(self, acc, c, bias, scale):
+        """The requantize of one accumulator ``acc`` of channel ``c`` as a TE expression;
+        ``bias``/``scale`` are the kernel's (C,) int32/float32 placeholders."""
+        from tvm import te, tirx
+
+        f32 = "float32"
+        y = (acc + bias[c]).astype(f32) * scale[c]
+        if not self.quantized:
+            if self.act and self.act[0] == "relu":
+                return te.max(y, tirx.const(0, f32))
+            if self.act:
+                lo, hi = (tirx.const(v, f32) for v in self.act[1:])
+                return te.max(te.min(y, hi), lo)
+            return y
+        y = te.round(y)
+        if self.zp:
+            y = y + tirx.const(float(self.zp), f32)
+        y = te.max(te.min(y, tirx.const(self.hi, f32)), tirx.const(self.lo, f32))
+        return y.astype(self.dtype)
