@@ -29,7 +29,8 @@ def pack_func(shape, dtype: str, padding=(0, 0, 0, 0), extra_channels: int = 0,
     n_, c_, h_, w_ = (int(d) for d in shape)
     top, left, bottom, right = (int(p) for p in padding)
     c4, hp, wp = (c_ + extra_channels) // IC_BLOCK, h_ + top + bottom, w_ + left + right
-    assert (c_ + extra_channels) % IC_BLOCK == 0, "channels must pad to a multiple of 4"
+    if (c_ + extra_channels) % IC_BLOCK:
+        raise ValueError(f"pack: {c_} + {extra_channels} channels is not a multiple of 4")
     byte = int(pad_value) & 0xFF
     pad_word = tirx.const(byte * 0x01010101, "uint32")
 

@@ -97,6 +97,10 @@ def test_packed_avx2_conv_is_bit_exact_and_uses_vpmaddubsw(tiny):
     # and stores uint8 (the fc consumes it), no int32 tensor leaves the kernel
     dtypes = [str(p.dtype) for p in func.params]
     assert dtypes == ["uint8", "int8", "int32", "float32", "uint8"]
+    # its input is packed (and zero-point padded, 8x8 -> 10x10) by the vectorized pack
+    # kernel, not by Relax pad/reshape/permute_dims
+    names = [gv.name_hint for gv in low.functions]
+    assert "pack_nchw4c_1x8x10x10" in names and not any("transpose" in n for n in names)
     lib = tvm.compile(low, target=target).mod
     asm = "".join(m.inspect_source("asm") for m in [lib, *lib.imports])
     assert re.search(r"\bvpmaddubsw\b", asm) and re.search(r"\bvpmaddwd\b", asm)
