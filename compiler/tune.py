@@ -102,9 +102,9 @@ def _hand_scheduled(mod) -> bool:
 
 
 def _is_hand_scheduled(func) -> bool:
-    from edgec.passes.int8_kernels import MACS_ATTR
+    from edgec.passes.int8_kernels import HAND_ATTR
 
-    return func.attrs is not None and MACS_ATTR in func.attrs
+    return func.attrs is not None and HAND_ATTR in func.attrs
 
 
 def task_status(tasks, db) -> list[dict]:

@@ -29,6 +29,8 @@ IC_BLOCK = 4
 
 # The multiply-accumulates one call of a packed kernel does (the power proxy reads it).
 MACS_ATTR = "edgec.macs"
+# Marks edgec's hand-scheduled kernels: tuning skips them, the build counts them apart.
+HAND_ATTR = "edgec.hand_scheduled"
 
 
 @dataclass(frozen=True)
@@ -156,13 +158,15 @@ def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel, re
     sch.decompose_reduction(block, ico)
     sch.tensorize(oci, intrin)
     sch.unroll(xi)
-    return _final(sch.mod["main"]), out_shape
+    return hand_scheduled(sch.mod["main"]), out_shape
 
 
-def _final(func):
-    # opaque: FuseOps must not merge this scheduled kernel with its neighbours; scheduled:
-    # MetaSchedule's database and edgec's schedule transfer leave it as it is
-    return func.with_attr("op_pattern", 8).with_attr("tirx.is_scheduled", True)
+def hand_scheduled(func):
+    """Mark a hand-scheduled kernel. Opaque: FuseOps must not merge it with its
+    neighbours; scheduled: MetaSchedule's database and edgec's schedule transfer leave it
+    as it is; HAND_ATTR: the tuner does not extract it as a task."""
+    return (func.with_attr("op_pattern", 8).with_attr("tirx.is_scheduled", True)
+            .with_attr(HAND_ATTR, True))
 
 
 def add_kernel(bb, func, name: str):
@@ -226,7 +230,7 @@ def scheduled_matmul(m, k, n, kernel: DotKernel):
         sch.parallel(sch.fuse(i, jo))
     sch.decompose_reduction(block, ko)
     sch.tensorize(ji, intrin)
-    return _final(sch.mod["main"])
+    return hand_scheduled(sch.mod["main"])
 
 
 def emit_packed_matmul(bb, x, wq: np.ndarray, kernel: DotKernel):

@@ -65,4 +65,6 @@ def pack_func(shape, dtype: str, padding=(0, 0, 0, 0), extra_channels: int = 0,
                 for w in range(right):
                     y32[row * wp + left + w_ + w] = pad_word
 
-    return pack.with_attr("op_pattern", 8).with_attr("tirx.is_scheduled", True)
+    from edgec.passes.int8_kernels import hand_scheduled
+
+    return hand_scheduled(pack)

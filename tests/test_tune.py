@@ -389,7 +389,7 @@ def test_tune_int8_skips_hand_scheduled_kernels(tmp_path, capsys):
     s = json.loads(capsys.readouterr().out)
     assert s["model"].endswith("(INT8)") and s["tasks"] >= 1
     names = [t["task"] for t in s["per_task"]]
-    assert not any("int8_avx2" in n for n in names), names
+    assert not any("int8_avx2" in n or "pack_nchw4c" in n for n in names), names
     # the INT8 graph does hold packed kernels, which MetaSchedule alone would extract
     config = PipelineConfig(target=TARGET, int8=True, tuning_logs=None)
     lowered = run(load_relax_model(str(model), None), config, np.load(calib),
@@ -397,8 +397,9 @@ def test_tune_int8_skips_hand_scheduled_kernels(tmp_path, capsys):
     tvm_target = get_target(TARGET).tvm_target()
     prepare(tvm_target)
     raw = meta_schedule().relax_integration.extract_tasks(lowered, tvm_target)
-    assert any(_hand_scheduled(t.dispatched[0]) for t in raw)
-    assert len(raw) > s["tasks"]
+    hand = [t.task_name for t in raw if _hand_scheduled(t.dispatched[0])]
+    assert any("int8_avx2" in n for n in hand) and any("pack_nchw4c" in n for n in hand), hand
+    assert len(raw) == s["tasks"] + len(hand)
 
 
 class MeanPool(nn.Module):
