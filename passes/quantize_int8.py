@@ -10,7 +10,9 @@ does: ``q_out = clip(round(float(acc) * (s_in * s_w[c] / s_out)) + zp_out, lo, h
 ReLU/clip folded into ``lo``/``hi``. On x86 float multiply-and-round vectorises
 (vcvtdq2ps/vmulps/vcvtps2dq); a fixed-point multiplier needs 64-bit products,
 which AVX2 lacks. A float32 product of an |acc| < 2^24 is exact to half an ulp,
-so results differ from a fixed-point requantize by at most one step.
+so results differ from a fixed-point requantize by at most one step. It is one
+``requant.Requant``: Relax ops after a plain conv/matmul (FuseOps fuses them), or the
+epilogue of a packed conv (``int8_kernels``), whose int32 accumulators never leave it.
 
 The output of a layer stays int8 when another quantized layer consumes it
 (directly or through max_pool2d / reshape / relu, which run on int8 too);
@@ -28,6 +30,7 @@ from edgec.passes.int8_kernels import DotKernel, emit_packed_conv, emit_packed_m
 from edgec.passes.int8_layers import PASSTHROUGH_OPS, _op, block_of, users
 from edgec.passes.quant_scheme import QuantPlan
 from edgec.passes.requant import Requant
+
 
 @dataclass(frozen=True)
 class QValue:
@@ -210,8 +213,6 @@ class _Realizer:
             lo = max(qmin, int(round(act[1] / scale)) + zp)
             hi = min(qmax, int(round(act[2] / scale)) + zp)
         return float(lo), float(hi)
-
-
 
 
 def QuantizeInt8(plan: QuantPlan, names=None, kernel=None):  # noqa: N802  (TVM's naming)
