@@ -5,6 +5,8 @@ modules import ``tvm``/``relax``/``ms`` and helpers from here.
 """
 from __future__ import annotations
 
+import contextlib
+
 import tvm
 from tvm import relax
 from tvm.relax.frontend import detach_params
@@ -104,6 +106,32 @@ def fast_inspect_initializer() -> None:
     inspect.getouterframes = _fast_outerframes
 
 
+@contextlib.contextmanager
+def fast_inspect():
+    """``fast_inspect_initializer``'s cheap ``inspect`` for the duration of a block only."""
+    import inspect
+
+    saved = inspect.stack, inspect.getouterframes
+    inspect.stack, inspect.getouterframes = _fast_stack, _fast_outerframes
+    try:
+        yield
+    finally:
+        inspect.stack, inspect.getouterframes = saved
+
+
+def import_tensor_intrinsics() -> None:
+    """Import TVM's tensor intrinsics (``tvm.s_tir.tensor_intrin``: x86, ARM, CUDA, ...).
+
+    Its ~500 TVMScript prim_funcs each call ``inspect.stack()``; inside an import, in a
+    process that has imported torch, every frozen-importlib frame makes ``inspect`` scan all
+    of ``sys.modules``. The first INT8 build for a VNNI or ARM target spent 120 s here
+    (a tiny CNN's quantize for x86-avx512-vnni; 297 s under a profiler); with the cheap
+    frame walk of ``fast_inspect``, 7 s.
+    """
+    with fast_inspect():
+        import tvm.s_tir.tensor_intrin  # noqa: F401  (registers every intrinsic)
+
+
 def fix_vnni_intrinsic() -> None:
     """Re-register ``dot_16x4_vnni`` with operand types LLVM 22 accepts (idempotent).
 
@@ -111,7 +139,7 @@ def fix_vnni_intrinsic() -> None:
     ``<64 x i8>`` and rejects most candidates ("Call parameter type does not match function
     signature"). Same description, operands reinterpreted as u8x64 / i8x64.
     """
-    from tvm.s_tir import tensor_intrin  # noqa: F401  (registers the originals first)
+    import_tensor_intrinsics()  # registers the originals first
     from tvm.s_tir.tensor_intrin import x86
     from tvm.script import tirx as T
     from tvm.s_tir import TensorIntrin

@@ -53,7 +53,9 @@ class DotKernel:
 
             fix_vnni_intrinsic()
         else:
-            from tvm.s_tir.tensor_intrin import arm_cpu  # noqa: F401  (registers sdot/neon)
+            from edgec.compiler.tvm_compat import import_tensor_intrinsics
+
+            import_tensor_intrinsics()  # registers sdot and neon
         return self.intrin
 
 
