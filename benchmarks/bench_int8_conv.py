@@ -9,9 +9,10 @@
     python benchmarks/bench_int8_conv.py --channels 64 --size 56 --trials 0   # no tuning
     python benchmarks/bench_int8_conv.py --trials 32 --out results.json
 
-The input is pre-padded (padding is not part of the kernel being compared). The
-MetaSchedule builder gets ``fast_inspect_initializer`` when ``compiler/tvm_compat.py``
-has it (branch ``tune``); without it, builds time out on a loaded machine.
+The input is pre-padded and pre-packed (padding and packing are not part of the kernels
+being compared); edgec's kernel writes its int32 output in plain NCHW, as the INT8 pass
+uses it. The MetaSchedule builder gets ``fast_inspect_initializer``: without it, builds
+time out on a loaded machine.
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ import tvm
 from tvm import te, topi
 
 from edgec.compiler.compare import Engine, compare, machine_info, markdown_table
-from edgec.compiler.tvm_compat import meta_schedule
-from edgec.passes.int8_kernels import scheduled_conv
+from edgec.compiler.tvm_compat import fast_inspect_initializer, meta_schedule
+from edgec.passes.int8_kernels import KERNELS, scheduled_conv
 from edgec.passes.x86_int8_intrin import register
 from edgec.targets import get_target
 
@@ -71,11 +72,8 @@ def space(intrin: str | None):
 
 def tune(func, target, trials, intrin=None):
     ms = meta_schedule()
-    try:  # the builder import-speed fix, once branch `tune` is merged
-        from edgec.compiler.tvm_compat import fast_inspect_initializer as init
-        init()
-    except ImportError:
-        init = None
+    init = fast_inspect_initializer  # here and in the workers: they import TVM fast enough
+    init()
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     with tempfile.TemporaryDirectory() as work:
         db = ms.tune_tir(mod, target, work, max_trials_global=trials, num_trials_per_iter=16,
@@ -129,12 +127,14 @@ def main():
     intrin = register()
     bufs = {"fp32": [xf, wf, np.zeros((1, c, h, h), "float32")],
             "int8": [xq, wq, np.zeros((1, c, h, h), "int32")],
-            "packed": [xp, wp, np.zeros((1, c // 8, h, h, 8), "int32")]}
-    fixed, _ = scheduled_conv(xp.shape, wp.shape, [1, 1], [1, 1])
+            "packed": [xp, wp, np.zeros((1, c // 8, h, h, 8), "int32")],
+            "edgec": [xp, wp, np.zeros((1, c, h, h), "int32")]}
+    fixed, _ = scheduled_conv(xp.shape, wp.shape, [1, 1], [1, 1], KERNELS["avx2"])
     builds = {"fp32 NCHW untuned": tvm.compile(_mod(conv_fp32(c, h)), target=target),
               "int8 NCHW untuned": tvm.compile(_mod(conv_int8(c, h)), target=target),
               "int8 packed dot_8x4_avx2 (edgec schedule)": tvm.compile(_mod(fixed), target=target)}
-    kinds = {"fp32 NCHW": "fp32", "int8 NCHW": "int8", "int8 packed": "packed"}
+    kinds = {"fp32 NCHW": "fp32", "int8 NCHW": "int8", "int8 packed dot_8x4_avx2": "edgec",
+             "int8 packed": "packed"}
     tensorized = {}
     if args.trials:
         for name, func, intr in (("fp32 NCHW", conv_fp32(c, h), None),
