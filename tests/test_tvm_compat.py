@@ -1,22 +1,22 @@
 """tvm_compat's cheap ``inspect``: same frames as the real one, and only inside its block."""
 import inspect
+import traceback
 
 import pytest
 
-from edgec.compiler.tvm_compat import fast_inspect, import_tensor_intrinsics
-
-
-def _frames(stack):
-    return [(f.filename, f.lineno, f.function, f.code_context) for f in stack]
+from edgec.compiler.tvm_compat import _fast_stack, fast_inspect, import_tensor_intrinsics
 
 
 def test_fast_inspect_gives_the_real_frames_and_is_undone():
+    # what was there before (the real inspect, or the tuner's process-wide cheap one)
     real_stack, real_outer = inspect.stack, inspect.getouterframes
-    expected = _frames(inspect.stack())[1:]  # from this function's caller outwards
     with fast_inspect():
-        assert inspect.stack is not real_stack
-        got = _frames(inspect.stack())[1:]
-    assert got == expected
+        assert inspect.stack is _fast_stack
+        got = inspect.stack()
+        here = traceback.extract_stack()  # the interpreter's own walk: innermost last
+    got = [(f.filename, f.function, (f.code_context or [""])[0].strip()) for f in got[1:]]
+    want = [(f.filename, f.name, f.line or "") for f in reversed(here[:-1])]
+    assert got == want  # from this function's caller outwards
     assert (inspect.stack, inspect.getouterframes) == (real_stack, real_outer)
     with pytest.raises(RuntimeError), fast_inspect():
         raise RuntimeError("restored on errors too")
