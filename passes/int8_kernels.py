@@ -190,15 +190,14 @@ def emit_packed_conv(bb, x, wq: np.ndarray, strides, dilation, kernel: DotKernel
     extra = channel_pad(wq)
     pack = pack_func(x.ty.shape.values, str(x.ty.dtype), padding, extra, pad_value)
     n, c4, h, w, _ = (int(d) for d in pack.params[1].shape)
-    c = c4 * IC_BLOCK
-    pgv = add_kernel(bb, pack, f"pack_nchw4c_{n}x{c}x{h}x{w}")
+    pgv = add_kernel(bb, pack, f"pack_nchw4c_{n}x{c4 * IC_BLOCK}x{h}x{w}")
     packed = bb.emit(relax.call_tir(pgv, [x], relax.TensorType((n, c4, h, w, IC_BLOCK),
                                                                str(x.ty.dtype))))
     wp = pack_weight(wq, kernel.oc_block)
-    func, out_shape = scheduled_conv((n, c // IC_BLOCK, h, w, IC_BLOCK), wp.shape,
+    func, out_shape = scheduled_conv((n, c4, h, w, IC_BLOCK), wp.shape,
                                      [int(s) for s in strides], [int(d) for d in dilation], kernel,
                                      requant)
-    name = f"conv2d_int8_{kernel.name}_{n}x{c}x{h}x{w}_{wq.shape[0]}x{wq.shape[2]}"
+    name = f"conv2d_int8_{kernel.name}_{n}x{c4 * IC_BLOCK}x{h}x{w}_{wq.shape[0]}x{wq.shape[2]}"
     args = [packed, relax.const(wp, "int8")]
     if requant is not None:
         name += "_requant"

@@ -14,7 +14,7 @@ chosen by a select, so no lane ever loads outside the input.
 """
 from __future__ import annotations
 
-IC_BLOCK = 4
+from edgec.passes.int8_kernels import IC_BLOCK, hand_scheduled
 
 
 def pack_func(shape, dtype: str, padding=(0, 0, 0, 0), extra_channels: int = 0,
@@ -64,7 +64,5 @@ def pack_func(shape, dtype: str, padding=(0, 0, 0, 0), extra_channels: int = 0,
                     y32[row * wp + left + w] = T.Select(inside, word(x, n, c, hc, w), pad_word)
                 for w in range(right):
                     y32[row * wp + left + w_ + w] = pad_word
-
-    from edgec.passes.int8_kernels import hand_scheduled
 
     return hand_scheduled(pack)
