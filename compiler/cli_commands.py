@@ -26,7 +26,8 @@ def cmd_compile(args):
     config = compression_config(args, dump_ir=args.dump_ir, tuning_logs=None if args.no_tuning
                                 else args.tuning_logs or "auto",
                                 transfer_schedules=not args.no_schedule_transfer,
-                                prepack_weights=args.prepack_weights)
+                                prepack_weights=args.prepack_weights,
+                                conv_layout=args.conv_layout)
     calib = calib_data(args, config)
     model, example = args.model, None
     if is_factory(model):
@@ -55,7 +56,7 @@ def _compile_flags(p):
     p.add_argument("--no-schedule-transfer", action="store_true",
                    help="apply exact records only: a task without one keeps TVM's default "
                    "schedule instead of borrowing a similar workload's")
-    prepack_flag(p)
+    layout_flags(p)
     prune_flags(p)
     int8_flags(p)
     from edgec.compiler.cli_exits import add_exit_flags
@@ -64,8 +65,14 @@ def _compile_flags(p):
     _common(p)
 
 
-def prepack_flag(p):
-    """--prepack-weights, shared by compile and tune (their kernels must be the same)."""
+def layout_flags(p):
+    """--prepack-weights and --conv-layout, shared by compile and tune (their kernels must
+    be the same)."""
+    from edgec.compiler.config import CONV_LAYOUTS
+
+    p.add_argument("--conv-layout", default="NCHW", choices=CONV_LAYOUTS,
+                   help="NCHWc: FP32 convs in NCHW[b]c, b = the target's FP32 vector lanes "
+                        "(tune and compile with the same layout)")
     p.add_argument("--prepack-weights", action="store_true",
                    help="let tuned kernels store their weights in the layout they read best "
                         "(rewritten at compile time; tune and compile with the same flag)")

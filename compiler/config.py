@@ -10,6 +10,9 @@ from dataclasses import asdict, dataclass
 from edgec.compiler.errors import EdgecError
 
 
+CONV_LAYOUTS = ("NCHW", "NCHWc")  # see edgec.passes.conv_layout
+
+
 class ConfigError(EdgecError):
     """A PipelineConfig field has an invalid value."""
 
@@ -48,6 +51,8 @@ class PipelineConfig:
       layout-free, so a tuned schedule may store them in the layout it reads best
       (MetaSchedule's RewriteLayout); the rewrite runs once, at compile time, on the bound
       weights. Its kernels are other workloads than the plain ones: tune with the flag.
+    conv_layout: NCHW (as imported) | NCHWc: FP32 convs run in NCHW[b]c, b = the target's
+      FP32 vector lanes (see ``edgec.passes.conv_layout``); other workloads: tune with it.
     """
 
     target: str = "host"
@@ -74,6 +79,7 @@ class PipelineConfig:
     thresholds_as_input: bool = False
     transfer_schedules: bool = True
     prepack_weights: bool = False
+    conv_layout: str = "NCHW"
 
     def __post_init__(self):
         from edgec.targets import get_target
@@ -82,6 +88,8 @@ class PipelineConfig:
         for flag in ("fold_batchnorm", "fuse", "transfer_schedules", "prepack_weights"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+        if self.conv_layout not in CONV_LAYOUTS:
+            raise ConfigError(f"unknown conv_layout {self.conv_layout!r}; valid: {', '.join(CONV_LAYOUTS)}")
         self._check_prune()
         self._check_int8()
         self._check_exits()

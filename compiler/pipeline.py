@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from edgec.compiler.config import PipelineConfig
 from edgec.compiler.graph import RelaxModel, bind
 from edgec.compiler.tvm_compat import relax, tvm
+from edgec.passes.conv_layout import block_for, convert_conv_layout
 from edgec.targets import get_target
 
 
@@ -76,6 +77,13 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool 
     # lower: fold batch norms into convs, constant-fold, legalize and fuse.
     mod = _simplify(mod, config.fold_batchnorm)
     dump("20_simplified", mod)
+    block, layout_record = block_for(config.conv_layout, target.vector_bits), None
+    if block and config.fuse and not (config.int8 or has_qdq(model)):  # INT8 packs its own
+        # blocked conv layout: FP32 convs in NCHW[b]c, their neighbours follow
+        mod = convert_conv_layout(mod, block)
+        layout_record = {"name": "conv_layout", "layout": f"NCHW{block}c"}
+        passes.append(layout_record)
+        dump("25_conv_layout", mod)
     if config.fuse:
         with tvm_target:
             mod = relax.get_pipeline("zero")(mod)
@@ -95,6 +103,11 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool 
 
         mod, tuning = apply_tuning(mod, target, config.tuning_logs, config.transfer_schedules)
         dump("40_tuned", mod)
+    if layout_record is not None:
+        # blocked convs without a tuned record get the heuristic register tile
+        from edgec.passes.nchwc_schedule import apply_default_schedules
+
+        mod, layout_record["default_tiles"] = apply_default_schedules(mod)
     if config.prepack_weights and config.fuse:
         # prepack (2/2): each layout rewrite becomes its own function, and FoldConstant runs
         # it on the bound weights now: the library stores the weights already rewritten

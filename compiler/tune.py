@@ -39,7 +39,7 @@ class TuneSpec:
     the model's name in the log's run history (default: its source); warm_start: a
     workload with no record first measures the log's schedules of its nearest similar
     workloads (``tune_measure.NoRepeatSearch``), so the search starts from them;
-    prepack_weights: tune the kernels of ``PipelineConfig(prepack_weights=True)``.
+    prepack_weights, conv_layout: tune the kernels of a ``PipelineConfig`` with these.
     """
 
     target: str = "host"
@@ -56,6 +56,7 @@ class TuneSpec:
     label: str | None = None
     warm_start: bool = True
     prepack_weights: bool = False
+    conv_layout: str = "NCHW"
 
     def __post_init__(self):
         if not isinstance(self.trials, int) or self.trials < 0:
@@ -76,12 +77,14 @@ def prepare(tvm_target) -> None:
         fix_vnni_intrinsic()
 
 
-def lowered_module(model, target_name: str, prepack_weights: bool = False):
+def lowered_module(model, target_name: str, prepack_weights: bool = False,
+                   conv_layout: str = "NCHW"):
     """The fused module the build applies records to (the pipeline's own lowering)."""
     from edgec.compiler.config import PipelineConfig
     from edgec.compiler.pipeline import run
 
-    config = PipelineConfig(target=target_name, tuning_logs=None, prepack_weights=prepack_weights)
+    config = PipelineConfig(target=target_name, tuning_logs=None, prepack_weights=prepack_weights,
+                            conv_layout=conv_layout)
     return run(model, config, lower_only=True).lowered
 
 
@@ -148,7 +151,7 @@ def tune(model, spec: TuneSpec) -> dict:
     tvm_target = target.tvm_target()
     log_dir = spec.log_dir or log_dir_for(target)
     db = open_database(log_dir, target, create=True)  # validates first: never writes a bad log
-    mod = lowered_module(model, spec.target, spec.prepack_weights)
+    mod = lowered_module(model, spec.target, spec.prepack_weights, spec.conv_layout)
     tasks = as_logged(extract_tasks(mod, tvm_target), db)
     if not tasks:
         raise TuneError("the model has no tunable operators (no fused PrimFuncs)")

@@ -1,0 +1,187 @@
+"""Blocked conv layout for CPUs: FP32 convs run in NCHW[b]c with OIHW[b]o weights.
+
+In plain NCHW a conv's inner loop walks pixels, and MetaSchedule's schedules for it
+reach about a third of this CPU's FP32 peak (see benchmarks/results). In NCHW[b]c,
+with b the target's FP32 vector width (8 on AVX2, 16 on AVX-512, 4 on NEON), the
+innermost axis of every activation and weight is b output channels: one vector
+register, loaded once and reused across a tile of pixels (the layout oneDNN and ONNX
+Runtime's MLAS use on x86).
+
+Relax's ``ConvertLayout`` moves the layouts: each conv gets blocked data/weights, and
+the elementwise ops, pools and reductions between convs follow, so only the graph's
+edges transform activations; the weights' transforms are folded at compile time.
+Relax cannot legalize a conv with a blocked layout ("channel chunk ... cannot be
+legalized by TOPI"), so ``legalize_blocked_conv`` supplies the compute: groups == 1 and
+depthwise directly in the blocked layout; any other grouped conv unblocks, convolves in
+NCHW and blocks again (correct, not fast).
+"""
+from __future__ import annotations
+
+import functools
+import re
+
+from edgec.compiler.config import CONV_LAYOUTS as LAYOUTS
+from edgec.compiler.errors import EdgecError
+from edgec.compiler.tvm_compat import relax, tvm
+_BLOCKED = re.compile(r"^NCHW(\d+)c$")
+
+
+class ConvLayoutError(EdgecError):
+    """A conv layout edgec does not know."""
+
+
+def block_for(layout: str, vector_bits: int) -> int | None:
+    """The channel block for ``layout`` ("NCHW": None; "NCHWc": FP32 lanes of the target)."""
+    if layout not in LAYOUTS:
+        raise ConvLayoutError(f"unknown conv layout {layout!r}; valid choices: {', '.join(LAYOUTS)}")
+    return None if layout == "NCHW" else max(1, vector_bits // 32)
+
+
+def convert_conv_layout(mod: tvm.IRModule, block: int) -> tvm.IRModule:
+    """Blocks every FP32 conv2d whose channels divide by ``block``, then legalizes them.
+
+    Convs whose channel counts do not divide (a 3-channel RGB stem) stay in NCHW;
+    ConvertLayout puts the layout transforms on their edges.
+    """
+    if block is None or block <= 1:
+        return mod
+    mod = _ClipAsMinMax(mod).rewrite()  # ConvertLayout cannot move clip (ReLU6)
+    desired = {"relax.nn.conv2d": [f"NCHW{block}c", f"OIHW{block}o"]}
+    mod = relax.transform.ConvertLayout(desired)(mod)
+    hook = functools.partial(legalize_blocked_conv, block=block)
+    return relax.transform.LegalizeOps({"relax.nn.conv2d": hook})(mod)
+
+
+@relax.expr_functor.mutator
+class _ClipAsMinMax(relax.PyExprMutator):
+    """clip(x, lo, hi) -> minimum(maximum(x, lo), hi): elementwise binary ops, whose layout
+    ConvertLayout infers (it has no rule for clip, and would unblock around every ReLU6)."""
+
+    def __init__(self, mod):
+        super().__init__(mod)
+        self.mod = mod
+
+    def rewrite(self):
+        for gv, func in self.mod.functions.items():
+            if isinstance(func, relax.Function):
+                self.builder_.update_func(gv, self.visit_expr(func))
+        return self.builder_.get()
+
+    def visit_call_(self, op):
+        call = super().visit_call_(op)
+        if getattr(call.op, "name", "") != "relax.clip":
+            return call
+        x, lo, hi = call.args
+        dtype = str(x.ty.dtype)
+        def const(bound):  # a PrimValue; its value is a number or an IntImm/FloatImm
+            value = getattr(bound.value, "value", bound.value)
+            return relax.const(float(value) if "float" in dtype else int(value), dtype)
+
+        return relax.op.minimum(relax.op.maximum(x, const(lo)), const(hi))
+
+
+def legalize_blocked_conv(bb: relax.BlockBuilder, call: relax.Call, block: int = 8) -> relax.Expr:
+    """LegalizeOps hook for relax.nn.conv2d: the NCHW[b]c x OIHW[b]o compute (TE); an FP32
+    conv left in NCHW whose input channels do not divide by the block (the RGB stem) still
+    computes blocked (NCHW in, NCHW[b]c tile, NCHW out), on weights blocked at compile time."""
+    a = call.attrs
+    m = _BLOCKED.match(a.data_layout)
+    if m is None:
+        if _plain_stem(call, block):
+            return _stem(bb, call, block)
+        # not ours: the default legalization (plain layouts)
+        from tvm.relax.transform.legalize_ops.nn import _nn_conv2d
+        return _nn_conv2d(bb, call)
+    b = int(m.group(1))
+    if a.kernel_layout != f"OIHW{b}o" or a.out_layout != a.data_layout:
+        raise ConvLayoutError(f"blocked conv2d with kernel layout {a.kernel_layout} and output "
+                              f"layout {a.out_layout}; expected OIHW{b}o and {a.data_layout}")
+    return bb.call_te(conv2d_nchwc, call.args[0], call.args[1], primfunc_name_hint="conv2d_nchwc",
+                      **_params(call))
+
+
+def _params(call) -> dict:
+    a = call.attrs
+    out_dtype = a.out_dtype if str(a.out_dtype) else call.args[0].ty.dtype
+    return dict(strides=[int(s) for s in a.strides], padding=[int(p) for p in a.padding],
+                dilation=[int(d) for d in a.dilation], groups=int(a.groups),
+                out_dtype=str(out_dtype))
+
+
+def _plain_stem(call, block) -> bool:
+    a, (data, weight) = call.attrs, call.args[:2]
+    return (a.data_layout == "NCHW" and a.kernel_layout == "OIHW" and a.out_layout == "NCHW"
+            and int(a.groups) == 1 and "float" in str(data.ty.dtype)
+            and int(weight.ty.shape[0]) % block == 0 and int(data.ty.shape[1]) % block != 0)
+
+
+def _stem(bb, call, b):
+    from tvm import te
+
+    o, i, kh, kw = (int(x) for x in call.args[1].ty.shape)
+    weight = bb.emit_te(lambda w: te.compute((o // b, i, kh, kw, b),
+                                             lambda p, c, y, x, q: w[p * b + q, c, y, x],
+                                             name="block_weight"),
+                        call.args[1], primfunc_name_hint="block_weight")
+    return bb.call_te(conv2d_nchw_stem, call.args[0], weight, primfunc_name_hint="conv2d_nchwc",
+                      **_params(call))
+
+
+def conv2d_nchw_stem(data, kernel, strides, padding, dilation, groups, out_dtype):
+    """TE compute: data [N, C, H, W], kernel [O/b, C, KH, KW, b] -> NCHW[b]c tile -> [N, O, OH, OW]."""
+    from tvm import te, topi
+
+    n, c, h, w = (int(x) for x in data.shape)
+    oc, _, kh, kw, b = (int(x) for x in kernel.shape)
+    (sh, sw), (dh, dw) = strides, dilation
+    top, left, bottom, right = padding
+    oh = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1
+    ow = (w + left + right - (kw - 1) * dw - 1) // sw + 1
+    pad = topi.nn.pad(data, (0, 0, top, left), (0, 0, bottom, right), name="data_pad")
+    ric, rh, rw = te.reduce_axis((0, c), "ic"), te.reduce_axis((0, kh), "kh"), te.reduce_axis((0, kw), "kw")
+    out = te.compute(
+        (n, oc, oh, ow, b),
+        lambda i, o, y, x, ob: te.sum(
+            pad[i, ric, y * sh + rh * dh, x * sw + rw * dw].astype(out_dtype)
+            * kernel[o, ric, rh, rw, ob].astype(out_dtype), axis=[ric, rh, rw]),
+        name="conv2d_nchwc")
+    return te.compute((n, oc * b, oh, ow), lambda i, o, y, x: out[i, o // b, y, x, o % b],
+                      name="unblock_out")
+
+
+def conv2d_nchwc(data, kernel, strides, padding, dilation, groups, out_dtype):
+    """TE compute: data [N, C/b, H, W, b], kernel [O/b, C/groups, KH, KW, b] -> [N, O/b, OH, OW, b]."""
+    from tvm import te, topi
+
+    n, cc, h, w, b = (int(x) for x in data.shape)
+    oc, icg, kh, kw, _ = (int(x) for x in kernel.shape)
+    (sh, sw), (dh, dw) = strides, dilation
+    top, left, bottom, right = padding
+    oh = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1
+    ow = (w + left + right - (kw - 1) * dw - 1) // sw + 1
+    pad = topi.nn.pad(data, (0, 0, top, left, 0), (0, 0, bottom, right, 0), name="data_pad")
+    rh, rw = te.reduce_axis((0, kh), "kh"), te.reduce_axis((0, kw), "kw")
+    cast = lambda x: x.astype(out_dtype)  # noqa: E731
+    if groups == 1:
+        ric, rib = te.reduce_axis((0, cc), "icc"), te.reduce_axis((0, b), "icb")
+        return te.compute(
+            (n, oc, oh, ow, b),
+            lambda i, o, y, x, ob: te.sum(
+                cast(pad[i, ric, y * sh + rh * dh, x * sw + rw * dw, rib])
+                * cast(kernel[o, ric * b + rib, rh, rw, ob]), axis=[ric, rh, rw, rib]),
+            name="conv2d_nchwc")
+    if groups == cc * b == oc * b and icg == 1:  # depthwise, one filter per channel
+        return te.compute(
+            (n, oc, oh, ow, b),
+            lambda i, o, y, x, ob: te.sum(
+                cast(pad[i, o, y * sh + rh * dh, x * sw + rw * dw, ob])
+                * cast(kernel[o, 0, rh, rw, ob]), axis=[rh, rw]),
+            name="depthwise_conv2d_nchwc")
+    # other grouped convs: unblock, convolve in NCHW, block again
+    plain = te.compute((n, cc * b, h, w), lambda i, c, y, x: data[i, c // b, y, x, c % b],
+                       name="unblock_data")
+    weight = te.compute((oc * b, icg, kh, kw), lambda o, c, y, x: kernel[o // b, c, y, x, o % b],
+                        name="unblock_weight")
+    out = topi.nn.group_conv2d_nchw(plain, weight, strides, padding, dilation, groups, out_dtype)
+    return te.compute((n, oc, oh, ow, b), lambda i, o, y, x, ob: out[i, o * b + ob, y, x],
+                      name="block_out")

@@ -1,0 +1,117 @@
+"""Blocked conv layout (NCHW[b]c): convs, depthwise and grouped convs, the ops between
+them, and the RGB stem compile to blocked kernels and equal torch."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgec.compiler import PipelineConfig, compile, load
+from edgec.compiler.config import ConfigError
+from edgec.compiler.frontend import import_model
+from edgec.compiler.pipeline import run
+from edgec.compiler.tvm_compat import relax, tvm
+from edgec.passes.conv_layout import ConvLayoutError, block_for
+
+
+class Mixed(nn.Module):
+    """RGB stem (3 channels: stays NCHW), stride 2, dilation, a residual add, depthwise,
+    a grouped conv (groups 2), a pool and the classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16),
+                                  nn.ReLU())
+        self.body = nn.Conv2d(16, 16, 3, padding=2, dilation=2)
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU6())
+        self.grouped = nn.Conv2d(16, 32, 1, groups=2)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        y = self.stem(x)
+        y = torch.relu(self.body(y) + y)
+        y = self.pool(self.grouped(self.dw(y)))
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+def _model():
+    torch.manual_seed(0)
+    m = Mixed()
+    with torch.no_grad():  # non-trivial batch-norm statistics, so folding is exercised
+        m.stem[1].running_mean.uniform_(-0.5, 0.5)
+        m.stem[1].running_var.uniform_(0.5, 2.0)
+    return m.eval()
+
+
+def _calls(mod, op_name):
+    found = []
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func.body, lambda e: found.append(e) if isinstance(
+                e, relax.Call) and getattr(e.op, "name", "") == op_name else None)
+    return found
+
+
+def test_block_is_the_targets_fp32_lanes_and_bad_layouts_are_named():
+    assert block_for("NCHWc", 256) == 8 and block_for("NCHWc", 512) == 16
+    assert block_for("NCHWc", 128) == 4 and block_for("NCHW", 256) is None
+    with pytest.raises(ConvLayoutError, match="valid choices: NCHW, NCHWc"):
+        block_for("NHWC", 256)
+    with pytest.raises(ConfigError, match="unknown conv_layout 'NHWC'; valid: NCHW, NCHWc"):
+        PipelineConfig(conv_layout="NHWC")
+
+
+def test_blocked_layout_structure():
+    """Every conv is a blocked kernel: the stem (3 channels) NCHW in -> blocked tile ->
+    NCHW out, body and depthwise directly, the grouped conv through its unblocked
+    fallback; no conv2d op is left to the default legalizer, ReLU6 is fused (no layout
+    transform around it), and activations change layout only at the graph's edges."""
+    x = torch.randn(1, 3, 32, 32)
+    res = run(import_model(_model(), (x,)), PipelineConfig(
+        target="x86-avx2", tuning_logs=None, conv_layout="NCHWc"), lower_only=True)
+    assert {"name": "conv_layout", "layout": "NCHW8c"} in res.passes
+    mod = res.lowered
+    assert not _calls(mod, "relax.nn.conv2d")
+    kernels = {gv.name_hint: f.script() for gv, f in mod.functions.items()
+               if isinstance(f, tvm.tirx.PrimFunc)}
+    convs = [k for k, text in kernels.items() if "conv2d" in text]
+    blocked = [k for k in convs if 'T.sblock("conv2d_nchwc")' in kernels[k]]
+    assert len(blocked) == 2, convs  # stem, body (the grouped fallback computes plain)
+    assert sum('T.sblock("depthwise_conv2d_nchwc")' in kernels[k] for k in convs) == 1
+    assert sum('T.sblock("unblock_out")' in kernels[k] for k in blocked) == 1  # the stem
+    assert sum('T.sblock("group_conv2d_nchw")' in kernels[k] for k in convs) == 1
+    assert any("minimum" in k for k in convs)  # ReLU6 fused into the depthwise kernel
+    transforms = [k for k in kernels if "layout_transform" in k]
+    assert 1 <= len(transforms) <= 2, transforms  # into blocked after the stem; out before fc
+
+
+@pytest.mark.parametrize("target", ["x86-avx2", "x86-avx512"])
+def test_blocked_layout_matches_torch(tmp_path, target):
+    """Numeric: blocked builds (b = 8 on AVX2, 16 on AVX-512 -- compiled, run where the CPU
+    has it) equal torch and the plain NCHW build."""
+    from edgec.targets import get_target
+
+    x = torch.randn(1, 3, 32, 32)
+    model = _model()
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = str(tmp_path / "m.so")
+    manifest = compile(model, (x,), output=out, config=PipelineConfig(
+        target=target, tuning_logs=None, conv_layout="NCHWc"))
+    block = get_target(target).vector_bits // 32
+    record = next(p for p in manifest["passes"] if p["name"] == "conv_layout")
+    assert record["layout"] == f"NCHW{block}c"
+    assert record["default_tiles"] == 3  # stem, body, depthwise: register tiles
+    if target == "x86-avx512" and "avx512f" not in open("/proc/cpuinfo").read():
+        pytest.skip("this CPU has no AVX-512 to run the library on")
+    np.testing.assert_allclose(load(out)(x.numpy())[0], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_int8_keeps_its_own_layout():
+    """INT8 models are packed by the quantizer (NCHW[4c] words): no blocked FP32 pass."""
+    x = torch.randn(1, 3, 32, 32)
+    res = run(import_model(_model(), (x,)), PipelineConfig(
+        target="x86-avx2", tuning_logs=None, conv_layout="NCHWc", int8=True, calib_samples=2),
+        calib_data=np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype("float32"),
+        lower_only=True)
+    assert all(p["name"] != "conv_layout" for p in res.passes)
