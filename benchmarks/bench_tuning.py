@@ -1,9 +1,12 @@
 """Tuned edgec vs untuned edgec, PyTorch eager and ONNX Runtime, batch 1, on this machine.
 
     python -m benchmarks.bench_tuning [--models resnet18 mobilenet_v2 mnist_cnn] [--log-dir DIR]
+        [--conv-layout NCHWc]
 
 Tuned builds apply the committed log of the host's base target (tuning_logs/x86-avx2 on
-AVX2 machines). Reports latency ratios, % of this CPU's FP32 peak, and the tuning cost
+AVX2 machines). ``edgec_tuned`` uses ``--conv-layout``; with NCHWc the tuned plain-NCHW
+build runs alongside as ``edgec_tuned_nchw``; ``edgec_untuned`` is TVM's default
+schedules in NCHW. Reports latency ratios, % of this CPU's FP32 peak, and the tuning cost
 recorded in the log (trials, wall time, trials/minute, seconds per trial).
 Never run it while a tune (or anything heavy) runs: contention ruins the numbers.
 """
@@ -42,23 +45,31 @@ def bench_model(name: str, args, peak: dict) -> dict:
     folder = scratch()
     log_dir = args.log_dir or log_dir_for(get_target("host"))
     untuned, _, _ = edgec_build(model, x, folder, "untuned", None)
-    tuned, manifest, build_s = edgec_build(model, x, folder, "tuned", log_dir)
+    tuned, manifest, build_s = edgec_build(model, x, folder, "tuned", log_dir,
+                                           conv_layout=args.conv_layout)
     engines = peer_engines(model, x, args.threads, folder)
     engines += [Engine("edgec_untuned", edgec_runner(untuned, [x])),
                 Engine("edgec_tuned", edgec_runner(tuned, [x]))]
+    if args.conv_layout != "NCHW":
+        plain, _, _ = edgec_build(model, x, folder, "tuned_nchw", log_dir, conv_layout="NCHW")
+        engines.append(Engine("edgec_tuned_nchw", edgec_runner(plain, [x])))
     result = run_compare(engines, args)
     flops = model_flops(model, x)
     tuned_ms = result["engines"]["edgec_tuned"]["median_ms"]
+    label = f"benchmarks.models:{name}" + ("" if args.conv_layout == "NCHW"
+                                           else f" ({args.conv_layout})")
     return {"model": name, "input_shape": list(x.shape), "tuning": manifest["tuning"],
+            "conv_layout": args.conv_layout,
             "tuned_build_s": round(build_s, 1), "max_abs_diff_vs_torch": max_abs_diff(tuned, model, x),
             "gflop": flops / 1e9, "tuned_gflops": flops / tuned_ms / 1e6,
             "tuned_pct_of_peak": 100 * flops / tuned_ms / 1e6 / peak["gflops"],
             "onnxruntime_pct_of_peak": 100 * flops / result["engines"]["onnxruntime"]["median_ms"]
             / 1e6 / peak["gflops"],
-            "ratios": dict(ratios(result, "edgec_tuned"),
+            "ratios": dict(ratios(result, "edgec_tuned", peers=("pytorch_eager", "onnxruntime",
+                                                                "edgec_tuned_nchw")),
                            speedup_tuned_over_untuned=result["engines"]["edgec_untuned"]["median_ms"]
                            / tuned_ms),
-            "tuning_cost": tuning_cost(log_dir, f"benchmarks.models:{name}"), "compare": result}
+            "tuning_cost": tuning_cost(log_dir, label), "compare": result}
 
 
 def _markdown(rows, peak, threads) -> str:
@@ -66,7 +77,8 @@ def _markdown(rows, peak, threads) -> str:
     for r in rows:
         md.append(markdown_table(r["compare"], f"{r['model']} {'x'.join(map(str, r['input_shape']))}"))
         c = r["tuning_cost"]
-        md.append("\n" + ", ".join(f"{k} = {v:.2f}" for k, v in r["ratios"].items())
+        md.append(f"\nedgec_tuned: conv layout {r['conv_layout']}; "
+                  + ", ".join(f"{k} = {v:.2f}" for k, v in r["ratios"].items())
                   + f"; {r['tuned_gflops']:.1f} GFLOP/s = {r['tuned_pct_of_peak']:.1f}% of peak "
                   f"(ONNX Runtime {r['onnxruntime_pct_of_peak']:.1f}%); "
                   f"{r['tuning']['summary']}; tuning spent {c['trials']} trials in {c['wall_s']} s "
@@ -77,13 +89,22 @@ def _markdown(rows, peak, threads) -> str:
     return "\n".join(md)
 
 
+def _flags(p):
+    from edgec.compiler.config import CONV_LAYOUTS
+
+    p.add_argument("--log-dir", help="tuning log to apply (default: the host's base target's)")
+    p.add_argument("--conv-layout", default="NCHW", choices=CONV_LAYOUTS,
+                   help="edgec_tuned's conv layout (NCHWc: the plain tuned build runs too)")
+
+
 def main(argv=None):
-    args = parse_args(__doc__, argv, lambda p: p.add_argument(
-        "--log-dir", help="tuning log to apply (default: the host's base target's)"))
+    args = parse_args(__doc__, argv, _flags)
     peak = fp32_peak()
     rows = [bench_model(name, args, peak) for name in args.models]
     md = _markdown(rows, peak, args.threads)
-    paths = write_results(args.out or "tuned-" + "-".join(args.models),
+    stem = "tuned-" + "-".join(args.models) + ("" if args.conv_layout == "NCHW"
+                                               else "-" + args.conv_layout.lower())
+    paths = write_results(args.out or stem,
                           {"peak": peak, "results": rows}, md)
     print(md)
     print("wrote", *paths)

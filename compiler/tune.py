@@ -71,8 +71,12 @@ def _parse_tracker(text: str):
 
 
 def prepare(tvm_target) -> None:
-    """Process-wide fixes MetaSchedule needs here (cheap TVMScript parsing; VNNI impl)."""
+    """Process-wide set-up MetaSchedule needs here (cheap TVMScript parsing; VNNI impl;
+    edgec's design-space rule for blocked convs)."""
+    from edgec.passes.nchwc_schedule import register_rule
+
     fast_inspect_initializer()
+    register_rule()
     if has_vnni(tvm_target):
         fix_vnni_intrinsic()
 

@@ -94,7 +94,13 @@ class Donors:
 
         A prepacking kernel's trace (``PipelineConfig.prepack_weights``) rewrites weight
         layouts inside the kernel: never given to a plain kernel, where that rewrite would
-        run on every call. A plain trace fits both."""
+        run on every call. A plain trace fits both. A blocked conv gets none: its tile is
+        sampled from candidates of its own shape, and without a record it takes the
+        heuristic tile (``nchwc_schedule``), not another shape's."""
+        from edgec.passes.nchwc_schedule import is_blocked_conv
+
+        if is_blocked_conv(func):
+            return []
         sig, packs = signature(func), _prepacks(func)
         same = [e for e in self.entries if e[0] == sig and (packs or not _prepacks(e[1]))]
         same.sort(key=lambda e: (distance(func, e[1]), e[2]))

@@ -24,6 +24,7 @@ from edgec.compiler.config import CONV_LAYOUTS as LAYOUTS
 from edgec.compiler.errors import EdgecError
 from edgec.compiler.tvm_compat import relax, tvm
 _BLOCKED = re.compile(r"^NCHW(\d+)c$")
+_RULE = {"schedule_rule": "edgec_conv2d_nchwc"}  # tuned by nchwc_schedule.tuning_rule
 
 
 class ConvLayoutError(EdgecError):
@@ -144,7 +145,7 @@ def conv2d_nchw_stem(data, kernel, strides, padding, dilation, groups, out_dtype
         lambda i, o, y, x, ob: te.sum(
             pad[i, ric, y * sh + rh * dh, x * sw + rw * dw].astype(out_dtype)
             * kernel[o, ric, rh, rw, ob].astype(out_dtype), axis=[ric, rh, rw]),
-        name="conv2d_nchwc")
+        name="conv2d_nchwc", attrs=_RULE)
     return te.compute((n, oc * b, oh, ow), lambda i, o, y, x: out[i, o // b, y, x, o % b],
                       name="unblock_out")
 
@@ -169,14 +170,14 @@ def conv2d_nchwc(data, kernel, strides, padding, dilation, groups, out_dtype):
             lambda i, o, y, x, ob: te.sum(
                 cast(pad[i, ric, y * sh + rh * dh, x * sw + rw * dw, rib])
                 * cast(kernel[o, ric * b + rib, rh, rw, ob]), axis=[ric, rh, rw, rib]),
-            name="conv2d_nchwc")
+            name="conv2d_nchwc", attrs=_RULE)
     if groups == cc * b == oc * b and icg == 1:  # depthwise, one filter per channel
         return te.compute(
             (n, oc, oh, ow, b),
             lambda i, o, y, x, ob: te.sum(
                 cast(pad[i, o, y * sh + rh * dh, x * sw + rw * dw, ob])
                 * cast(kernel[o, 0, rh, rw, ob]), axis=[rh, rw]),
-            name="depthwise_conv2d_nchwc")
+            name="depthwise_conv2d_nchwc", attrs=_RULE)
     # other grouped convs: unblock, convolve in NCHW, block again
     plain = te.compute((n, cc * b, h, w), lambda i, c, y, x: data[i, c // b, y, x, c % b],
                        name="unblock_data")

@@ -21,12 +21,13 @@ MAX_ACC = 8  # accumulator registers a tile may use (of AVX2's 16; more spilled 
 
 
 def tile_candidates(out_width: int, oc_chunks: int, depthwise: bool) -> list[tuple[int, int]]:
-    """(reg_n, oc_in) tiles: reg_n divides the output width, oc_in the channel blocks,
-    and the tile fits ``MAX_ACC`` registers (depthwise: one block, more pixels)."""
+    """(reg_n, oc_in) tiles: reg_n divides the output width (one pixel only if nothing
+    else does), oc_in the channel blocks, and the tile fits ``MAX_ACC`` registers
+    (depthwise: one block, more pixels)."""
     limit = 2 * MAX_ACC if depthwise else MAX_ACC
-    pix = [d for d in range(1, min(out_width, limit) + 1) if out_width % d == 0]
+    pix = [d for d in range(2, min(out_width, limit) + 1) if out_width % d == 0] or [1]
     ocs = [1] if depthwise else [d for d in (1, 2, 4) if oc_chunks % d == 0]
-    return [(r, o) for o in ocs for r in pix if r * o <= limit]
+    return [(r, o) for o in ocs for r in pix if r * o <= limit] or [(min(pix), 1)]
 
 
 def default_tile(out_width: int, oc_chunks: int, depthwise: bool) -> tuple[int, int]:
@@ -46,28 +47,51 @@ def find_conv_block(sch):
     return None
 
 
+def is_blocked_conv(func) -> bool:
+    """Whether a PrimFunc computes a blocked conv (its schedule comes from this module)."""
+    from tvm import s_tir
+
+    try:
+        sch = s_tir.Schedule(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}))
+    except Exception:  # noqa: BLE001 - not schedulable: not one of ours
+        return False
+    return find_conv_block(sch) is not None
+
+
 def conv_shape(sch, block) -> tuple[int, int, bool]:
     """(output width, output channel blocks, depthwise) of the conv block."""
     shape = [int(sch.get(loop).extent) for loop in sch.get_loops(block)]  # n, oc, y, x, ob, ...
     return shape[3], shape[1], sch.get(block).name_hint.startswith("depthwise")
 
 
-def schedule_conv(sch, block, reg_n: int, oc_in: int) -> None:
-    """Apply the register-tile schedule to ``block`` (and its pad and epilogue) in place."""
+def schedule_conv(sch, block, reg_n, oc_in, taps_outer: bool = False) -> None:
+    """Apply the register-tile schedule to ``block`` (and its pad and epilogue) in place.
+
+    reg_n, oc_in: ints, or a traced schedule's sampled variables (the tuning rule). Every
+    block this leaves is marked ``schedule_rule=None``: MetaSchedule's generic rules must
+    not re-tile or re-inline them after this rule. taps_outer: loop over the kernel taps
+    outside the input channels (else inside, between channel blocks and lanes)."""
     n, oc, y, x, ob, *red = sch.get_loops(block)
+    if taps_outer and len(red) == 4:  # icc, kh, kw, icb
+        red = [red[1], red[2], red[0], red[3]]
+    elif taps_outer and len(red) == 3:  # the stem: ic, kh, kw
+        red = [red[1], red[2], red[0]]
     xo, xi = sch.split(x, [None, reg_n])
     oco, oci = sch.split(oc, [None, oc_in])
     sch.reorder(n, oco, y, xo, *red, xi, oci, ob)
     sch.parallel(sch.fuse(n, oco, y))
     tile = sch.cache_write(block, 0, "local")
     _epilogue(sch, tile, xo)
-    sch.reverse_compute_at(tile, xo)
+    # unit loops kept: a traced schedule must have the same loops whatever tile it samples
+    sch.reverse_compute_at(tile, xo, preserve_unit_loops=True)
     sch.vectorize(sch.get_loops(tile)[-1])
     sch.unroll(oci)
     sch.unroll(xi)
     sch.vectorize(ob)
     init = sch.decompose_reduction(block, red[0])
     sch.vectorize(sch.get_loops(init)[-1])
+    for done in (init, tile):
+        sch.annotate(done, "schedule_rule", "None")
     _schedule_pad(sch)
 
 
@@ -82,7 +106,8 @@ def _epilogue(sch, tile, xo) -> None:
         except Exception:  # noqa: BLE001 - not a plain elementwise read of the tile
             if target is not tile:
                 return
-            sch.reverse_compute_at(consumer, xo)
+            sch.reverse_compute_at(consumer, xo, preserve_unit_loops=True)
+            sch.annotate(consumer, "schedule_rule", "None")
             target = consumer
 
 
@@ -132,3 +157,32 @@ def apply_default_schedules(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
                 mod[gv] = new
                 done += 1
     return mod, done
+
+
+def tuning_rule(sch, block):
+    """MetaSchedule design spaces of a blocked conv (``schedule_rule`` = RULE), one per
+    loop order (taps inside or outside the channels; depthwise has one): the register
+    tile is sampled (pixels and channel blocks separately, the heuristic tile twice as
+    likely), so the evolutionary search mutates it and the log records the best."""
+    out_width, oc_chunks, depthwise = conv_shape(sch, block)
+    cands = tile_candidates(out_width, oc_chunks, depthwise)
+    best = default_tile(out_width, oc_chunks, depthwise)
+    spaces = []
+    for taps_outer in ((False,) if depthwise else (False, True)):
+        space = sch.copy()
+        choices = []
+        for axis in (0, 1):
+            values = sorted({c[axis] for c in cands})
+            weights = [2.0 if v == best[axis] else 1.0 for v in values]
+            choices.append(space.sample_categorical(values, [w / sum(weights) for w in weights]))
+        schedule_conv(space, block, *choices, taps_outer=taps_outer)
+        # the loops are parallel and vectorized already: ParallelVectorizeUnroll on the
+        # root would annotate them again, and its postproc then rejects every candidate
+        space.annotate(space.get_sblock("root"), "schedule_rule", "None")
+        spaces.append(space)
+    return spaces
+
+
+def register_rule() -> None:
+    """Make RULE known to MetaSchedule (target key "cpu": x86 and ARM); idempotent."""
+    tvm.register_global_func(f"s_tir.meta_schedule.cpu.{RULE}", tuning_rule, override=True)

@@ -46,9 +46,10 @@ def test_compile_module_factory(tmp_path):
     assert os.path.isfile(tmp_path / "s.so") and os.path.isfile(tmp_path / "s.json")
     # a dotted package path is a factory, not a file with an extension
     r = edgec("compile", "edgec.compiler.zoo:mnist_cnn", "--input", "x:1x1x28x28", "-o", "z.so",
-              cwd=tmp_path)
+              "--conv-layout", "NCHWc", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert os.path.isfile(tmp_path / "z.json")
+    manifest = json.loads((tmp_path / "z.json").read_text())
+    assert any(p["name"] == "conv_layout" for p in manifest["passes"])
 
 
 def test_errors_are_one_line_exit_2(tmp_path):
@@ -56,6 +57,7 @@ def test_errors_are_one_line_exit_2(tmp_path):
         ("compile", "missing.onnx"),
         ("compile", "x.onnx", "--target", "rpi9"),
         ("compile", "mymod:f", "--input", "x:1xA"),
+        ("compile", "x.onnx", "--conv-layout", "NHWC"),
         ("run", str(tmp_path / "none.so"), "--input", "x.npy"),
         ("nonsense",),
     ]
@@ -66,6 +68,7 @@ def test_errors_are_one_line_exit_2(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("edgec: error:"), (args, r.stderr)
         assert "Traceback" not in r.stderr
     assert "known: host" in edgec("compile", "x.onnx", "--target", "rpi9").stderr
+    assert "'NCHW', 'NCHWc'" in edgec("compile", "x.onnx", "--conv-layout", "NHWC").stderr
 
 
 def test_run_wrong_shape_is_clear(tmp_path):

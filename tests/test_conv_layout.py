@@ -115,3 +115,41 @@ def test_int8_keeps_its_own_layout():
         calib_data=np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype("float32"),
         lower_only=True)
     assert all(p["name"] != "conv_layout" for p in res.passes)
+
+
+def test_tuning_samples_the_register_tile_and_the_build_replays_it(tmp_path):
+    """Tuning a blocked conv searches edgec's design space (the register tile, sampled;
+    both loop orders); the build applies the best record instead of the heuristic tile,
+    and equals torch. A blocked conv without a record borrows no other shape's trace."""
+    from edgec.compiler.tune import TuneSpec, tune
+    from edgec.compiler.tuning_db import open_database
+    from edgec.targets import get_target
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU()).eval()
+    x = torch.randn(1, 8, 16, 16)
+    log = str(tmp_path / "x86-avx2")
+    summary = tune(import_model(model, (x,)), TuneSpec(
+        target="x86-avx2", trials=12, log_dir=log, trials_per_iter=8, quiet=True,
+        conv_layout="NCHWc"))
+    conv = next(r for r in summary["per_task"] if "conv2d_nchwc" in r["task"])
+    assert conv["trials"] >= 2 and summary["failed"] == 0
+    db = open_database(log, get_target("x86-avx2"))
+    traces = [str(r.trace) for r in db.get_all_tuning_records()]
+    tiled = [t for t in traces if "sample_categorical" in t
+             and 'ann_val="None"' in t]
+    assert len(tiled) >= 2  # the rule's traces: sampled tile, blocks closed to other rules
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = str(tmp_path / "tuned.so")
+    manifest = compile(model, (x,), output=out, config=PipelineConfig(
+        target="x86-avx2", tuning_logs=log, conv_layout="NCHWc"))
+    record = next(p for p in manifest["passes"] if p["name"] == "conv_layout")
+    assert record["default_tiles"] == 0 and manifest["tuning"]["tuned"] >= 1
+    np.testing.assert_allclose(load(out)(x.numpy())[0], ref, rtol=1e-5, atol=1e-5)
+    # a wider conv (no record of its own) keeps the heuristic tile: nothing transferred
+    wide = nn.Sequential(nn.Conv2d(8, 24, 3, padding=1), nn.ReLU()).eval()
+    manifest = compile(wide, (x,), output=str(tmp_path / "wide.so"), config=PipelineConfig(
+        target="x86-avx2", tuning_logs=log, conv_layout="NCHWc"))
+    record = next(p for p in manifest["passes"] if p["name"] == "conv_layout")
+    assert record["default_tiles"] == 1
