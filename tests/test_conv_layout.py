@@ -85,10 +85,10 @@ def test_blocked_layout_structure():
     assert 1 <= len(transforms) <= 2, transforms  # into blocked after the stem; out before fc
 
 
-@pytest.mark.parametrize("target", ["x86-avx2", "x86-avx512"])
+@pytest.mark.parametrize("target", ["x86-avx2", "x86-avx512", "rpi4"])
 def test_blocked_layout_matches_torch(tmp_path, target):
-    """Numeric: blocked builds (b = 8 on AVX2, 16 on AVX-512 -- compiled, run where the CPU
-    has it) equal torch and the plain NCHW build."""
+    """Numeric: blocked builds (b = 8 on AVX2, 16 on AVX-512, 4 on NEON -- compiled, run
+    where this CPU can) equal torch."""
     from edgec.targets import get_target
 
     x = torch.randn(1, 3, 32, 32)
@@ -102,6 +102,9 @@ def test_blocked_layout_matches_torch(tmp_path, target):
     record = next(p for p in manifest["passes"] if p["name"] == "conv_layout")
     assert record["layout"] == f"NCHW{block}c"
     assert record["default_tiles"] == 3  # stem, body, depthwise: register tiles
+    if target == "rpi4":
+        assert manifest["arch"] == "aarch64"
+        pytest.skip("cross-compiled for aarch64: nothing here runs it")
     if target == "x86-avx512" and "avx512f" not in open("/proc/cpuinfo").read():
         pytest.skip("this CPU has no AVX-512 to run the library on")
     np.testing.assert_allclose(load(out)(x.numpy())[0], ref, rtol=1e-4, atol=1e-5)

@@ -145,3 +145,27 @@ def test_metaschedule_rpc_runner_measures_on_board_via_tracker(tmp_path):
             p.stop()
     assert result.error_msg is None, result.error_msg
     assert len(result.run_secs) == 1 and float(result.run_secs[0]) > 0
+
+
+def test_blocked_conv_layout_matches_pytorch_on_board(emulated_board, tmp_path):
+    """NCHW[4c] on NEON (rpi4): the blocked RGB stem, conv, depthwise and grouped convs with
+    their register tiles, cross-compiled, equal torch on the aarch64 board."""
+    from test_conv_layout import _model
+
+    from edgec.compiler import PipelineConfig
+
+    model = _model()
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    so = str(tmp_path / "blocked_arm.so")
+    manifest = compile(model, (x,), output=so, config=PipelineConfig(
+        target="rpi4", tuning_logs=None, conv_layout="NCHWc"))
+    record = next(p for p in manifest["passes"] if p["name"] == "conv_layout")
+    assert record["layout"] == "NCHW4c" and record["default_tiles"] == 3
+    with torch.no_grad():
+        expected = model(x).numpy()
+    session = connect(rpc=f"127.0.0.1:{emulated_board.port}", timeout=120)
+    try:
+        out = RemoteModel(session, so)(x.numpy())[0]
+    finally:
+        session.close()
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
