@@ -103,7 +103,9 @@ def legalize_blocked_conv(bb: relax.BlockBuilder, call: relax.Call, block: int =
 
 def _params(call) -> dict:
     a = call.attrs
-    out_dtype = a.out_dtype if str(a.out_dtype) else call.args[0].ty.dtype
+    out_dtype = str(a.out_dtype)
+    if out_dtype in ("", "None", "void"):  # unset: the input's dtype
+        out_dtype = str(call.args[0].ty.dtype)
     return dict(strides=[int(s) for s in a.strides], padding=[int(p) for p in a.padding],
                 dilation=[int(d) for d in a.dilation], groups=int(a.groups),
                 out_dtype=str(out_dtype))

@@ -156,3 +156,25 @@ def test_tuning_samples_the_register_tile_and_the_build_replays_it(tmp_path):
         target="x86-avx2", tuning_logs=log, conv_layout="NCHWc"))
     record = next(p for p in manifest["passes"] if p["name"] == "conv_layout")
     assert record["default_tiles"] == 1
+
+
+def test_conv_without_out_dtype_keeps_its_input_dtype():
+    """A Relax conv2d built without out_dtype (an ONNX or hand-written graph) is blocked and
+    computes in its input's dtype."""
+    from edgec.passes.conv_layout import convert_conv_layout
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 16, 3, 3)).astype("float32")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 16, 8, 8), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(relax.op.nn.conv2d(x, relax.const(w), padding=1)))
+        bb.emit_func_output(out)
+    mod = convert_conv_layout(bb.get(), 8)
+    assert not _calls(mod, "relax.nn.conv2d")
+    vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    data = rng.standard_normal((1, 16, 8, 8)).astype("float32")
+    got = vm["main"](tvm.runtime.tensor(data)).numpy()
+    ref = torch.nn.functional.conv2d(torch.from_numpy(data), torch.from_numpy(w), padding=1)
+    np.testing.assert_allclose(got, ref.numpy(), rtol=1e-4, atol=1e-4)
