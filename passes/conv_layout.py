@@ -1,7 +1,7 @@
 """Blocked conv layout for CPUs: FP32 convs run in NCHW[b]c with OIHW[b]o weights.
 
 In plain NCHW a conv's inner loop walks pixels, and MetaSchedule's schedules for it
-reach about a third of this CPU's FP32 peak (see benchmarks/results). In NCHW[b]c,
+stay under half of this CPU's FP32 peak (45% for tuned resnet18, benchmarks/results). In NCHW[b]c,
 with b the target's FP32 vector width (8 on AVX2, 16 on AVX-512, 4 on NEON), the
 innermost axis of every activation and weight is b output channels: one vector
 register, loaded once and reused across a tile of pixels (the layout oneDNN and ONNX

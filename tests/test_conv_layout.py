@@ -89,7 +89,7 @@ def test_blocked_layout_structure():
 def test_blocked_layout_matches_torch(tmp_path, target):
     """Numeric: blocked builds (b = 8 on AVX2, 16 on AVX-512, 4 on NEON -- compiled, run
     where this CPU can) equal torch."""
-    from edgec.targets import get_target
+    from edgec.targets import cpu_flags, get_target
 
     x = torch.randn(1, 3, 32, 32)
     model = _model()
@@ -105,7 +105,7 @@ def test_blocked_layout_matches_torch(tmp_path, target):
     if target == "rpi4":  # cross-compiled; test_emulated_board runs it on an aarch64 board
         assert manifest["arch"] == "aarch64"
         return
-    if target == "x86-avx512" and "avx512f" not in open("/proc/cpuinfo").read():
+    if target == "x86-avx512" and "avx512f" not in cpu_flags():
         pytest.skip("this CPU has no AVX-512 to run the library on")
     np.testing.assert_allclose(load(out)(x.numpy())[0], ref, rtol=1e-4, atol=1e-5)
 
