@@ -54,7 +54,8 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool 
     # quantize: conv2d/matmul -> int8 x int8 -> int32 (weights bound as int8 constants).
     from edgec.passes.import_qdq import has_qdq  # an ONNX QDQ model is quantized as it says
 
-    if config.int8 or has_qdq(model):
+    quantized = config.int8 or has_qdq(model)
+    if quantized:
         from edgec.passes.int8_phase import quantize_phase
 
         model, info = quantize_phase(model, config, target, calib_data, quiet)
@@ -78,7 +79,7 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool 
     mod = _simplify(mod, config.fold_batchnorm)
     dump("20_simplified", mod)
     block, layout_record = block_for(config.conv_layout, target.vector_bits), None
-    if block and config.fuse and not (config.int8 or has_qdq(model)):  # INT8 packs its own
+    if block and config.fuse and not quantized:  # INT8 kernels pack their own layout
         # blocked conv layout: FP32 convs in NCHW[b]c, their neighbours follow
         mod = convert_conv_layout(mod, block)
         layout_record = {"name": "conv_layout", "layout": f"NCHW{block}c"}

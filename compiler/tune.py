@@ -71,8 +71,7 @@ def _parse_tracker(text: str):
 
 
 def prepare(tvm_target) -> None:
-    """Process-wide set-up MetaSchedule needs here (cheap TVMScript parsing; VNNI impl;
-    edgec's design-space rule for blocked convs)."""
+    """Process-wide set-up for MetaSchedule (cheap TVMScript parsing, VNNI, blocked-conv rule)."""
     from edgec.passes.nchwc_schedule import register_rule
 
     fast_inspect_initializer()
@@ -210,19 +209,11 @@ def _run_stats(ran, wall, progress) -> dict:
 
 
 def _run_search(tasks, db, spec, target, budget, before, donors=None):
-    from edgec.compiler.tune_measure import NoRepeatSearch, Progress, make_builder, make_runner
-
-    import logging
+    from edgec.compiler.tune_measure import (NoRepeatSearch, Progress, make_builder, make_runner,
+                                             quiet_metaschedule_logs)
 
     ms = meta_schedule()
-    # MetaSchedule prints its task table at INFO on stdout every round; our tqdm bar says it.
-    # Drop the handlers an earlier run left (files in a deleted work dir; unnamed ones make
-    # MetaSchedule's logging dictConfig fail on the next run in this process).
-    ms_logger = logging.getLogger(ms.__name__)
-    for handler in list(ms_logger.handlers):
-        ms_logger.removeHandler(handler)
-        handler.close()
-    ms_logger.setLevel(logging.WARNING)
+    quiet_metaschedule_logs(ms)
     work_dir = tempfile.mkdtemp(prefix="edgec-tune-")
     try:
         # a fresh seed per run, so resuming explores new candidates instead of the same ones

@@ -239,3 +239,16 @@ class CtrlC:
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
         return isinstance(exc[1], KeyboardInterrupt) and self.pressed
+
+
+def quiet_metaschedule_logs(ms) -> None:
+    """MetaSchedule prints its task table at INFO on stdout every round; our tqdm bar says
+    it. Drop the handlers an earlier run left (files in a deleted work dir; unnamed ones
+    make MetaSchedule's logging dictConfig fail on the next run in this process)."""
+    import logging
+
+    logger = logging.getLogger(ms.__name__)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.setLevel(logging.WARNING)

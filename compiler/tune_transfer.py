@@ -97,11 +97,11 @@ class Donors:
         run on every call. A plain trace fits both. A blocked conv gets none: its tile is
         sampled from candidates of its own shape, and without a record it takes the
         heuristic tile (``nchwc_schedule``), not another shape's."""
-        from edgec.passes.nchwc_schedule import is_blocked_conv
+        from edgec.passes.nchwc_schedule import CONV_BLOCKS
 
-        if is_blocked_conv(func):
-            return []
         sig, packs = signature(func), _prepacks(func)
+        if set(CONV_BLOCKS) & set(sig[0]):
+            return []
         same = [e for e in self.entries if e[0] == sig and (packs or not _prepacks(e[1]))]
         same.sort(key=lambda e: (distance(func, e[1]), e[2]))
         return [(e[1], e[3], e[4]) for e in same]

@@ -23,8 +23,9 @@ import re
 from edgec.compiler.config import CONV_LAYOUTS as LAYOUTS
 from edgec.compiler.errors import EdgecError
 from edgec.compiler.tvm_compat import relax, tvm
+from edgec.passes.nchwc_schedule import RULE
 _BLOCKED = re.compile(r"^NCHW(\d+)c$")
-_RULE = {"schedule_rule": "edgec_conv2d_nchwc"}  # tuned by nchwc_schedule.tuning_rule
+_RULE = {"schedule_rule": RULE}  # tuned by nchwc_schedule.tuning_rule
 
 
 class ConvLayoutError(EdgecError):

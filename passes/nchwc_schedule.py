@@ -47,17 +47,6 @@ def find_conv_block(sch):
     return None
 
 
-def is_blocked_conv(func) -> bool:
-    """Whether a PrimFunc computes a blocked conv (its schedule comes from this module)."""
-    from tvm import s_tir
-
-    try:
-        sch = s_tir.Schedule(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}))
-    except Exception:  # noqa: BLE001 - not schedulable: not one of ours
-        return False
-    return find_conv_block(sch) is not None
-
-
 def conv_shape(sch, block) -> tuple[int, int, bool]:
     """(output width, output channel blocks, depthwise) of the conv block."""
     shape = [int(sch.get(loop).extent) for loop in sch.get_loops(block)]  # n, oc, y, x, ob, ...
