@@ -4,9 +4,11 @@
         [--conv-layout NCHWc]
 
 Tuned builds apply the committed log of the host's base target (tuning_logs/x86-avx2 on
-AVX2 machines). ``edgec_tuned`` uses ``--conv-layout``; with NCHWc the tuned plain-NCHW
-build runs alongside as ``edgec_tuned_nchw``; ``edgec_untuned`` is TVM's default
-schedules in NCHW. Reports latency ratios, % of this CPU's FP32 peak, and the tuning cost
+AVX2 machines, x86-avx512-vnni on AVX-512 + VNNI ones); results go to
+results/tuned-<that target>-<models>[-nchwc].{json,md}. ``edgec_tuned`` uses
+``--conv-layout``; with NCHWc the tuned plain-NCHW build runs alongside as
+``edgec_tuned_nchw`` (when the log has NCHW records for the model);
+``edgec_untuned`` is TVM's default schedules in NCHW. Reports latency ratios, % of this CPU's FP32 peak, and the tuning cost
 recorded in the log (trials, wall time, trials/minute, seconds per trial).
 Never run it while a tune (or anything heavy) runs: contention ruins the numbers.
 """
@@ -50,9 +52,14 @@ def bench_model(name: str, args, peak: dict) -> dict:
     engines = peer_engines(model, x, args.threads, folder)
     engines += [Engine("edgec_untuned", edgec_runner(untuned, [x])),
                 Engine("edgec_tuned", edgec_runner(tuned, [x]))]
+    nchw_note = None
     if args.conv_layout != "NCHW":
-        plain, _, _ = edgec_build(model, x, folder, "tuned_nchw", log_dir, conv_layout="NCHW")
-        engines.append(Engine("edgec_tuned_nchw", edgec_runner(plain, [x])))
+        plain, plain_manifest, _ = edgec_build(model, x, folder, "tuned_nchw", log_dir,
+                                               conv_layout="NCHW")
+        if plain_manifest["tuning"].get("tuned"):
+            engines.append(Engine("edgec_tuned_nchw", edgec_runner(plain, [x])))
+        else:  # no NCHW records in this log: it would be edgec_untuned again
+            nchw_note = f"no edgec_tuned_nchw: {log_dir} has no NCHW records for {name}"
     result = run_compare(engines, args)
     flops = model_flops(model, x)
     tuned_ms = result["engines"]["edgec_tuned"]["median_ms"]
@@ -69,7 +76,8 @@ def bench_model(name: str, args, peak: dict) -> dict:
                                                                 "edgec_tuned_nchw")),
                            speedup_tuned_over_untuned=result["engines"]["edgec_untuned"]["median_ms"]
                            / tuned_ms),
-            "tuning_cost": tuning_cost(log_dir, label), "compare": result}
+            "tuning_cost": tuning_cost(log_dir, label), "nchw_note": nchw_note,
+            "compare": result}
 
 
 def _markdown(rows, peak, threads) -> str:
@@ -83,7 +91,8 @@ def _markdown(rows, peak, threads) -> str:
                   f"(ONNX Runtime {r['onnxruntime_pct_of_peak']:.1f}%); "
                   f"{r['tuning']['summary']}; tuning spent {c['trials']} trials in {c['wall_s']} s "
                   f"({c['trials_per_min']} trials/min, {c['s_per_trial']} s/trial); "
-                  + diff_text(r['max_abs_diff_vs_torch']) + "\n")
+                  + diff_text(r['max_abs_diff_vs_torch'])
+                  + (f"; {r['nchw_note']}" if r.get("nchw_note") else "") + "\n")
     md.append(f"FP32 peak used: {peak['gflops']:.1f} GFLOP/s = {peak['how']}.")
     md.append(machine_line(rows[-1]["compare"], threads))
     return "\n".join(md)
@@ -98,12 +107,17 @@ def _flags(p):
 
 
 def main(argv=None):
+    from edgec.compiler.tuning_db import log_dir_for
+    from edgec.targets import get_target
+
     args = parse_args(__doc__, argv, _flags)
     peak = fp32_peak()
     rows = [bench_model(name, args, peak) for name in args.models]
     md = _markdown(rows, peak, args.threads)
-    stem = "tuned-" + "-".join(args.models) + ("" if args.conv_layout == "NCHW"
-                                               else "-" + args.conv_layout.lower())
+    # the log's target names the file: results of an AVX2 and an AVX-512 machine both stay
+    key = os.path.basename(os.path.normpath(args.log_dir or log_dir_for(get_target("host"))))
+    stem = f"tuned-{key}-" + "-".join(args.models) + ("" if args.conv_layout == "NCHW"
+                                                      else "-" + args.conv_layout.lower())
     paths = write_results(args.out or stem,
                           {"peak": peak, "results": rows}, md)
     print(md)

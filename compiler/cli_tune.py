@@ -17,7 +17,7 @@ def load_relax_model(model: str, inputs):
 
 
 def status(model, target_name: str, log_dir: str | None, label: str | None = None,
-           prepack_weights: bool = False, conv_layout: str = "NCHW") -> dict:
+           prepack_weights: bool = False, conv_layout: str = "NCHW", winograd: bool = True) -> dict:
     """Per-task trials and best latency of ``model`` in the target's log (read-only)."""
     from edgec.compiler.tune import estimate_ms, extract_tasks, lowered_module, task_status
     from edgec.compiler.tuning_db import count_records, log_dir_for, open_database, read_meta
@@ -27,7 +27,7 @@ def status(model, target_name: str, log_dir: str | None, label: str | None = Non
     path = log_dir or log_dir_for(target)
     db = open_database(path, target)
     tasks = extract_tasks(lowered_module(model, target_name, prepack_weights,
-                                         conv_layout), target.tvm_target())
+                                         conv_layout, winograd), target.tvm_target())
     rows = task_status(tasks, db)
     runs = (read_meta(path) or {}).get("runs", []) if db is not None else []
     return {"model": label or model.source, "target": target.name, "log_dir": path,
@@ -59,7 +59,9 @@ def compressed(args, model) -> tuple:
     config = compression_config(args, tuning_logs=None)
     # prepacking kernels are other workloads: the log's run history names them apart
     applied = _applied(config) + (["prepacked"] if getattr(args, "prepack_weights", False) else []) \
-        + ([args.conv_layout] if getattr(args, "conv_layout", "NCHW") != "NCHW" else [])
+        + ([args.conv_layout] if getattr(args, "conv_layout", "NCHW") != "NCHW" else []) \
+        + (["no winograd"] if getattr(args, "conv_layout", "NCHW") != "NCHW"
+           and not getattr(args, "winograd", True) else [])
     label = f"{args.model} ({', '.join(applied)})" if applied else args.model
     if not (config.prune or config.prune_plan or config.int8):
         return model, label
@@ -78,14 +80,14 @@ def cmd_tune(args):
     model, label = compressed(args, load_relax_model(args.model, args.input))
     if args.status:
         s = status(model, args.target, args.log_dir, label, args.prepack_weights,
-                   args.conv_layout)
+                   args.conv_layout, args.winograd)
         emit(args, s, _status_text(s))
         return 0
     spec = TuneSpec(target=args.target, trials=args.trials, log_dir=args.log_dir,
                     resume=args.resume, tracker=args.tracker, rpc_key=args.key,
                     seed=args.seed, quiet=args.quiet or args.json, label=label,
                     warm_start=not args.no_warm_start, prepack_weights=args.prepack_weights,
-                    conv_layout=args.conv_layout)
+                    conv_layout=args.conv_layout, winograd=args.winograd)
     s = tune(model, spec)
     est = "-" if s["estimate_ms"] is None else f"{s['estimate_ms']:.3f} ms"
     emit(args, s, f"tuned {s['tasks']} tasks of {s['model']} for {s['target']}: {s['trials']} "

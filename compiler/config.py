@@ -53,6 +53,8 @@ class PipelineConfig:
       weights. Its kernels are other workloads than the plain ones: tune with the flag.
     conv_layout: NCHW (as imported) | NCHWc: FP32 convs run in NCHW[b]c, b = the target's
       FP32 vector lanes (see ``edgec.passes.conv_layout``); other workloads: tune with it.
+    winograd: with NCHWc, 3x3 stride-1 convs large enough to gain run as Winograd F(2x2, 3x3)
+      (2.25x fewer multiplies; see ``edgec.passes.winograd``); False: all convs direct.
     """
 
     target: str = "host"
@@ -80,12 +82,14 @@ class PipelineConfig:
     transfer_schedules: bool = True
     prepack_weights: bool = False
     conv_layout: str = "NCHW"
+    winograd: bool = True
 
     def __post_init__(self):
         from edgec.targets import get_target
 
         get_target(self.target)  # raises UnknownTargetError listing known targets
-        for flag in ("fold_batchnorm", "fuse", "transfer_schedules", "prepack_weights"):
+        for flag in ("fold_batchnorm", "fuse", "transfer_schedules", "prepack_weights",
+                     "winograd"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.conv_layout not in CONV_LAYOUTS:

@@ -81,7 +81,7 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool 
     block, layout_record = block_for(config.conv_layout, target.vector_bits), None
     if block and config.fuse and not quantized:  # INT8 kernels pack their own layout
         # blocked conv layout: FP32 convs in NCHW[b]c, their neighbours follow
-        mod = convert_conv_layout(mod, block)
+        mod = convert_conv_layout(mod, block, config.winograd)
         layout_record = {"name": "conv_layout", "layout": f"NCHW{block}c"}
         passes.append(layout_record)
         dump("25_conv_layout", mod)
@@ -89,6 +89,9 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool 
         with tvm_target:
             mod = relax.get_pipeline("zero")(mod)
         dump("30_fused", mod)
+        if layout_record is not None:  # distinct Winograd kernels (weights transformed)
+            layout_record["winograd_kernels"] = sum("winograd" in gv.name_hint
+                                                    for gv in mod.functions)
         if config.prepack_weights:
             # prepack (1/2): mark the kernels' weight buffers layout-free, so MetaSchedule's
             # RewriteLayout postproc may give them the layout the schedule reads best

@@ -39,7 +39,7 @@ class TuneSpec:
     the model's name in the log's run history (default: its source); warm_start: a
     workload with no record first measures the log's schedules of its nearest similar
     workloads (``tune_measure.NoRepeatSearch``), so the search starts from them;
-    prepack_weights, conv_layout: tune the kernels of a ``PipelineConfig`` with these.
+    prepack_weights, conv_layout, winograd: tune the kernels of a ``PipelineConfig`` with these.
     """
 
     target: str = "host"
@@ -57,6 +57,7 @@ class TuneSpec:
     warm_start: bool = True
     prepack_weights: bool = False
     conv_layout: str = "NCHW"
+    winograd: bool = True
 
     def __post_init__(self):
         if not isinstance(self.trials, int) or self.trials < 0:
@@ -81,13 +82,13 @@ def prepare(tvm_target) -> None:
 
 
 def lowered_module(model, target_name: str, prepack_weights: bool = False,
-                   conv_layout: str = "NCHW"):
+                   conv_layout: str = "NCHW", winograd: bool = True):
     """The fused module the build applies records to (the pipeline's own lowering)."""
     from edgec.compiler.config import PipelineConfig
     from edgec.compiler.pipeline import run
 
     config = PipelineConfig(target=target_name, tuning_logs=None, prepack_weights=prepack_weights,
-                            conv_layout=conv_layout)
+                            conv_layout=conv_layout, winograd=winograd)
     return run(model, config, lower_only=True).lowered
 
 
@@ -154,7 +155,8 @@ def tune(model, spec: TuneSpec) -> dict:
     tvm_target = target.tvm_target()
     log_dir = spec.log_dir or log_dir_for(target)
     db = open_database(log_dir, target, create=True)  # validates first: never writes a bad log
-    mod = lowered_module(model, spec.target, spec.prepack_weights, spec.conv_layout)
+    mod = lowered_module(model, spec.target, spec.prepack_weights, spec.conv_layout,
+                         spec.winograd)
     tasks = as_logged(extract_tasks(mod, tvm_target), db)
     if not tasks:
         raise TuneError("the model has no tunable operators (no fused PrimFuncs)")

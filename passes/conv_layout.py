@@ -24,6 +24,8 @@ from edgec.compiler.config import CONV_LAYOUTS as LAYOUTS
 from edgec.compiler.errors import EdgecError
 from edgec.compiler.tvm_compat import relax, tvm
 from edgec.passes.nchwc_schedule import RULE
+from edgec.passes.winograd import conv2d_nchwc_winograd, use_winograd, weight_transform
+
 _BLOCKED = re.compile(r"^NCHW(\d+)c$")
 _RULE = {"schedule_rule": RULE}  # tuned by nchwc_schedule.tuning_rule
 
@@ -39,8 +41,9 @@ def block_for(layout: str, vector_bits: int) -> int | None:
     return None if layout == "NCHW" else max(1, vector_bits // 32)
 
 
-def convert_conv_layout(mod: tvm.IRModule, block: int) -> tvm.IRModule:
-    """Blocks every FP32 conv2d whose channels divide by ``block``, then legalizes them.
+def convert_conv_layout(mod: tvm.IRModule, block: int, winograd: bool = True) -> tvm.IRModule:
+    """Blocks every FP32 conv2d whose channels divide by ``block``, then legalizes them
+    (with ``winograd``, the 3x3 stride-1 ones that gain as Winograd F(2x2, 3x3)).
 
     Convs whose channel counts do not divide (a 3-channel RGB stem) stay in NCHW;
     ConvertLayout puts the layout transforms on their edges.
@@ -50,7 +53,7 @@ def convert_conv_layout(mod: tvm.IRModule, block: int) -> tvm.IRModule:
     mod = _ClipAsMinMax(mod).rewrite()  # ConvertLayout cannot move clip (ReLU6)
     desired = {"relax.nn.conv2d": [f"NCHW{block}c", f"OIHW{block}o"]}
     mod = relax.transform.ConvertLayout(desired)(mod)
-    hook = functools.partial(legalize_blocked_conv, block=block)
+    hook = functools.partial(legalize_blocked_conv, block=block, winograd=winograd)
     return relax.transform.LegalizeOps({"relax.nn.conv2d": hook})(mod)
 
 
@@ -82,10 +85,13 @@ class _ClipAsMinMax(relax.PyExprMutator):
         return relax.op.minimum(relax.op.maximum(x, const(lo)), const(hi))
 
 
-def legalize_blocked_conv(bb: relax.BlockBuilder, call: relax.Call, block: int = 8) -> relax.Expr:
-    """LegalizeOps hook for relax.nn.conv2d: the NCHW[b]c x OIHW[b]o compute (TE); an FP32
-    conv left in NCHW whose input channels do not divide by the block (the RGB stem) still
-    computes blocked (NCHW in, NCHW[b]c tile, NCHW out), on weights blocked at compile time."""
+def legalize_blocked_conv(bb: relax.BlockBuilder, call: relax.Call, block: int = 8,
+                          winograd: bool = False) -> relax.Expr:
+    """LegalizeOps hook for relax.nn.conv2d: the NCHW[b]c x OIHW[b]o compute (TE), or with
+    ``winograd`` the Winograd F(2x2, 3x3) one where it gains (weights transformed at compile
+    time); an FP32 conv left in NCHW whose input channels do not divide by the block (the
+    RGB stem) still computes blocked (NCHW in, NCHW[b]c tile, NCHW out), on weights blocked
+    at compile time."""
     a = call.attrs
     m = _BLOCKED.match(a.data_layout)
     if m is None:
@@ -98,8 +104,14 @@ def legalize_blocked_conv(bb: relax.BlockBuilder, call: relax.Call, block: int =
     if a.kernel_layout != f"OIHW{b}o" or a.out_layout != a.data_layout:
         raise ConvLayoutError(f"blocked conv2d with kernel layout {a.kernel_layout} and output "
                               f"layout {a.out_layout}; expected OIHW{b}o and {a.data_layout}")
-    return bb.call_te(conv2d_nchwc, call.args[0], call.args[1], primfunc_name_hint="conv2d_nchwc",
-                      **_params(call))
+    params = _params(call)
+    data, kernel = call.args[:2]
+    if winograd and "float32" == params["out_dtype"] and use_winograd(
+            data.ty.shape, kernel.ty.shape, params["strides"], params["dilation"], params["groups"]):
+        weight = bb.emit_te(weight_transform, kernel, primfunc_name_hint="winograd_weight")
+        return bb.call_te(conv2d_nchwc_winograd, data, weight, params["padding"], "float32",
+                          primfunc_name_hint="conv2d_nchwc_winograd")
+    return bb.call_te(conv2d_nchwc, data, kernel, primfunc_name_hint="conv2d_nchwc", **params)
 
 
 def _params(call) -> dict:

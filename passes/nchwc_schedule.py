@@ -15,25 +15,37 @@ from __future__ import annotations
 
 from edgec.compiler.tvm_compat import tvm
 
-CONV_BLOCKS = ("conv2d_nchwc", "depthwise_conv2d_nchwc")
+CONV_BLOCKS = ("conv2d_nchwc", "depthwise_conv2d_nchwc", "winograd_bgemm")
 RULE = "edgec_conv2d_nchwc"  # the blocks' schedule_rule annotation
-MAX_ACC = 8  # accumulator registers a tile may use (of AVX2's 16; more spilled here)
+# accumulator registers a tile may use, by FP32 lanes per vector: AVX2 has 16 ymm registers
+# (more than 8 accumulators spilled there); AVX-512 has 32 zmm and folds the input
+# broadcast into the FMA's memory operand, so 28 accumulators leave 4 for weights (oneDNN's
+# bound too); NEON has 32 q registers but needs one for the broadcast value.
+MAX_ACC = {8: 8, 16: 28, 4: 24}
 
 
-def tile_candidates(out_width: int, oc_chunks: int, depthwise: bool) -> list[tuple[int, int]]:
+def max_acc(lanes: int, depthwise: bool) -> int:
+    """How many accumulator registers a tile of ``lanes``-wide vectors may hold."""
+    limit = MAX_ACC.get(lanes, 8)
+    return min(2 * limit, 28) if depthwise else limit
+
+
+def tile_candidates(out_width: int, oc_chunks: int, depthwise: bool,
+                    lanes: int = 8) -> list[tuple[int, int]]:
     """(reg_n, oc_in) tiles: reg_n divides the output width (one pixel only if nothing
-    else does), oc_in the channel blocks, and the tile fits ``MAX_ACC`` registers
+    else does), oc_in the channel blocks, and the tile fits ``max_acc`` registers
     (depthwise: one block, more pixels)."""
-    limit = 2 * MAX_ACC if depthwise else MAX_ACC
+    limit = max_acc(lanes, depthwise)
     pix = [d for d in range(2, min(out_width, limit) + 1) if out_width % d == 0] or [1]
     ocs = [1] if depthwise else [d for d in (1, 2, 4) if oc_chunks % d == 0]
     return [(r, o) for o in ocs for r in pix if r * o <= limit] or [(min(pix), 1)]
 
 
-def default_tile(out_width: int, oc_chunks: int, depthwise: bool) -> tuple[int, int]:
+def default_tile(out_width: int, oc_chunks: int, depthwise: bool,
+                 lanes: int = 8) -> tuple[int, int]:
     """The heuristic tile: the most accumulators, then two channel blocks, then more pixels
     (4 x 2 measured best on a 64-channel 56 x 56 3x3 conv on AVX2, 2.5 ms vs 2.9 for 8 x 1)."""
-    cands = tile_candidates(out_width, oc_chunks, depthwise)
+    cands = tile_candidates(out_width, oc_chunks, depthwise, lanes)
     return max(cands, key=lambda t: (t[0] * t[1], t[1] == 2, t[0]))
 
 
@@ -47,10 +59,10 @@ def find_conv_block(sch):
     return None
 
 
-def conv_shape(sch, block) -> tuple[int, int, bool]:
-    """(output width, output channel blocks, depthwise) of the conv block."""
+def conv_shape(sch, block) -> tuple[int, int, bool, int]:
+    """(output width, output channel blocks, depthwise, lanes per block) of the conv block."""
     shape = [int(sch.get(loop).extent) for loop in sch.get_loops(block)]  # n, oc, y, x, ob, ...
-    return shape[3], shape[1], sch.get(block).name_hint.startswith("depthwise")
+    return shape[3], shape[1], sch.get(block).name_hint.startswith("depthwise"), shape[4]
 
 
 def schedule_conv(sch, block, reg_n, oc_in, taps_outer: bool = False) -> None:
@@ -60,6 +72,15 @@ def schedule_conv(sch, block, reg_n, oc_in, taps_outer: bool = False) -> None:
     block this leaves is marked ``schedule_rule=None``: MetaSchedule's generic rules must
     not re-tile or re-inline them after this rule. taps_outer: loop over the kernel taps
     outside the input channels (else inside, between channel blocks and lanes)."""
+    schedule_gemm_tile(sch, block, reg_n, oc_in, taps_outer)
+    _schedule_pad(sch)
+
+
+def schedule_gemm_tile(sch, block, reg_n, oc_in, taps_outer: bool = False,
+                       epilogue: bool = True) -> None:
+    """The register tile of ``block`` (loops n, oc, y, x, ob, reductions...): reg_n pixels of
+    x by oc_in blocks of oc, accumulated in registers, rows in parallel; with ``epilogue``,
+    the elementwise ops after it are applied as the tile is written back."""
     n, oc, y, x, ob, *red = sch.get_loops(block)
     if taps_outer and len(red) == 4:  # icc, kh, kw, icb
         red = [red[1], red[2], red[0], red[3]]
@@ -70,7 +91,8 @@ def schedule_conv(sch, block, reg_n, oc_in, taps_outer: bool = False) -> None:
     sch.reorder(n, oco, y, xo, *red, xi, oci, ob)
     sch.parallel(sch.fuse(n, oco, y))
     tile = sch.cache_write(block, 0, "local")
-    _epilogue(sch, tile, xo)
+    if epilogue:
+        _epilogue(sch, tile, xo)
     # unit loops kept: a traced schedule must have the same loops whatever tile it samples
     sch.reverse_compute_at(tile, xo, preserve_unit_loops=True)
     sch.vectorize(sch.get_loops(tile)[-1])
@@ -81,7 +103,6 @@ def schedule_conv(sch, block, reg_n, oc_in, taps_outer: bool = False) -> None:
     sch.vectorize(sch.get_loops(init)[-1])
     for done in (init, tile):
         sch.annotate(done, "schedule_rule", "None")
-    _schedule_pad(sch)
 
 
 def _epilogue(sch, tile, xo) -> None:
@@ -89,7 +110,7 @@ def _epilogue(sch, tile, xo) -> None:
     tile in another layout (the stem's unblock to NCHW) runs per tile, the rest inline
     into it."""
     target = tile
-    for consumer in _consumer_chain(sch, tile):
+    for consumer in consumer_chain(sch, tile):
         try:
             sch.reverse_compute_inline(consumer)
         except Exception:  # noqa: BLE001 - not a plain elementwise read of the tile
@@ -100,7 +121,7 @@ def _epilogue(sch, tile, xo) -> None:
             target = consumer
 
 
-def _consumer_chain(sch, block) -> list:
+def consumer_chain(sch, block) -> list:
     """The elementwise ops fused after the conv, in order (each has one consumer or none)."""
     chain, cur = [], block
     while True:
@@ -132,8 +153,18 @@ def schedule_default(func):
     block = find_conv_block(sch)
     if block is None:
         return func
-    schedule_conv(sch, block, *default_tile(*conv_shape(sch, block)))
+    schedule_any(sch, block, *default_tile(*conv_shape(sch, block)))
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def schedule_any(sch, block, reg_n, oc_in, taps_outer: bool = False) -> None:
+    """The register-tile schedule of a direct or a Winograd (``passes.winograd``) conv."""
+    if sch.get(block).name_hint == "winograd_bgemm":
+        from edgec.passes.winograd import schedule_winograd
+
+        schedule_winograd(sch, block, reg_n, oc_in)
+    else:
+        schedule_conv(sch, block, reg_n, oc_in, taps_outer)
 
 
 def apply_default_schedules(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
@@ -153,18 +184,19 @@ def tuning_rule(sch, block):
     loop order (taps inside or outside the channels; depthwise has one): the register
     tile is sampled (pixels and channel blocks separately, the heuristic tile twice as
     likely), so the evolutionary search mutates it and the log records the best."""
-    out_width, oc_chunks, depthwise = conv_shape(sch, block)
-    cands = tile_candidates(out_width, oc_chunks, depthwise)
-    best = default_tile(out_width, oc_chunks, depthwise)
+    shape = conv_shape(sch, block)
+    cands, best = tile_candidates(*shape), default_tile(*shape)
+    depthwise = shape[2]
     spaces = []
-    for taps_outer in ((False,) if depthwise else (False, True)):
+    one_order = depthwise or sch.get(block).name_hint == "winograd_bgemm"  # no taps to move
+    for taps_outer in ((False,) if one_order else (False, True)):
         space = sch.copy()
         choices = []
         for axis in (0, 1):
             values = sorted({c[axis] for c in cands})
             weights = [2.0 if v == best[axis] else 1.0 for v in values]
             choices.append(space.sample_categorical(values, [w / sum(weights) for w in weights]))
-        schedule_conv(space, block, *choices, taps_outer=taps_outer)
+        schedule_any(space, block, *choices, taps_outer=taps_outer)
         # the loops are parallel and vectorized already: ParallelVectorizeUnroll on the
         # root would annotate them again, and its postproc then rejects every candidate
         space.annotate(space.get_sblock("root"), "schedule_rule", "None")

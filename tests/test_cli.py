@@ -49,7 +49,14 @@ def test_compile_module_factory(tmp_path):
               "--conv-layout", "NCHWc", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     manifest = json.loads((tmp_path / "z.json").read_text())
-    assert any(p["name"] == "conv_layout" for p in manifest["passes"])
+    layout = next(p for p in manifest["passes"] if p["name"] == "conv_layout")
+    assert layout["winograd_kernels"] == 1  # conv2 (32 -> 64 channels, 14x14)
+    r = edgec("compile", "edgec.compiler.zoo:mnist_cnn", "--input", "x:1x1x28x28", "-o", "d.so",
+              "--conv-layout", "NCHWc", "--no-winograd", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "d.json").read_text())
+    layout = next(p for p in manifest["passes"] if p["name"] == "conv_layout")
+    assert layout["winograd_kernels"] == 0
 
 
 def test_errors_are_one_line_exit_2(tmp_path):
