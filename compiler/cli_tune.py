@@ -26,8 +26,9 @@ def status(model, target_name: str, log_dir: str | None, label: str | None = Non
     target = get_target(target_name)
     path = log_dir or log_dir_for(target)
     db = open_database(path, target)
-    tasks = extract_tasks(lowered_module(model, target_name, prepack_weights,
-                                         conv_layout, winograd), target.tvm_target())
+    tasks = extract_tasks(lowered_module(model, target_name, prepack_weights=prepack_weights,
+                                         conv_layout=conv_layout, winograd=winograd),
+                          target.tvm_target())
     rows = task_status(tasks, db)
     runs = (read_meta(path) or {}).get("runs", []) if db is not None else []
     return {"model": label or model.source, "target": target.name, "log_dir": path,

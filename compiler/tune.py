@@ -20,8 +20,8 @@ from edgec.compiler.tune_transfer import donors_of, is_scheduled
 from edgec.compiler.tuning_db import (TuningLogError, as_logged, count_records, digest,
                                       log_dir_for, mean_run_secs, open_database, open_subset,
                                       record_run)
-from edgec.compiler.tvm_compat import (fast_inspect_initializer, fix_vnni_intrinsic, has_vnni,
-                                       meta_schedule, relax, tvm)
+from edgec.compiler.tune_measure import prepare
+from edgec.compiler.tvm_compat import meta_schedule, relax, tvm
 
 
 class TuneError(EdgecError):
@@ -71,24 +71,14 @@ def _parse_tracker(text: str):
     return (host, int(port)) if host and port.isdigit() else None
 
 
-def prepare(tvm_target) -> None:
-    """Process-wide set-up for MetaSchedule (cheap TVMScript parsing, VNNI, blocked-conv rule)."""
-    from edgec.passes.nchwc_schedule import register_rule
-
-    fast_inspect_initializer()
-    register_rule()
-    if has_vnni(tvm_target):
-        fix_vnni_intrinsic()
-
-
-def lowered_module(model, target_name: str, prepack_weights: bool = False,
-                   conv_layout: str = "NCHW", winograd: bool = True):
-    """The fused module the build applies records to (the pipeline's own lowering)."""
+def lowered_module(model, target_name: str, **kernels):
+    """The fused module the build applies records to (the pipeline's own lowering);
+    ``kernels``: the PipelineConfig fields that shape kernels (prepack_weights, conv_layout,
+    winograd)."""
     from edgec.compiler.config import PipelineConfig
     from edgec.compiler.pipeline import run
 
-    config = PipelineConfig(target=target_name, tuning_logs=None, prepack_weights=prepack_weights,
-                            conv_layout=conv_layout, winograd=winograd)
+    config = PipelineConfig(target=target_name, tuning_logs=None, **kernels)
     return run(model, config, lower_only=True).lowered
 
 
@@ -155,8 +145,8 @@ def tune(model, spec: TuneSpec) -> dict:
     tvm_target = target.tvm_target()
     log_dir = spec.log_dir or log_dir_for(target)
     db = open_database(log_dir, target, create=True)  # validates first: never writes a bad log
-    mod = lowered_module(model, spec.target, spec.prepack_weights, spec.conv_layout,
-                         spec.winograd)
+    mod = lowered_module(model, spec.target, prepack_weights=spec.prepack_weights,
+                         conv_layout=spec.conv_layout, winograd=spec.winograd)
     tasks = as_logged(extract_tasks(mod, tvm_target), db)
     if not tasks:
         raise TuneError("the model has no tunable operators (no fused PrimFuncs)")

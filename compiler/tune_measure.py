@@ -13,7 +13,8 @@ import threading
 from tqdm import tqdm
 from tvm.ir.utils import derived_object
 
-from edgec.compiler.tvm_compat import cross_compiler, fast_inspect_initializer, meta_schedule
+from edgec.compiler.tvm_compat import (cross_compiler, fast_inspect_initializer, fix_vnni_intrinsic,
+                                       has_vnni, meta_schedule)
 
 ms = meta_schedule()
 # Set by the first Ctrl-C of ``edgec tune``: every task's search then reports itself done.
@@ -252,3 +253,13 @@ def quiet_metaschedule_logs(ms) -> None:
         logger.removeHandler(handler)
         handler.close()
     logger.setLevel(logging.WARNING)
+
+
+def prepare(tvm_target) -> None:
+    """Process-wide set-up for MetaSchedule (cheap TVMScript parsing, VNNI, blocked-conv rule)."""
+    from edgec.passes.nchwc_schedule import register_rule
+
+    fast_inspect_initializer()
+    register_rule()
+    if has_vnni(tvm_target):
+        fix_vnni_intrinsic()

@@ -58,7 +58,7 @@ def test_a_prepacking_schedule_is_not_transferred_to_a_plain_kernel(tmp_path):
     model = import_model(wide, (torch.randn(1, 8, 16, 16),))
 
     def conv(prepack):
-        mod = lowered_module(model, TARGET, prepack)
+        mod = lowered_module(model, TARGET, prepack_weights=prepack)
         return next(f for gv, f in mod.functions.items() if "conv2d" in gv.name_hint)
 
     donors = Donors(log)
