@@ -83,7 +83,10 @@ def test_demo_report_has_every_stage(demo_out):
     assert "averaged over the exit distribution" in final["power_proxy"]["label"]
     assert final["power_proxy"]["macs"] <= final["power_proxy"]["worst_case"]["macs"]
     sens = {**pruned["info"]["sensitivity"], **int8["info"]["sensitivity"]}
-    assert set(sens["prune"]) and all(len(r) == 3 for r in sens["prune"].values())
+    # a ratio that rounds to no pruned channel (the target's channel multiple: 16 on
+    # AVX-512, so conv1's 32 keep 32 at 0.25) is left out; the wide groups have all three
+    assert set(sens["prune"]) and all(1 <= len(r) <= 3 for r in sens["prune"].values())
+    assert len(sens["prune"]["conv2"]) == 3 and len(sens["prune"]["fc1"]) == 3
     assert set(sens["int8"]) == {"conv1", "conv2", "fc1", "fc2"}
     assert dense["engine"] == "edgec" and "compiled artifact" in dense["accuracy"]["measured_by"]
     assert os.path.isfile(os.path.join(demo_out, "model.so"))
