@@ -41,6 +41,26 @@ def block_for(layout: str, vector_bits: int) -> int | None:
     return None if layout == "NCHW" else max(1, vector_bits // 32)
 
 
+def model_block(mod: tvm.IRModule, block: int) -> int:
+    """The channel block for this model: ``block`` (the target's lanes), or half of it
+    while that blocks more of the model's FP32 convs (mobilenet_v2's 24-channel layers take
+    8 on AVX-512: at 16 they would stay in NCHW, with layout transforms around them)."""
+    convs = []
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func.body, lambda e: convs.append(e) if isinstance(
+                e, relax.Call) and getattr(e.op, "name", "") == "relax.nn.conv2d" else None)
+    shapes = [(int(c.args[0].ty.shape[1]), int(c.args[1].ty.shape[0])) for c in convs
+              if "float" in str(c.args[0].ty.dtype)]
+
+    def blocked(b):
+        return sum(i % b == 0 and o % b == 0 for i, o in shapes)
+
+    while block > 8 and blocked(block // 2) > blocked(block):
+        block //= 2
+    return block
+
+
 def convert_conv_layout(mod: tvm.IRModule, block: int, winograd: bool = True) -> tvm.IRModule:
     """Blocks every FP32 conv2d whose channels divide by ``block``, then legalizes them
     (with ``winograd``, the 3x3 stride-1 ones that gain as Winograd F(2x2, 3x3)).

@@ -61,6 +61,20 @@ def test_block_is_the_targets_fp32_lanes_and_bad_layouts_are_named():
         PipelineConfig(conv_layout="NHWC")
 
 
+def test_a_model_whose_channels_do_not_divide_takes_a_narrower_block():
+    """On AVX-512 (16 lanes) a model with 24-channel convs is blocked by 8, so every conv
+    stays blocked (no plain conv between layout transforms); 16/32 channels take 16."""
+    x = torch.randn(1, 16, 8, 8)
+    config = PipelineConfig(target="x86-avx512", tuning_logs=None, conv_layout="NCHWc")
+    for mid, layout in ((24, "NCHW8c"), (32, "NCHW16c")):
+        model = nn.Sequential(nn.Conv2d(16, mid, 1), nn.ReLU(), nn.Conv2d(mid, 16, 1)).eval()
+        res = run(import_model(model, (x,)), config, lower_only=True)
+        assert next(p for p in res.passes if p["name"] == "conv_layout")["layout"] == layout
+        plain = [gv.name_hint for gv, f in res.lowered.functions.items()
+                 if isinstance(f, tvm.tirx.PrimFunc) and 'T.sblock("conv2d_nchw")' in f.script()]
+        assert not plain
+
+
 def test_blocked_layout_structure():
     """Every conv is a blocked kernel: the stem (3 channels) NCHW in -> blocked tile ->
     NCHW out, body and depthwise directly, the grouped conv through its unblocked
