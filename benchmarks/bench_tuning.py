@@ -93,7 +93,9 @@ def _markdown(rows, peak, threads) -> str:
                   f"({c['trials_per_min']} trials/min, {c['s_per_trial']} s/trial); "
                   + diff_text(r['max_abs_diff_vs_torch'])
                   + (f"; {r['nchw_note']}" if r.get("nchw_note") else "") + "\n")
-    md.append(f"FP32 peak used: {peak['gflops']:.1f} GFLOP/s = {peak['how']}.")
+    md.append(f"FP32 peak used: {peak['gflops']:.1f} GFLOP/s = {peak['how']}. GFLOP/s and % "
+              "of peak count the plain model's FLOPs (direct convs): Winograd kernels "
+              "multiply less, so for them these are effective rates.")
     md.append(machine_line(rows[-1]["compare"], threads))
     return "\n".join(md)
 

@@ -13,7 +13,9 @@ edges transform activations; the weights' transforms are folded at compile time.
 Relax cannot legalize a conv with a blocked layout ("channel chunk ... cannot be
 legalized by TOPI"), so ``legalize_blocked_conv`` supplies the compute: groups == 1 and
 depthwise directly in the blocked layout; any other grouped conv unblocks, convolves in
-NCHW and blocks again (correct, not fast).
+NCHW and blocks again (correct, not fast); 3x3 stride-1 convs that gain run as Winograd
+F(2x2, 3x3) (``edgec.passes.winograd``). ``model_block`` narrows the block for a model
+whose channels do not all divide by the target's lanes.
 """
 from __future__ import annotations
 
