@@ -43,10 +43,15 @@ def tile_candidates(out_width: int, oc_chunks: int, depthwise: bool,
 
 def default_tile(out_width: int, oc_chunks: int, depthwise: bool,
                  lanes: int = 8) -> tuple[int, int]:
-    """The heuristic tile: the most accumulators, then two channel blocks, then more pixels
-    (4 x 2 measured best on a 64-channel 56 x 56 3x3 conv on AVX2, 2.5 ms vs 2.9 for 8 x 1)."""
+    """The heuristic tile. With AVX2's 8 accumulators: the most accumulators, then two
+    channel blocks, then more pixels (4 x 2 measured best on a 64-channel 56 x 56 3x3 conv
+    on AVX2, 2.5 ms vs 2.9 for 8 x 1). With more registers (AVX-512, NEON): two channel
+    blocks first (on AVX-512, 14 x 2 beat 7 x 4 and 28 x 1 on 56 x 56 and 14 x 14 convs,
+    and 7 x 2 beat 7 x 4 by 1.9x on a 14 x 14 Winograd GEMM)."""
     cands = tile_candidates(out_width, oc_chunks, depthwise, lanes)
-    return max(cands, key=lambda t: (t[0] * t[1], t[1] == 2, t[0]))
+    if max_acc(lanes, depthwise) <= 8:
+        return max(cands, key=lambda t: (t[0] * t[1], t[1] == 2, t[0]))
+    return max(cands, key=lambda t: (t[1] == 2, t[0] * t[1], t[0]))
 
 
 def find_conv_block(sch):
@@ -157,14 +162,16 @@ def schedule_default(func):
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-def schedule_any(sch, block, reg_n, oc_in, taps_outer: bool = False) -> None:
-    """The register-tile schedule of a direct or a Winograd (``passes.winograd``) conv."""
+def schedule_any(sch, block, reg_n, oc_in, second: bool = False) -> None:
+    """The register-tile schedule of a direct or a Winograd (``passes.winograd``) conv;
+    ``second``: the other loop order (direct: kernel taps outside the input channels;
+    Winograd: one tile row at a time through all three steps)."""
     if sch.get(block).name_hint == "winograd_bgemm":
-        from edgec.passes.winograd import schedule_winograd
+        from edgec.passes.winograd import schedule_winograd, schedule_winograd_rows
 
-        schedule_winograd(sch, block, reg_n, oc_in)
+        (schedule_winograd_rows if second else schedule_winograd)(sch, block, reg_n, oc_in)
     else:
-        schedule_conv(sch, block, reg_n, oc_in, taps_outer)
+        schedule_conv(sch, block, reg_n, oc_in, taps_outer=second)
 
 
 def apply_default_schedules(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
@@ -181,22 +188,22 @@ def apply_default_schedules(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
 
 def tuning_rule(sch, block):
     """MetaSchedule design spaces of a blocked conv (``schedule_rule`` = RULE), one per
-    loop order (taps inside or outside the channels; depthwise has one): the register
+    loop order (direct: taps inside or outside the channels; Winograd: each step over the
+    whole map, or all three a tile row at a time; depthwise has one): the register
     tile is sampled (pixels and channel blocks separately, the heuristic tile twice as
     likely), so the evolutionary search mutates it and the log records the best."""
     shape = conv_shape(sch, block)
     cands, best = tile_candidates(*shape), default_tile(*shape)
     depthwise = shape[2]
     spaces = []
-    one_order = depthwise or sch.get(block).name_hint == "winograd_bgemm"  # no taps to move
-    for taps_outer in ((False,) if one_order else (False, True)):
+    for second in ((False,) if depthwise else (False, True)):
         space = sch.copy()
         choices = []
         for axis in (0, 1):
             values = sorted({c[axis] for c in cands})
             weights = [2.0 if v == best[axis] else 1.0 for v in values]
             choices.append(space.sample_categorical(values, [w / sum(weights) for w in weights]))
-        schedule_any(space, block, *choices, taps_outer=taps_outer)
+        schedule_any(space, block, *choices, second=second)
         # the loops are parallel and vectorized already: ParallelVectorizeUnroll on the
         # root would annotate them again, and its postproc then rejects every candidate
         space.annotate(space.get_sblock("root"), "schedule_rule", "None")

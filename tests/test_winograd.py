@@ -75,8 +75,8 @@ def test_winograd_structure():
 
 @pytest.mark.parametrize("pad, size", [((1, 1, 1, 1), 9), ((0, 0, 0, 0), 12), ((2, 1, 0, 1), 8)])
 def test_transforms_equal_a_direct_conv(pad, size):
-    """The TE compute (unscheduled and scheduled) equals the direct blocked conv for odd
-    and even outputs and any padding."""
+    """The TE compute (unscheduled, and in both scheduled loop orders) equals the direct
+    blocked conv for odd and even outputs and any padding."""
     from tvm import s_tir, te
 
     from edgec.passes.conv_layout import conv2d_nchwc
@@ -90,21 +90,24 @@ def test_transforms_equal_a_direct_conv(pad, size):
         data, kernel, (1, 1), pad, (1, 1), 1, "float32")])
     wino_out = conv2d_nchwc_winograd(data, weight_transform(kernel), pad, "float32")
     plain = te.create_prim_func([data, kernel, wino_out])
-    sch = s_tir.Schedule(plain)
-    schedule_any(sch, sch.get_sblock("winograd_bgemm"), 2, 3)
+    scheduled = []
+    for second in (False, True):
+        sch = s_tir.Schedule(plain)
+        schedule_any(sch, sch.get_sblock("winograd_bgemm"), 2, 3, second=second)
+        scheduled.append(sch.mod["main"])
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, c // b, size, size, b)).astype("float32")
     w = rng.standard_normal((o // b, c, 3, 3, b)).astype("float32")
     shape = (1, o // b, size + pad[0] + pad[2] - 2, size + pad[1] + pad[3] - 2, b)
     outs = []
-    for func in (direct, plain, sch.mod["main"]):
+    for func in (direct, plain, *scheduled):
         lib = tvm.compile(tvm.IRModule({"main": func}), target="llvm")
         out = tvm.runtime.tensor(np.zeros(shape, "float32"))
         lib(tvm.runtime.tensor(x), tvm.runtime.tensor(w), out)
         outs.append(out.numpy())
     assert np.abs(outs[0]).max() > 1  # a real conv, not zeros
-    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(outs[2], outs[0], rtol=1e-4, atol=1e-4)
+    for out in outs[1:]:
+        np.testing.assert_allclose(out, outs[0], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("target", ["x86-avx2", "x86-avx512"])
