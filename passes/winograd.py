@@ -125,19 +125,9 @@ def schedule_winograd_rows(sch, bgemm, reg_n, oc_in) -> None:
     """Like ``schedule_winograd``, but one tile row at a time: per row (in parallel), the
     input transform of that row, its 16 GEMMs and its output transform, so the transformed
     tiles stay in cache between the three steps instead of a round trip through memory."""
-    from edgec.passes.nchwc_schedule import consumer_chain
-
     data_t, out = sch.get_sblock("winograd_data"), sch.get_sblock("winograd_out")
     sch.compute_inline(sch.get_sblock("data_pad"))
-    for consumer in consumer_chain(sch, out):
-        sch.reverse_compute_inline(consumer)
-    n, o, yy, xx, ob = sch.get_loops(out)
-    yo, yi = sch.split(yy, [None, 2])
-    xo, xi = sch.split(xx, [None, 2])
-    sch.reorder(n, yo, o, xo, yi, xi, ob)
-    sch.unroll(yi)
-    sch.unroll(xi)
-    sch.vectorize(ob)
+    n, o, yo = _output_tiles(sch, out, rows_outer=True)
     row = sch.fuse(n, yo)
     sch.parallel(row)  # before the producers move in (their blocks are not "complete" there)
     tile = sch.cache_write(bgemm, 0, "local")
@@ -168,7 +158,7 @@ def schedule_winograd(sch, bgemm, reg_n, oc_in) -> None:
     """The Winograd conv's schedule in place: the input transform per (channel block, tile
     row), the GEMM as ``nchwc_schedule``'s register tile, the output transform per 2x2 tile
     with the fused epilogue inlined. reg_n, oc_in: ints or sampled variables."""
-    from edgec.passes.nchwc_schedule import consumer_chain, schedule_gemm_tile
+    from edgec.passes.nchwc_schedule import schedule_gemm_tile
 
     data_t = sch.get_sblock("winograd_data")
     sch.compute_inline(sch.get_sblock("data_pad"))
@@ -179,15 +169,24 @@ def schedule_winograd(sch, bgemm, reg_n, oc_in) -> None:
     sch.vectorize(cb)
     schedule_gemm_tile(sch, bgemm, reg_n, oc_in, epilogue=False)
     out = sch.get_sblock("winograd_out")
+    n, o, yo = _output_tiles(sch, out, rows_outer=False)
+    sch.parallel(sch.fuse(n, o, yo))
+    for done in (data_t, out):
+        sch.annotate(done, "schedule_rule", "None")
+
+
+def _output_tiles(sch, out, rows_outer: bool):
+    """The output transform per 2x2 tile (unrolled, channel lanes vectorized) with the
+    fused epilogue inlined; returns its outer loops (n, channel blocks, tile rows)."""
+    from edgec.passes.nchwc_schedule import consumer_chain
+
     for consumer in consumer_chain(sch, out):
         sch.reverse_compute_inline(consumer)
     n, o, yy, xx, ob = sch.get_loops(out)
     yo, yi = sch.split(yy, [None, 2])
     xo, xi = sch.split(xx, [None, 2])
-    sch.reorder(n, o, yo, xo, yi, xi, ob)
-    sch.parallel(sch.fuse(n, o, yo))
+    sch.reorder(*((n, yo, o) if rows_outer else (n, o, yo)), xo, yi, xi, ob)
     sch.unroll(yi)
     sch.unroll(xi)
     sch.vectorize(ob)
-    for done in (data_t, out):
-        sch.annotate(done, "schedule_rule", "None")
+    return n, o, yo
