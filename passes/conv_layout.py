@@ -75,6 +75,9 @@ def convert_conv_layout(mod: tvm.IRModule, block: int, winograd: bool = True) ->
     mod = _ClipAsMinMax(mod).rewrite()  # ConvertLayout cannot move clip (ReLU6)
     desired = {"relax.nn.conv2d": [f"NCHW{block}c", f"OIHW{block}o"]}
     mod = relax.transform.ConvertLayout(desired)(mod)
+    # ConvertLayout transforms a tensor once per consumer (resnet18's stem output: for the
+    # first conv and again for its residual add); one transform serves them all
+    mod = relax.transform.EliminateCommonSubexpr()(mod)
     hook = functools.partial(legalize_blocked_conv, block=block, winograd=winograd)
     return relax.transform.LegalizeOps({"relax.nn.conv2d": hook})(mod)
 

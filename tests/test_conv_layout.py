@@ -97,6 +97,11 @@ def test_blocked_layout_structure():
     assert any("minimum" in k for k in convs)  # ReLU6 fused into the depthwise kernel
     transforms = [k for k in kernels if "layout_transform" in k]
     assert 1 <= len(transforms) <= 2, transforms  # into blocked after the stem; out before fc
+    calls = []  # the stem's output feeds the body conv and the residual add: one transform
+    relax.analysis.post_order_visit(mod["main"].body, lambda e: calls.append(
+        e.args[0].name_hint) if isinstance(e, relax.Call) and getattr(e.op, "name", "")
+        == "relax.call_tir" and "layout_transform" in e.args[0].name_hint else None)
+    assert len(calls) == 2, calls
 
 
 @pytest.mark.parametrize("target", ["x86-avx2", "x86-avx512", "rpi4"])
