@@ -150,3 +150,28 @@ def test_tuning_samples_the_winograd_tile_and_the_build_replays_it(tmp_path):
     with torch.no_grad():
         ref = model(x).numpy()
     np.testing.assert_allclose(load(out)(x.numpy())[0], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_a_used_up_design_space_ends_its_task():
+    """A task whose candidates are all measured (a register-tile space is a few dozen at
+    most) ends after NoRepeatSearch.EXHAUSTED rounds with nothing new, instead of
+    evolving empty populations until the whole run's trials are spent."""
+    from tvm import s_tir, te
+
+    from edgec.compiler.tune_measure import NoRepeatSearch, _trace_key, ms
+
+    a = te.placeholder((16,), name="a")
+    sch = s_tir.Schedule(te.create_prim_func([a, te.compute((16,), lambda i: a[i] + 1.0)]))
+    sch.split(sch.get_loops(sch.get_sblock("compute"))[0], [None, 4])
+    again = ms.MeasureCandidate(sch, ms.arg_info.ArgInfo.from_entry_func(sch.mod, True))
+
+    class Inner:  # stands in for the evolutionary search: it proposes the same schedule
+        def generate_measure_candidates(self):
+            return [again]
+
+    search = NoRepeatSearch(Inner())
+    search.per_iter = 4
+    first = search.generate_measure_candidates()  # new: measured
+    assert len(first) == 1 and _trace_key(first[0].sch.trace) in search.seen
+    assert len(search.generate_measure_candidates()) == 0  # nothing new this round
+    assert search.generate_measure_candidates() is None  # second empty round: done
