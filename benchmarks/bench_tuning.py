@@ -7,9 +7,9 @@ Tuned builds apply the committed log of the host's base target (tuning_logs/x86-
 AVX2 machines, x86-avx512-vnni on AVX-512 + VNNI ones); results go to
 results/tuned-<that target>-<models>[-nchwc].{json,md}. ``edgec_tuned`` uses
 ``--conv-layout``; with NCHWc the tuned plain-NCHW build runs alongside as
-``edgec_tuned_nchw`` (when the log has NCHW records for the model);
-``edgec_untuned`` is TVM's default schedules in NCHW. Reports latency ratios, % of this CPU's FP32 peak, and the tuning cost
-recorded in the log (trials, wall time, trials/minute, seconds per trial).
+``edgec_tuned_nchw`` (when the log has a record for each of its tasks); ``edgec_untuned``
+is TVM's default schedules in NCHW. Reports latency ratios, % of this CPU's FP32 peak,
+and the tuning cost recorded in the log (trials, wall time, trials/minute, seconds per trial).
 Never run it while a tune (or anything heavy) runs: contention ruins the numbers.
 """
 from __future__ import annotations
@@ -39,13 +39,9 @@ def tuning_cost(log_dir: str, label: str) -> dict:
             "log_wall_s": round(sum(r["wall_s"] for r in runs), 1)}
 
 
-def bench_model(name: str, args, peak: dict) -> dict:
-    from edgec.compiler.tuning_db import log_dir_for
-    from edgec.targets import get_target
-
+def bench_model(name: str, args, peak: dict, log_dir: str) -> dict:
     model, x = model_and_input(name)
     folder = scratch()
-    log_dir = args.log_dir or log_dir_for(get_target("host"))
     untuned, _, _ = edgec_build(model, x, folder, "untuned", None)
     tuned, manifest, build_s = edgec_build(model, x, folder, "tuned", log_dir,
                                            conv_layout=args.conv_layout)
@@ -116,10 +112,11 @@ def main(argv=None):
 
     args = parse_args(__doc__, argv, _flags)
     peak = fp32_peak()
-    rows = [bench_model(name, args, peak) for name in args.models]
+    log_dir = args.log_dir or log_dir_for(get_target("host"))
+    rows = [bench_model(name, args, peak, log_dir) for name in args.models]
     md = _markdown(rows, peak, args.threads)
     # the log's target names the file: results of an AVX2 and an AVX-512 machine both stay
-    key = os.path.basename(os.path.normpath(args.log_dir or log_dir_for(get_target("host"))))
+    key = os.path.basename(os.path.normpath(log_dir))
     stem = f"tuned-{key}-" + "-".join(args.models) + ("" if args.conv_layout == "NCHW"
                                                       else "-" + args.conv_layout.lower())
     paths = write_results(args.out or stem,

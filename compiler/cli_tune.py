@@ -17,8 +17,9 @@ def load_relax_model(model: str, inputs):
 
 
 def status(model, target_name: str, log_dir: str | None, label: str | None = None,
-           prepack_weights: bool = False, conv_layout: str = "NCHW", winograd: bool = True) -> dict:
-    """Per-task trials and best latency of ``model`` in the target's log (read-only)."""
+           **kernels) -> dict:
+    """Per-task trials and best latency of ``model`` in the target's log (read-only);
+    ``kernels``: as ``tune.lowered_module``."""
     from edgec.compiler.tune import estimate_ms, extract_tasks, lowered_module, task_status
     from edgec.compiler.tuning_db import count_records, log_dir_for, open_database, read_meta
     from edgec.targets import get_target
@@ -26,9 +27,7 @@ def status(model, target_name: str, log_dir: str | None, label: str | None = Non
     target = get_target(target_name)
     path = log_dir or log_dir_for(target)
     db = open_database(path, target)
-    tasks = extract_tasks(lowered_module(model, target_name, prepack_weights=prepack_weights,
-                                         conv_layout=conv_layout, winograd=winograd),
-                          target.tvm_target())
+    tasks = extract_tasks(lowered_module(model, target_name, **kernels), target.tvm_target())
     rows = task_status(tasks, db)
     runs = (read_meta(path) or {}).get("runs", []) if db is not None else []
     return {"model": label or model.source, "target": target.name, "log_dir": path,
@@ -59,10 +58,10 @@ def compressed(args, model) -> tuple:
 
     config = compression_config(args, tuning_logs=None)
     # prepacking kernels are other workloads: the log's run history names them apart
+    blocked = getattr(args, "conv_layout", "NCHW") != "NCHW"
     applied = _applied(config) + (["prepacked"] if getattr(args, "prepack_weights", False) else []) \
-        + ([args.conv_layout] if getattr(args, "conv_layout", "NCHW") != "NCHW" else []) \
-        + (["no winograd"] if getattr(args, "conv_layout", "NCHW") != "NCHW"
-           and not getattr(args, "winograd", True) else [])
+        + ([args.conv_layout] if blocked else []) \
+        + (["no winograd"] if blocked and not getattr(args, "winograd", True) else [])
     label = f"{args.model} ({', '.join(applied)})" if applied else args.model
     if not (config.prune or config.prune_plan or config.int8):
         return model, label
@@ -80,8 +79,8 @@ def cmd_tune(args):
 
     model, label = compressed(args, load_relax_model(args.model, args.input))
     if args.status:
-        s = status(model, args.target, args.log_dir, label, args.prepack_weights,
-                   args.conv_layout, args.winograd)
+        s = status(model, args.target, args.log_dir, label, prepack_weights=args.prepack_weights,
+                   conv_layout=args.conv_layout, winograd=args.winograd)
         emit(args, s, _status_text(s))
         return 0
     spec = TuneSpec(target=args.target, trials=args.trials, log_dir=args.log_dir,

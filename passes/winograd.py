@@ -24,13 +24,13 @@ from __future__ import annotations
 import functools
 
 from edgec.compiler.tvm_compat import tvm
+from edgec.passes.nchwc_schedule import RULE, consumer_chain, schedule_gemm_tile
 
 MIN_PIXELS = 7 * 7
 MIN_CHANNELS = 16
 BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))  # B^T, F(2x2, 3x3)
 AT = ((1, 1, 1, 0), (0, 1, -1, -1))  # A^T
 G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
-BLOCKS = ("winograd_data", "winograd_bgemm", "winograd_out")
 
 
 def use_winograd(data_shape, kernel_shape, strides, dilation, groups) -> bool:
@@ -49,6 +49,14 @@ def _signed_sum(terms):
     for c, e in terms:
         out = (e if c > 0 else -e) if out is None else (out + e if c > 0 else out - e)
     return out
+
+
+def _transform(mat, tile):
+    """mat . tile . mat^T of a 4x4 tile of exprs, as a flat list (row-major), for a matrix
+    of 0 and +-1 (B^T, A^T): adds and subtracts of the nonzero terms only."""
+    rows = range(len(mat))
+    return [_signed_sum([(mat[i][e] * mat[j][k], tile[e][k]) for e in range(4)
+                         for k in range(4) if mat[i][e] * mat[j][k]]) for i in rows for j in rows]
 
 
 def _select(index, exprs):
@@ -95,14 +103,10 @@ def conv2d_nchwc_winograd(data, weight, padding, out_dtype):
 
     def v(p, c, ty, tx, cb):
         d = [[pad[0, c, ty * 2 + e, tx * 2 + k, cb] for k in range(4)] for e in range(4)]
-        exprs = [_signed_sum([(BT[i][e] * BT[j][k], d[e][k]) for e in range(4) for k in range(4)
-                              if BT[i][e] * BT[j][k]]) for i in range(4) for j in range(4)]
-        return _select(p, exprs)
+        return _select(p, _transform(BT, d))
 
     data_t = te.compute((16, cc, nh, nw, b), v, name="winograd_data")
     ric, rib = te.reduce_axis((0, cc), "icc"), te.reduce_axis((0, b), "icb")
-    from edgec.passes.nchwc_schedule import RULE
-
     bgemm = te.compute(
         (16, oc, nh, nw, b),
         lambda p, o, ty, tx, ob: te.sum(
@@ -112,11 +116,8 @@ def conv2d_nchwc_winograd(data, weight, padding, out_dtype):
 
     def y(i, o, yy, xx, ob):
         ty, tx, vh, vw = yy // 2, xx // 2, yy % 2, xx % 2
-        m = [bgemm[a * 4 + c, o, ty, tx, ob] for a in range(4) for c in range(4)]
-        exprs = [_signed_sum([(AT[r][a] * AT[s][c], m[a * 4 + c]) for a in range(4)
-                              for c in range(4) if AT[r][a] * AT[s][c]])
-                 for r in range(2) for s in range(2)]
-        return _select(vh * 2 + vw, exprs)
+        m = [[bgemm[a * 4 + c, o, ty, tx, ob] for c in range(4)] for a in range(4)]
+        return _select(vh * 2 + vw, _transform(AT, m))
 
     return te.compute((n, oc, oh, ow, b), y, name="winograd_out")
 
@@ -158,8 +159,6 @@ def schedule_winograd(sch, bgemm, reg_n, oc_in) -> None:
     """The Winograd conv's schedule in place: the input transform per (channel block, tile
     row), the GEMM as ``nchwc_schedule``'s register tile, the output transform per 2x2 tile
     with the fused epilogue inlined. reg_n, oc_in: ints or sampled variables."""
-    from edgec.passes.nchwc_schedule import schedule_gemm_tile
-
     data_t = sch.get_sblock("winograd_data")
     sch.compute_inline(sch.get_sblock("data_pad"))
     p, c, ty, tx, cb = sch.get_loops(data_t)
@@ -178,8 +177,6 @@ def schedule_winograd(sch, bgemm, reg_n, oc_in) -> None:
 def _output_tiles(sch, out, rows_outer: bool):
     """The output transform per 2x2 tile (unrolled, channel lanes vectorized) with the
     fused epilogue inlined; returns its outer loops (n, channel blocks, tile rows)."""
-    from edgec.passes.nchwc_schedule import consumer_chain
-
     for consumer in consumer_chain(sch, out):
         sch.reverse_compute_inline(consumer)
     n, o, yy, xx, ob = sch.get_loops(out)
