@@ -26,6 +26,7 @@ from edgec.compiler.config import CONV_LAYOUTS as LAYOUTS
 from edgec.compiler.errors import EdgecError
 from edgec.compiler.tvm_compat import relax, tvm
 from edgec.passes.nchwc_schedule import RULE
+from edgec.passes.stem_layout import sink_stem_transforms
 from edgec.passes.winograd import conv2d_nchwc_winograd, use_winograd, weight_transform
 
 _BLOCKED = re.compile(r"^NCHW(\d+)c$")
@@ -78,6 +79,7 @@ def convert_conv_layout(mod: tvm.IRModule, block: int, winograd: bool = True) ->
     # ConvertLayout transforms a tensor once per consumer (resnet18's stem output: for the
     # first conv and again for its residual add); one transform serves them all
     mod = relax.transform.EliminateCommonSubexpr()(mod)
+    mod = sink_stem_transforms(mod)  # the RGB stem writes blocked output itself
     hook = functools.partial(legalize_blocked_conv, block=block, winograd=winograd)
     return relax.transform.LegalizeOps({"relax.nn.conv2d": hook})(mod)
 
@@ -151,7 +153,8 @@ def _params(call) -> dict:
 
 def _plain_stem(call, block) -> bool:
     a, (data, weight) = call.attrs, call.args[:2]
-    return (a.data_layout == "NCHW" and a.kernel_layout == "OIHW" and a.out_layout == "NCHW"
+    return (a.data_layout == "NCHW" and a.kernel_layout == "OIHW"
+            and a.out_layout in ("NCHW", f"NCHW{block}c")
             and int(a.groups) == 1 and "float" in str(data.ty.dtype)
             and int(weight.ty.shape[0]) % block == 0 and int(data.ty.shape[1]) % block != 0)
 
@@ -165,11 +168,13 @@ def _stem(bb, call, b):
                                              name="block_weight"),
                         call.args[1], primfunc_name_hint="block_weight")
     return bb.call_te(conv2d_nchw_stem, call.args[0], weight, primfunc_name_hint="conv2d_nchwc",
-                      **_params(call))
+                      blocked_out=call.attrs.out_layout != "NCHW", **_params(call))
 
 
-def conv2d_nchw_stem(data, kernel, strides, padding, dilation, groups, out_dtype):
-    """TE compute: data [N, C, H, W], kernel [O/b, C, KH, KW, b] -> NCHW[b]c tile -> [N, O, OH, OW]."""
+def conv2d_nchw_stem(data, kernel, strides, padding, dilation, groups, out_dtype,
+                     blocked_out=False):
+    """TE compute: data [N, C, H, W], kernel [O/b, C, KH, KW, b] -> NCHW[b]c tile -> [N, O, OH, OW]
+    (``blocked_out``: the tile, [N, O/b, OH, OW, b])."""
     from tvm import te, topi
 
     n, c, h, w = (int(x) for x in data.shape)
@@ -186,6 +191,8 @@ def conv2d_nchw_stem(data, kernel, strides, padding, dilation, groups, out_dtype
             pad[i, ric, y * sh + rh * dh, x * sw + rw * dw].astype(out_dtype)
             * kernel[o, ric, rh, rw, ob].astype(out_dtype), axis=[ric, rh, rw]),
         name="conv2d_nchwc", attrs=_RULE)
+    if blocked_out:
+        return out
     return te.compute((n, oc * b, oh, ow), lambda i, o, y, x: out[i, o // b, y, x, o % b],
                       name="unblock_out")
 
