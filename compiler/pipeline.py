@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from edgec.compiler.config import PipelineConfig
 from edgec.compiler.graph import RelaxModel, bind
 from edgec.compiler.tvm_compat import relax, tvm
-from edgec.passes.conv_layout import block_for, convert_conv_layout, model_block
+from edgec.passes.conv_layout import block_for, convert_conv_layout
 from edgec.targets import get_target
 
 
@@ -81,9 +81,10 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool 
     block, layout_record = block_for(config.conv_layout, target.vector_bits), None
     if block and config.fuse and not quantized:  # INT8 kernels pack their own layout
         # blocked conv layout: FP32 convs in NCHW[b]c, their neighbours follow
-        block = model_block(mod, block)
-        mod = convert_conv_layout(mod, block, config.winograd)
-        layout_record = {"name": "conv_layout", "layout": f"NCHW{block}c"}
+        blocks: list = []
+        mod = convert_conv_layout(mod, block, config.winograd, blocks)
+        layout_record = {"name": "conv_layout", "layout": f"NCHW{block}c",
+                         "narrow_convs": sum(b < block for b in blocks)}
         passes.append(layout_record)
         dump("25_conv_layout", mod)
     if config.fuse:

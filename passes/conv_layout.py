@@ -14,8 +14,8 @@ Relax cannot legalize a conv with a blocked layout ("channel chunk ... cannot be
 legalized by TOPI"), so ``legalize_blocked_conv`` supplies the compute: groups == 1 and
 depthwise directly in the blocked layout; any other grouped conv unblocks, convolves in
 NCHW and blocks again (correct, not fast); 3x3 stride-1 convs that gain run as Winograd
-F(2x2, 3x3) (``edgec.passes.winograd``). ``model_block`` narrows the block for a model
-whose channels do not all divide by the target's lanes.
+F(2x2, 3x3) (``edgec.passes.winograd``). ``channel_block`` gives a tensor whose channels
+do not divide by the target's lanes a narrower block (the conv between converts).
 """
 from __future__ import annotations
 
@@ -44,29 +44,34 @@ def block_for(layout: str, vector_bits: int) -> int | None:
     return None if layout == "NCHW" else max(1, vector_bits // 32)
 
 
-def model_block(mod: tvm.IRModule, block: int) -> int:
-    """The channel block for this model: ``block`` (the target's lanes), or half of it
-    while that blocks more of the model's FP32 convs (mobilenet_v2's 24-channel layers take
-    8 on AVX-512: at 16 they would stay in NCHW, with layout transforms around them)."""
-    convs = []
-    for func in mod.functions.values():
-        if isinstance(func, relax.Function):
-            relax.analysis.post_order_visit(func.body, lambda e: convs.append(e) if isinstance(
-                e, relax.Call) and getattr(e.op, "name", "") == "relax.nn.conv2d" else None)
-    shapes = [(int(c.args[0].ty.shape[1]), int(c.args[1].ty.shape[0])) for c in convs
-              if "float" in str(c.args[0].ty.dtype)]
-
-    def blocked(b):
-        return sum(i % b == 0 and o % b == 0 for i, o in shapes)
-
-    while block > 8 and blocked(block // 2) > blocked(block):
-        block //= 2
-    return block
+def channel_block(channels: int, lanes: int) -> int:
+    """The block of a tensor with ``channels`` channels: the target's lanes, or on AVX-512
+    half of them (8) when only that divides (mobilenet_v2's 24-channel layers); the lanes
+    when neither does (ConvertLayout then leaves the conv in NCHW)."""
+    for b in (lanes, lanes // 2):
+        if b >= min(lanes, 8) and channels % b == 0:
+            return b
+    return lanes
 
 
-def convert_conv_layout(mod: tvm.IRModule, block: int, winograd: bool = True) -> tvm.IRModule:
-    """Blocks every FP32 conv2d whose channels divide by ``block``, then legalizes them
-    (with ``winograd``, the 3x3 stride-1 ones that gain as Winograd F(2x2, 3x3)).
+def _layouts(lanes: int):
+    """ConvertLayout's per-call callback: each conv's data and output take their own
+    tensors' blocks (a 144 -> 24 conv on AVX-512: NCHW16c in, NCHW8c out)."""
+    def layouts(call):
+        if getattr(call.op, "name", "") != "relax.nn.conv2d":
+            return {}
+        bi = channel_block(int(call.args[0].ty.shape[1]), lanes)
+        bo = channel_block(int(call.args[1].ty.shape[0]), lanes)
+        return {"relax.nn.conv2d": [f"NCHW{bi}c", f"OIHW{bo}o", f"NCHW{bo}c"]}
+    return layouts
+
+
+def convert_conv_layout(mod: tvm.IRModule, block: int, winograd: bool = True,
+                        blocks: list | None = None) -> tvm.IRModule:
+    """Blocks every FP32 conv2d whose channels divide by ``block`` (the target's lanes; see
+    ``channel_block`` for the narrower block), then legalizes them (with ``winograd``, the
+    3x3 stride-1 ones that gain as Winograd F(2x2, 3x3)). ``blocks``: a list to which each
+    blocked conv's output block is appended.
 
     Convs whose channel counts do not divide (a 3-channel RGB stem) stay in NCHW;
     ConvertLayout puts the layout transforms on their edges.
@@ -74,13 +79,13 @@ def convert_conv_layout(mod: tvm.IRModule, block: int, winograd: bool = True) ->
     if block is None or block <= 1:
         return mod
     mod = _ClipAsMinMax(mod).rewrite()  # ConvertLayout cannot move clip (ReLU6)
-    desired = {"relax.nn.conv2d": [f"NCHW{block}c", f"OIHW{block}o"]}
-    mod = relax.transform.ConvertLayout(desired)(mod)
+    mod = relax.transform.ConvertLayout({}, layout_cb=_layouts(block))(mod)
     # ConvertLayout transforms a tensor once per consumer (resnet18's stem output: for the
     # first conv and again for its residual add); one transform serves them all
     mod = relax.transform.EliminateCommonSubexpr()(mod)
     mod = sink_stem_transforms(mod)  # the RGB stem writes blocked output itself
-    hook = functools.partial(legalize_blocked_conv, block=block, winograd=winograd)
+    hook = functools.partial(legalize_blocked_conv, block=block, winograd=winograd,
+                             blocks=blocks)
     return relax.transform.LegalizeOps({"relax.nn.conv2d": hook})(mod)
 
 
@@ -113,28 +118,33 @@ class _ClipAsMinMax(relax.PyExprMutator):
 
 
 def legalize_blocked_conv(bb: relax.BlockBuilder, call: relax.Call, block: int = 8,
-                          winograd: bool = False) -> relax.Expr:
-    """LegalizeOps hook for relax.nn.conv2d: the NCHW[b]c x OIHW[b]o compute (TE), or with
-    ``winograd`` the Winograd F(2x2, 3x3) one where it gains (weights transformed at compile
-    time); an FP32 conv left in NCHW whose input channels do not divide by the block (the
-    RGB stem) still computes blocked (NCHW in, NCHW[b]c tile, NCHW out), on weights blocked
-    at compile time."""
+                          winograd: bool = False, blocks: list | None = None) -> relax.Expr:
+    """LegalizeOps hook for relax.nn.conv2d: the NCHW[bi]c x OIHW[bo]o -> NCHW[bo]c compute
+    (TE), or with ``winograd`` the Winograd F(2x2, 3x3) one where it gains (weights
+    transformed at compile time); an FP32 conv left in NCHW whose input channels do not
+    divide by the block (the RGB stem) still computes blocked (NCHW in, NCHW[b]c tile, NCHW
+    or NCHW[b]c out), on weights blocked at compile time."""
     a = call.attrs
-    m = _BLOCKED.match(a.data_layout)
+    m, out = _BLOCKED.match(a.data_layout), _BLOCKED.match(a.out_layout)
     if m is None:
         if _plain_stem(call, block):
+            if blocks is not None:
+                blocks.append(block)
             return _stem(bb, call, block)
         # not ours: the default legalization (plain layouts)
         from tvm.relax.transform.legalize_ops.nn import _nn_conv2d
         return _nn_conv2d(bb, call)
-    b = int(m.group(1))
-    if a.kernel_layout != f"OIHW{b}o" or a.out_layout != a.data_layout:
+    bo = int(out.group(1)) if out else None
+    if a.kernel_layout != f"OIHW{bo}o":
         raise ConvLayoutError(f"blocked conv2d with kernel layout {a.kernel_layout} and output "
-                              f"layout {a.out_layout}; expected OIHW{b}o and {a.data_layout}")
+                              f"layout {a.out_layout}; expected OIHW[b]o and NCHW[b]c")
+    if blocks is not None:
+        blocks.append(bo)
     params = _params(call)
     data, kernel = call.args[:2]
-    if winograd and "float32" == params["out_dtype"] and use_winograd(
-            data.ty.shape, kernel.ty.shape, params["strides"], params["dilation"], params["groups"]):
+    if winograd and "float32" == params["out_dtype"] and a.data_layout == a.out_layout and (
+            use_winograd(data.ty.shape, kernel.ty.shape, params["strides"], params["dilation"],
+                         params["groups"])):
         weight = bb.emit_te(weight_transform, kernel, primfunc_name_hint="winograd_weight")
         return bb.call_te(conv2d_nchwc_winograd, data, weight, params["padding"], "float32",
                           primfunc_name_hint="conv2d_nchwc_winograd")
@@ -198,11 +208,12 @@ def conv2d_nchw_stem(data, kernel, strides, padding, dilation, groups, out_dtype
 
 
 def conv2d_nchwc(data, kernel, strides, padding, dilation, groups, out_dtype):
-    """TE compute: data [N, C/b, H, W, b], kernel [O/b, C/groups, KH, KW, b] -> [N, O/b, OH, OW, b]."""
+    """TE compute: data [N, C/bi, H, W, bi], kernel [O/bo, C/groups, KH, KW, bo] ->
+    [N, O/bo, OH, OW, bo] (bi == bo but where a tensor's channels take the narrower block)."""
     from tvm import te, topi
 
     n, cc, h, w, b = (int(x) for x in data.shape)
-    oc, icg, kh, kw, _ = (int(x) for x in kernel.shape)
+    oc, icg, kh, kw, bo = (int(x) for x in kernel.shape)
     (sh, sw), (dh, dw) = strides, dilation
     top, left, bottom, right = padding
     oh = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1
@@ -213,12 +224,12 @@ def conv2d_nchwc(data, kernel, strides, padding, dilation, groups, out_dtype):
     if groups == 1:
         ric, rib = te.reduce_axis((0, cc), "icc"), te.reduce_axis((0, b), "icb")
         return te.compute(
-            (n, oc, oh, ow, b),
+            (n, oc, oh, ow, bo),
             lambda i, o, y, x, ob: te.sum(
                 cast(pad[i, ric, y * sh + rh * dh, x * sw + rw * dw, rib])
                 * cast(kernel[o, ric * b + rib, rh, rw, ob]), axis=[ric, rh, rw, rib]),
             name="conv2d_nchwc", attrs=_RULE)
-    if groups == cc * b == oc * b and icg == 1:  # depthwise, one filter per channel
+    if groups == cc * b == oc * bo and icg == 1 and b == bo:  # depthwise, one filter per channel
         return te.compute(
             (n, oc, oh, ow, b),
             lambda i, o, y, x, ob: te.sum(
@@ -228,8 +239,8 @@ def conv2d_nchwc(data, kernel, strides, padding, dilation, groups, out_dtype):
     # other grouped convs: unblock, convolve in NCHW, block again
     plain = te.compute((n, cc * b, h, w), lambda i, c, y, x: data[i, c // b, y, x, c % b],
                        name="unblock_data")
-    weight = te.compute((oc * b, icg, kh, kw), lambda o, c, y, x: kernel[o // b, c, y, x, o % b],
-                        name="unblock_weight")
+    weight = te.compute((oc * bo, icg, kh, kw),
+                        lambda o, c, y, x: kernel[o // bo, c, y, x, o % bo], name="unblock_weight")
     out = topi.nn.group_conv2d_nchw(plain, weight, strides, padding, dilation, groups, out_dtype)
-    return te.compute((n, oc, oh, ow, b), lambda i, o, y, x, ob: out[i, o * b + ob, y, x],
+    return te.compute((n, oc, oh, ow, bo), lambda i, o, y, x, ob: out[i, o * bo + ob, y, x],
                       name="block_out")

@@ -61,18 +61,31 @@ def test_block_is_the_targets_fp32_lanes_and_bad_layouts_are_named():
         PipelineConfig(conv_layout="NHWC")
 
 
-def test_a_model_whose_channels_do_not_divide_takes_a_narrower_block():
-    """On AVX-512 (16 lanes) a model with 24-channel convs is blocked by 8, so every conv
-    stays blocked (no plain conv between layout transforms); 16/32 channels take 16."""
+def test_a_tensor_whose_channels_do_not_divide_takes_a_narrower_block():
+    """On AVX-512 (16 lanes) a 24-channel tensor is blocked by 8 and the others by 16: the
+    16 -> 24 conv writes NCHW8c, the 24 -> 16 conv reads it; no conv is left plain and no
+    activation changes layout between the convs (mobilenet_v2's 24-channel layers)."""
+    from edgec.passes.conv_layout import channel_block
+
+    assert [channel_block(c, 16) for c in (32, 24, 3)] == [16, 8, 16]
+    assert [channel_block(c, 8) for c in (24, 12)] == [8, 8]  # AVX2: no narrower block
+    assert channel_block(12, 4) == 4
     x = torch.randn(1, 16, 8, 8)
     config = PipelineConfig(target="x86-avx512", tuning_logs=None, conv_layout="NCHWc")
-    for mid, layout in ((24, "NCHW8c"), (32, "NCHW16c")):
+    for mid, narrow in ((24, 1), (32, 0)):
         model = nn.Sequential(nn.Conv2d(16, mid, 1), nn.ReLU(), nn.Conv2d(mid, 16, 1)).eval()
         res = run(import_model(model, (x,)), config, lower_only=True)
-        assert next(p for p in res.passes if p["name"] == "conv_layout")["layout"] == layout
+        record = next(p for p in res.passes if p["name"] == "conv_layout")
+        assert record["layout"] == "NCHW16c" and record["narrow_convs"] == narrow
         plain = [gv.name_hint for gv, f in res.lowered.functions.items()
                  if isinstance(f, tvm.tirx.PrimFunc) and 'T.sblock("conv2d_nchw")' in f.script()]
         assert not plain
+        shapes = [[int(d) for d in c.ty.shape] for c in _calls(res.lowered, "relax.call_tir")
+                  if "conv2d" in c.args[0].name_hint]
+        assert shapes == [[1, mid // (16 - 8 * narrow), 8, 8, 16 - 8 * narrow], [1, 1, 8, 8, 16]]
+        transforms = [c for c in _calls(res.lowered, "relax.call_tir")
+                      if "layout_transform" in c.args[0].name_hint]
+        assert len(transforms) == 2  # the input into NCHW16c, the output out of it
 
 
 def test_blocked_layout_structure():
@@ -84,7 +97,8 @@ def test_blocked_layout_structure():
     x = torch.randn(1, 3, 32, 32)
     res = run(import_model(_model(), (x,)), PipelineConfig(
         target="x86-avx2", tuning_logs=None, conv_layout="NCHWc"), lower_only=True)
-    assert {"name": "conv_layout", "layout": "NCHW8c", "winograd_kernels": 0} in res.passes
+    assert {"name": "conv_layout", "layout": "NCHW8c", "narrow_convs": 0,
+            "winograd_kernels": 0} in res.passes
     mod = res.lowered
     assert not _calls(mod, "relax.nn.conv2d")
     kernels = {gv.name_hint: f.script() for gv, f in mod.functions.items()
