@@ -210,3 +210,39 @@ def test_conv_without_out_dtype_keeps_its_input_dtype():
     got = vm["main"](tvm.runtime.tensor(data)).numpy()
     ref = torch.nn.functional.conv2d(torch.from_numpy(data), torch.from_numpy(w), padding=1)
     np.testing.assert_allclose(got, ref.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_pad_per_row_or_whole_map(stride):
+    """A depthwise conv's design spaces pad its input per output row (under the parallel
+    row loop: one channel block, the kernel's rows) or over the whole map first; both
+    equal torch."""
+    from tvm import s_tir
+
+    from edgec.passes.nchwc_schedule import conv_shape, default_tile, find_conv_block, schedule_any
+    from edgec.targets import get_target
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 16, 3, stride=stride, padding=1, groups=16),
+                          nn.ReLU6()).eval()
+    x = torch.randn(1, 16, 14, 14)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    res = run(import_model(model, (x,)), PipelineConfig(
+        target="x86-avx2", tuning_logs=None, conv_layout="NCHWc"), lower_only=True)
+    gv = next(g for g in res.lowered.functions if "conv2d" in g.name_hint)
+    func, target = res.lowered[gv], get_target("x86-avx2").tvm_target()
+    for whole_map in (False, True):
+        sch = s_tir.Schedule(func)
+        block = find_conv_block(sch)
+        schedule_any(sch, block, *default_tile(*conv_shape(sch, block)), second=whole_map)
+        pad_loops = sch.get_loops(sch.get_sblock("data_pad"))
+        conv_outer = sch.get_loops(block)[0]
+        per_row = sch.get(pad_loops[0]).same_as(sch.get(conv_outer))
+        assert per_row != whole_map  # per row: inside the conv's parallel row loop
+        mod = res.lowered.clone()
+        mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+        with target:
+            vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+        got = vm["main"](tvm.runtime.tensor(x.numpy()))[0].numpy()
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
