@@ -126,11 +126,12 @@ def legalize_blocked_conv(bb: relax.BlockBuilder, call: relax.Call, block: int =
     or NCHW[b]c out), on weights blocked at compile time."""
     a = call.attrs
     m, out = _BLOCKED.match(a.data_layout), _BLOCKED.match(a.out_layout)
-    if m is None:
-        if _plain_stem(call, block):
+    if m is None:  # the stem's block: its output's (NCHW[b]c when a transform moved in)
+        b = int(out.group(1)) if out else channel_block(int(call.args[1].ty.shape[0]), block)
+        if _plain_stem(call, b):
             if blocks is not None:
-                blocks.append(block)
-            return _stem(bb, call, block)
+                blocks.append(b)
+            return _stem(bb, call, b)
         # not ours: the default legalization (plain layouts)
         from tvm.relax.transform.legalize_ops.nn import _nn_conv2d
         return _nn_conv2d(bb, call)

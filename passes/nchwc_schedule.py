@@ -204,8 +204,9 @@ def tuning_rule(sch, block):
     """MetaSchedule design spaces of a blocked conv (``schedule_rule`` = RULE), one per
     loop order (direct: taps inside or outside the channels; Winograd: each step over the
     whole map, or all three a tile row at a time; depthwise: the input padded per output
-    row or over the whole map first): the register tile is sampled (pixels and channel blocks separately, the heuristic tile twice as
-    likely), so the evolutionary search mutates it and the log records the best."""
+    row or over the whole map first): the register tile is sampled (pixels and channel
+    blocks separately, the heuristic tile twice as likely), so the evolutionary search
+    mutates it and the log records the best."""
     shape = conv_shape(sch, block)
     cands, best = tile_candidates(*shape), default_tile(*shape)
     spaces = []

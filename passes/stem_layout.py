@@ -13,16 +13,17 @@ elementwise ops with constant operands and pools, into the conv's ``out_layout``
     conv2d(NCHW -> NCHW16c) -> add(bias, blocked at compile time) -> relu -> max_pool2d(NCHW16c)
 
 This saves the transform's pass over the activation (0.21 ms of resnet18's 14.8 ms in the
-tuning measurements) and the pool runs on whole vectors. Each moved op has one user, so
+tuning measurements), the stem no longer unblocks (its task: 1.28 -> 1.09 ms, tuned) and
+the pool runs on whole vectors. Each moved op has one user, so
 nothing is computed twice; a chain that does not end at such a conv is left alone.
 """
 from __future__ import annotations
 
-
 from edgec.compiler.tvm_compat import Constant, relax, tvm
 
 _UNARY = {"relax.nn.relu", "relax.sigmoid", "relax.nn.silu", "relax.tanh"}
-_BINARY = {"relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum"}
+_BINARY = {"relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
+           "relax.minimum"}
 _POOLS = {"relax.nn.max_pool2d", "relax.nn.avg_pool2d"}
 
 

@@ -15,11 +15,11 @@ class Stem(nn.Module):
     """resnet's stem and first conv: conv(3 -> 16, stride 2) + BN + ReLU + pool, then a
     blocked conv; ``square`` puts an op with two variable operands in the chain."""
 
-    def __init__(self, pool=nn.MaxPool2d(3, stride=2, padding=1), square=False):
+    def __init__(self, pool=nn.MaxPool2d(3, stride=2, padding=1), square=False, width=16):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 7, stride=2, padding=3), nn.BatchNorm2d(16),
-                                  nn.ReLU(), pool)
-        self.body = nn.Conv2d(16, 16, 3, padding=1)
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 7, stride=2, padding=3),
+                                  nn.BatchNorm2d(width), nn.ReLU(), pool)
+        self.body = nn.Conv2d(width, width, 3, padding=1)
         self.square = square
 
     def forward(self, x):
@@ -64,8 +64,10 @@ def test_transform_moves_into_the_stem_conv():
     into_blocked = [c for name, c in after if name == "relax.layout_transform"
                     and len(c.args[0].ty.shape) == 4 and not isinstance(c.args[0], Constant)]
     assert not into_blocked  # (the output still leaves the blocked layout at the end)
-    stem = next(c for name, c in after if name == "relax.nn.conv2d" and c.attrs.data_layout == "NCHW")
-    assert stem.attrs.out_layout == "NCHW8c" and [int(s) for s in stem.ty.shape] == [1, 2, 16, 16, 8]
+    stem = next(c for name, c in after
+                if name == "relax.nn.conv2d" and c.attrs.data_layout == "NCHW")
+    assert stem.attrs.out_layout == "NCHW8c"
+    assert [int(s) for s in stem.ty.shape] == [1, 2, 16, 16, 8]
     pool = next(c for name, c in after if name == "relax.nn.max_pool2d")
     assert pool.attrs.layout == pool.attrs.out_layout == "NCHW8c"
 
@@ -80,22 +82,25 @@ def test_a_chain_that_does_not_reach_a_conv_is_left_alone():
                and not isinstance(c.args[0], Constant) for name, c in _ops(after))
 
 
-@pytest.mark.parametrize("pool", ["max", "avg"])
-@pytest.mark.parametrize("target", ["x86-avx2", "x86-avx512"])
-def test_blocked_stem_matches_torch(tmp_path, target, pool):
+@pytest.mark.parametrize("target, pool, width", [
+    ("x86-avx2", "max", 16), ("x86-avx2", "avg", 16), ("x86-avx512", "max", 16),
+    ("x86-avx512", "avg", 24)])
+def test_blocked_stem_matches_torch(tmp_path, target, pool, width):
     """Numeric: the stem with blocked output, its folded batch norm, ReLU and a max or
-    average pool (padded, so count_include_pad matters) equal torch."""
+    average pool (padded, so count_include_pad matters) equal torch; 24 channels on
+    AVX-512 take the narrower block (the stem writes NCHW8c)."""
     from edgec.targets import cpu_flags
 
     if target == "x86-avx512" and "avx512f" not in cpu_flags():
         pytest.skip("this CPU has no AVX-512 to run the library on")
     layer = (nn.MaxPool2d(3, stride=2, padding=1) if pool == "max"
              else nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False))
-    model, x = _model(pool=layer), torch.randn(1, 3, 32, 32)
+    model, x = _model(pool=layer, width=width), torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         ref = model(x).numpy()
     out = str(tmp_path / "m.so")
     manifest = compile(model, (x,), output=out, config=PipelineConfig(
         target=target, tuning_logs=None, conv_layout="NCHWc"))
-    assert any(p["name"] == "conv_layout" for p in manifest["passes"])
+    record = next(p for p in manifest["passes"] if p["name"] == "conv_layout")
+    assert record["narrow_convs"] == (2 if width == 24 else 0)  # the stem and the body
     np.testing.assert_allclose(load(out)(x.numpy())[0], ref, rtol=1e-4, atol=1e-5)
