@@ -151,6 +151,11 @@ def tune(model, spec: TuneSpec) -> dict:
     if not tasks:
         raise TuneError("the model has no tunable operators (no fused PrimFuncs)")
     before = task_status(tasks, db)
+    # tasks without a record first: the gradient scheduler gives every task one round in
+    # list order, and a small --resume budget (a model whose stem became a new workload)
+    # ran out before it reached the new tasks at the end of the list
+    order = sorted(range(len(tasks)), key=lambda i: before[i]["trials"] > 0)
+    tasks, before = [tasks[i] for i in order], [before[i] for i in order]
     done = sum(r["trials"] for r in before)
     budget = max(0, spec.trials - done) if spec.resume else spec.trials
     summary = {"model": spec.label or model.source, "target": target.name, "log_dir": log_dir,

@@ -121,6 +121,26 @@ def test_records_are_reused_by_another_model(tuned, tmp_path):
     assert t["tuned"] >= 1 and t["default"] >= 1  # the shared layer tuned, the new head not
 
 
+def test_resume_budget_goes_to_untuned_tasks_first(tuned, tmp_path, monkeypatch):
+    """A model whose first layer is logged and whose head is new, resumed with one round
+    of budget: the round measures the head, wherever extraction lists it (the scheduler's
+    first round follows the task list; here the logged task is listed first)."""
+    import edgec.compiler.tune as tune_module
+
+    extract = tune_module.extract_tasks
+    monkeypatch.setattr(tune_module, "extract_tasks", lambda *a: sorted(
+        extract(*a), key=lambda t: t.task_name != "fused_matmul_add_relu"))
+    log, _, _, _ = tuned
+    copy = tmp_path / TARGET
+    _copy_log(log, copy)
+    torch.manual_seed(1)
+    model = import_model(SharesALayer().eval(), (torch.randn(1, 32),))
+    summary = tune(model, spec(copy, 8 + 4, resume=True, warm_start=False))
+    assert summary["trials_before"] == 8 and summary["trials"] == 4
+    trials = {t["task"]: t["trials"] for t in summary["per_task"]}
+    assert trials.pop("fused_matmul_add_relu") == 8 and list(trials.values()) == [4], trials
+
+
 def _copy_log(src, dst):
     dst.mkdir()
     for name in (WORKLOADS, RECORDS, META):
