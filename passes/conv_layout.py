@@ -141,7 +141,7 @@ def legalize_blocked_conv(bb: relax.BlockBuilder, call: relax.Call, block: int =
                               f"layout {a.out_layout}; expected OIHW[b]o and NCHW[b]c")
     if blocks is not None:
         blocks.append(bo)
-    params = _params(call)
+    params = conv_params(call)
     data, kernel = call.args[:2]
     if winograd and "float32" == params["out_dtype"] and a.data_layout == a.out_layout and (
             use_winograd(data.ty.shape, kernel.ty.shape, params["strides"], params["dilation"],
@@ -152,7 +152,9 @@ def legalize_blocked_conv(bb: relax.BlockBuilder, call: relax.Call, block: int =
     return bb.call_te(conv2d_nchwc, data, kernel, primfunc_name_hint="conv2d_nchwc", **params)
 
 
-def _params(call) -> dict:
+def conv_params(call) -> dict:
+    """A relax conv2d's strides, padding, dilation, groups and out_dtype (unset: the
+    input's dtype) as plain Python values."""
     a = call.attrs
     out_dtype = str(a.out_dtype)
     if out_dtype in ("", "None", "void"):  # unset: the input's dtype
@@ -179,7 +181,7 @@ def _stem(bb, call, b):
                                              name="block_weight"),
                         call.args[1], primfunc_name_hint="block_weight")
     return bb.call_te(conv2d_nchw_stem, call.args[0], weight, primfunc_name_hint="conv2d_nchwc",
-                      blocked_out=call.attrs.out_layout != "NCHW", **_params(call))
+                      blocked_out=call.attrs.out_layout != "NCHW", **conv_params(call))
 
 
 def conv2d_nchw_stem(data, kernel, strides, padding, dilation, groups, out_dtype,

@@ -83,15 +83,15 @@ class _Sink(relax.PyExprMutator):
         chain = self._chain(op.args[0], b) if b else None
         if chain is None:
             return super().visit_call_(op)
+        from edgec.passes.conv_layout import conv_params  # (conv_layout imports this module)
+
         index_map = op.attrs.index_map
         blocked = f"NCHW{b}c"
         conv = chain[-1]
-        attrs = conv.attrs
+        p = conv_params(conv)  # an unset out_dtype is the input's (str() of it is "None")
         out = self.builder_.emit(relax.op.nn.conv2d(
-            self.visit_expr(conv.args[0]), self.visit_expr(conv.args[1]),
-            [int(s) for s in attrs.strides], [int(p) for p in attrs.padding],
-            [int(d) for d in attrs.dilation], int(attrs.groups), "NCHW", str(attrs.kernel_layout),
-            blocked, str(attrs.out_dtype)))
+            self.visit_expr(conv.args[0]), self.visit_expr(conv.args[1]), p["strides"],
+            p["padding"], p["dilation"], p["groups"], "NCHW", "OIHW", blocked, p["out_dtype"]))
         for call in reversed(chain[:-1]):
             name = _op(call)
             if name in _UNARY:
@@ -125,16 +125,17 @@ class _Sink(relax.PyExprMutator):
                       and a.kernel_layout == "OIHW" and "float" in str(call.ty.dtype)
                       and int(call.ty.shape[1]) % b == 0)
                 return chain + [call] if ok else None
-            if name in _POOLS and call.attrs.layout == "NCHW" and call.attrs.out_layout == "NCHW":
-                pass
-            elif name in _BINARY and _const_operand(call) is not None:
-                const = _const_operand(call)[1]
-                if not _per_channel(const, call.ty):
-                    return None
-            elif name not in _UNARY:
+            if name in _POOLS:
+                ok = call.attrs.layout == "NCHW" and call.attrs.out_layout == "NCHW"
+            elif name in _BINARY:
+                operands = _const_operand(call)
+                ok = operands is not None and _per_channel(operands[1], call.ty)
+            else:
+                ok = name in _UNARY
+            if not ok:
                 return None
             chain.append(call)
-            var = call.args[0] if name not in _BINARY else _const_operand(call)[0]
+            var = _const_operand(call)[0] if name in _BINARY else call.args[0]
         return None
 
 

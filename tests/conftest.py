@@ -48,3 +48,13 @@ def mlp():
 def torch_out(model, x) -> np.ndarray:
     with torch.no_grad():
         return model(x).numpy()
+
+
+def compile_nchwc(model, x, out, target, tuning_logs=None):
+    """Compile ``model`` with the blocked conv layout to ``out``; returns the manifest and
+    its conv_layout pass record."""
+    from edgec.compiler import PipelineConfig, compile
+
+    manifest = compile(model, (x,), output=str(out), config=PipelineConfig(
+        target=target, tuning_logs=tuning_logs, conv_layout="NCHWc"))
+    return manifest, next(p for p in manifest["passes"] if p["name"] == "conv_layout")

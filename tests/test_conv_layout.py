@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from edgec.compiler import PipelineConfig, compile, load
+from conftest import compile_nchwc
+from edgec.compiler import PipelineConfig, load
 from edgec.compiler.config import ConfigError
 from edgec.compiler.frontend import import_model
 from edgec.compiler.pipeline import run
@@ -128,10 +129,8 @@ def test_blocked_layout_matches_torch(tmp_path, target):
     with torch.no_grad():
         ref = model(x).numpy()
     out = str(tmp_path / "m.so")
-    manifest = compile(model, (x,), output=out, config=PipelineConfig(
-        target=target, tuning_logs=None, conv_layout="NCHWc"))
+    manifest, record = compile_nchwc(model, x, out, target)
     block = get_target(target).vector_bits // 32
-    record = next(p for p in manifest["passes"] if p["name"] == "conv_layout")
     assert record["layout"] == f"NCHW{block}c"
     assert record["default_tiles"] == 3  # stem, body, depthwise: register tiles
     if target == "rpi4":  # cross-compiled; test_emulated_board runs it on an aarch64 board
@@ -177,16 +176,12 @@ def test_tuning_samples_the_register_tile_and_the_build_replays_it(tmp_path):
     with torch.no_grad():
         ref = model(x).numpy()
     out = str(tmp_path / "tuned.so")
-    manifest = compile(model, (x,), output=out, config=PipelineConfig(
-        target="x86-avx2", tuning_logs=log, conv_layout="NCHWc"))
-    record = next(p for p in manifest["passes"] if p["name"] == "conv_layout")
+    manifest, record = compile_nchwc(model, x, out, "x86-avx2", log)
     assert record["default_tiles"] == 0 and manifest["tuning"]["tuned"] >= 1
     np.testing.assert_allclose(load(out)(x.numpy())[0], ref, rtol=1e-5, atol=1e-5)
     # a wider conv (no record of its own) keeps the heuristic tile: nothing transferred
     wide = nn.Sequential(nn.Conv2d(8, 24, 3, padding=1), nn.ReLU()).eval()
-    manifest = compile(wide, (x,), output=str(tmp_path / "wide.so"), config=PipelineConfig(
-        target="x86-avx2", tuning_logs=log, conv_layout="NCHWc"))
-    record = next(p for p in manifest["passes"] if p["name"] == "conv_layout")
+    _, record = compile_nchwc(wide, x, tmp_path / "wide.so", "x86-avx2", log)
     assert record["default_tiles"] == 1
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from edgec.compiler import PipelineConfig, compile, load
+from conftest import compile_nchwc
+from edgec.compiler import load
 from edgec.compiler.frontend import import_model
 from edgec.compiler.tvm_compat import Constant, relax, tvm
 from edgec.passes.stem_layout import sink_stem_transforms
@@ -99,8 +100,43 @@ def test_blocked_stem_matches_torch(tmp_path, target, pool, width):
     with torch.no_grad():
         ref = model(x).numpy()
     out = str(tmp_path / "m.so")
-    manifest = compile(model, (x,), output=out, config=PipelineConfig(
-        target=target, tuning_logs=None, conv_layout="NCHWc"))
-    record = next(p for p in manifest["passes"] if p["name"] == "conv_layout")
+    _, record = compile_nchwc(model, x, out, target)
     assert record["narrow_convs"] == (2 if width == 24 else 0)  # the stem and the body
     np.testing.assert_allclose(load(out)(x.numpy())[0], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_stem_without_out_dtype():
+    """A Relax stem conv built without out_dtype (an ONNX or hand-written graph) takes the
+    transform too, keeps its input's dtype and equals torch."""
+    from edgec.passes.conv_layout import convert_conv_layout
+
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((8, 3, 3, 3)).astype("float32")
+    w2 = rng.standard_normal((8, 8, 3, 3)).astype("float32")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 3, 8, 8), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(x, relax.const(w1), padding=1)))
+            out = bb.emit_output(bb.emit(relax.op.nn.conv2d(y, relax.const(w2), padding=1)))
+        bb.emit_func_output(out)
+    mod = convert_conv_layout(bb.get(), 8)
+    transforms = [name for name, arg in _calls_tir(mod)
+                  if "layout_transform" in name and not isinstance(arg, Constant)]
+    assert len(transforms) == 1  # of activations, only the output leaves the blocked layout
+    vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    data = rng.standard_normal((1, 3, 8, 8)).astype("float32")
+    got = vm["main"](tvm.runtime.tensor(data)).numpy()
+    conv = torch.nn.functional.conv2d
+    ref = conv(torch.relu(conv(torch.from_numpy(data), torch.from_numpy(w1), padding=1)),
+               torch.from_numpy(w2), padding=1)
+    np.testing.assert_allclose(got, ref.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def _calls_tir(mod):
+    """(callee name, first argument) of each call_tir in main."""
+    calls = []
+    relax.analysis.post_order_visit(mod["main"].body, lambda e: calls.append(
+        (e.args[0].name_hint, e.args[1].fields[0])) if isinstance(e, relax.Call)
+        and getattr(e.op, "name", "") == "relax.call_tir" else None)
+    return calls

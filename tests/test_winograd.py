@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from edgec.compiler import PipelineConfig, compile, load
+from conftest import compile_nchwc
+from edgec.compiler import PipelineConfig, load
 from edgec.compiler.frontend import import_model
 from edgec.compiler.pipeline import run
 from edgec.compiler.tvm_compat import tvm
@@ -119,9 +120,7 @@ def test_winograd_build_matches_torch(tmp_path, target):
     with torch.no_grad():
         ref = model(x).numpy()
     out = str(tmp_path / "w.so")
-    manifest = compile(model, (x,), output=out, config=PipelineConfig(
-        target=target, tuning_logs=None, conv_layout="NCHWc"))
-    layout = next(p for p in manifest["passes"] if p["name"] == "conv_layout")
+    _, layout = compile_nchwc(model, x, out, target)
     assert layout["winograd_kernels"] == 2 and layout["default_tiles"] == 4
     if target == "x86-avx512" and "avx512f" not in cpu_flags():
         pytest.skip("this CPU has no AVX-512 to run the library on")
@@ -143,9 +142,7 @@ def test_tuning_samples_the_winograd_tile_and_the_build_replays_it(tmp_path):
     task = next(r for r in summary["per_task"] if "winograd" in r["task"])
     assert task["trials"] >= 2 and summary["failed"] == 0
     out = str(tmp_path / "tuned.so")
-    manifest = compile(model, (x,), output=out, config=PipelineConfig(
-        target="x86-avx2", tuning_logs=log, conv_layout="NCHWc"))
-    layout = next(p for p in manifest["passes"] if p["name"] == "conv_layout")
+    _, layout = compile_nchwc(model, x, out, "x86-avx2", log)
     assert layout["winograd_kernels"] == 1 and layout["default_tiles"] == 0
     with torch.no_grad():
         ref = model(x).numpy()
