@@ -27,7 +27,8 @@ def cmd_compile(args):
                                 else args.tuning_logs or "auto",
                                 transfer_schedules=not args.no_schedule_transfer,
                                 prepack_weights=args.prepack_weights,
-                                conv_layout=args.conv_layout, winograd=args.winograd)
+                                conv_layout=args.conv_layout, winograd=args.winograd,
+                                pad_channels=args.pad_channels)
     calib = calib_data(args, config)
     model, example = args.model, None
     if is_factory(model):
@@ -76,6 +77,9 @@ def layout_flags(p):
     p.add_argument("--no-winograd", dest="winograd", action="store_false",
                    help="with NCHWc: every conv direct (default: 3x3 stride-1 convs that gain "
                         "run as Winograd F(2x2, 3x3))")
+    p.add_argument("--no-pad-channels", dest="pad_channels", action="store_false",
+                   help="with NCHWc: keep every channel count (default: zero-pad channel groups "
+                        "that do not fill the vector width, e.g. 24 -> 32 on AVX-512)")
     p.add_argument("--prepack-weights", action="store_true",
                    help="let tuned kernels store their weights in the layout they read best "
                         "(rewritten at compile time; tune and compile with the same flag)")

@@ -61,7 +61,8 @@ def compressed(args, model) -> tuple:
     blocked = getattr(args, "conv_layout", "NCHW") != "NCHW"
     applied = _applied(config) + (["prepacked"] if getattr(args, "prepack_weights", False) else []) \
         + ([args.conv_layout] if blocked else []) \
-        + (["no winograd"] if blocked and not getattr(args, "winograd", True) else [])
+        + (["no winograd"] if blocked and not getattr(args, "winograd", True) else []) \
+        + (["no padding"] if blocked and not getattr(args, "pad_channels", True) else [])
     label = f"{args.model} ({', '.join(applied)})" if applied else args.model
     if not (config.prune or config.prune_plan or config.int8):
         return model, label
@@ -80,14 +81,16 @@ def cmd_tune(args):
     model, label = compressed(args, load_relax_model(args.model, args.input))
     if args.status:
         s = status(model, args.target, args.log_dir, label, prepack_weights=args.prepack_weights,
-                   conv_layout=args.conv_layout, winograd=args.winograd)
+                   conv_layout=args.conv_layout, winograd=args.winograd,
+                   pad_channels=args.pad_channels)
         emit(args, s, _status_text(s))
         return 0
     spec = TuneSpec(target=args.target, trials=args.trials, log_dir=args.log_dir,
                     resume=args.resume, tracker=args.tracker, rpc_key=args.key,
                     seed=args.seed, quiet=args.quiet or args.json, label=label,
                     warm_start=not args.no_warm_start, prepack_weights=args.prepack_weights,
-                    conv_layout=args.conv_layout, winograd=args.winograd)
+                    conv_layout=args.conv_layout, winograd=args.winograd,
+                   pad_channels=args.pad_channels)
     s = tune(model, spec)
     est = "-" if s["estimate_ms"] is None else f"{s['estimate_ms']:.3f} ms"
     emit(args, s, f"tuned {s['tasks']} tasks of {s['model']} for {s['target']}: {s['trials']} "

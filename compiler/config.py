@@ -55,6 +55,8 @@ class PipelineConfig:
       FP32 vector lanes (see ``edgec.passes.conv_layout``); other workloads: tune with it.
     winograd: with NCHWc, 3x3 stride-1 convs large enough to gain run as Winograd F(2x2, 3x3)
       (2.25x fewer multiplies; see ``edgec.passes.winograd``); False: all convs direct.
+    pad_channels: with NCHWc, channel groups that do not fill the vector width get zero
+      channels (24 -> 32 on AVX-512; see ``edgec.passes.pad_channels``); same results.
     """
 
     target: str = "host"
@@ -83,13 +85,14 @@ class PipelineConfig:
     prepack_weights: bool = False
     conv_layout: str = "NCHW"
     winograd: bool = True
+    pad_channels: bool = True
 
     def __post_init__(self):
         from edgec.targets import get_target
 
         get_target(self.target)  # raises UnknownTargetError listing known targets
         for flag in ("fold_batchnorm", "fuse", "transfer_schedules", "prepack_weights",
-                     "winograd"):
+                     "winograd", "pad_channels"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.conv_layout not in CONV_LAYOUTS:

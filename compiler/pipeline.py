@@ -55,6 +55,15 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool 
     from edgec.passes.import_qdq import has_qdq  # an ONNX QDQ model is quantized as it says
 
     quantized = config.int8 or has_qdq(model)
+    block = block_for(config.conv_layout, target.vector_bits)
+    if block and config.fuse and not quantized and config.pad_channels:
+        # pad channel groups to the blocked layout's vector width (24 -> 32 on AVX-512)
+        from edgec.passes.pad_channels import pad_channels
+
+        model, record = pad_channels(model, block)
+        if record is not None:
+            passes.append(record)
+            dump("03_padded", model.mod)
     if quantized:
         from edgec.passes.int8_phase import quantize_phase
 
@@ -78,7 +87,7 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool 
     # lower: fold batch norms into convs, constant-fold, legalize and fuse.
     mod = _simplify(mod, config.fold_batchnorm)
     dump("20_simplified", mod)
-    block, layout_record = block_for(config.conv_layout, target.vector_bits), None
+    layout_record = None
     if block and config.fuse and not quantized:  # INT8 kernels pack their own layout
         # blocked conv layout: FP32 convs in NCHW[b]c, their neighbours follow
         blocks: list = []

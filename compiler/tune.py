@@ -39,7 +39,8 @@ class TuneSpec:
     the model's name in the log's run history (default: its source); warm_start: a
     workload with no record first measures the log's schedules of its nearest similar
     workloads (``tune_measure.NoRepeatSearch``), so the search starts from them;
-    prepack_weights, conv_layout, winograd: tune the kernels of a ``PipelineConfig`` with these.
+    prepack_weights, conv_layout, winograd, pad_channels: tune the kernels of a
+    ``PipelineConfig`` with these.
     """
 
     target: str = "host"
@@ -58,6 +59,7 @@ class TuneSpec:
     prepack_weights: bool = False
     conv_layout: str = "NCHW"
     winograd: bool = True
+    pad_channels: bool = True
 
     def __post_init__(self):
         if not isinstance(self.trials, int) or self.trials < 0:
@@ -74,7 +76,7 @@ def _parse_tracker(text: str):
 def lowered_module(model, target_name: str, **kernels):
     """The fused module the build applies records to (the pipeline's own lowering);
     ``kernels``: the PipelineConfig fields that shape kernels (prepack_weights, conv_layout,
-    winograd)."""
+    winograd, pad_channels)."""
     from edgec.compiler.config import PipelineConfig
     from edgec.compiler.pipeline import run
 
@@ -146,7 +148,8 @@ def tune(model, spec: TuneSpec) -> dict:
     log_dir = spec.log_dir or log_dir_for(target)
     db = open_database(log_dir, target, create=True)  # validates first: never writes a bad log
     mod = lowered_module(model, spec.target, prepack_weights=spec.prepack_weights,
-                         conv_layout=spec.conv_layout, winograd=spec.winograd)
+                         conv_layout=spec.conv_layout, winograd=spec.winograd,
+                         pad_channels=spec.pad_channels)
     tasks = as_logged(extract_tasks(mod, tvm_target), db)
     if not tasks:
         raise TuneError("the model has no tunable operators (no fused PrimFuncs)")
@@ -158,8 +161,11 @@ def tune(model, spec: TuneSpec) -> dict:
     tasks, before = [tasks[i] for i in order], [before[i] for i in order]
     done = sum(r["trials"] for r in before)
     budget = max(0, spec.trials - done) if spec.resume else spec.trials
+    from edgec.compiler.tune_measure import measure_threads
+
     summary = {"model": spec.label or model.source, "target": target.name, "log_dir": log_dir,
-               "tasks": len(tasks), "trials_before": done, "trials_requested": budget}
+               "tasks": len(tasks), "trials_before": done, "trials_requested": budget,
+               "measure_threads": None if spec.tracker else measure_threads(target)}
     # warm start: new workloads first measure the log's schedules of similar ones
     donors = donors_of(log_dir) if spec.warm_start and budget > 0 else None
     progress, interrupted, wall = _search_guarded(tasks, db, spec, target, budget, before,
@@ -170,8 +176,9 @@ def tune(model, spec: TuneSpec) -> dict:
                    estimate_ms=estimate_ms(after), records=count_records(log_dir),
                    digest=digest(log_dir))
     if ran:
-        record_run(log_dir, {k: summary[k] for k in ("model", "target", "tasks", "trials",
-                                                      "wall_s", "trials_per_min", "interrupted")})
+        record_run(log_dir, {k: summary[k] for k in ("model", "target", "tasks", "trials", "wall_s",
+                                                      "trials_per_min", "interrupted",
+                                                      "measure_threads")})
     if interrupted:
         import sys
 

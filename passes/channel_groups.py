@@ -100,7 +100,8 @@ def analyze(mod, func: str = "main") -> ChannelGroups:
 
 
 def layout_indices(layout: Layout, keep: dict, base: ChannelGroups) -> np.ndarray | None:
-    """Indices along an axis with ``layout`` that survive ``keep`` (root -> kept channels).
+    """Indices along an axis with ``layout`` that survive ``keep`` (root -> kept channels;
+    -1 stands for a zero channel and stays -1).
 
     None when nothing along this axis is removed.
     """
@@ -111,13 +112,16 @@ def layout_indices(layout: Layout, keep: dict, base: ChannelGroups) -> np.ndarra
             kept = np.arange(size)
         else:
             changed = True
-        parts.append(np.asarray(kept, dtype=np.int64) + offset)
+        kept = np.asarray(kept, dtype=np.int64)
+        parts.append(np.where(kept < 0, -1, kept + offset))  # -1: a padded zero channel
         offset += size
     if not changed:
         return None
     ch = np.concatenate(parts)
     b = layout.block
-    return (ch[:, None] * b + np.arange(b)[None, :]).reshape(-1)
+    idx = ch[:, None] * b + np.arange(b)[None, :]
+    idx[ch < 0] = -1
+    return idx.reshape(-1)
 
 
 def kept_count(layout: Layout, counts: dict, base: ChannelGroups) -> int:

@@ -27,8 +27,18 @@ def slice_tensors(model, cg, keep: dict) -> tuple:
         cur = store.get(s.name)
         if cur is None:
             cur = np.asarray(source[s.name]) if source is not None else cg.constants[s.name].value.numpy()
-        store[s.name] = np.take(cur, idx, axis=s.axis)
+        store[s.name] = take(cur, idx, s.axis)
     return params, consts
+
+
+def take(array, idx, axis: int):
+    """``np.take`` where an index -1 takes a zero slice (a padded channel)."""
+    if (idx >= 0).all():
+        return np.take(array, idx, axis=axis)
+    shape = list(array.shape)
+    shape[axis] = 1
+    array = np.concatenate([array, np.zeros(shape, array.dtype)], axis=axis)
+    return np.take(array, np.where(idx < 0, array.shape[axis] - 1, idx), axis=axis)
 
 
 @relax.expr_functor.mutator
@@ -71,8 +81,12 @@ def prune_channels(model, plan: PrunePlan, func: str = "main"):
     """
     cg = analyze(model.mod, func)
     keep = resolve(plan, model, cg)
-    if not keep:
-        return model
+    return resize_groups(model, cg, keep, func) if keep else model
+
+
+def resize_groups(model, cg, keep: dict, func: str = "main"):
+    """``model`` with each group root ``r`` of ``cg`` cut to the channels ``keep[r]`` lists
+    (-1: a zero channel, see ``passes.pad_channels``); a copy."""
     new_params, new_consts = slice_tensors(model, cg, keep)
     consts = {cg.constants[k]: v for k, v in new_consts.items()}
     f = model.mod[func]

@@ -72,7 +72,9 @@ def test_a_tensor_whose_channels_do_not_divide_takes_a_narrower_block():
     assert [channel_block(c, 8) for c in (24, 12)] == [8, 8]  # AVX2: no narrower block
     assert channel_block(12, 4) == 4
     x = torch.randn(1, 16, 8, 8)
-    config = PipelineConfig(target="x86-avx512", tuning_logs=None, conv_layout="NCHWc")
+    # without padding (by default 24 channels are padded to 32: passes.pad_channels)
+    config = PipelineConfig(target="x86-avx512", tuning_logs=None, conv_layout="NCHWc",
+                            pad_channels=False)
     for mid, narrow in ((24, 1), (32, 0)):
         model = nn.Sequential(nn.Conv2d(16, mid, 1), nn.ReLU(), nn.Conv2d(mid, 16, 1)).eval()
         res = run(import_model(model, (x,)), config, lower_only=True)
@@ -87,6 +89,10 @@ def test_a_tensor_whose_channels_do_not_divide_takes_a_narrower_block():
         transforms = [c for c in _calls(res.lowered, "relax.call_tir")
                       if "layout_transform" in c.args[0].name_hint]
         assert len(transforms) == 2  # the input into NCHW16c, the output out of it
+    model = nn.Sequential(nn.Conv2d(16, 24, 1), nn.ReLU(), nn.Conv2d(24, 16, 1)).eval()
+    res = run(import_model(model, (x,)), PipelineConfig(
+        target="x86-avx512", tuning_logs=None, conv_layout="NCHWc"), lower_only=True)
+    assert [p.get("narrow_convs") for p in res.passes] == [None, 0]  # padded, then all 16s
 
 
 def test_blocked_layout_structure():

@@ -81,6 +81,27 @@ def test_resume_continues_without_duplicates(tuned):
     assert third["trials"] == 0 and count_records(log) == 8
     runs = json.loads((log / META).read_text())["runs"]
     assert [r["trials"] for r in runs] == [4, 4]
+    # x86-avx2 is a 2-core target: candidates are timed on min(2, this machine's CPUs)
+    assert [r["measure_threads"] for r in runs] == [min(2, os.cpu_count())] * 2
+
+
+def test_runner_workers_time_on_the_targets_cores():
+    """TVM alone gives a runner worker half the logical CPUs on x86 (1 of 2 vCPUs here);
+    the runner's initializer sizes the pool to the target's cores."""
+    import functools
+
+    from tvm.support.popen_pool import PopenPoolExecutor
+
+    from edgec.compiler.tune_measure import measure_threads, runner_initializer
+
+    threads = measure_threads(get_target(TARGET))
+    assert threads == min(2, os.cpu_count())
+    cpus = os.cpu_count()  # TVM caps its pool at the logical CPUs
+    pool = PopenPoolExecutor(max_workers=1, initializer=functools.partial(runner_initializer, cpus))
+    try:
+        assert pool.submit(lambda: tvm.get_global_func("runtime.NumThreads")()).result() == cpus
+    finally:
+        pool.shutdown()
 
 
 def test_compile_applies_records(tuned, tmp_path):
