@@ -90,10 +90,11 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool 
     layout_record = None
     if block and config.fuse and not quantized:  # INT8 kernels pack their own layout
         # blocked conv layout: FP32 convs in NCHW[b]c, their neighbours follow
-        blocks: list = []
-        mod = convert_conv_layout(mod, block, config.winograd, blocks)
+        blocks, fused = [], []
+        mod = convert_conv_layout(mod, block, config.winograd, blocks, fused)
         layout_record = {"name": "conv_layout", "layout": f"NCHW{block}c",
-                         "narrow_convs": sum(b < block for b in blocks)}
+                         "narrow_convs": sum(b < block for b in blocks),
+                         "dw_pw_fused": sum(fused)}
         passes.append(layout_record)
         dump("25_conv_layout", mod)
     if config.fuse:

@@ -67,11 +67,12 @@ def _layouts(lanes: int):
 
 
 def convert_conv_layout(mod: tvm.IRModule, block: int, winograd: bool = True,
-                        blocks: list | None = None) -> tvm.IRModule:
+                        blocks: list | None = None, fused: list | None = None) -> tvm.IRModule:
     """Blocks every FP32 conv2d whose channels divide by ``block`` (the target's lanes; see
     ``channel_block`` for the narrower block), then legalizes them (with ``winograd``, the
     3x3 stride-1 ones that gain as Winograd F(2x2, 3x3)). ``blocks``: a list to which each
-    blocked conv's output block is appended.
+    blocked conv's output block is appended; ``fused``: a list to which the number of
+    depthwise -> 1x1 pairs fused into one kernel is appended (``passes.dw_pw_fuse``).
 
     Convs whose channel counts do not divide (a 3-channel RGB stem) stay in NCHW;
     ConvertLayout puts the layout transforms on their edges.
@@ -84,6 +85,11 @@ def convert_conv_layout(mod: tvm.IRModule, block: int, winograd: bool = True,
     # first conv and again for its residual add); one transform serves them all
     mod = relax.transform.EliminateCommonSubexpr()(mod)
     mod = sink_stem_transforms(mod)  # the RGB stem writes blocked output itself
+    from edgec.passes.dw_pw_fuse import fuse_dw_pw  # (it imports this module)
+
+    mod, pairs = fuse_dw_pw(mod)  # a depthwise conv and the 1x1 conv after it: one kernel
+    if fused is not None:
+        fused.append(pairs)
     hook = functools.partial(legalize_blocked_conv, block=block, winograd=winograd,
                              blocks=blocks)
     return relax.transform.LegalizeOps({"relax.nn.conv2d": hook})(mod)
@@ -210,9 +216,12 @@ def conv2d_nchw_stem(data, kernel, strides, padding, dilation, groups, out_dtype
                       name="unblock_out")
 
 
-def conv2d_nchwc(data, kernel, strides, padding, dilation, groups, out_dtype):
+def conv2d_nchwc(data, kernel, strides, padding, dilation, groups, out_dtype, name=None,
+                 rule=RULE):
     """TE compute: data [N, C/bi, H, W, bi], kernel [O/bo, C/groups, KH, KW, bo] ->
-    [N, O/bo, OH, OW, bo] (bi == bo but where a tensor's channels take the narrower block)."""
+    [N, O/bo, OH, OW, bo] (bi == bo but where a tensor's channels take the narrower block).
+    name, rule: the conv block's name (default: conv2d_nchwc, depthwise_conv2d_nchwc) and
+    schedule_rule (``passes.dw_pw_fuse`` names the two convs of a fused pair apart)."""
     from tvm import te, topi
 
     n, cc, h, w, b = (int(x) for x in data.shape)
@@ -231,14 +240,14 @@ def conv2d_nchwc(data, kernel, strides, padding, dilation, groups, out_dtype):
             lambda i, o, y, x, ob: te.sum(
                 cast(pad[i, ric, y * sh + rh * dh, x * sw + rw * dw, rib])
                 * cast(kernel[o, ric * b + rib, rh, rw, ob]), axis=[ric, rh, rw, rib]),
-            name="conv2d_nchwc", attrs=_RULE)
+            name=name or "conv2d_nchwc", attrs={"schedule_rule": rule})
     if groups == cc * b == oc * bo and icg == 1 and b == bo:  # depthwise, one filter per channel
         return te.compute(
             (n, oc, oh, ow, b),
             lambda i, o, y, x, ob: te.sum(
                 cast(pad[i, o, y * sh + rh * dh, x * sw + rw * dw, ob])
                 * cast(kernel[o, 0, rh, rw, ob]), axis=[rh, rw]),
-            name="depthwise_conv2d_nchwc", attrs=_RULE)
+            name=name or "depthwise_conv2d_nchwc", attrs={"schedule_rule": rule})
     # other grouped convs: unblock, convolve in NCHW, block again
     plain = te.compute((n, cc * b, h, w), lambda i, c, y, x: data[i, c // b, y, x, c % b],
                        name="unblock_data")

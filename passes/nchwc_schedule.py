@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from edgec.compiler.tvm_compat import tvm
 
-CONV_BLOCKS = ("conv2d_nchwc", "depthwise_conv2d_nchwc", "winograd_bgemm")
+CONV_BLOCKS = ("conv2d_nchwc", "depthwise_conv2d_nchwc", "winograd_bgemm", "dwpw_conv2d_nchwc")
 RULE = "edgec_conv2d_nchwc"  # the blocks' schedule_rule annotation
 # accumulator registers a tile may use, by FP32 lanes per vector: AVX2 has 16 ymm registers
 # (more than 8 accumulators spilled there); AVX-512 has 32 zmm and folds the input
@@ -85,19 +85,26 @@ def schedule_conv(sch, block, reg_n, oc_in, taps_outer: bool = False) -> None:
 
 
 def schedule_gemm_tile(sch, block, reg_n, oc_in, taps_outer: bool = False,
-                       epilogue: bool = True) -> None:
+                       epilogue: bool = True, parallel: str | None = "channels") -> None:
     """The register tile of ``block`` (loops n, oc, y, x, ob, reductions...): reg_n pixels of
-    x by oc_in blocks of oc, accumulated in registers, rows in parallel; with ``epilogue``,
-    the elementwise ops after it are applied as the tile is written back."""
-    n, oc, y, x, ob, *red = sch.get_loops(block)
+    x by oc_in blocks of oc, accumulated in registers; with ``epilogue``, the elementwise
+    ops after it are applied as the tile is written back. parallel: "channels" (n, channel
+    blocks and rows fused, in parallel), "rows" (n and rows in parallel, the channel blocks
+    inside them) or None (the block sits under a parallel loop already: its first loop)."""
+    n, oc, y, x, ob, *red = sch.get_loops(block)[0 if parallel else 1:]
     if taps_outer and len(red) == 4:  # icc, kh, kw, icb
         red = [red[1], red[2], red[0], red[3]]
     elif taps_outer and len(red) == 3:  # the stem: ic, kh, kw
         red = [red[1], red[2], red[0]]
     xo, xi = sch.split(x, [None, reg_n])
     oco, oci = sch.split(oc, [None, oc_in])
-    sch.reorder(n, oco, y, xo, *red, xi, oci, ob)
-    sch.parallel(sch.fuse(n, oco, y))
+    if parallel == "rows":
+        sch.reorder(n, y, oco, xo, *red, xi, oci, ob)
+        sch.parallel(sch.fuse(n, y))
+    else:
+        sch.reorder(n, oco, y, xo, *red, xi, oci, ob)
+        if parallel:
+            sch.parallel(sch.fuse(n, oco, y))
     tile = sch.cache_write(block, 0, "local")
     if epilogue:
         _epilogue(sch, tile, xo)
@@ -111,6 +118,36 @@ def schedule_gemm_tile(sch, block, reg_n, oc_in, taps_outer: bool = False,
     sch.vectorize(sch.get_loops(init)[-1])
     for done in (init, tile):
         sch.annotate(done, "schedule_rule", "None")
+
+
+def schedule_dw_pw(sch, block, reg_n, oc_in, whole_map: bool = False) -> None:
+    """A fused depthwise -> 1x1 pair (``passes.dw_pw_fuse``): the 1x1 conv's register tile
+    with its output rows in parallel (a row needs only that row of the depthwise output),
+    and under each row, first the depthwise conv's row (its own register tile, the
+    elementwise ops between the two applied as it leaves the registers) into a buffer the
+    size of one row, and its padded input rows (``whole_map``: the whole padded map
+    first). Only the 1x1 conv's tile is sampled; the depthwise one is the heuristic."""
+    from edgec.passes.dw_pw_fuse import DEPTHWISE
+
+    schedule_gemm_tile(sch, block, reg_n, oc_in, parallel="rows")
+    rows = sch.get_loops(block)[0]
+    dw = sch.get_sblock(DEPTHWISE)
+    between = []
+    for c in consumer_chain(sch, dw):
+        if sch.get(c).name_hint == sch.get(block).name_hint:
+            break
+        between.append(c)
+    for c in reversed(between):
+        sch.compute_at(c, rows, preserve_unit_loops=True)
+    sch.compute_at(dw, rows, preserve_unit_loops=True)
+    width = int(sch.get(sch.get_loops(dw)[4]).extent)
+    lanes = int(sch.get(sch.get_loops(dw)[5]).extent)
+    schedule_gemm_tile(sch, dw, default_tile(width, 1, True, lanes)[0], 1, epilogue=False,
+                       parallel=None)
+    for c in between:
+        sch.reverse_compute_inline(c)
+    sch.annotate(dw, "schedule_rule", "None")
+    _schedule_pad(sch, None if whole_map else rows)
 
 
 def _epilogue(sch, tile, xo) -> None:
@@ -180,7 +217,9 @@ def schedule_any(sch, block, reg_n, oc_in, second: bool = False) -> None:
     ``second``: the other loop order (direct: kernel taps outside the input channels;
     depthwise: the whole map padded first; Winograd: one tile row at a time through all
     three steps)."""
-    if sch.get(block).name_hint == "winograd_bgemm":
+    if sch.get(block).name_hint == "dwpw_conv2d_nchwc":
+        schedule_dw_pw(sch, block, reg_n, oc_in, whole_map=second)
+    elif sch.get(block).name_hint == "winograd_bgemm":
         from edgec.passes.winograd import schedule_winograd, schedule_winograd_rows
 
         (schedule_winograd_rows if second else schedule_winograd)(sch, block, reg_n, oc_in)

@@ -104,7 +104,7 @@ def test_blocked_layout_structure():
     x = torch.randn(1, 3, 32, 32)
     res = run(import_model(_model(), (x,)), PipelineConfig(
         target="x86-avx2", tuning_logs=None, conv_layout="NCHWc"), lower_only=True)
-    assert {"name": "conv_layout", "layout": "NCHW8c", "narrow_convs": 0,
+    assert {"name": "conv_layout", "layout": "NCHW8c", "narrow_convs": 0, "dw_pw_fused": 0,
             "winograd_kernels": 0} in res.passes
     mod = res.lowered
     assert not _calls(mod, "relax.nn.conv2d")
