@@ -120,15 +120,18 @@ def schedule_gemm_tile(sch, block, reg_n, oc_in, taps_outer: bool = False,
         sch.annotate(done, "schedule_rule", "None")
 
 
-def schedule_dw_pw(sch, block, reg_n, oc_in, whole_map: bool = False) -> None:
+def schedule_dw_pw(sch, block, reg_n, oc_in, whole_map: bool = False, dw_reg_n=None) -> None:
     """A fused depthwise -> 1x1 pair (``passes.dw_pw_fuse``): the 1x1 conv's register tile
     with its output rows in parallel (a row needs only that row of the depthwise output),
     and under each row, first the depthwise conv's row (its own register tile, the
     elementwise ops between the two applied as it leaves the registers) into a buffer the
     size of one row, and its padded input rows (``whole_map``: the whole padded map
-    first). Only the 1x1 conv's tile is sampled; the depthwise one is the heuristic."""
+    first). dw_reg_n: the depthwise tile's pixels (None: the heuristic's)."""
     from edgec.passes.dw_pw_fuse import DEPTHWISE
 
+    if dw_reg_n is None:
+        width, lanes = _dw_width_lanes(sch)
+        dw_reg_n = default_tile(width, 1, True, lanes)[0]
     schedule_gemm_tile(sch, block, reg_n, oc_in, parallel="rows")
     rows = sch.get_loops(block)[0]
     dw = sch.get_sblock(DEPTHWISE)
@@ -140,10 +143,7 @@ def schedule_dw_pw(sch, block, reg_n, oc_in, whole_map: bool = False) -> None:
     for c in reversed(between):
         sch.compute_at(c, rows, preserve_unit_loops=True)
     sch.compute_at(dw, rows, preserve_unit_loops=True)
-    width = int(sch.get(sch.get_loops(dw)[4]).extent)
-    lanes = int(sch.get(sch.get_loops(dw)[5]).extent)
-    schedule_gemm_tile(sch, dw, default_tile(width, 1, True, lanes)[0], 1, epilogue=False,
-                       parallel=None)
+    schedule_gemm_tile(sch, dw, dw_reg_n, 1, epilogue=False, parallel=None)
     for c in between:
         sch.reverse_compute_inline(c)
     sch.annotate(dw, "schedule_rule", "None")
@@ -212,13 +212,14 @@ def schedule_default(func):
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-def schedule_any(sch, block, reg_n, oc_in, second: bool = False) -> None:
-    """The register-tile schedule of a direct or a Winograd (``passes.winograd``) conv;
-    ``second``: the other loop order (direct: kernel taps outside the input channels;
-    depthwise: the whole map padded first; Winograd: one tile row at a time through all
-    three steps)."""
+def schedule_any(sch, block, reg_n, oc_in, second: bool = False, dw_reg_n=None) -> None:
+    """The register-tile schedule of a direct or a Winograd (``passes.winograd``) conv or
+    a fused depthwise -> 1x1 pair (``dw_reg_n``: the depthwise conv's pixels, default the
+    heuristic's); ``second``: the other loop order (direct: kernel taps outside the input
+    channels; depthwise and fused pairs: the whole map padded first; Winograd: one tile
+    row at a time through all three steps)."""
     if sch.get(block).name_hint == "dwpw_conv2d_nchwc":
-        schedule_dw_pw(sch, block, reg_n, oc_in, whole_map=second)
+        schedule_dw_pw(sch, block, reg_n, oc_in, whole_map=second, dw_reg_n=dw_reg_n)
     elif sch.get(block).name_hint == "winograd_bgemm":
         from edgec.passes.winograd import schedule_winograd, schedule_winograd_rows
 
@@ -248,20 +249,36 @@ def tuning_rule(sch, block):
     mutates it and the log records the best."""
     shape = conv_shape(sch, block)
     cands, best = tile_candidates(*shape), default_tile(*shape)
+    fused = sch.get(block).name_hint == "dwpw_conv2d_nchwc"
+    if fused:  # a fused pair: the depthwise conv's pixels too
+        width, lanes = _dw_width_lanes(sch)
+        dw_cands, dw_best = tile_candidates(width, 1, True, lanes), default_tile(width, 1, True, lanes)
     spaces = []
     for second in (False, True):
         space = sch.copy()
-        choices = []
-        for axis in (0, 1):
-            values = sorted({c[axis] for c in cands})
-            weights = [2.0 if v == best[axis] else 1.0 for v in values]
-            choices.append(space.sample_categorical(values, [w / sum(weights) for w in weights]))
-        schedule_any(space, block, *choices, second=second)
+        choices = [_sample(space, cands, best, 0), _sample(space, cands, best, 1)]
+        extra = {"dw_reg_n": _sample(space, dw_cands, dw_best, 0)} if fused else {}
+        schedule_any(space, block, *choices, second=second, **extra)
         # the loops are parallel and vectorized already: ParallelVectorizeUnroll on the
         # root would annotate them again, and its postproc then rejects every candidate
         space.annotate(space.get_sblock("root"), "schedule_rule", "None")
         spaces.append(space)
     return spaces
+
+
+def _sample(space, cands, best, axis):
+    """A categorical sample over the candidates' ``axis`` values (the best twice as likely)."""
+    values = sorted({c[axis] for c in cands})
+    weights = [2.0 if v == best[axis] else 1.0 for v in values]
+    return space.sample_categorical(values, [w / sum(weights) for w in weights])
+
+
+def _dw_width_lanes(sch) -> tuple[int, int]:
+    """Output width and lanes of a fused pair's depthwise conv (loops n, c, y, x, b, ...)."""
+    from edgec.passes.dw_pw_fuse import DEPTHWISE
+
+    loops = sch.get_loops(sch.get_sblock(DEPTHWISE))
+    return int(sch.get(loops[3]).extent), int(sch.get(loops[4]).extent)
 
 
 def register_rule() -> None:

@@ -91,11 +91,12 @@ def test_fused_pair_matches_torch(tmp_path, stride, bias):
 
 
 def test_both_design_spaces_match_torch():
-    """The tuning rule's two spaces (depthwise input padded per row, or the whole map
-    first) schedule the fused kernel, and both equal torch."""
+    """The tuning rule gives two spaces (the depthwise input padded per row, or the whole
+    map first), each sampling both convs' tiles; both loop orders equal torch."""
     from tvm import s_tir
 
-    from edgec.passes.nchwc_schedule import conv_shape, find_conv_block, schedule_any, tile_candidates
+    from edgec.passes.nchwc_schedule import (conv_shape, find_conv_block, schedule_any,
+                                             tile_candidates, tuning_rule)
     from edgec.targets import get_target
 
     model, x = seeded(Inverted()), torch.randn(1, 16, 16, 16)
@@ -105,6 +106,11 @@ def test_both_design_spaces_match_torch():
     gv = next(g for g, f in res.lowered.functions.items()
               if isinstance(f, tvm.tirx.PrimFunc) and "dwpw_conv2d_nchwc" in _blocks(f))
     target = get_target("x86-avx2").tvm_target()
+    sch = s_tir.Schedule(res.lowered[gv])
+    spaces = tuning_rule(sch, find_conv_block(sch))
+    samples = [[i for i in space.trace.insts if i.kind.name == "SampleCategorical"]
+               for space in spaces]  # the 1x1 tile's pixels and blocks, the depthwise pixels
+    assert len(spaces) == 2 and [len(x) for x in samples] == [3, 3]
     for whole_map in (False, True):
         sch = s_tir.Schedule(res.lowered[gv])
         block = find_conv_block(sch)

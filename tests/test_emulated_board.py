@@ -147,25 +147,43 @@ def test_metaschedule_rpc_runner_measures_on_board_via_tracker(tmp_path):
     assert len(result.run_secs) == 1 and float(result.run_secs[0]) > 0
 
 
+def _blocked_on_board(board, model, x, so):
+    """Compile ``model`` for rpi4 with NCHWc to ``so``, run it on the board; returns the
+    conv_layout record, the board's output and torch's."""
+    from edgec.compiler import PipelineConfig
+
+    manifest = compile(model, (x,), output=so, config=PipelineConfig(
+        target="rpi4", tuning_logs=None, conv_layout="NCHWc"))
+    record = next(p for p in manifest["passes"] if p["name"] == "conv_layout")
+    with torch.no_grad():
+        expected = model(x).numpy()
+    session = connect(rpc=f"127.0.0.1:{board.port}", timeout=120)
+    try:
+        return record, RemoteModel(session, so)(x.numpy())[0], expected
+    finally:
+        session.close()
+
+
 def test_blocked_conv_layout_matches_pytorch_on_board(emulated_board, tmp_path):
     """NCHW[4c] on NEON (rpi4): the blocked RGB stem, conv, depthwise and grouped convs with
     their register tiles, cross-compiled, equal torch on the aarch64 board."""
     from test_conv_layout import _model
 
-    from edgec.compiler import PipelineConfig
-
-    model = _model()
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    so = str(tmp_path / "blocked_arm.so")
-    manifest = compile(model, (x,), output=so, config=PipelineConfig(
-        target="rpi4", tuning_logs=None, conv_layout="NCHWc"))
-    record = next(p for p in manifest["passes"] if p["name"] == "conv_layout")
+    record, out, expected = _blocked_on_board(emulated_board, _model(), x,
+                                              str(tmp_path / "blocked_arm.so"))
     assert record["layout"] == "NCHW4c" and record["default_tiles"] == 3
-    with torch.no_grad():
-        expected = model(x).numpy()
-    session = connect(rpc=f"127.0.0.1:{emulated_board.port}", timeout=120)
-    try:
-        out = RemoteModel(session, so)(x.numpy())[0]
-    finally:
-        session.close()
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_depthwise_pointwise_matches_pytorch_on_board(emulated_board, tmp_path):
+    """The depthwise -> 1x1 pair as one kernel (``passes.dw_pw_fuse``) in NCHW[4c] on NEON:
+    cross-compiled, equal to torch on the aarch64 board."""
+    from conftest import seeded
+    from test_dw_pw_fuse import Inverted
+
+    x = torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    record, out, expected = _blocked_on_board(emulated_board, seeded(Inverted()), x,
+                                              str(tmp_path / "dw_pw_arm.so"))
+    assert record["layout"] == "NCHW4c" and record["dw_pw_fused"] == 1
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
