@@ -7,11 +7,12 @@ its input, so one kernel can compute the depthwise conv a row at a time into a
 cache-resident buffer and the 1x1 conv's row from it, recomputing nothing
 (``nchwc_schedule.schedule_dw_pw``: rows in parallel, the 1x1's register tile inside).
 
-``fuse_dw_pw`` rewrites the Relax graph after ConvertLayout: depthwise conv2d ->
-elementwise ops (add, subtract, multiply, divide, maximum, minimum with a second operand
-from outside the chain; relu: a bias, an unfolded batch norm, ReLU/ReLU6) -> 1x1 stride-1 conv2d, each intermediate used once, becomes one ``call_tir``
-whose PrimFunc is marked out-elementwise-fusable (a conv's pattern), so FuseOps still
-fuses the 1x1 conv's bias, residual add and activation into it.
+``fuse_dw_pw`` rewrites the Relax graph after ConvertLayout: a blocked depthwise conv2d
+-> elementwise ops (add, subtract, multiply, divide, maximum, minimum with a second
+operand from outside the chain, relu: a bias, an unfolded batch norm, ReLU/ReLU6) -> a
+blocked 1x1 stride-1 conv2d, each intermediate used once, becomes one ``call_tir`` whose
+PrimFunc is marked out-elementwise-fusable (a conv's pattern), so FuseOps still fuses the
+1x1 conv's bias, residual add and activation into it.
 """
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def _is_pointwise(call, min_rows) -> bool:
     a, w = call.attrs, call.args[1].ty.shape
     p = conv_params(call)
     return (a.data_layout.startswith("NCHW") and a.data_layout.endswith("c")
-            and a.kernel_layout.startswith("OIHW") and p["groups"] == 1
+            and len(w) == 5 and p["groups"] == 1
             and [int(w[2]), int(w[3])] == [1, 1] and p["strides"] == [1, 1]
             and p["padding"] == [0, 0, 0, 0] and p["out_dtype"] == "float32"
             and int(call.ty.shape[2]) >= min_rows)
@@ -96,7 +97,7 @@ def _is_depthwise(call, layout) -> bool:
     channels = int(data.ty.shape[1]) * int(data.ty.shape[4]) if len(data.ty.shape) == 5 else 0
     return (a.data_layout == a.out_layout == layout and int(a.groups) == channels
             and conv_params(call)["out_dtype"] == "float32"
-            and int(call.args[1].ty.shape[1]) == 1)
+            and len(call.args[1].ty.shape) == 5 and int(call.args[1].ty.shape[1]) == 1)
 
 
 @relax.expr_functor.mutator

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from edgec.compiler.tvm_compat import tvm
 
-CONV_BLOCKS = ("conv2d_nchwc", "depthwise_conv2d_nchwc", "winograd_bgemm", "dwpw_conv2d_nchwc")
+CONV_BLOCKS = ("conv2d_nchwc", "depthwise_conv2d_nchwc", "winograd_bgemm",
+               "dwpw_conv2d_nchwc")  # the last: passes.dw_pw_fuse
 RULE = "edgec_conv2d_nchwc"  # the blocks' schedule_rule annotation
 # accumulator registers a tile may use, by FP32 lanes per vector: AVX2 has 16 ymm registers
 # (more than 8 accumulators spilled there); AVX-512 has 32 zmm and folds the input
@@ -252,7 +253,8 @@ def tuning_rule(sch, block):
     fused = sch.get(block).name_hint == "dwpw_conv2d_nchwc"
     if fused:  # a fused pair: the depthwise conv's pixels too
         width, lanes = _dw_width_lanes(sch)
-        dw_cands, dw_best = tile_candidates(width, 1, True, lanes), default_tile(width, 1, True, lanes)
+        dw_cands = tile_candidates(width, 1, True, lanes)
+        dw_best = default_tile(width, 1, True, lanes)
     spaces = []
     for second in (False, True):
         space = sch.copy()
