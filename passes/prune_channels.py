@@ -65,7 +65,7 @@ class _Surgeon(relax.PyExprMutator):
         if op in self.depthwise:
             data, weight = self.visit_expr(op.args[0]), self.visit_expr(op.args[1])
             a = op.attrs
-            out_dtype = str(a.out_dtype) if str(a.out_dtype) not in ("", "void") else None
+            out_dtype = str(a.out_dtype) if str(a.out_dtype) not in ("", "void", "None") else None
             return self.builder_.normalize(relax.op.nn.conv2d(
                 data, weight, strides=a.strides, padding=a.padding, dilation=a.dilation,
                 groups=int(weight.ty.shape.values[0]), data_layout=a.data_layout,

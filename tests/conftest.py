@@ -51,10 +51,11 @@ def torch_out(model, x) -> np.ndarray:
 
 
 def compile_nchwc(model, x, out, target, tuning_logs=None, **fields):
-    """Compile ``model`` with the blocked conv layout (``fields``: more PipelineConfig) to
-    ``out``; returns the manifest and its conv_layout pass record."""
+    """Compile ``model`` (with ``x``; None for a file) with the blocked conv layout
+    (``fields``: more PipelineConfig) to ``out``; returns the manifest and its conv_layout
+    pass record."""
     from edgec.compiler import PipelineConfig, compile
 
-    manifest = compile(model, (x,), output=str(out), config=PipelineConfig(
+    manifest = compile(model, None if x is None else (x,), output=str(out), config=PipelineConfig(
         target=target, tuning_logs=tuning_logs, conv_layout="NCHWc", **fields))
     return manifest, next(p for p in manifest["passes"] if p["name"] == "conv_layout")

@@ -123,3 +123,22 @@ def test_both_design_spaces_match_torch():
             vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
         out = flatten_outputs(vm["main"](tvm.runtime.tensor(x.numpy())))[0]
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_mobilenet_block_fuses_and_matches_torch(tmp_path):
+    """An exported ONNX block (ReLU6 as Clip): TVM's converter emitted Clip as opaque
+    call_tirs, which blocked ConvertLayout and this fusion; edgec's frontend makes them
+    Relax ops (``tvm_compat._onnx_clip_as_ops``), so the pair fuses, and it equals torch."""
+    from edgec.compiler.frontend import import_model as load_model
+    from edgec.compiler.peers import export_onnx
+
+    model, x = seeded(Inverted()), torch.randn(1, 16, 16, 16)
+    path = export_onnx(model, [x.numpy()], str(tmp_path / "block.onnx"))
+    script = load_model(path).mod.script()
+    assert "R.maximum(" in script and "R.minimum(" in script and "call_tir" not in script
+    with torch.no_grad():
+        ref = model(x).numpy()
+    _, record = compile_nchwc(path, None, str(tmp_path / "onnx.so"), "host")
+    assert record["dw_pw_fused"] == 1
+    np.testing.assert_allclose(load(str(tmp_path / "onnx.so"))(x.numpy())[0], ref, rtol=1e-4,
+                               atol=1e-5)
