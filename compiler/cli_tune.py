@@ -90,7 +90,7 @@ def cmd_tune(args):
                     seed=args.seed, quiet=args.quiet or args.json, label=label,
                     warm_start=not args.no_warm_start, prepack_weights=args.prepack_weights,
                     conv_layout=args.conv_layout, winograd=args.winograd,
-                   pad_channels=args.pad_channels)
+                    pad_channels=args.pad_channels)
     s = tune(model, spec)
     est = "-" if s["estimate_ms"] is None else f"{s['estimate_ms']:.3f} ms"
     emit(args, s, f"tuned {s['tasks']} tasks of {s['model']} for {s['target']}: {s['trials']} "

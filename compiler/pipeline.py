@@ -56,7 +56,8 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool 
 
     quantized = config.int8 or has_qdq(model)
     block = block_for(config.conv_layout, target.vector_bits)
-    if block and config.fuse and not quantized and config.pad_channels:
+    blocked = bool(block) and config.fuse and not quantized  # INT8 kernels pack their own layout
+    if blocked and config.pad_channels:
         # pad channel groups to the blocked layout's vector width (24 -> 32 on AVX-512)
         from edgec.passes.pad_channels import pad_channels
 
@@ -88,7 +89,7 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool 
     mod = _simplify(mod, config.fold_batchnorm)
     dump("20_simplified", mod)
     layout_record = None
-    if block and config.fuse and not quantized:  # INT8 kernels pack their own layout
+    if blocked:
         # blocked conv layout: FP32 convs in NCHW[b]c, their neighbours follow
         blocks, fused = [], []
         mod = convert_conv_layout(mod, block, config.winograd, blocks, fused)

@@ -20,8 +20,11 @@ from edgec.compiler.tune_transfer import donors_of, is_scheduled
 from edgec.compiler.tuning_db import (TuningLogError, as_logged, count_records, digest,
                                       log_dir_for, mean_run_secs, open_database, open_subset,
                                       record_run)
-from edgec.compiler.tune_measure import prepare
+from edgec.compiler.tune_measure import measure_threads, prepare
 from edgec.compiler.tvm_compat import meta_schedule, relax, tvm
+
+RUN_KEYS = ("model", "target", "tasks", "trials", "wall_s", "trials_per_min", "interrupted",
+            "measure_threads")  # what the log's run history keeps of each tune
 
 
 class TuneError(EdgecError):
@@ -93,11 +96,7 @@ def extract_tasks(mod, tvm_target) -> list:
     """
     prepare(tvm_target)
     tasks = meta_schedule().relax_integration.extract_tasks(mod, tvm_target)
-    return [t for t in tasks if not _hand_scheduled(t.dispatched[0])]
-
-
-def _hand_scheduled(mod) -> bool:
-    return _is_hand_scheduled(mod["main"])
+    return [t for t in tasks if not _is_hand_scheduled(t.dispatched[0]["main"])]
 
 
 def _is_hand_scheduled(func) -> bool:
@@ -161,8 +160,6 @@ def tune(model, spec: TuneSpec) -> dict:
     tasks, before = [tasks[i] for i in order], [before[i] for i in order]
     done = sum(r["trials"] for r in before)
     budget = max(0, spec.trials - done) if spec.resume else spec.trials
-    from edgec.compiler.tune_measure import measure_threads
-
     summary = {"model": spec.label or model.source, "target": target.name, "log_dir": log_dir,
                "tasks": len(tasks), "trials_before": done, "trials_requested": budget,
                "measure_threads": None if spec.tracker else measure_threads(target)}
@@ -176,9 +173,7 @@ def tune(model, spec: TuneSpec) -> dict:
                    estimate_ms=estimate_ms(after), records=count_records(log_dir),
                    digest=digest(log_dir))
     if ran:
-        record_run(log_dir, {k: summary[k] for k in ("model", "target", "tasks", "trials", "wall_s",
-                                                      "trials_per_min", "interrupted",
-                                                      "measure_threads")})
+        record_run(log_dir, {k: summary[k] for k in RUN_KEYS})
     if interrupted:
         import sys
 

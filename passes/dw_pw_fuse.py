@@ -45,20 +45,16 @@ def fuse_dw_pw(mod: tvm.IRModule, min_rows: int = MIN_ROWS) -> tuple[tvm.IRModul
 
 def _pairs(func, min_rows) -> dict:
     """{1x1 conv call: (depthwise call, [elementwise calls in order])}."""
-    bound, uses = {}, {}
+    bound, users = relax.analysis.get_var2val(func), {}
     for block in func.body.blocks:
-        for b in block.bindings:
-            bound[b.var] = b.value
-            if isinstance(b.value, relax.Call):
-                for a in b.value.args:
-                    if isinstance(a, relax.Var):
-                        uses[a] = uses.get(a, 0) + 1
+        if isinstance(block, relax.DataflowBlock):
+            users.update(relax.analysis.udchain(block))
     pairs = {}
     for value in bound.values():
         if not _is_pointwise(value, min_rows):
             continue
         chain, var = [], value.args[0]
-        while isinstance(var, relax.Var) and uses.get(var) == 1 and var in bound:
+        while isinstance(var, relax.DataflowVar) and len(users.get(var, [])) == 1:
             call = bound[var]
             if _op(call) in _EWISE and _same_shape(call.args[0], call):
                 chain.append(call)

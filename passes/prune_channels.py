@@ -63,13 +63,14 @@ class _Surgeon(relax.PyExprMutator):
             shape[axis] = shape[axis] * int(np.prod(new_in)) // int(np.prod(old_in))
             return self.builder_.normalize(relax.op.reshape(data, shape))
         if op in self.depthwise:
+            from edgec.passes.conv_layout import conv_params  # an unset out_dtype: the input's
+
             data, weight = self.visit_expr(op.args[0]), self.visit_expr(op.args[1])
-            a = op.attrs
-            out_dtype = str(a.out_dtype) if str(a.out_dtype) not in ("", "void", "None") else None
+            a, p = op.attrs, conv_params(op)
             return self.builder_.normalize(relax.op.nn.conv2d(
-                data, weight, strides=a.strides, padding=a.padding, dilation=a.dilation,
+                data, weight, strides=p["strides"], padding=p["padding"], dilation=p["dilation"],
                 groups=int(weight.ty.shape.values[0]), data_layout=a.data_layout,
-                kernel_layout=a.kernel_layout, out_layout=a.out_layout, out_dtype=out_dtype))
+                kernel_layout=a.kernel_layout, out_layout=a.out_layout, out_dtype=p["out_dtype"]))
         return super().visit_call_(op)
 
 

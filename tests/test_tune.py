@@ -415,7 +415,7 @@ def test_tune_int8_skips_hand_scheduled_kernels(tmp_path, capsys):
     from edgec.compiler.cli import main
     from edgec.compiler.cli_tune import load_relax_model
     from edgec.compiler.pipeline import run
-    from edgec.compiler.tune import _hand_scheduled, prepare
+    from edgec.compiler.tune import _is_hand_scheduled, prepare
     from edgec.compiler.tvm_compat import meta_schedule
 
     torch.manual_seed(0)
@@ -438,7 +438,7 @@ def test_tune_int8_skips_hand_scheduled_kernels(tmp_path, capsys):
     tvm_target = get_target(TARGET).tvm_target()
     prepare(tvm_target)
     raw = meta_schedule().relax_integration.extract_tasks(lowered, tvm_target)
-    hand = [t.task_name for t in raw if _hand_scheduled(t.dispatched[0])]
+    hand = [t.task_name for t in raw if _is_hand_scheduled(t.dispatched[0]["main"])]
     assert any("int8_avx2" in n for n in hand) and any("pack_nchw4c" in n for n in hand), hand
     assert len(raw) == s["tasks"] + len(hand)
 
