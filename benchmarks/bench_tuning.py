@@ -1,10 +1,11 @@
 """Tuned edgec vs untuned edgec, PyTorch eager and ONNX Runtime, batch 1, on this machine.
 
     python -m benchmarks.bench_tuning [--models resnet18 mobilenet_v2 mnist_cnn] [--log-dir DIR]
-        [--conv-layout NCHWc]
+        [--conv-layout NCHWc] [--target x86-avx2]
 
-Tuned builds apply the committed log of the host's base target (tuning_logs/x86-avx2 on
-AVX2 machines, x86-avx512-vnni on AVX-512 + VNNI ones); results go to
+Tuned builds apply the committed log of the target (default host: its base target,
+tuning_logs/x86-avx2 on AVX2 machines, x86-avx512-vnni on AVX-512 + VNNI ones; --target
+x86-avx2 on an AVX-512 machine times the portable target's code there); results go to
 results/tuned-<that target>-<models>[-nchwc].{json,md}. ``edgec_tuned`` uses
 ``--conv-layout``; with NCHWc the tuned plain-NCHW build runs alongside as
 ``edgec_tuned_nchw`` (when the log has a record for each of its tasks); ``edgec_untuned``
@@ -42,8 +43,8 @@ def tuning_cost(log_dir: str, label: str) -> dict:
 def bench_model(name: str, args, peak: dict, log_dir: str) -> dict:
     model, x = model_and_input(name)
     folder = scratch()
-    untuned, _, _ = edgec_build(model, x, folder, "untuned", None)
-    tuned, manifest, build_s = edgec_build(model, x, folder, "tuned", log_dir,
+    untuned, _, _ = edgec_build(model, x, folder, "untuned", None, target=args.target)
+    tuned, manifest, build_s = edgec_build(model, x, folder, "tuned", log_dir, target=args.target,
                                            conv_layout=args.conv_layout)
     engines = peer_engines(model, x, args.threads, folder)
     engines += [Engine("edgec_untuned", edgec_runner(untuned, [x])),
@@ -51,7 +52,7 @@ def bench_model(name: str, args, peak: dict, log_dir: str) -> dict:
     nchw_note = None
     if args.conv_layout != "NCHW":
         plain, plain_manifest, _ = edgec_build(model, x, folder, "tuned_nchw", log_dir,
-                                               conv_layout="NCHW")
+                                               target=args.target, conv_layout="NCHW")
         left = plain_manifest["tuning"].get("default", 0)
         if not left:
             engines.append(Engine("edgec_tuned_nchw", edgec_runner(plain, [x])))
@@ -104,15 +105,25 @@ def _flags(p):
     p.add_argument("--log-dir", help="tuning log to apply (default: the host's base target's)")
     p.add_argument("--conv-layout", default="NCHW", choices=CONV_LAYOUTS,
                    help="edgec_tuned's conv layout (NCHWc: the plain tuned build runs too)")
+    p.add_argument("--target", default="host",
+                   help="edgec's target (one this CPU runs, e.g. x86-avx2 on an AVX-512 CPU)")
 
 
 def main(argv=None):
+    from edgec.compiler.runtime import host_arch
     from edgec.compiler.tuning_db import log_dir_for
-    from edgec.targets import get_target
+    from edgec.targets import cpu_flags, get_target
 
     args = parse_args(__doc__, argv, _flags)
-    peak = fp32_peak()
-    log_dir = args.log_dir or log_dir_for(get_target("host"))
+    target = get_target(args.target)
+    flags = {f.replace("_", "") for f in cpu_flags()}
+    lacking = [f for f in target.features if f.replace("_", "") not in flags]
+    if target.arch != host_arch() or lacking:
+        raise SystemExit(f"--target {args.target}: this CPU cannot run its code ({target.arch}"
+                         f"{', lacks ' + ', '.join(lacking) if lacking else ''}); valid: host "
+                         "or a target of this CPU's architecture and features")
+    peak = fp32_peak(max_lanes=target.vector_bits // 32)
+    log_dir = args.log_dir or log_dir_for(target)
     rows = [bench_model(name, args, peak, log_dir) for name in args.models]
     md = _markdown(rows, peak, args.threads)
     # the log's target names the file: results of an AVX2 and an AVX-512 machine both stay

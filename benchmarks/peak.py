@@ -27,8 +27,10 @@ def _cpuinfo() -> dict:
     return info
 
 
-def fp32_peak() -> dict:
-    """{"gflops", "cores", "flops_per_cycle", "ghz", "how"} for this machine."""
+def fp32_peak(max_lanes: int | None = None) -> dict:
+    """{"gflops", "cores", "flops_per_cycle", "ghz", "how"} for this machine; max_lanes:
+    the FP32 lanes of the code measured (8: AVX2 code on an AVX-512 CPU), when narrower
+    than the CPU's: the peak of that width (the measured GEMM scaled by the width ratio)."""
     info = _cpuinfo()
     flags = set(info.get("flags", "").split())
     family, model = int(info.get("cpu family", 0)), int(info.get("model", 0))
@@ -42,10 +44,16 @@ def fp32_peak() -> dict:
         per_cycle, isa = 8, "SSE: 2 x 4 lanes (no FMA)"
     ghz = float(info.get("cpu MHz", 0) or 0) / 1e3
     cores = os.cpu_count() or 1
-    nominal, gemm = cores * per_cycle * ghz, gemm_gflops(cores)
+    gemm, scaled = gemm_gflops(cores), ""
+    if max_lanes and 4 * max_lanes < per_cycle:
+        ratio = 4 * max_lanes / per_cycle
+        gemm, per_cycle = gemm * ratio, 4 * max_lanes
+        isa = f"{max_lanes}-lane code: 2 FMA x {max_lanes} lanes x 2"
+        scaled = f" x {ratio:g} for {max_lanes}-lane code"
+    nominal = cores * per_cycle * ghz
     how = (f"the larger of {cores} cores x {per_cycle} FLOP/cycle ({isa}) x {ghz:.2f} GHz "
            f"nominal = {nominal:.1f} GFLOP/s and a measured 2048^3 FP32 GEMM (torch, {cores} "
-           f"threads) = {gemm:.1f} GFLOP/s (cpu family {family}, model {model})")
+           f"threads){scaled} = {gemm:.1f} GFLOP/s (cpu family {family}, model {model})")
     return {"gflops": max(nominal, gemm), "nominal_gflops": nominal, "gemm_gflops": gemm,
             "cores": cores, "flops_per_cycle": per_cycle, "ghz": ghz, "how": how}
 
