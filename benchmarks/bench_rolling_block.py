@@ -126,23 +126,11 @@ def one_kernel_module(p, h, chunks, rn, drn):
     eo, er, ecol, el, eic, eicb = sch.get_loops(eb)[-6:]
     exo, exi = sch.split(ecol, [None, rn])
     sch.reorder(er, eo, exo, eic, eicb, exi, el)
-    tile = sch.cache_write(pb, 0, "local")
-    sch.reverse_compute_inline(sch.get_sblock("out"))
-    sch.reverse_compute_at(tile, xo, preserve_unit_loops=True)
-    sch.vectorize(sch.get_loops(tile)[-1])
-    sch.unroll(xi)
-    sch.vectorize(lane)
-    sch.vectorize(sch.get_loops(sch.decompose_reduction(pb, rc))[-1])
+    _register_tile(sch, pb, "out", xo, xi, lane, rc)
     do, dr, dcol, dl, drh, drw = sch.get_loops(db)[-6:]
     dxo, dxi = sch.split(dcol, [None, drn])
     sch.reorder(do, dr, dxo, drh, drw, dxi, dl)
-    dt = sch.cache_write(db, 0, "local")
-    sch.reverse_compute_inline(sch.get_sblock("dw_act"))
-    sch.reverse_compute_at(dt, dxo, preserve_unit_loops=True)
-    sch.vectorize(sch.get_loops(dt)[-1])
-    sch.unroll(dxi)
-    sch.vectorize(dl)
-    sch.vectorize(sch.get_loops(sch.decompose_reduction(db, drh))[-1])
+    _register_tile(sch, db, "dw_act", dxo, dxi, dl, drh)
     sch.unroll(exi)
     sch.vectorize(el)
     # the last primitive: the predicated block it leaves is not "complete", so no other
@@ -155,6 +143,18 @@ def one_kernel_module(p, h, chunks, rn, drn):
     if par == src:
         raise RuntimeError("the chunk loop was not found in the scheduled script")
     return tvm.script.from_source(par)
+
+
+def _register_tile(sch, block, epilogue, xo, xi, lane, first_reduction) -> None:
+    """Accumulate ``block``'s tile (xi pixels x lanes) in registers, its elementwise
+    ``epilogue`` block applied as the tile is written back under ``xo``."""
+    tile = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_inline(sch.get_sblock(epilogue))
+    sch.reverse_compute_at(tile, xo, preserve_unit_loops=True)
+    sch.vectorize(sch.get_loops(tile)[-1])
+    sch.unroll(xi)
+    sch.vectorize(lane)
+    sch.vectorize(sch.get_loops(sch.decompose_reduction(block, first_reduction))[-1])
 
 
 def reference(vals, h):
