@@ -27,8 +27,9 @@ def bench_model(name: str, args) -> dict:
     model, x = model_and_input(name)
     folder = scratch()
     log_dir = args.log_dir or log_dir_for(get_target("host"))
-    plain, plain_manifest, _ = edgec_build(model, x, folder, "plain", log_dir)
-    packed, manifest, _ = edgec_build(model, x, folder, "prepacked", log_dir, prepack_weights=True)
+    plain, plain_manifest, _ = edgec_build(model, x, folder, "plain", log_dir, conv_layout="NCHW")
+    packed, manifest, _ = edgec_build(model, x, folder, "prepacked", log_dir, prepack_weights=True,
+                                      conv_layout="NCHW")
     engines = peer_engines(model, x, args.threads, folder)
     engines += [Engine("edgec_plain", edgec_runner(plain, [x])),
                 Engine("edgec_prepacked", edgec_runner(packed, [x]))]

@@ -43,7 +43,8 @@ def tuning_cost(log_dir: str, label: str) -> dict:
 def bench_model(name: str, args, peak: dict, log_dir: str) -> dict:
     model, x = model_and_input(name)
     folder = scratch()
-    untuned, _, _ = edgec_build(model, x, folder, "untuned", None, target=args.target)
+    untuned, _, _ = edgec_build(model, x, folder, "untuned", None, target=args.target,
+                                conv_layout="NCHW")  # TVM's default schedules
     tuned, manifest, build_s = edgec_build(model, x, folder, "tuned", log_dir, target=args.target,
                                            conv_layout=args.conv_layout)
     engines = peer_engines(model, x, args.threads, folder)
@@ -103,7 +104,7 @@ def _flags(p):
     from edgec.compiler.config import CONV_LAYOUTS
 
     p.add_argument("--log-dir", help="tuning log to apply (default: the host's base target's)")
-    p.add_argument("--conv-layout", default="NCHW", choices=CONV_LAYOUTS,
+    p.add_argument("--conv-layout", default="NCHWc", choices=CONV_LAYOUTS,
                    help="edgec_tuned's conv layout (NCHWc: the plain tuned build runs too)")
     p.add_argument("--target", default="host",
                    help="edgec's target (one this CPU runs, e.g. x86-avx2 on an AVX-512 CPU)")

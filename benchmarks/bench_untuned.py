@@ -4,8 +4,11 @@
 
 Engines run in interleaved rounds (compiler/compare.py); writes
 benchmarks/results/untuned-<models>.json and .md with the command line.
-Untuned TVM code is expected to be far slower than both peers: this is the
-baseline that tuning (benchmarks/bench_tuning.py) is measured against.
+``edgec_untuned``: edgec's defaults with no tuning log (NCHWc: the blocked convs get the
+heuristic register tile); ``tvm_default_nchw``: the convs as imported on TVM's default
+schedules, far slower than both peers: the baseline tuning (benchmarks/bench_tuning.py)
+is measured against. Results made before 2026-11-25 have only the second, then named
+``edgec_untuned`` (NCHW was the default).
 """
 from __future__ import annotations
 
@@ -23,8 +26,10 @@ def bench_model(name: str, args) -> dict:
     model, x = model_and_input(name)
     folder = scratch()
     so, manifest, build_s = edgec_build(model, x, folder, "untuned", None)
+    plain, _, _ = edgec_build(model, x, folder, "tvm_default", None, conv_layout="NCHW")
     engines = peer_engines(model, x, args.threads, folder)
     engines.append(Engine("edgec_untuned", edgec_runner(so, [x])))
+    engines.append(Engine("tvm_default_nchw", edgec_runner(plain, [x])))
     result = run_compare(engines, args)
     return {"model": name, "input_shape": list(x.shape), "build_s": round(build_s, 1),
             "max_abs_diff_vs_torch": max_abs_diff(so, model, x),

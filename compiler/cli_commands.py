@@ -71,9 +71,9 @@ def layout_flags(p):
     be the same)."""
     from edgec.compiler.config import CONV_LAYOUTS
 
-    p.add_argument("--conv-layout", default="NCHW", choices=CONV_LAYOUTS,
-                   help="NCHWc: FP32 convs in NCHW[b]c, b = the target's FP32 vector lanes "
-                        "(tune and compile with the same layout)")
+    p.add_argument("--conv-layout", default="NCHWc", choices=CONV_LAYOUTS,
+                   help="NCHWc (default): FP32 convs in NCHW[b]c, b = the target's FP32 vector "
+                        "lanes; NCHW: as imported (tune and compile with the same layout)")
     p.add_argument("--no-winograd", dest="winograd", action="store_false",
                    help="with NCHWc: every conv direct (default: 3x3 stride-1 convs that gain "
                         "run as Winograd F(2x2, 3x3))")

@@ -58,7 +58,8 @@ def compressed(args, model) -> tuple:
 
     config = compression_config(args, tuning_logs=None)
     # prepacking kernels are other workloads: the log's run history names them apart
-    blocked = getattr(args, "conv_layout", "NCHW") != "NCHW"
+    # INT8 kernels pack their own layout: only FP32 convs take the blocked one
+    blocked = getattr(args, "conv_layout", "NCHWc") != "NCHW" and not config.int8
     applied = _applied(config) + (["prepacked"] if getattr(args, "prepack_weights", False) else []) \
         + ([args.conv_layout] if blocked else []) \
         + (["no winograd"] if blocked and not getattr(args, "winograd", True) else []) \

@@ -60,7 +60,7 @@ class TuneSpec:
     label: str | None = None
     warm_start: bool = True
     prepack_weights: bool = False
-    conv_layout: str = "NCHW"
+    conv_layout: str = "NCHWc"
     winograd: bool = True
     pad_channels: bool = True
 

@@ -23,6 +23,7 @@ import warnings
 
 from edgec.compiler.artifact import write_json_atomic
 from edgec.compiler.errors import EdgecError
+from edgec.targets import AMD_ONLY
 
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
@@ -51,7 +52,11 @@ def isa_of(tvm_dict: dict) -> dict:
     """The ISA-defining part of a TVM target dict (what records must agree on)."""
     out = {k: tvm_dict[k] for k in ISA_KEYS if k in tvm_dict}
     if "mattr" in out:
-        out["mattr"] = sorted(out["mattr"])
+        # AMD_ONLY (-sse4a) only keeps AMD-only instructions out of the code: a schedule
+        # tuned with or without it is the same schedule (logs made before it still apply)
+        out["mattr"] = sorted(m for m in out["mattr"] if m not in AMD_ONLY)
+        if not out["mattr"]:
+            del out["mattr"]
     return out
 
 

@@ -147,5 +147,5 @@ def _ewise(x, name, side):
     fn = {"add": lambda a, b: a + b, "subtract": lambda a, b: a - b,
           "multiply": lambda a, b: a * b, "divide": lambda a, b: a / b,
           "maximum": tirx.max, "minimum": tirx.min,
-          "relu": lambda a, _: tirx.max(a, tirx.const(0, a.dtype))}[name]
+          "relu": lambda a, _: tirx.max(a, tirx.const(0, x.dtype))}[name]  # a: no dtype
     return lambda *i: fn(x(*i), None if side is None else at(i))

@@ -15,7 +15,8 @@ instruction multiplies 4 input channels for B output channels at once:
   saddlp, addp), B = 4, s8 data.
 
 The schedule is fixed (no tuning needed): output rows in parallel, a block of
-output pixels unrolled per weight tile, the Bx4 dot product tensorized.
+output pixels unrolled per weight tile, the Bx4 dot product tensorized, the
+requantize vectorized over the B channels, each output row transposed to NCHW.
 """
 from __future__ import annotations
 
@@ -94,6 +95,39 @@ def packable(wq: np.ndarray, kernel: DotKernel, groups: int = 1) -> bool:
             and 3 * (ic + channel_pad(wq)) <= 4 * ic)
 
 
+def taps_packable(wq: np.ndarray, kernel: DotKernel, groups: int = 1) -> bool:
+    """Whether a conv with fewer input channels than ``packable`` pads (1 or 2: a grayscale
+    stem) runs packed as a 1x1 conv over its taps (``emit_taps_conv``): the MNIST CNN's
+    1-channel 3x3 stem becomes 9 -> 12 channels, where padding its one channel to 4 would
+    do 4x its multiply-accumulates and the plain int8 conv is TVM's unscheduled loop nest."""
+    return (wq.ndim == 4 and groups == 1 and wq.shape[1] < IC_BLOCK
+            and wq.shape[2] * wq.shape[3] > 1 and wq.shape[0] % kernel.oc_block == 0
+            and not packable(wq, kernel, groups))
+
+
+def emit_taps_conv(bb, x, wq: np.ndarray, strides, dilation, kernel: DotKernel, requant=None,
+                   padding=(0, 0, 0, 0), pad_value: int = 0):
+    """A KHxKW conv of ``x`` (NCHW, few channels) as the packed 1x1 conv of its taps: the
+    input padded with ``pad_value`` (the zero point), then one strided slice per tap,
+    concatenated tap-major (channel (kh * KW + kw) * C + c), against the weight reordered
+    the same way. Integer sums are exact, so the result equals the KHxKW conv's."""
+    top, left, bottom, right = (int(p) for p in padding)
+    if any((top, left, bottom, right)):
+        x = bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right],
+                                    pad_value=float(pad_value)))
+    _, _, h, w = (int(d) for d in x.ty.shape)
+    (sh, sw), (dh, dw) = ([int(v) for v in strides], [int(v) for v in dilation])
+    kh, kw = wq.shape[2:]
+    oh, ow = (h - (kh - 1) * dh - 1) // sh + 1, (w - (kw - 1) * dw - 1) // sw + 1
+    taps = [bb.emit(relax.op.strided_slice(x, axes=[2, 3], begin=[i * dh, j * dw],
+                                           end=[i * dh + (oh - 1) * sh + 1, j * dw + (ow - 1) * sw + 1],
+                                           strides=[sh, sw]))
+            for i in range(kh) for j in range(kw)]
+    cols = bb.emit(relax.op.concat(taps, axis=1))
+    w1 = np.ascontiguousarray(wq.transpose(0, 2, 3, 1).reshape(wq.shape[0], -1, 1, 1))
+    return emit_packed_conv(bb, cols, w1, [1, 1], [1, 1], kernel, requant, pad_value=pad_value)
+
+
 def channel_pad(wq: np.ndarray) -> int:
     """Input channels to add so an OIHW weight's input channels divide by 4."""
     return -wq.shape[1] % IC_BLOCK
@@ -121,18 +155,27 @@ def _compute(data_shape, w_shape, strides, dilation, data_dtype, requant=None):
     acc = te.compute((n, cob, ho, wo, ocb), lambda b, oc, y, xx, oci: te.sum(
         x[b, ico, y * sh + rh * dh, xx * sw + rw * dw, ici].astype("int32")
         * w[oc, ico, rh, rw, oci, ici].astype("int32"), axis=[ico, rh, rw, ici]), name="conv")
-    # the output in plain NCHW: each tile is transposed in registers as it is stored, so no
-    # separate (and slow: strided) unpack pass runs over the whole int32 tensor; with a
-    # requantize, the tile is requantized there too and int32 never goes to memory
+    # the output in plain NCHW. The requantize runs in the packed layout, B channels of a
+    # pixel in one vector, so int32 never goes to memory; then each output row is
+    # transposed to NCHW as bytes. Requantizing during the transpose instead (pixels as the
+    # vector lanes) cost 2x the conv itself: 7-wide int32 shuffles and byte extracts.
     if requant is None:
         out = te.compute((n, cob * ocb, ho, wo),
                          lambda b, c, y, xx: acc[b, c // ocb, y, xx, c % ocb], name="unpack")
         return te.create_prim_func([x, w, out]), (n, cob * ocb, ho, wo)
     bias = te.placeholder((cob * ocb,), "int32", name="bias")
     scale = te.placeholder((cob * ocb,), "float32", name="scale")
-    out = te.compute((n, cob * ocb, ho, wo), lambda b, c, y, xx: requant.te_form(
-        acc[b, c // ocb, y, xx, c % ocb], c, bias, scale), name="unpack")
+    rq = te.compute((n, cob, ho, wo, ocb), lambda b, oc, y, xx, oci: requant.te_form(
+        acc[b, oc, y, xx, oci], oc * ocb + oci, bias, scale), name="requant")
+    out = te.compute((n, cob * ocb, ho, wo),
+                     lambda b, c, y, xx: rq[b, c // ocb, y, xx, c % ocb], name="unpack")
     return te.create_prim_func([x, w, bias, scale, out]), (n, cob * ocb, ho, wo)
+
+
+# Below this many multiply-accumulates a conv runs on one thread: waking the pool cost
+# more than the second thread saved (2-vCPU Xeon: a 0.9 M-MAC conv 6.7 us on one thread,
+# 8.9 us on two; the MNIST CNN's convs are 0.15 M and 0.9 M).
+PARALLEL_MACS = 1 << 22
 
 
 def _pixel_block(width: int) -> int:
@@ -151,9 +194,17 @@ def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel, re
     n, oc, y, x, oci, ico, kh, kw, ici = sch.get_loops(block)
     xo, xi = sch.split(x, [None, _pixel_block(out_shape[3])])
     sch.reorder(n, oc, y, xo, ico, kh, kw, xi, oci, ici)
-    sch.parallel(sch.fuse(n, oc, y))
+    row = sch.fuse(n, oc, y)
+    if np.prod(out_shape) * np.prod(w_shape[1:4]) * IC_BLOCK >= PARALLEL_MACS:
+        sch.parallel(row)
+    if requant is not None:  # one (pixels x B channels) tile at a time, B channels a vector
+        rq = sch.get_sblock("requant")
+        sch.reverse_compute_at(rq, xo)
+        pixel, channel = sch.get_loops(rq)[-2:]
+        sch.vectorize(channel)
+        sch.unroll(pixel)
     unpack = sch.get_sblock("unpack")
-    sch.reverse_compute_at(unpack, xo)  # one (pixels x B channels) tile at a time
+    sch.reverse_compute_at(unpack, row)  # a whole output row of B channels
     c_i, x_i = sch.get_loops(unpack)[-2:]
     sch.vectorize(x_i)  # a row of consecutive pixels of one output channel
     sch.unroll(c_i)

@@ -162,7 +162,10 @@ def _epilogue(sch, tile, xo) -> None:
         except Exception:  # noqa: BLE001 - not a plain elementwise read of the tile
             if target is not tile:
                 return
-            sch.reverse_compute_at(consumer, xo, preserve_unit_loops=True)
+            try:
+                sch.reverse_compute_at(consumer, xo, preserve_unit_loops=True)
+            except Exception:  # noqa: BLE001 - e.g. a squeeze-excite scale broadcast over a
+                return  # whole map: it runs after the conv, as its own loop nest
             sch.annotate(consumer, "schedule_rule", "None")
             target = consumer
 

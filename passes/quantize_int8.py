@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgec.compiler.tvm_compat import relax, tvm
-from edgec.passes.int8_kernels import DotKernel, emit_packed_conv, emit_packed_matmul, packable
+from edgec.passes.int8_kernels import (DotKernel, emit_packed_conv, emit_packed_matmul,
+                                       emit_taps_conv, packable, taps_packable)
 from edgec.passes.int8_layers import PASSTHROUGH_OPS, _op, block_of, users
 from edgec.passes.quant_scheme import QuantPlan
 from edgec.passes.requant import Requant
@@ -71,6 +72,28 @@ def _substitute(expr, fn):
     return expr
 
 
+def int_avg_pool(bb, qv: QValue, call, name: str):
+    """``adaptive_avg_pool2d`` of an int8 tensor, summed in int32, dequantized after:
+    ``mean((q - zp) * s) = sum(q) * (s / k) - zp * s`` (the sum is exact). The int8 tensor
+    is read once, instead of dequantized whole to float first (a global pool before a
+    classifier, an exit head's pool). None: windows that do not tile the input evenly."""
+    a = call.attrs
+    shape = qv.var.ty.shape
+    if str(a.layout) != "NCHW" or str(a.out_layout) != "NCHW" or shape is None:
+        return None
+    n, c, h, w = (int(d) for d in shape.values)
+    oh, ow = (int(d) for d in a.output_size) if a.output_size is not None else (h, w)
+    if h % oh or w % ow:
+        return None
+    kh, kw = h // oh, w // ow
+    x = relax.op.reshape(relax.op.astype(qv.var, "int32"), (n, c, oh, kh, ow, kw))
+    y = relax.op.astype(relax.op.sum(x, axis=[3, 5]), "float32")
+    y = relax.op.multiply(y, _const(qv.scale / (kh * kw), "float32"))
+    if qv.zp:
+        y = relax.op.subtract(y, _const(qv.zp * qv.scale, "float32"))
+    return bb.emit(y, name_hint=name)
+
+
 class _Realizer:
     def __init__(self, mod, layers, plan, kernel=None):
         self.mod, self.plan, self.scheme, self.kernel = mod, plan, plan.scheme, kernel
@@ -107,6 +130,11 @@ class _Realizer:
         arg = value.args[0] if isinstance(value, relax.Call) and value.args else None
         if _op(value) in PASSTHROUGH_OPS and arg not in self.env and arg in self.q:
             return self.passthrough(v, value, self.q[arg])
+        if _op(value) == "relax.nn.adaptive_avg_pool2d" and arg not in self.env and arg in self.q:
+            pooled = int_avg_pool(self.bb, self.q[arg], value, v.name)
+            if pooled is not None:
+                self.env[v] = pooled
+                return
         self.env[v] = self.bb.emit(_substitute(value, self.fp32), name_hint=v.name)
 
     def passthrough(self, v, value, qv):
@@ -195,6 +223,9 @@ class _Realizer:
             # channels up to a multiple of 4 meet zero weights
             return emit_packed_conv(self.bb, x, wq, a.strides, a.dilation, self.kernel, rq,
                                     padding, qin.zp)
+        if self.kernel is not None and taps_packable(wq, self.kernel, int(a.groups)):
+            return emit_taps_conv(self.bb, x, wq, a.strides, a.dilation, self.kernel, rq,
+                                  padding, qin.zp)
         if qin.zp and any(padding):  # pad with the zero point, the image of 0.0
             top, left, bottom, right = padding
             x = self.bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right],

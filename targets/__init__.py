@@ -60,10 +60,17 @@ class Target:
         return int(self.tvm.get("num-cores", 1))
 
 
+# AMD-only extensions that an ``mcpu=znver*`` tuning turns on. LLVM then emits SSE4A's
+# insertq/extrq for some byte shuffles (measured: an int8 conv epilogue), which kill the
+# process with SIGILL on Intel CPUs. The portable targets must run on both vendors.
+AMD_ONLY = ("-sse4a",)
+
+
 def _x86(name, mcpu, desc, bits, int8, cores=2, mattr=None, features=()):
     tvm = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu, "num-cores": cores}
+    mattr = list(mattr or []) + (list(AMD_ONLY) if mcpu.startswith("znver") else [])
     if mattr:
-        tvm["mattr"] = list(mattr)
+        tvm["mattr"] = mattr
     return Target(name, tvm, desc, "x86_64", None, None, f"{name}", bits, int8, tuple(features))
 
 

@@ -23,14 +23,15 @@ def test_prepacked_build_rewrites_weights_at_compile_time(tmp_path):
     log = str(tmp_path / TARGET)
     summary = tune(import_model(model, (x,)), TuneSpec(target=TARGET, trials=8, log_dir=log,
                                                        trials_per_iter=8, quiet=True,
-                                                       prepack_weights=True))
+                                                       prepack_weights=True,
+                                                       conv_layout="NCHW"))
     assert summary["trials"] >= 1 and summary["failed"] == 0
     with torch.no_grad():
         ref = model(x).numpy()
     for logs, packed in ((log, True), (None, False)):  # no record: nothing to prepack
         out = str(tmp_path / f"m-{packed}.so")
         manifest = compile(model, (x,), output=out, config=PipelineConfig(
-            target=TARGET, tuning_logs=logs, prepack_weights=True))
+            target=TARGET, tuning_logs=logs, prepack_weights=True, conv_layout="NCHW"))
         record = _record(manifest)
         assert (record["kernels_prepacked"] >= 1) == packed
         assert record["weight_rewrites_folded"] == record["kernels_prepacked"]
@@ -53,12 +54,12 @@ def test_a_prepacking_schedule_is_not_transferred_to_a_plain_kernel(tmp_path):
     log = str(tmp_path / TARGET)
     tune(import_model(small, (torch.randn(1, 8, 16, 16),)),
          TuneSpec(target=TARGET, trials=4, log_dir=log, trials_per_iter=4, quiet=True,
-                  prepack_weights=True))
+                  prepack_weights=True, conv_layout="NCHW"))
     wide = nn.Sequential(nn.Conv2d(8, 24, 3, padding=1), nn.ReLU()).eval()
     model = import_model(wide, (torch.randn(1, 8, 16, 16),))
 
     def conv(prepack):
-        mod = lowered_module(model, TARGET, prepack_weights=prepack)
+        mod = lowered_module(model, TARGET, prepack_weights=prepack, conv_layout="NCHW")
         return next(f for gv, f in mod.functions.items() if "conv2d" in gv.name_hint)
 
     donors = Donors(log)

@@ -89,9 +89,11 @@ def test_packed_avx2_conv_is_bit_exact_and_uses_vpmaddubsw(tiny):
     with target:
         low = relax.get_pipeline("zero")(packed)
     kernels = [gv.name_hint for gv in low.functions if gv.name_hint.startswith("conv2d_int8_avx2")]
-    # conv2 (8 -> 16); conv1 has 1 input channel: padding it to 4 would quadruple its work
-    assert kernels == ["conv2d_int8_avx2_1x8x10x10_16x3_requant"]
-    func = low[kernels[0]]
+    # conv2 (8 -> 16); conv1 has 1 input channel: padding it to 4 would quadruple its work,
+    # so it runs as the 1x1 conv of its 9 taps (12 channels packed)
+    assert sorted(kernels) == ["conv2d_int8_avx2_1x12x8x8_8x1_requant",
+                               "conv2d_int8_avx2_1x8x10x10_16x3_requant"]
+    func = low["conv2d_int8_avx2_1x8x10x10_16x3_requant"]
     assert "llvm.x86.avx2.pmadd.ub.sw" in func.script()
     # the requantize runs in the kernel's epilogue: it takes the int32 bias and float scale
     # and stores uint8 (the fc consumes it), no int32 tensor leaves the kernel
@@ -129,7 +131,10 @@ def test_packed_kernel_per_cpu_uses_its_dot_instruction(tiny, target_name, kerne
         low = relax.get_pipeline("zero")(qmod)
     names = [gv.name_hint for gv in low.functions if f"int8_{kernel}_" in gv.name_hint]
     assert chosen.oc_block == {"vnni": 16, "sdot": 4, "neon": 4}[kernel]
-    assert names == [f"conv2d_int8_{kernel}_1x8x10x10_16x3_requant"]  # conv1: 1 channel, plain
+    # conv1 (1 -> 8 channels) runs as the 1x1 conv of its taps where 8 outputs fill whole
+    # output blocks (4 lanes); with VNNI's 16 it stays a plain int8 conv
+    taps = [] if kernel == "vnni" else [f"conv2d_int8_{kernel}_1x12x8x8_8x1_requant"]
+    assert sorted(names) == taps + [f"conv2d_int8_{kernel}_1x8x10x10_16x3_requant"]
     lib = tvm.compile(low, target=target.tvm_target()).mod
     asm = "".join(m.inspect_source("asm") for m in [lib, *lib.imports])
     assert re.search(instruction, asm)
@@ -304,3 +309,66 @@ def test_scheme_per_target_and_qparams():
     w = np.array([[1.0, -0.5], [0.0, 0.0]], "float32")
     q, s = avx2.quantize_weight(w, 0)
     assert q.tolist() == [[63, -32], [0, 0]] and s[1] == 1.0
+
+
+@pytest.mark.parametrize("channels,stride,padding", [(1, 1, 1), (2, 2, 1), (1, 1, 0)])
+def test_few_channel_conv_packs_as_a_1x1_conv_of_its_taps_bit_exact(channels, stride, padding):
+    """1 or 2 input channels (a grayscale stem): the 3x3 conv runs as the packed 1x1 conv of
+    its 9 taps (9 * C -> a multiple of 4 channels), exactly as the plain int8 conv."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(channels, 8, 3, stride=stride, padding=padding),
+                          nn.ReLU()).eval()
+    rm = import_model(model, (torch.randn(1, channels, 9, 9),))
+    data = np.random.default_rng(0).standard_normal((24, channels, 9, 9)).astype("float32")
+    plain, plan = quantize_model(rm, QuantScheme("uint8", True), data[:16])
+    packed, _ = quantize_model(rm, QuantScheme("uint8", True), plan=plan, kernel=KERNELS["avx2"])
+    names = [gv.name_hint for gv in packed.functions]
+    out = (9 + 2 * padding - 3) // stride + 1
+    taps = 4 * -(-9 * channels // 4)  # 9 or 18 tap channels, padded to 12 or 20
+    assert f"conv2d_int8_avx2_1x{taps}x{out}x{out}_8x1_requant" in names
+    assert not any(c.op.name == "relax.nn.conv2d" for c in _calls(packed)
+                   if isinstance(c.op, tvm.ir.Op))
+    np.testing.assert_array_equal(run_outputs(packed, data[16:], rm.inputs[0]),
+                                  run_outputs(plain, data[16:], rm.inputs[0]))
+
+
+class PoolHead(nn.Module):
+    """A conv whose int8 output feeds another conv and an average-pooled head."""
+
+    def __init__(self, pool):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.pool, self.head, self.fc = pool, nn.Linear(8 * pool * pool, 4), nn.Linear(8 * 16, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.conv1(x))
+        head = self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(h, self.pool), 1))
+        body = self.fc(torch.flatten(nn.functional.max_pool2d(self.conv2(h), 2), 1))
+        return head + body
+
+
+@pytest.mark.parametrize("pool", [2, 4])
+def test_avg_pool_of_an_int8_map_sums_in_int32(pool, monkeypatch):
+    """An adaptive average pool reading an int8 map (an exit head's pool) sums the int8
+    values in int32 and dequantizes the pooled result: the map is never converted to float
+    whole. Numerically the same as pooling the dequantized map."""
+    import edgec.passes.quantize_int8 as q8
+
+    torch.manual_seed(0)
+    rm = import_model(PoolHead(pool).eval(), (torch.randn(1, 3, 8, 8),))
+    data = np.random.default_rng(0).standard_normal((24, 3, 8, 8)).astype("float32")
+    qmod, plan = quantize_model(rm, QuantScheme("uint8", False), data[:16])
+
+    def ops(mod):
+        return [c.op.name for c in _calls(mod) if isinstance(c.op, tvm.ir.Op)]
+
+    assert "relax.sum" in ops(qmod) and "relax.nn.adaptive_avg_pool2d" not in ops(qmod)
+    to_float = [c for c in _calls(qmod) if isinstance(c.op, tvm.ir.Op)
+                and c.op.name == "relax.astype" and str(c.attrs.dtype) == "float32"
+                and str(c.args[0].ty.dtype) == "uint8"]
+    assert not to_float  # conv1's uint8 map is not dequantized
+    monkeypatch.setattr(q8, "int_avg_pool", lambda *a: None)  # the float pool, as before
+    ref, _ = quantize_model(rm, QuantScheme("uint8", False), plan=plan)
+    assert "relax.nn.adaptive_avg_pool2d" in ops(ref)
+    np.testing.assert_allclose(run_outputs(qmod, data[16:], rm.inputs[0]),
+                               run_outputs(ref, data[16:], rm.inputs[0]), rtol=1e-5, atol=1e-5)

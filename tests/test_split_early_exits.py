@@ -103,7 +103,8 @@ def test_deployed_so_decides_by_itself(exit_cnn, tmp_path):
     assert manifest["early_exit"]["count"] == 2 and manifest["early_exit"]["criterion"] == "max_prob"
     assert [s["name"] for s in manifest["inputs"]] == ["x", "exit_thresholds"]
     assert manifest["outputs"][1] == {"name": "output1", "shape": [], "dtype": "int32"}
-    assert manifest["passes"][-1]["name"] == "split_early_exits"
+    # the last compression pass; the lowering's conv_layout record (NCHWc) comes after it
+    assert [p["name"] for p in manifest["passes"]] == ["split_early_exits", "conv_layout"]
     m = load(path)  # the .so and its manifest alone: no torch, no Python-side decision
     taken = []
     for thr in ([1.0, 1.0], [1.0, 0.0], [0.0, 0.0]):

@@ -38,3 +38,22 @@ def test_host_detection_follows_flags(flags, expected, monkeypatch):
     assert host.tvm["mcpu"] == TARGETS[expected].tvm["mcpu"]
     assert host.int8 == TARGETS[expected].int8
     assert host.num_cores == 2
+
+
+def test_portable_x86_targets_leave_out_amd_only_instructions():
+    """mcpu=znver* enables SSE4A, which Intel CPUs lack: LLVM emitted its insertq in an int8
+    conv epilogue and the process died with SIGILL on an Intel Xeon. Every x86 target (and
+    the detected host) has it off; logs tuned before the flag still validate."""
+    import tvm
+    from tvm.target import codegen
+
+    from edgec.compiler.tuning_db import isa_of
+
+    raw = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4"}
+    assert codegen.target_has_features("sse4a", tvm.target.Target(raw))  # the check can fail
+    x86 = [t for t in TARGETS.values() if t.arch == "x86_64"]
+    for t in x86 + [detect_host({"avx512f", "avx512bw", "avx512_vnni", "avx2", "fma"}, 2)]:
+        assert not codegen.target_has_features("sse4a", t.tvm_target()), t.name
+    vnni = get_target("x86-avx512-vnni")
+    assert codegen.target_has_features("avx512vnni", vnni.tvm_target())
+    assert isa_of(dict(raw, **{"num-cores": 2})) == isa_of(vnni.tvm)

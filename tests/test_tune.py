@@ -380,7 +380,7 @@ def test_tune_with_prune_flags_tunes_what_compile_builds(tmp_path, capsys):
     assert main(["tune", *common, "--trials", "8", "--log-dir", str(log), "--json",
                  "--quiet"]) == 0
     s = json.loads(capsys.readouterr().out)
-    assert s["model"] == f"{model} (pruned 0.5)" and s["trials"] >= 1
+    assert s["model"] == f"{model} (pruned 0.5, NCHWc)" and s["trials"] >= 1
     out = tmp_path / "pruned.so"
     assert main(["compile", *common, "--tuning-logs", str(log), "-o", str(out), "--json"]) == 0
     tuning = json.loads(capsys.readouterr().out)["tuning"]
@@ -428,7 +428,7 @@ def test_tune_int8_skips_hand_scheduled_kernels(tmp_path, capsys):
     assert main(["tune", *flags, "--trials", "4", "--log-dir", str(tmp_path / TARGET),
                  "--json", "--quiet"]) == 0
     s = json.loads(capsys.readouterr().out)
-    assert s["model"].endswith("(INT8)") and s["tasks"] >= 1
+    assert s["model"].endswith("(INT8)") and s["tasks"] >= 1  # INT8 packs its own layout
     names = [t["task"] for t in s["per_task"]]
     assert not any("int8_avx2" in n or "pack_nchw4c" in n for n in names), names
     # the INT8 graph does hold packed kernels, which MetaSchedule alone would extract
