@@ -125,6 +125,11 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool 
         from edgec.passes.nchwc_schedule import apply_default_schedules
 
         mod, layout_record["default_tiles"] = apply_default_schedules(mod)
+    if config.fuse and not config.prepack_weights:
+        # so do 2-D matmuls (a classifier): vector-wide column blocks, weights read by rows
+        from edgec.passes.matmul_schedule import apply_default_matmuls
+
+        mod, tuning["default_matmuls"] = apply_default_matmuls(mod, target.vector_bits // 32)
     if config.prepack_weights and config.fuse:
         # prepack (2/2): each layout rewrite becomes its own function, and FoldConstant runs
         # it on the bound weights now: the library stores the weights already rewritten

@@ -1,0 +1,55 @@
+"""The heuristic schedule of an untuned 2-D matmul (passes/matmul_schedule.py)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgec.compiler.api import compile as compile_model
+from edgec.compiler.config import PipelineConfig
+from edgec.compiler.frontend import import_model
+from edgec.compiler.runtime import load
+from edgec.compiler.tune import lowered_module
+from edgec.passes.matmul_schedule import schedule_matmul
+
+TARGET = "x86-avx2"
+
+
+def classifier():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(96, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+
+
+def test_columns_in_vector_blocks_epilogue_in_registers():
+    """Structural: the 96 -> 64 matmul gets 8-lane column blocks (AVX2) read a weight row at
+    a time, its bias and ReLU inlined into the write-back; the 10-column one (no lane
+    multiple) and an already scheduled kernel are left as they are."""
+    mod = lowered_module(import_model(classifier(), (torch.randn(1, 96),)), TARGET)
+    funcs = {gv.name_hint: f for gv, f in mod.functions.items() if "matmul" in gv.name_hint}
+    wide = next(f for name, f in funcs.items() if "relu" in name)
+    narrow = next(f for name, f in funcs.items() if "relu" not in name)
+    done = schedule_matmul(wide, 8)
+    text = done.script()
+    assert "T.vectorized(T.int64(8))" in text and 'scope="local"' in text
+    assert "T_add" not in text  # the bias add runs in the accumulator's write-back
+    assert done.attrs["tirx.is_scheduled"]
+    assert schedule_matmul(narrow, 8).same_as(narrow)
+    assert schedule_matmul(done, 8).same_as(done)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_untuned_build_uses_it_and_equals_torch(tmp_path, batch):
+    """Numeric: with no tuning log the build schedules the matmul (the manifest counts it)
+    and the library equals torch, for a GEMV and a 3-row matmul."""
+    model = classifier()
+    x = torch.randn(batch, 6, 4, 4)
+    out = str(tmp_path / "m.so")
+    manifest = compile_model(model, (x,), output=out,
+                             config=PipelineConfig(target=TARGET, tuning_logs=None))
+    assert manifest["tuning"]["default_matmuls"] == 1
+    with open(tmp_path / "m.json", encoding="utf-8") as f:
+        assert json.load(f)["tuning"]["default_matmuls"] == 1
+    with torch.no_grad():
+        ref = model(x).numpy()
+    np.testing.assert_allclose(load(out)(x.numpy())[0], ref, rtol=1e-5, atol=1e-5)
