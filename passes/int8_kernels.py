@@ -105,16 +105,22 @@ def taps_packable(wq: np.ndarray, kernel: DotKernel, groups: int = 1) -> bool:
             and not packable(wq, kernel, groups))
 
 
+def pad_nchw(bb, x, padding, value: int):
+    """Emit ``x`` (NCHW) padded by ``padding`` (top, left, bottom, right, as Relax's conv2d
+    orders it) with ``value``: an int8 conv's zero point, the image of 0.0."""
+    top, left, bottom, right = (int(p) for p in padding)
+    return bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right],
+                                   pad_value=float(value)))
+
+
 def emit_taps_conv(bb, x, wq: np.ndarray, strides, dilation, kernel: DotKernel, requant=None,
                    padding=(0, 0, 0, 0), pad_value: int = 0):
     """A KHxKW conv of ``x`` (NCHW, few channels) as the packed 1x1 conv of its taps: the
     input padded with ``pad_value`` (the zero point), then one strided slice per tap,
     concatenated tap-major (channel (kh * KW + kw) * C + c), against the weight reordered
     the same way. Integer sums are exact, so the result equals the KHxKW conv's."""
-    top, left, bottom, right = (int(p) for p in padding)
-    if any((top, left, bottom, right)):
-        x = bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right],
-                                    pad_value=float(pad_value)))
+    if any(int(p) for p in padding):
+        x = pad_nchw(bb, x, padding, pad_value)
     _, _, h, w = (int(d) for d in x.ty.shape)
     (sh, sw), (dh, dw) = ([int(v) for v in strides], [int(v) for v in dilation])
     kh, kw = wq.shape[2:]

@@ -21,26 +21,20 @@ DATA_PAR, COMM_REDUCE = 0, 2  # tirx.IterVar's iteration kinds
 
 def _matmul_block(sch):
     """The 2-D ``matmul`` block (M, N, K: spatial, spatial, reduce) of ``sch``, or None."""
-    for block in sch.get_child_blocks(sch.get_sblock("root")) if _has_root(sch) else []:
-        stmt = sch.get(block)
-        kinds = [int(iv.iter_type) for iv in stmt.iter_vars]
-        if stmt.name_hint == "matmul" and kinds == [DATA_PAR, DATA_PAR, COMM_REDUCE]:
-            return block
-    return None
-
-
-def _has_root(sch) -> bool:
     try:
-        sch.get_sblock("root")
-    except Exception:  # noqa: BLE001 - a PrimFunc without the root block
-        return False
-    return True
+        block = sch.get_sblock("matmul")
+    except Exception:  # noqa: BLE001 - get_sblock raises when the name is absent
+        return None
+    kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+    return block if kinds == [DATA_PAR, DATA_PAR, COMM_REDUCE] else None
 
 
 def schedule_matmul(func, lanes: int):
     """``func`` with vector-wide column blocks if it is an unscheduled 2-D matmul whose
     columns divide by 4 or more lanes; otherwise ``func`` as it is."""
     from tvm import s_tir
+
+    from edgec.passes.nchwc_schedule import consumer_chain
 
     if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
         return func
@@ -60,7 +54,7 @@ def schedule_matmul(func, lanes: int):
     sch.unroll(jc)
     acc = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(acc, jo)
-    for consumer in _elementwise_consumers(sch, acc):
+    for consumer in consumer_chain(sch, acc):  # the fused bias add, activation
         sch.reverse_compute_inline(consumer)
     sch.vectorize(sch.get_loops(acc)[-1])
     sch.vectorize(ji)  # before the init is split off: the update alone is not complete
@@ -69,15 +63,6 @@ def schedule_matmul(func, lanes: int):
     if m * n * kk >= PARALLEL_MACS and blocks // group >= 2:
         sch.parallel(sch.fuse(i, jo))
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
-
-
-def _elementwise_consumers(sch, block) -> list:
-    """The chain of single consumers after ``block`` (the fused bias add, activation)."""
-    chain, cur = [], block
-    while len(consumers := sch.get_consumers(cur)) == 1:
-        chain.append(consumers[0])
-        cur = consumers[0]
-    return chain
 
 
 def apply_default_matmuls(mod: tvm.IRModule, lanes: int) -> tuple[tvm.IRModule, int]:

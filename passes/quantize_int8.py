@@ -27,7 +27,7 @@ import numpy as np
 
 from edgec.compiler.tvm_compat import relax, tvm
 from edgec.passes.int8_kernels import (DotKernel, emit_packed_conv, emit_packed_matmul,
-                                       emit_taps_conv, packable, taps_packable)
+                                       emit_taps_conv, packable, pad_nchw, taps_packable)
 from edgec.passes.int8_layers import PASSTHROUGH_OPS, _op, block_of, users
 from edgec.passes.quant_scheme import QuantPlan
 from edgec.passes.requant import Requant
@@ -227,10 +227,7 @@ class _Realizer:
             return emit_taps_conv(self.bb, x, wq, a.strides, a.dilation, self.kernel, rq,
                                   padding, qin.zp)
         if qin.zp and any(padding):  # pad with the zero point, the image of 0.0
-            top, left, bottom, right = padding
-            x = self.bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right],
-                                             pad_value=float(qin.zp)))
-            padding = [0, 0, 0, 0]
+            x, padding = pad_nchw(self.bb, x, padding, qin.zp), [0, 0, 0, 0]
         return self.bb.emit(relax.op.nn.conv2d(
             x, w, strides=a.strides, padding=padding, dilation=a.dilation, groups=int(a.groups),
             data_layout="NCHW", kernel_layout="OIHW", out_layout="NCHW", out_dtype="int32"))
