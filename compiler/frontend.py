@@ -54,14 +54,31 @@ def import_model(model, example_inputs=None, input_specs=None) -> RelaxModel:
 
 
 def _from_pt2(path, input_specs):
+    import logging
+    import warnings
+
     import torch
 
-    try:
-        ep = torch.export.load(path)
-    except Exception as e:
-        raise FrontendError(f"cannot read {path} as a torch.export program: "
-                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
-    return _from_exported(ep, input_specs, os.path.basename(path))
+    from edgec.compiler.pt2_check import check_pt2
+
+    check_pt2(path)  # refuses a file that would unpickle (run code) unless trusted
+    # torch logs a traceback of its own before failing and warns (FutureWarning) about its
+    # pytree deprecations on every load; our one line says what matters
+    loggers = [logging.getLogger(n) for n in ("torch.export", "torch._export")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            for lg in loggers:
+                lg.setLevel(logging.CRITICAL)
+            ep = torch.export.load(path)
+        except Exception as e:
+            raise FrontendError(f"cannot read {path} as a torch.export program: "
+                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+        return _from_exported(ep, input_specs, os.path.basename(path))
 
 
 def _torch_unsupported(ep) -> list[str]:
