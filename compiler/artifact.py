@@ -9,6 +9,7 @@ import tempfile
 from contextlib import contextmanager
 
 from edgec.compiler.errors import ArtifactError
+from edgec.compiler.outputs import public_mode
 
 MANIFEST_VERSION = 1
 ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "arm", 3: "x86"}
@@ -29,6 +30,7 @@ def atomic_path(final_path: str):
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, public_mode(final_path))  # mkstemp makes it 0600: outputs are shared files
         os.replace(tmp, final_path)
     finally:
         if os.path.exists(tmp):
@@ -76,9 +78,81 @@ def read_manifest(so_path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             manifest = json.load(f)
+    except UnicodeDecodeError as e:
+        raise ArtifactError(f"manifest {path} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                            "it is damaged: rebuild with 'edgec compile'") from None
     except (OSError, json.JSONDecodeError) as e:
         raise ArtifactError(f"manifest {path} is not valid JSON: {e}") from e
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"manifest {path} is not a JSON object; it was not written by edgec")
     for key in ("inputs", "outputs", "target", "arch"):
         if key not in manifest:
             raise ArtifactError(f"manifest {path} lacks '{key}'; it was not written by edgec")
+    for key in ("inputs", "outputs"):
+        _check_specs(path, key, manifest[key])
     return manifest
+
+
+def _check_specs(path: str, key: str, specs) -> None:
+    """Each input/output entry: a name, a shape of non-negative ints, a known dtype."""
+    import numpy as np
+
+    if not isinstance(specs, list):
+        raise ArtifactError(f"manifest {path}: '{key}' is not a list; rebuild with 'edgec compile'")
+    for i, spec in enumerate(specs):
+        ok = (isinstance(spec, dict) and isinstance(spec.get("name"), str)
+              and isinstance(spec.get("shape"), list)
+              and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                      for d in spec["shape"]))
+        try:
+            ok = ok and np.dtype(spec["dtype"]) is not None
+        except (TypeError, KeyError):
+            ok = False
+        if not ok:
+            raise ArtifactError(f"manifest {path}: {key[:-1]} {i} {spec!r} is not a name, a shape "
+                                "of non-negative integers and a dtype; the manifest was edited "
+                                "or damaged: rebuild with 'edgec compile'")
+
+
+def verify_library(so_path: str, manifest: dict) -> None:
+    """Refuse a library whose bytes differ from the digest its manifest recorded at build
+    (a damaged or swapped .so could crash the process when loaded)."""
+    want = manifest.get("library_sha256")
+    if not want:
+        return  # written before edgec recorded the digest
+    got = file_digest(so_path)
+    if got[: len(want)] != want[: len(got)]:
+        raise ArtifactError(f"{so_path} does not match its manifest {manifest_path(so_path)} "
+                            f"(sha256 {got}, the manifest recorded {want}): the library was "
+                            "changed or damaged after 'edgec compile'; rebuild it, or copy the "
+                            ".so and its .json together again")
+
+
+def bytecode_shapes(vm_text: str) -> list:
+    """The fixed input shapes ``main`` checks, from the Relax VM executable's text (one list
+    per input; None for a dimension it does not fix). [] when the text is not understood."""
+    import re
+
+    body = vm_text.split("@main:", 1)[1].split("\n@", 1)[0] if "@main:" in vm_text else ""
+    shapes = {}
+    for m in re.finditer(r"vm\.builtin\.match_shape in: %(\d+), %void, i(\d+),((?:\s*i-?\d+,)*)",
+                         body):
+        reg, ndim = int(m.group(1)), int(m.group(2))
+        nums = [int(x) for x in re.findall(r"i(-?\d+)", m.group(3))]
+        if reg in shapes or len(nums) < 2 * ndim:
+            continue
+        shapes[reg] = [v if k == 0 else None for k, v in zip(nums[0:2 * ndim:2], nums[1:2 * ndim:2])]
+    regs = sorted(shapes)
+    return [shapes[r] for r in regs] if regs == list(range(len(regs))) else []
+
+
+def check_interface(so_path: str, manifest: dict, vm_text: str) -> None:
+    """The manifest's input shapes against those the library itself checks (cheap: its
+    bytecode). Catches a hand-edited manifest before a call fails inside the VM."""
+    for spec, shape in zip(manifest["inputs"], bytecode_shapes(vm_text)):
+        if len(shape) != len(spec["shape"]) or any(
+                b is not None and a != b for a, b in zip(spec["shape"], shape)):
+            raise ArtifactError(f"manifest {manifest_path(so_path)} says input {spec['name']!r} "
+                                f"has shape {spec['shape']}, but the library takes "
+                                f"{['?' if d is None else d for d in shape]}; the manifest was "
+                                "edited: rebuild with 'edgec compile' or restore it")

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm import tqdm
 
-from edgec.compiler.artifact import elf_machine, file_digest, read_manifest
+from edgec.compiler.artifact import elf_machine, file_digest, read_manifest, verify_library
 from edgec.compiler.errors import ArtifactError, EdgecError
 from edgec.compiler.runtime import check_inputs, flatten_outputs
 
@@ -59,6 +59,7 @@ class RemoteModel:
     def __init__(self, session, path: str):
         self.path, self.session = path, session
         self.manifest = read_manifest(path)
+        verify_library(path, self.manifest)  # never upload a damaged library to the board
         check_arch(path, session)
         sess, call = session.sess, session.call
         digest = file_digest(path)

@@ -44,6 +44,9 @@ def build_result(model: RelaxModel, config, output: str, calib_data=None) -> tup
         raise BuildError(f"output must end in .so, got {output!r}")
     target = get_target(config.target)
     check_cross_compiler(target)
+    from edgec.compiler.outputs import check_writable
+
+    check_writable(output)  # before the long work, not after it
     start = time.perf_counter()
     result = run(model, config, calib_data)
     with atomic_path(output) as tmp:

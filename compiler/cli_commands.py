@@ -7,6 +7,7 @@ import numpy as np
 
 from edgec.compiler.cli import command, emit
 from edgec.compiler.errors import EdgecError
+from edgec.compiler.pt2_check import trusting
 
 
 def _common(p, quiet=True):
@@ -17,12 +18,36 @@ def _common(p, quiet=True):
 
 @command("compile", "compile a model (.onnx, .pt2, or module:factory) into a .so + manifest")
 def cmd_compile(args):
-    from edgec.compiler.api import compile as compile_model
-    from edgec.compiler.specs import factory_model, is_factory, parse_input_spec
+    from edgec.compiler.specs import parse_input_spec
 
     specs = [parse_input_spec(s) for s in args.input or []]
     if args.no_tuning and args.tuning_logs:
         raise EdgecError("give --no-tuning or --tuning-logs DIR, not both")
+    check_compile_outputs(args)
+    with trusting(args.trust_model):
+        _compile(args, specs)
+
+
+def check_compile_outputs(args) -> None:
+    """Before any work: the library and its manifest are writable and are none of the inputs."""
+    from edgec.compiler.artifact import manifest_path
+    from edgec.compiler.errors import BuildError
+    from edgec.compiler.outputs import check_outputs
+
+    if not args.output.endswith(".so"):
+        raise BuildError(f"--output must end in .so (its manifest is the .json beside it), "
+                         f"got {args.output!r}")
+    model = args.model if os.path.exists(args.model) else None
+    check_outputs({"--output": args.output, "its manifest": manifest_path(args.output)},
+                  {"MODEL": model, "--prune-plan": args.prune_plan, "--scales": args.scales,
+                   "--calib-data": args.calib_data, "--calibrate-exits": args.calibrate_exits,
+                   "--tuning-logs": args.tuning_logs})
+
+
+def _compile(args, specs):
+    from edgec.compiler.api import compile as compile_model
+    from edgec.compiler.specs import factory_model, is_factory
+
     config = compression_config(args, dump_ir=args.dump_ir, tuning_logs=None if args.no_tuning
                                 else args.tuning_logs or "auto",
                                 transfer_schedules=not args.no_schedule_transfer,
@@ -57,6 +82,7 @@ def _compile_flags(p):
     p.add_argument("--no-schedule-transfer", action="store_true",
                    help="apply exact records only: a task without one keeps TVM's default "
                    "schedule instead of borrowing a similar workload's")
+    trust_flag(p)
     layout_flags(p)
     prune_flags(p)
     int8_flags(p)
@@ -64,6 +90,13 @@ def _compile_flags(p):
 
     add_exit_flags(p)
     _common(p)
+
+
+def trust_flag(p):
+    """--trust-model: load a .pt2 even when that unpickles (runs code from the file)."""
+    p.add_argument("--trust-model", action="store_true",
+                   help="load a .pt2 that needs pickle (it can run any code: only for files "
+                        "from people you trust; see README 'Security')")
 
 
 def layout_flags(p):
@@ -157,12 +190,33 @@ def _read_inputs(items, names) -> dict:
     return out
 
 
+def _call(model, inputs) -> list:
+    """Run once; the library's own checks (a manifest edited by hand) become one line."""
+    from edgec.compiler.artifact import manifest_path
+    from edgec.compiler.errors import InputError
+
+    try:
+        return model(inputs)
+    except EdgecError:
+        raise
+    except Exception as e:  # noqa: BLE001  (TVM's VM raises ValueError/TVMError subclasses)
+        last = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()][-1:] or [""]
+        raise InputError(f"the library refused the inputs ({last[0].split(')  ')[-1]}); the "
+                         f"manifest {manifest_path(model.path)} does not describe it (edited?): "
+                         "restore it or rebuild with 'edgec compile'") from e
+
+
 @command("run", "run a compiled .so on .npy inputs")
 def cmd_run(args):
+    from edgec.compiler.artifact import manifest_path
+    from edgec.compiler.outputs import check_outputs
     from edgec.compiler.runtime import load
 
+    inputs = {"MODEL": args.model, "its manifest": manifest_path(args.model)}
+    inputs.update({f"--input {item}": item.rpartition("=")[2] for item in args.input})
+    check_outputs({"--output": args.output}, inputs)
     model = load(args.model)
-    outputs = model(_read_inputs(args.input, model.input_names))
+    outputs = _call(model, _read_inputs(args.input, model.input_names))
     if args.output:
         from edgec.compiler.artifact import atomic_path
 

@@ -83,6 +83,7 @@ def cmd_demo(args):
     if args.epochs is not None and args.epochs < 0:
         raise EdgecError(f"--epochs must be 0 or more, got {args.epochs}")
     _check_trials(args)
+    _check_paths(args)
     config = RunConfig(target=args.target, out=args.out, quick=args.quick, fresh=args.fresh,
                        epochs=args.epochs, seed=args.seed, quiet=args.quiet,
                        power_cmd=args.power_cmd, tune_trials=args.tune_trials or 0,
@@ -123,6 +124,15 @@ def _compress_request(args) -> list:
     return out
 
 
+def _check_paths(args) -> None:
+    """Before the stages run: --power-cmd parses, and the output folder can be written."""
+    from edgec.compiler.outputs import check_writable
+    from edgec.compiler.power import check_power_cmd
+
+    check_power_cmd(args.power_cmd)
+    check_writable(os.path.join(args.out, "report.json"), "--out")
+
+
 def _check_trials(args) -> None:
     from edgec.compiler.demo import module_exists
     from edgec.compiler.demo_stages import TUNE_MODULE
@@ -145,12 +155,16 @@ def cmd_optimize(args):
     if args.epochs < 0 or args.accuracy_budget < 0:
         raise EdgecError("--epochs and --accuracy-budget must be 0 or more")
     compress = _compress_request(args)
+    _check_paths(args)
     config = RunConfig(target=args.target, out=args.out, data=args.data, model=args.model,
                        fresh=args.fresh, epochs=args.epochs, seed=args.seed, quiet=args.quiet,
                        power_cmd=args.power_cmd, accuracy_budget=args.accuracy_budget,
                        prune=args.prune, tune_trials=args.tune_trials or 0,
                        command=_command_line(), mode="optimize", **_board(args))
-    return _finish(args, run(config, compress))
+    from edgec.compiler.pt2_check import trusting
+
+    with trusting(args.trust_model):
+        return _finish(args, run(config, compress))
 
 
 def _optimize_flags(p):
@@ -165,6 +179,9 @@ def _optimize_flags(p):
     p.add_argument("--prune", type=float, metavar="R", help="prune this fraction of channels")
     p.add_argument("--int8", action="store_true", help="quantize to INT8")
     p.add_argument("--early-exit", action="store_true", help="add early exits")
+    from edgec.compiler.cli_commands import trust_flag
+
+    trust_flag(p)
     _flags(p, "edgec-optimize")
 
 

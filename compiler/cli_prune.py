@@ -44,7 +44,13 @@ def plan_table(plan) -> str:
 def cmd_prune_plan(args):
     from edgec.passes.prune_plan import make_plan
 
-    model = load_model(args.model, args.input)
+    from edgec.compiler.outputs import check_outputs
+    from edgec.compiler.pt2_check import trusting
+
+    check_outputs({"--output": args.output},
+                  {"MODEL": args.model if os.path.exists(args.model) else None})
+    with trusting(args.trust_model):
+        model = load_model(args.model, args.input)
     plan = make_plan(model, args.ratio, args.criterion, args.scope, args.multiple,
                      args.min_channels, args.target)
     if args.output:
@@ -65,6 +71,9 @@ def _flags(p):
     p.add_argument("--input", "-i", action="append", metavar="NAME:SHAPE[:DTYPE]",
                    help="input name, shape and dtype (needed for module:factory models)")
     p.add_argument("--output", "-o", metavar="PLAN.json", help="write the plan as JSON")
+    from edgec.compiler.cli_commands import trust_flag
+
+    trust_flag(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
 

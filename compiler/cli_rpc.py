@@ -1,6 +1,7 @@
 """Board subcommands: ``edgec rpc tracker|server|status|emulate`` and ``edgec bench``."""
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -129,6 +130,17 @@ def _bench_session(args, paths):
     return connect(args.rpc, args.tracker, key, args.timeout, progress=lambda m: _say(args, m))
 
 
+def _check_save(args, paths) -> None:
+    """--save must not replace an artifact, its manifest or the data (checked before connecting)."""
+    from edgec.compiler.artifact import manifest_path
+    from edgec.compiler.outputs import check_outputs
+
+    inputs = {"--data": args.data if args.data and os.path.exists(args.data) else None}
+    for flag, path in zip(("MODEL", "--compare"), paths):
+        inputs.update({flag: path, f"the manifest of {flag}": manifest_path(path)})
+    check_outputs({"--save": args.save}, inputs)
+
+
 @command("bench", "latency statistics of a compiled .so, here or on a board over RPC; "
                   "with --data, latency, accuracy and exit rates over a data set")
 def cmd_bench(args):
@@ -137,6 +149,7 @@ def cmd_bench(args):
 
     bench_data.check_flags(args)
     paths = [args.model] + ([args.compare] if args.compare else [])
+    _check_save(args, paths)
     if args.data:
         rounds = 1 if args.repeat is None else args.repeat
         config = bench_data.DataBenchConfig(args.data, args.split, args.samples, args.number,

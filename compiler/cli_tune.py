@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from edgec.compiler.cli import command, emit
-from edgec.compiler.cli_commands import int8_flags, layout_flags, prune_flags
+from edgec.compiler.cli_commands import int8_flags, layout_flags, prune_flags, trust_flag
 
 
 def load_relax_model(model: str, inputs):
@@ -79,7 +79,10 @@ def _applied(config) -> list:
 def cmd_tune(args):
     from edgec.compiler.tune import TuneSpec, tune
 
-    model, label = compressed(args, load_relax_model(args.model, args.input))
+    from edgec.compiler.pt2_check import trusting
+
+    with trusting(args.trust_model):
+        model, label = compressed(args, load_relax_model(args.model, args.input))
     if args.status:
         s = status(model, args.target, args.log_dir, label, prepack_weights=args.prepack_weights,
                    conv_layout=args.conv_layout, winograd=args.winograd,
@@ -120,6 +123,7 @@ def _flags(p):
     p.add_argument("--no-warm-start", action="store_true",
                    help="start new workloads from random schedules instead of first measuring "
                         "the log's schedules of similar workloads")
+    trust_flag(p)
     layout_flags(p)
     prune_flags(p)  # tune what 'edgec compile' with the same flags builds
     int8_flags(p)

@@ -113,6 +113,9 @@ class PipelineConfig:
         if isinstance(self.prune, bool) or not isinstance(self.prune, (int, float)) \
                 or not 0.0 <= self.prune < 1.0:
             raise ConfigError(f"prune must be a fraction in [0, 1), got {self.prune!r}")
+        if self.prune and self.prune_plan:
+            raise ConfigError(f"give prune {self.prune} (--prune) or the plan {self.prune_plan} "
+                              "(--prune-plan), not both: a plan fixes the kept channels")
         if self.prune_criterion not in CRITERIA:
             raise ConfigError(f"unknown prune_criterion {self.prune_criterion!r}; "
                               f"valid: {', '.join(CRITERIA)}")

@@ -74,6 +74,9 @@ def make_model(spec: str | None, seed: int):
     if spec.endswith(".pt2"):
         if not os.path.isfile(spec):
             raise DemoError(f"model file not found: {spec}")
+        from edgec.compiler.pt2_check import check_pt2
+
+        check_pt2(spec)  # refuses a file that would unpickle unless trusted
         try:
             return ExportedModule(torch.export.load(spec))
         except Exception as e:

@@ -20,6 +20,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
+from edgec.compiler.errors import EdgecError
 from edgec.compiler.tvm_compat import Constant, relax, tvm
 from edgec.passes.int8_kernels import MACS_ATTR
 
@@ -178,6 +179,19 @@ def stage_proxies(model, target="host") -> list:
         p.macs = count_function(mod, name).macs
         out.append(p)
     return out
+
+
+def check_power_cmd(cmd: str | None) -> None:
+    """Fail before any stage runs if ``--power-cmd`` cannot be split into a command."""
+    if cmd is None:
+        return
+    try:
+        argv = shlex.split(cmd)
+    except ValueError as e:
+        raise EdgecError(f"--power-cmd {cmd!r} cannot be parsed ({e}); balance its quotes, "
+                         "e.g. --power-cmd \"cat /sys/class/power_supply/BAT0/power_now\"") from None
+    if not argv:
+        raise EdgecError("--power-cmd is empty; give a command printing a power reading")
 
 
 def run_power_cmd(cmd: str, when: str, timeout: float = 60.0) -> dict:

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from edgec.compiler.artifact import elf_machine, read_manifest
+from edgec.compiler.artifact import check_interface, elf_machine, read_manifest, verify_library
 from edgec.compiler.errors import ArtifactError, InputError
 from edgec.compiler.exit_bench import with_default_thresholds
 from edgec.compiler.tvm_compat import VirtualMachine, tensor, tvm
@@ -107,8 +107,11 @@ def load(path: str) -> Model:
         raise ArtifactError(f"{path} was built for {arch} (target {manifest['target']['name']}); "
                             f"this machine is {here}: run it on the board over RPC, e.g. "
                             "'edgec bench --tracker HOST:PORT --key KEY'")
+    verify_library(path, manifest)  # a damaged .so can crash the process: check its bytes first
     try:
         lib = tvm.runtime.load_module(path)
+        vm_text = tvm.relax.VMExecutable(lib).as_text()
     except Exception as e:
         raise ArtifactError(f"cannot load {path}: {str(e).strip().splitlines()[-1]}") from e
+    check_interface(path, manifest, vm_text)
     return Model(path, manifest, VirtualMachine(lib, tvm.cpu()))
