@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from edgec.compiler.artifact import check_interface, elf_machine, read_manifest, verify_library
+from edgec.compiler.call_path import CallPath
 from edgec.compiler.errors import ArtifactError, InputError
 from edgec.compiler.exit_bench import with_default_thresholds
 from edgec.compiler.tvm_compat import VirtualMachine, tensor, tvm
@@ -68,6 +69,7 @@ class Model:
 
     def __init__(self, path: str, manifest: dict, vm):
         self.path, self.manifest, self._vm = path, manifest, vm
+        self._call = CallPath(manifest, vm["main"])
 
     @property
     def input_names(self) -> list:
@@ -76,10 +78,12 @@ class Model:
     exit_taken = None  # early-exit artifacts: the exit index of the last call
 
     def __call__(self, *args, **kwargs) -> list:
-        args, kwargs = with_default_thresholds(self.manifest, args, kwargs)
-        arrays = check_inputs(self.manifest, args, kwargs)
-        out = flatten_outputs(self._vm["main"](*[tensor(a) for a in arrays]))
-        if self.manifest.get("early_exit"):
+        """Outputs as numpy arrays. Not thread-safe: one Model per thread (see call_path)."""
+        out = None if kwargs else self._call.run(args)  # numpy arrays as the manifest says
+        if out is None:  # anything else: checked, with errors naming what is wrong
+            args, kwargs = with_default_thresholds(self.manifest, args, kwargs)
+            out = self._call.run_checked(check_inputs(self.manifest, args, kwargs))
+        if self._call.exit_index:
             self.exit_taken = int(out[-1])
         return out
 

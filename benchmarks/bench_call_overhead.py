@@ -1,0 +1,332 @@
+"""The cost of one call: kernels alone, the VM call from C++, and the Python call.
+
+    python benchmarks/bench_call_overhead.py                    # runs `edgec demo --quick` first
+    python benchmarks/bench_call_overhead.py --demo edgec-demo  # an existing demo's artifacts
+
+Models: a one-kernel model (``x + 1`` on 1x8, built for ``host``) and the demo's compiled
+stages (``DIR/artifacts/*.so``: dense FP32, pruned, pruned + INT8, + early exit; the
+early-exit stage twice, on a test image that leaves at the exit and on one that runs to
+the final head). Without ``--demo`` the artifacts come from ``edgec demo --quick`` (the
+demo's pipeline, 2 training epochs), built here. Engines, per call:
+
+- ``kernels``: the sum of each PrimFunc's time, every kernel the VM launched for that
+  input (recorded with the VM's instrument hook) timed alone by TVM's time evaluator;
+- ``cpp_runner``: ``deploy/cpp/edgec_run`` (TVM's C++ runtime, no Python) calling
+  ``main`` on prepared tensors in a loop (its mean per call);
+- ``vm_time_evaluator``: ``vm.time_evaluator("main")`` (the VM's C++ loop, from Python);
+- ``vm_python``: ``vm["main"](*tensors)`` from Python on prepared tensors;
+- ``python_api``: ``edgec.compiler.load(p)(x)`` as users call it (numpy in, numpy out);
+- ``python_api_seed``: the call path before issue #25 (check, wrap every input with
+  ``tvm.runtime.tensor``, ``.numpy()`` every output), for the before/after.
+
+Engines are interleaved in rotating rounds; each figure is the median of round medians
+(and the minimum over all samples), in microseconds per call.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import scratch, set_threads, write_results  # noqa: E402
+from edgec.compiler.compare import machine_info  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGES = {"dense-edgec": "dense FP32 edgec", "pruned": "pruned", "pruned-int8": "pruned + INT8",
+          "pruned-int8-early-exit": "pruned + INT8 + early exit"}
+ENGINES = ("kernels", "cpp_runner", "vm_time_evaluator", "vm_python", "python_api",
+           "python_api_seed")
+
+
+def add_one(folder: str) -> str:
+    """The one-kernel model: ``x + 1`` on a 1x8 float32 input, built for ``host``."""
+    import torch
+
+    from edgec.compiler import compile
+
+    class AddOne(torch.nn.Module):
+        def forward(self, x):
+            return x + 1
+
+    path = os.path.join(folder, "add_one.so")
+    compile(AddOne(), (torch.zeros(1, 8),), target="host", output=path)
+    return path
+
+
+def demo_artifacts(demo: str | None, folder: str) -> tuple[dict, str]:
+    """{stage slug: .so} of a demo output folder (run ``edgec demo --quick`` if None)."""
+    how = f"the artifacts of {demo}"
+    if demo is None:
+        demo = os.path.join(folder, "demo")
+        cmd = [sys.executable, "-m", "edgec.compiler", "demo", "--quick", "--quiet", "--out", demo]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        how = "`edgec demo --quick` run by this benchmark (2 training epochs; the demo's pipeline)"
+    found = {s: os.path.join(demo, "artifacts", s + ".so") for s in STAGES}
+    missing = [p for p in found.values() if not os.path.isfile(p)]
+    if missing:
+        raise SystemExit(f"not a demo output folder, missing {missing}")
+    return found, how
+
+
+def build_runner(folder: str) -> str:
+    """``make -C deploy/cpp`` (the README's command) into ``folder``."""
+    out = os.path.join(folder, "edgec_run")
+    subprocess.run(["make", "-s", "-C", os.path.join(REPO, "deploy", "cpp"),
+                    f"PYTHON={sys.executable}", f"OUT={out}"], check=True)
+    return out
+
+
+def kernel_calls(path: str, inputs: list) -> list:
+    """[(module, symbol, args)] of every PrimFunc the VM launches for ``inputs``."""
+    from edgec.compiler.runtime import load
+
+    model = load(path)
+    calls = []
+
+    def instrument(func, symbol, before, ret, *args):
+        if before and not str(symbol).startswith("vm.builtin."):
+            calls.append((str(symbol), args))
+        return 0
+
+    model._vm.set_instrument(instrument)
+    model._vm["main"](*inputs)
+    model._vm.set_instrument(None)
+    found = [(_kernel_module(path, s), s, a) for s, a in calls]
+    return [k for k in found if k[0] is not None]  # not the Relax functions (stage0, ...)
+
+
+_MODULES: dict = {}
+
+
+def _kernel_module(path: str, symbol: str):
+    """The module of ``path``'s library that implements ``symbol`` (the kernels live in an
+    import of the loaded library, not in the library module itself); None: not a kernel."""
+    from edgec.compiler.tvm_compat import tvm
+
+    lib = _MODULES.setdefault(path, tvm.runtime.load_module(path))
+    todo = [lib]
+    while todo:
+        mod = todo.pop()
+        if mod.implements_function(symbol, False):
+            return mod
+        todo += list(mod.imports)
+    return None
+
+
+class Case:
+    """One model and one input, with every engine ready to time ``number`` calls."""
+
+    def __init__(self, name: str, path: str, x: np.ndarray, runner: str, folder: str):
+        from edgec.compiler.exit_bench import with_default_thresholds
+        from edgec.compiler.runtime import check_inputs, load
+        from edgec.compiler.tvm_compat import tensor, tvm
+
+        self.name, self.path, self.x = name, path, x
+        self.model = load(path)
+        args, kwargs = with_default_thresholds(self.model.manifest, (x,), {})
+        self.tensors = [tensor(a) for a in check_inputs(self.model.manifest, args, kwargs)]
+        self.main = self.model._vm["main"]
+        self.kernels = kernel_calls(path, self.tensors)
+        self.dev = tvm.cpu()
+        self.input_file = os.path.join(folder, f"{name.replace(' ', '_')}-input.npy")
+        np.save(self.input_file, x)
+        self.runner = runner
+        out = self.model(x)
+        self.exit_taken = self.model.exit_taken
+        self.number = max(1, min(20000, int(0.01 / max(self._python_api(20), 1e-7))))
+        seed = _seed_call(self.model, x)
+        assert all(np.array_equal(a, b) for a, b in zip(out, seed, strict=True))
+
+    def sample(self, engine: str) -> float:
+        """Seconds per call, averaged over ``self.number`` calls."""
+        return getattr(self, "_" + engine)(self.number)
+
+    def _kernels(self, number):
+        total = 0.0
+        for mod, symbol, args in self.kernels:
+            total += mod.time_evaluator(symbol, self.dev, number=number, repeat=1)(*args).mean
+        return total
+
+    def _vm_time_evaluator(self, number):
+        return self.model._vm.time_evaluator("main", self.dev, number=number, repeat=1)(
+            *self.tensors).mean
+
+    def _cpp_runner(self, number):
+        result = subprocess.run([self.runner, self.path, self.input_file, "--json", "--repeat",
+                                 str(number), "--warmup", "20"], capture_output=True, text=True,
+                                check=True)
+        return json.loads(result.stdout)["latency_us"]["mean"] * 1e-6
+
+    def _vm_python(self, number):
+        main, args = self.main, self.tensors
+        t0 = time.perf_counter()
+        for _ in range(number):
+            main(*args)
+        return (time.perf_counter() - t0) / number
+
+    def _python_api(self, number):
+        model, x = self.model, self.x
+        t0 = time.perf_counter()
+        for _ in range(number):
+            model(x)
+        return (time.perf_counter() - t0) / number
+
+    def _python_api_seed(self, number):
+        model, x = self.model, self.x
+        t0 = time.perf_counter()
+        for _ in range(number):
+            _seed_call(model, x)
+        return (time.perf_counter() - t0) / number
+
+
+def _seed_call(model, x):
+    """``Model.__call__`` as it was before issue #25 (for the before/after)."""
+    from edgec.compiler.exit_bench import with_default_thresholds
+    from edgec.compiler.runtime import check_inputs, flatten_outputs
+    from edgec.compiler.tvm_compat import tensor
+
+    args, kwargs = with_default_thresholds(model.manifest, (x,), {})
+    arrays = check_inputs(model.manifest, args, kwargs)
+    out = flatten_outputs(model._vm["main"](*[tensor(a) for a in arrays]))
+    if model.manifest.get("early_exit"):
+        model.exit_taken = int(out[-1])
+    return out
+
+
+def measure(cases: list, rounds: int, samples: int, quiet: bool) -> dict:
+    """Interleaved rounds (engine order rotating, cases in turn); us per call."""
+    per_round = {(c.name, e): [] for c in cases for e in ENGINES}
+    every = {k: [] for k in per_round}
+    for r in range(rounds):
+        for c in cases:
+            for _ in range(2):  # warm each engine's path after the other cases ran
+                c.model(c.x)
+            order = ENGINES[r % len(ENGINES):] + ENGINES[:r % len(ENGINES)]
+            for e in order:
+                s = [c.sample(e) * 1e6 for _ in range(samples)]
+                per_round[(c.name, e)].append(float(np.median(s)))
+                every[(c.name, e)] += s
+        if not quiet:
+            print(f"round {r + 1}/{rounds} done", file=sys.stderr)
+    return {c.name: {e: {"median_us": float(np.median(per_round[(c.name, e)])),
+                         "min_us": float(np.min(every[(c.name, e)]))} for e in ENGINES}
+            for c in cases}
+
+
+def summarize(case, t: dict) -> dict:
+    """The overheads: C++ call over kernels, Python API over the C++ call."""
+    k, cpp, py = (t[e]["median_us"] for e in ("kernels", "cpp_runner", "python_api"))
+    seed = t["python_api_seed"]["median_us"]
+    return {"model": case.name, "path": case.path, "exit_taken": case.exit_taken,
+            "kernel_launches": len(case.kernels),
+            "kernels": sorted({s for _, s, _ in case.kernels}), "calls_per_sample": case.number,
+            "engines": t,
+            "vm_over_kernels_us": cpp - k, "vm_share_of_cpp_call": (cpp - k) / cpp,
+            "python_over_cpp_us": py - cpp, "python_share_of_python_call": (py - cpp) / py,
+            "seed_python_over_cpp_us": seed - cpp, "python_api_speedup_over_seed": seed / py}
+
+
+def markdown(rows: list, machine: dict, how: str, args) -> str:
+    lines = ["| model | exit | kernels (launches) | C++ runner | VM time_evaluator | VM from Python "
+             "| Python API | Python API before #25 | C++ - kernels | Python API - C++ |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        t = r["engines"]
+        med = {e: t[e]["median_us"] for e in ENGINES}
+        lines.append(
+            f"| {r['model']} | {'-' if r['exit_taken'] is None else r['exit_taken']} | "
+            f"{med['kernels']:.2f} ({r['kernel_launches']}) | {med['cpp_runner']:.2f} | "
+            f"{med['vm_time_evaluator']:.2f} | {med['vm_python']:.2f} | {med['python_api']:.2f} | "
+            f"{med['python_api_seed']:.2f} | {r['vm_over_kernels_us']:.2f} "
+            f"({r['vm_share_of_cpp_call']:.0%}) | {r['python_over_cpp_us']:.2f} "
+            f"({r['python_share_of_python_call']:.0%}) |")
+    mins = ["", "Minimums (us): " + "; ".join(
+        f"{r['model']}: " + ", ".join(f"{e} {r['engines'][e]['min_us']:.2f}" for e in ENGINES)
+        for r in rows)]
+    final = [r for r in rows if r["model"].startswith(STAGES["pruned-int8-early-exit"])]
+    goals = ["", "Goals (issue #25, on the demo's final stage): "]
+    for r in final:
+        goals.append(f"- {r['model']}: Python API - C++ call = {r['python_over_cpp_us']:.2f} us "
+                     f"(goal <= 3: {'met' if r['python_over_cpp_us'] <= 3 else 'not met'}); C++ call "
+                     f"- kernel sum = {r['vm_over_kernels_us']:.2f} us (goal <= 2: "
+                     f"{'met' if r['vm_over_kernels_us'] <= 2 else 'not met'})")
+    return "\n".join([
+        "# Per-call overhead: kernels, the VM call from C++, the Python API", "",
+        f"Microseconds per call, medians of {args.rounds} interleaved rounds x {args.samples} "
+        f"samples (each sample the mean of many calls); batch 1, {args.threads} thread(s). "
+        "Shares: of the C++ call (VM) and of the Python API call (Python).", "",
+        *lines, *mins, *goals, "",
+        f"Artifacts: {how}. Machine: {machine['cpu']}, {machine['cores']} cores, flags "
+        f"{' '.join(machine['flags'])}, load average {machine['loadavg_1m']:.2f} at the start and "
+        f"{machine['loadavg_end']:.2f} at the end."])
+
+
+def cases_for(artifacts: dict, add_one_path: str, runner: str, folder: str) -> list:
+    from edgec.compiler.runtime import load
+    from edgec.compiler.train.data import mnist
+
+    test = mnist(0).test
+    x_add = np.random.default_rng(0).standard_normal((1, 8)).astype("float32")
+    cases = [Case("x + 1 (1x8)", add_one_path, x_add, runner, folder)]
+    first = test.x[:1]
+    for slug, name in STAGES.items():
+        if slug != "pruned-int8-early-exit":
+            cases.append(Case(name, artifacts[slug], first, runner, folder))
+    exits = load(artifacts["pruned-int8-early-exit"])
+    final = exits.manifest["early_exit"]["count"]
+    picked = {}
+    for i in range(len(test)):
+        exits(test.x[i:i + 1])
+        picked.setdefault(exits.exit_taken, i)
+        if 0 in picked and final in picked:
+            break
+    for k in sorted(picked):
+        label = "exit 0" if k == 0 else "final head" if k == final else f"exit {k}"
+        cases.append(Case(f"{STAGES['pruned-int8-early-exit']} ({label} path)",
+                          artifacts["pruned-int8-early-exit"], test.x[picked[k]:picked[k] + 1],
+                          runner, folder))
+    return cases
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--demo", help="an edgec demo output folder (default: run edgec demo --quick)")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--samples", type=int, default=3)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--out", help="result files stem (default: benchmarks/results/call_overhead)")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    set_threads(args.threads)
+    folder = scratch()
+    try:
+        machine = machine_info()
+        runner = build_runner(folder)
+        artifacts, how = demo_artifacts(args.demo, folder)
+        cases = cases_for(artifacts, add_one(folder), runner, folder)
+        times = measure(cases, args.rounds, args.samples, args.quiet)
+        machine["loadavg_end"] = os.getloadavg()[0]
+        rows = [summarize(c, times[c.name]) for c in cases]
+        for r in rows:
+            r["path"] = os.path.basename(r["path"])
+        md = markdown(rows, machine, how, args)
+        paths = write_results(args.out or "call_overhead",
+                              {"results": rows, "machine": machine, "artifacts": how,
+                               "rounds": args.rounds, "samples": args.samples,
+                               "threads": args.threads}, md)
+        print(md)
+        print("wrote", *paths)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
