@@ -143,7 +143,7 @@ def _build(partial: str, say) -> None:
 
 
 def start(root: str, port: int = 9095, tracker: str | None = None, key: str | None = None,
-          timeout: float = 180) -> Process:
+          timeout: float = 180, die_with_parent: bool = False) -> Process:
     """Start TVM's RPC server inside the board on 127.0.0.1:``port``; stop() ends it."""
     check_host()
     if read_marker(root) is None:
@@ -159,6 +159,6 @@ def start(root: str, port: int = 9095, tracker: str | None = None, key: str | No
     # MetaSchedule's RPC runner calls on the board: load it into every session
     extra = ["--load-library", f"/{PY_SITE}/tvm/lib/libtvm_runtime_extra.so"]
     proc = start_server(port, "127.0.0.1", tracker, key, prefix=prefix, env=env, timeout=timeout,
-                        extra=extra)
+                        extra=extra, die_with_parent=die_with_parent)
     proc.extra.update(emulated=True, rootfs=os.path.abspath(root), note=EMULATION_NOTE)
     return proc

@@ -38,7 +38,7 @@ def _tracker(args):
     if bind_warning(args.host):
         print(f"WARNING: this RPC tracker listens on {args.host}: anyone who reaches it can "
               "take its boards, which run any code they are sent", file=sys.stderr, flush=True)
-    proc = start_tracker(args.port, args.host)
+    proc = start_tracker(args.port, args.host, die_with_parent=True)
     return _serve_forever(args, proc, f"RPC tracker listening on {args.host}:{proc.port}")
 
 
@@ -50,7 +50,7 @@ def _server(args):
         print(f"\n{'!' * 78}\n{warning}\n{'!' * 78}\n", file=sys.stderr, flush=True)
     if args.key and not args.tracker:
         raise EdgecError("--key only makes sense with --tracker HOST:PORT")
-    proc = start_server(args.port, args.host, args.tracker, args.key)
+    proc = start_server(args.port, args.host, args.tracker, args.key, die_with_parent=True)
     via = f", registered as {args.key!r} at tracker {args.tracker}" if args.tracker else ""
     return _serve_forever(args, proc, f"RPC server listening on {args.host}:{proc.port}{via}")
 
@@ -76,7 +76,7 @@ def _emulate(args):
     if args.prepare_only:
         emit(args, info, f"prepared {root}")
         return 0
-    proc = board.start(root, args.port, tracker=args.tracker, key=args.key)
+    proc = board.start(root, args.port, tracker=args.tracker, key=args.key, die_with_parent=True)
     via = f", registered as {args.key!r} at tracker {args.tracker}" if args.tracker else ""
     return _serve_forever(args, proc, f"emulated aarch64 RPC server on 127.0.0.1:{proc.port}{via}")
 

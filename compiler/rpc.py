@@ -123,12 +123,50 @@ def group_members(pgid: int) -> list[int]:
     return found
 
 
-def spawn(cmd: list, port: int, kind: str, env=None, ready=None, timeout: float = 60) -> Process:
-    """Start ``cmd`` in a new session; wait until its log says it bound ``port``."""
+# Runs a TVM module as __main__ in a process group that dies with its parent: a SIGHUP
+# (the parent-death signal set by _die_with_parent) or a watchdog seeing a new parent
+# pid kills the whole group, so the server's session and worker children go too.
+GROUP_GUARD = """import os, runpy, signal, sys, threading, time
+parent = int(sys.argv[1])
+def end_group(*_):
+    os.killpg(0, signal.SIGKILL)
+signal.signal(signal.SIGHUP, end_group)
+def watch():
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    end_group()
+threading.Thread(target=watch, daemon=True).start()
+module, sys.argv = sys.argv[2], sys.argv[2:]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel sends SIGHUP when the parent dies (GROUP_GUARD
+    turns it into SIGKILL for the group). Survives exec."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGHUP))
+
+
+def guarded(python: list, module: str, args: list) -> list:
+    """``python -m module args`` as a process group that ends when this process dies."""
+    return [*python, "-c", GROUP_GUARD, str(os.getpid()), module, *args]
+
+
+def spawn(cmd: list, port: int, kind: str, env=None, ready=None, timeout: float = 60,
+          die_with_parent: bool = False) -> Process:
+    """Start ``cmd`` in a new session; wait until its log says it bound ``port``.
+
+    die_with_parent: the child gets a parent-death signal (use with ``guarded`` commands,
+    from the main thread: Linux sends it when the *thread* that forked it ends).
+    """
     fd, log = tempfile.mkstemp(prefix=f"edgec-{kind}-", suffix=".log")
     with os.fdopen(fd, "w") as out:
         popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True, env=env)
+                                 start_new_session=True, env=env,
+                                 preexec_fn=_die_with_parent if die_with_parent else None)
     proc = Process(popen, port, log, kind)
     deadline = time.monotonic() + timeout
     pattern = re.compile(r"bind to \S+:(\d+)")
@@ -147,11 +185,13 @@ def spawn(cmd: list, port: int, kind: str, env=None, ready=None, timeout: float 
                    f"see {log}")
 
 
-def start_tracker(port: int = 9190, host: str = "127.0.0.1", timeout: float = 60) -> Process:
-    """Start TVM's tracker on exactly ``host:port``."""
-    cmd = [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", host, "--port", str(port),
-           "--port-end", str(port + 1)]
-    return spawn(cmd, port, "tracker", timeout=timeout)
+def start_tracker(port: int = 9190, host: str = "127.0.0.1", timeout: float = 60,
+                  die_with_parent: bool = False) -> Process:
+    """Start TVM's tracker on exactly ``host:port`` (``die_with_parent``: see ``spawn``)."""
+    args = ["--host", host, "--port", str(port), "--port-end", str(port + 1)]
+    cmd = (guarded([sys.executable], "tvm.exec.rpc_tracker", args) if die_with_parent
+           else [sys.executable, "-m", "tvm.exec.rpc_tracker", *args])
+    return spawn(cmd, port, "tracker", timeout=timeout, die_with_parent=die_with_parent)
 
 
 def server_args(port: int, host: str, tracker: str | None, key: str | None) -> list:
@@ -167,21 +207,25 @@ def server_args(port: int, host: str, tracker: str | None, key: str | None) -> l
 
 def start_server(port: int = 9090, host: str = "127.0.0.1", tracker: str | None = None,
                  key: str | None = None, prefix=None, env=None, timeout: float = 60,
-                 extra=()) -> Process:
+                 extra=(), die_with_parent: bool = False) -> Process:
     """Start TVM's RPC server (``prefix``: e.g. a chroot for an emulated board;
-    ``extra``: more ``tvm.exec.rpc_server`` flags).
+    ``extra``: more ``tvm.exec.rpc_server`` flags; ``die_with_parent``: the server and its
+    children end when this process dies, even by SIGKILL; see ``spawn``).
 
     With a tracker, returns once the tracker lists the server under ``key``.
     """
     python = prefix or [sys.executable]
-    cmd = [*python, "-m", "tvm.exec.rpc_server", *server_args(port, host, tracker, key), *extra]
+    args = [*server_args(port, host, tracker, key), *extra]
+    cmd = (guarded(python, "tvm.exec.rpc_server", args) if die_with_parent
+           else [*python, "-m", "tvm.exec.rpc_server", *args])
     ready = None
     if tracker:
         def ready(proc):
             info = tracker_status(tracker, timeout=5)
             return any(s["port"] == port
                        for s in info.get(key, {}).get("servers", []))
-    proc = spawn(cmd, port, "server", env=env, ready=ready, timeout=timeout)
+    proc = spawn(cmd, port, "server", env=env, ready=ready, timeout=timeout,
+                 die_with_parent=die_with_parent)
     proc.extra.update(host=host, tracker=tracker, key=key)
     return proc
 
@@ -278,8 +322,9 @@ def _await_server(sock, addr: str, key: str, timeout: float, progress):
         try:
             return _recv_json(sock)
         except socket.timeout:
-            if progress:
-                s = tracker_status(addr, timeout).get(key, {"total": 0, "free": 0, "pending": 0})
+            if progress:  # the status query shares the request's deadline
+                left = max(0.5, timeout - (time.monotonic() - start))
+                s = tracker_status(addr, min(5.0, left)).get(key, {"total": 0, "free": 0, "pending": 0})
                 progress(f"waiting for a free {key!r} server at {addr}: {s['total']} "
                          f"registered, {s['free']} free, {s['pending']} request(s) queued "
                          f"({time.monotonic() - start:.0f}s of {timeout:g}s)")

@@ -6,10 +6,10 @@ asked before anything is uploaded.
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import struct
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+import threading
 from dataclasses import dataclass, field
 
 from edgec.compiler.artifact import ELF_MACHINES
@@ -22,33 +22,79 @@ EMULATED_NOTE = ("EMULATED board (qemu-user on this machine): timings are meanin
 TRIPLE_ARCH = {"x86_64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
-class Bounded:
-    """Runs calls on one worker thread and gives up after ``timeout`` seconds.
+_ABANDONED = []  # sessions given up on a stuck peer: pinned, never freed (see Bounded)
 
-    TVM's C++ client blocks (with the GIL released) on a silent peer; the caller
-    must not. A call that timed out leaves its thread behind, never the caller.
+
+class Bounded:
+    """Runs each call on a daemon thread and gives up after ``timeout`` seconds.
+
+    TVM's C++ client blocks (with the GIL released) on a silent or stopped peer, and
+    holds the session's lock meanwhile: any other use of the session, even freeing a
+    remote handle (a destructor), then blocks too. So after a timeout the session is
+    *abandoned*: further calls fail at once, and every remote object a call returned
+    (the session, libraries, VMs, timers) is kept here and pinned (an extra reference
+    that is never dropped), so no destructor ever waits on the dead peer, not even at
+    interpreter exit. The stuck thread is a daemon: it never holds the process up.
     """
 
     def __init__(self, timeout: float, where: str):
         self.timeout, self.where = timeout, where
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="edgec-rpc")
+        self.abandoned = False
+        self.kept = []  # remote objects returned by calls; released by close() unless abandoned
 
     def __call__(self, what: str, fn, *args, timeout: float | None = None):
-        future = self._pool.submit(fn, *args)
+        if self.abandoned:
+            raise RpcError(f"{self.where} stopped answering earlier; not {what}")
         limit = self.timeout if timeout is None else timeout
+        box = {}
+
+        def work():
+            try:
+                box["value"] = fn(*args)
+            except BaseException as e:  # noqa: BLE001  (handed to the caller below)
+                box["error"] = e
+        worker = threading.Thread(target=work, name="edgec-rpc", daemon=True)
+        worker.start()
         try:
-            return future.result(limit)
-        except FutureTimeout:
-            self._pool.shutdown(wait=False)
-            raise RpcError(f"{self.where} did not answer within {limit:g}s while {what} "
-                           "(--timeout)") from None
-        except RpcError:
+            worker.join(limit)
+        except KeyboardInterrupt:  # the call may still hold the session's lock
+            self.abandon()
             raise
-        except Exception as e:  # TVM raises RPCError/InternalError/OSError subclasses
+        if worker.is_alive():
+            self.abandon()
+            raise RpcError(f"{self.where} did not answer within {limit:g}s while {what} "
+                           "(--timeout)")
+        if "error" in box:
+            e = box.pop("error")
+            if isinstance(e, RpcError):
+                raise e
+            # TVM raises RPCError/InternalError/OSError subclasses
             raise RpcError(f"{self.where} failed while {what}: {last_line(e)}") from e
+        value = box.get("value")
+        if _is_remote(value):
+            self.kept.append(value)
+        return value
+
+    def abandon(self) -> None:
+        """Give the session up: pin everything it returned so nothing is freed, ever."""
+        if not self.abandoned:
+            self.abandoned = True
+            _ABANDONED.append(self)
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(self))
 
     def close(self):
-        self._pool.shutdown(wait=False)
+        if not self.abandoned:
+            self.kept.clear()
+
+
+def _is_remote(value) -> bool:
+    """Whether a call's result may hold a remote handle (anything but plain data)."""
+    import numpy as np
+
+    plain = (type(None), bool, int, float, str, bytes, bytearray, np.ndarray, np.generic)
+    if isinstance(value, (list, tuple)):
+        return any(_is_remote(v) for v in value)
+    return not isinstance(value, plain)
 
 
 def last_line(error) -> str:
@@ -83,8 +129,13 @@ class Session:
             info["note"] = EMULATED_NOTE
         return info
 
+    @property
+    def abandoned(self) -> bool:
+        """A call timed out: the peer is stuck and the session is given up (see Bounded)."""
+        return self.call.abandoned
+
     def close(self) -> None:
-        self.modules.clear()
+        self.modules.clear()  # (an abandoned session keeps these in self.call.kept)
         self.sess = None  # TVM closes the socket when the session object is freed...
         self.call.close()
         # ...but a failed remote call's traceback (e.g. a probe for a missing file) keeps

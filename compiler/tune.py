@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from edgec.compiler.errors import EdgecError
 from edgec.compiler.tune_transfer import donors_of, is_scheduled
 from edgec.compiler.tuning_db import (TuningLogError, as_logged, count_records, digest,
-                                      log_dir_for, mean_run_secs, open_database, open_subset,
-                                      record_run)
+                                      log_dir_for, mean_run_secs, open_subset)
+from edgec.compiler.tuning_lock import SharedLog
 from edgec.compiler.tune_measure import measure_threads, prepare
 from edgec.compiler.tvm_compat import meta_schedule, relax, tvm
 
@@ -137,15 +137,23 @@ def estimate_ms(rows) -> float | None:
 def tune(model, spec: TuneSpec) -> dict:
     """Tune ``model`` (a RelaxModel) as ``spec`` says; returns a JSON-able summary.
 
-    Appends to the target's log as it goes: Ctrl-C or a crash keeps every record measured
-    so far, and re-running continues from them.
+    Appends to the target's log after every batch, under the log's lock (other tunes may
+    share it): Ctrl-C or a crash keeps every record measured so far, and re-running
+    continues from them.
     """
     from edgec.targets import get_target
 
     target = get_target(spec.target)
-    tvm_target = target.tvm_target()
     log_dir = spec.log_dir or log_dir_for(target)
-    db = open_database(log_dir, target, create=True)  # validates first: never writes a bad log
+    log = SharedLog(log_dir, target)  # validates first: never writes a bad log
+    try:
+        return _tune_into(model, spec, target, log)
+    finally:
+        log.close()
+
+
+def _tune_into(model, spec, target, log) -> dict:
+    tvm_target, log_dir, db = target.tvm_target(), log.path, log.db
     mod = lowered_module(model, spec.target, prepack_weights=spec.prepack_weights,
                          conv_layout=spec.conv_layout, winograd=spec.winograd,
                          pad_channels=spec.pad_channels)
@@ -165,15 +173,18 @@ def tune(model, spec: TuneSpec) -> dict:
                "measure_threads": None if spec.tracker else measure_threads(target)}
     # warm start: new workloads first measure the log's schedules of similar ones
     donors = donors_of(log_dir) if spec.warm_start and budget > 0 else None
-    progress, interrupted, wall = _search_guarded(tasks, db, spec, target, budget, before,
+    if budget > 0:
+        log.begin_run(dict({k: summary[k] for k in RUN_KEYS if k in summary},
+                           trials_requested=budget))
+    progress, interrupted, wall = _search_guarded(tasks, log, spec, target, budget, before,
                                                   donors)
+    log.sync()
     after = task_status(tasks, db)
     ran = sum(r["trials"] for r in after) - done
     summary.update(_run_stats(ran, wall, progress), interrupted=interrupted, per_task=after,
                    estimate_ms=estimate_ms(after), records=count_records(log_dir),
                    digest=digest(log_dir))
-    if ran:
-        record_run(log_dir, {k: summary[k] for k in RUN_KEYS})
+    log.end_run({k: summary[k] for k in RUN_KEYS} if ran else None)
     if interrupted:
         import sys
 
@@ -185,7 +196,7 @@ def tune(model, spec: TuneSpec) -> dict:
     return summary
 
 
-def _search_guarded(tasks, db, spec, target, budget, before, donors=None):
+def _search_guarded(tasks, log, spec, target, budget, before, donors=None):
     """Run the search unless the budget is spent; returns (progress, interrupted, wall s)."""
     start, progress = time.perf_counter(), None
     from edgec.compiler.tune_measure import CtrlC
@@ -193,7 +204,7 @@ def _search_guarded(tasks, db, spec, target, budget, before, donors=None):
     with CtrlC() as ctrl_c:
         if budget > 0:
             try:
-                progress = _run_search(tasks, db, spec, target, budget, before, donors)
+                progress = _run_search(tasks, log, spec, target, budget, before, donors)
             except Exception:
                 if not ctrl_c.pressed:
                     raise
@@ -207,9 +218,9 @@ def _run_stats(ran, wall, progress) -> dict:
             "failed": progress.failed if progress else 0}
 
 
-def _run_search(tasks, db, spec, target, budget, before, donors=None):
-    from edgec.compiler.tune_measure import (NoRepeatSearch, Progress, make_builder, make_runner,
-                                             quiet_metaschedule_logs)
+def _run_search(tasks, log, spec, target, budget, before, donors=None):
+    from edgec.compiler.tune_measure import (LogSync, NoRepeatSearch, Progress, make_builder,
+                                             make_runner, quiet_metaschedule_logs)
 
     ms = meta_schedule()
     quiet_metaschedule_logs(ms)
@@ -224,12 +235,15 @@ def _run_search(tasks, db, spec, target, budget, before, donors=None):
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             tasks, work_dir, strategy=strategy, num_threads=target.num_cores, seed=seed)
         progress = Progress(budget, before, spec.quiet)
-        callbacks = ms.measure_callback.MeasureCallback.create("default") + [progress]
+        # records reach the shared log after each batch (TVM's own callbacks add them to
+        # the private copy first)
+        callbacks = (ms.measure_callback.MeasureCallback.create("default")
+                     + [LogSync(log), progress])
         try:
             ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir,
                           max_trials_global=budget, num_trials_per_iter=spec.trials_per_iter,
                           builder=make_builder(target, spec), runner=make_runner(target, spec),
-                          database=db, cost_model="xgb", measure_callbacks=callbacks,
+                          database=log.db, cost_model="xgb", measure_callbacks=callbacks,
                           task_scheduler="gradient")
         finally:
             progress.close()

@@ -97,6 +97,18 @@ def make_runner(target, spec):
 
 
 @derived_object
+class LogSync(ms.measure_callback.PyMeasureCallback):
+    """After each batch: move the new records into the shared log (``tuning_lock``)."""
+
+    def __init__(self, log):
+        super().__init__()
+        self.log = log
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+        self.log.sync()
+
+
+@derived_object
 class Progress(ms.measure_callback.PyMeasureCallback):
     """tqdm over trials, with the best end-to-end estimate and the failure count."""
 

@@ -10,9 +10,10 @@ A log directory holds TVM's two append-only JSON-lines files plus ``edgec-log.js
 Records are keyed by workload (the structural hash of a fused TIR function), not by
 model, so every model that shares a layer with a tuned one reuses its records. Files are
 validated before TVM opens them: a corrupt or foreign log raises ``TuningLogError`` and
-is never written to. TVM appends one whole line per record, so an interrupted tune
-leaves every finished record readable; a torn last line (a kill during the write) is
-the only damage possible and is cut off on the next open.
+is never written to. A tune appends whole lines under a lock (``tuning_lock``), so an
+interrupted tune leaves every finished record readable; a torn last line (a kill during
+the write) is the only damage possible: readers skip it and never write, and the next
+tune cuts it off under the lock.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import os
 import time
 import warnings
 
+from edgec.compiler.file_lock import locked as lock_file
 from edgec.compiler.artifact import write_json_atomic
 from edgec.compiler.errors import EdgecError
 from edgec.targets import AMD_ONLY
@@ -60,6 +62,12 @@ def isa_of(tvm_dict: dict) -> dict:
     return out
 
 
+def locked(path: str):
+    """The log's exclusive lock (an flock on its workload file): held while appending to
+    it or rewriting its run history; readers never take it."""
+    return lock_file(os.path.join(path, WORKLOADS), f"tuning log {path}")
+
+
 def read_rows(path: str, what: str) -> list:
     """Parse a log's JSON-lines file; cut a torn last line, refuse anything else malformed."""
     if not os.path.exists(path):
@@ -81,12 +89,19 @@ def read_rows(path: str, what: str) -> list:
     if tail.strip():
         try:
             rows.append(json.loads(tail))
-        except ValueError:  # a record torn by a kill mid-write: drop only that fragment
-            warnings.warn(f"{path}: dropping a torn last line ({len(tail)} bytes) left by an "
-                          "interrupted tune")
-            with open(path, "r+b") as f:
-                f.truncate(len(data) - len(tail))
+        except ValueError:  # a record torn by a kill mid-write: skip it, leave the file alone
+            warnings.warn(f"{path}: skipping a torn last line ({len(tail)} bytes) left by an "
+                          "interrupted tune (the next tune on this log cuts it off)")
     return rows
+
+
+def has_torn_tail(path: str) -> bool:
+    """Whether the file ends in a partial line (a writer killed mid-write)."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return False
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
 
 
 def mean_run_secs(run_secs) -> float | None:
@@ -145,7 +160,8 @@ def validate(path: str, target) -> dict:
     if meta is not None and isa_of(meta.get("target_tvm", {})) != isa:
         raise TuningLogError(f"{path} holds records for target {meta.get('target')!r} "
                              f"({isa_of(meta.get('target_tvm', {}))}), not for {target.name!r} "
-                             f"({isa}); use --log-dir for another directory")
+                             f"({isa}); give another log directory (edgec compile "
+                             "--tuning-logs DIR, edgec tune --log-dir DIR)")
     workloads = read_rows(os.path.join(path, WORKLOADS), "workload")
     records = read_rows(os.path.join(path, RECORDS), "tuning record")
     if meta is None and (workloads or records):
@@ -157,21 +173,33 @@ def validate(path: str, target) -> dict:
 
 
 def open_database(path: str, target, create: bool = False):
-    """Validate, then open the log at ``path`` as a MetaSchedule JSONDatabase.
+    """Validate, then open the log at ``path`` as a MetaSchedule JSONDatabase to read.
 
-    create: make the directory and its meta file when missing (tuning); otherwise a
-    missing log returns None (compiling without tuning records).
+    A missing log returns None (compiling without tuning records); create: make the
+    directory and its meta file when missing. Tuning writes through
+    ``tuning_lock.SharedLog``, never through this database: it is opened on a clean copy
+    when the log ends in a torn line, so reading never changes the log.
     """
     from edgec.compiler.tvm_compat import meta_schedule
 
     if not os.path.isdir(path) and not create:
         return None
     meta = validate(path, target)
-    os.makedirs(path, exist_ok=True)
-    if not os.path.exists(os.path.join(path, META)):
-        _write_meta(path, meta)
-    return meta_schedule().database.JSONDatabase(
-        os.path.join(path, WORKLOADS), os.path.join(path, RECORDS), allow_missing=True)
+    if create and not os.path.exists(os.path.join(path, META)):
+        with locked(path):
+            if read_meta(path) is None:
+                write_meta(path, meta)
+    files = [os.path.join(path, WORKLOADS), os.path.join(path, RECORDS)]
+    if any(has_torn_tail(f) for f in files):
+        import tempfile
+
+        clean = tempfile.mkdtemp(prefix="edgec-log-read-")
+        for name, what in ((WORKLOADS, "workload"), (RECORDS, "tuning record")):
+            with open(os.path.join(clean, name), "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r, separators=(",", ":")) + "\n"
+                             for r in read_rows(os.path.join(path, name), what))
+        files = [os.path.join(clean, WORKLOADS), os.path.join(clean, RECORDS)]
+    return meta_schedule().database.JSONDatabase(*files, allow_missing=True)
 
 
 def open_subset(path: str, target, hashes: set, scratch: str):
@@ -247,13 +275,14 @@ def as_logged(tasks, db) -> list:
 
 def record_run(path: str, run: dict) -> None:
     """Append one tuning run's summary (model, trials, wall time) to the log's meta."""
-    meta = read_meta(path) or {}
-    meta.setdefault("runs", []).append(dict(run, finished=time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                         time.gmtime())))
-    _write_meta(path, meta)
+    with locked(path):  # another tune may rewrite the history at the same time
+        meta = read_meta(path) or {}
+        meta.setdefault("runs", []).append(dict(run, finished=time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+        write_meta(path, meta)
 
 
-def _write_meta(path: str, meta: dict) -> None:
+def write_meta(path: str, meta: dict) -> None:
     write_json_atomic(os.path.join(path, META), meta)
     os.chmod(os.path.join(path, META), 0o644)  # a committed data file, not a private temp
 

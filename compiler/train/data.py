@@ -68,6 +68,14 @@ def split_arrays(name, x, y, fractions=(0.7, 0.1, 0.2), seed=0) -> Dataset:
     for part in parts:
         idx = rng.permutation(np.concatenate(part))
         splits.append(Split(np.ascontiguousarray(x[idx]), y[idx].astype(np.int64)))
+    empty = [s for s, split in zip(("train", "val", "test"), splits) if len(split) == 0]
+    if empty:
+        per_class = np.bincount(np.unique(y, return_inverse=True)[1])
+        raise DataError(f"{name}: {len(x)} samples ({per_class.min()} in the smallest class) "
+                        f"leave the {' and '.join(empty)} split(s) empty under a "
+                        f"{'/'.join(str(round(f * 100)) for f in fractions)} train/val/test "
+                        "split; give at least 6 samples per class, or an .npz with "
+                        "x_train/y_train/x_val/y_val/x_test/y_test")
     return Dataset(name, *splits)
 
 
@@ -115,7 +123,6 @@ def load_dataset(spec: str, seed: int = 0) -> Dataset:
 
 def from_image_folder(path: str, seed: int = 0, size: int | None = None) -> Dataset:
     """Images in ``path/<class>/*.png|jpg``, as grey or RGB float32 in [0, 1]."""
-    from PIL import Image
 
     classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
     if len(classes) < 2:
@@ -124,14 +131,25 @@ def from_image_folder(path: str, seed: int = 0, size: int | None = None) -> Data
     for label, cls in enumerate(classes):
         for fname in sorted(os.listdir(os.path.join(path, cls))):
             if fname.lower().endswith((".png", ".jpg", ".jpeg", ".bmp")):
-                img = Image.open(os.path.join(path, cls, fname))
-                img = img.resize((size, size)) if size else img
-                arr = np.asarray(img, dtype=np.float32) / 255.0
+                arr = _read_image(os.path.join(path, cls, fname), size)
                 xs.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
                 ys.append(label)
     if not xs or len({a.shape for a in xs}) != 1:
         raise DataError(f"{path}: images must exist and share one size")
     return split_arrays(os.path.basename(path.rstrip("/")), np.stack(xs), np.asarray(ys), seed=seed)
+
+
+def _read_image(path: str, size: int | None) -> np.ndarray:
+    """One image as float32 in [0, 1] (H, W) or (H, W, C); DataError if it is not one."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img = img.resize((size, size)) if size else img
+            return np.asarray(img, dtype=np.float32) / 255.0
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
+        raise DataError(f"{path} is not an image PIL can read ({str(e).splitlines()[0]}); "
+                        "remove it from the image folder or replace it") from None
 
 
 def batches(split: Split, batch_size: int, shuffle: bool = False, seed: int = 0):
