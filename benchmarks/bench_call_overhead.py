@@ -10,7 +10,9 @@ the final head). Without ``--demo`` the artifacts come from ``edgec demo --quick
 demo's pipeline, 2 training epochs), built here. Engines, per call:
 
 - ``kernels``: the sum of each PrimFunc's time, every kernel the VM launched for that
-  input (recorded with the VM's instrument hook) timed alone by TVM's time evaluator;
+  input (recorded with the VM's instrument hook) timed alone by TVM's time evaluator (a
+  ``compiled`` exec-mode build bypasses the hook: its kernels, the same TIR, are taken
+  from the ``bytecode`` build of the same stage);
 - ``cpp_runner``: ``deploy/cpp/edgec_run`` (TVM's C++ runtime, no Python) calling
   ``main`` on prepared tensors in a loop (its mean per call);
 - ``vm_time_evaluator``: ``vm.time_evaluator("main")`` (the VM's C++ loop, from Python);
@@ -25,6 +27,7 @@ Engines are interleaved in rotating rounds; each figure is the median of round m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -46,7 +49,7 @@ ENGINES = ("kernels", "cpp_runner", "vm_time_evaluator", "vm_python", "python_ap
            "python_api_seed")
 
 
-def add_one(folder: str) -> str:
+def add_one(folder: str, exec_mode: str = "bytecode") -> str:
     """The one-kernel model: ``x + 1`` on a 1x8 float32 input, built for ``host``."""
     import torch
 
@@ -56,9 +59,28 @@ def add_one(folder: str) -> str:
         def forward(self, x):
             return x + 1
 
-    path = os.path.join(folder, "add_one.so")
-    compile(AddOne(), (torch.zeros(1, 8),), target="host", output=path)
+    path = os.path.join(folder, f"add_one-{exec_mode}.so")
+    with vm_exec_mode(exec_mode):
+        compile(AddOne(), (torch.zeros(1, 8),), target="host", output=path)
     return path
+
+
+@contextlib.contextmanager
+def vm_exec_mode(exec_mode: str):
+    """Builds inside use ``relax.build(..., exec_mode=exec_mode)`` where the pipeline calls
+    ``tvm.compile`` (which always builds ``bytecode``, the VM interpreting its code)."""
+    from edgec.compiler.tvm_compat import tvm
+
+    original = tvm.compile
+
+    def build(mod, target=None, **kw):
+        return tvm.relax.build(mod, target, exec_mode=exec_mode, **kw)
+
+    tvm.compile = build
+    try:
+        yield
+    finally:
+        tvm.compile = original
 
 
 def demo_artifacts(demo: str | None, folder: str) -> tuple[dict, str]:
@@ -74,6 +96,42 @@ def demo_artifacts(demo: str | None, folder: str) -> tuple[dict, str]:
     if missing:
         raise SystemExit(f"not a demo output folder, missing {missing}")
     return found, how
+
+
+def rebuild_stage(demo: str, slug: str, folder: str, exec_mode: str) -> str:
+    """Build a demo stage again from the demo's cache (its torch model, its config, its scale
+    table or prune plan, the demo's calibration images), with the Relax VM in ``exec_mode``:
+    ``bytecode`` (TVM's default, what ``tvm.compile`` does) or ``compiled`` (the VM's
+    functions compiled to machine code, ``relax.build(..., exec_mode="compiled")``)."""
+    import re
+
+    import torch
+
+    from edgec.compiler import PipelineConfig, compile
+    from edgec.compiler.demo_compress import CALIB_SAMPLES
+    from edgec.compiler.train.data import mnist
+
+    def cached(s):
+        cache = os.path.join(demo, "cache")
+        return next(os.path.join(cache, d) for d in sorted(os.listdir(cache))
+                    if re.fullmatch(re.escape(s) + r"-[0-9a-f]{16}", d))
+
+    stage = cached(slug)
+    model_pt = os.path.join(stage if slug != "dense-edgec" else cached("dense-eager"), "model.pt")
+    model = torch.load(model_pt, weights_only=False).eval()
+    with open(os.path.join(demo, "artifacts", slug + ".json"), encoding="utf-8") as f:
+        fields = json.load(f)["config"]
+    fields["prune_plan"] = None  # the cached model of the pruned stage is already shrunk
+    if fields.get("int8_scales"):
+        fields["int8_scales"] = os.path.join(stage, "int8_scales.json")
+    for key in ("int8_keep_fp32", "exit_thresholds"):
+        fields[key] = tuple(fields[key]) if fields.get(key) is not None else fields.get(key)
+    data = mnist(0)
+    out = os.path.join(folder, f"{slug}-{exec_mode}.so")
+    with vm_exec_mode(exec_mode):
+        compile(model, (torch.from_numpy(data.test.x[:1]),), output=out,
+                config=PipelineConfig(**fields), calib_data=data.train.x[:CALIB_SAMPLES])
+    return out
 
 
 def build_runner(folder: str) -> str:
@@ -144,6 +202,11 @@ class Case:
         self.number = max(1, min(20000, int(0.01 / max(self._python_api(20), 1e-7))))
         seed = _seed_call(self.model, x)
         assert all(np.array_equal(a, b) for a, b in zip(out, seed, strict=True))
+
+    def kernel_breakdown(self) -> list:
+        """[(symbol, us)] per kernel launch, the best of 3 repeats."""
+        return [(s, round(min(mod.time_evaluator(s, self.dev, number=self.number, repeat=3)(
+            *a).results) * 1e6, 3)) for mod, s, a in self.kernels]
 
     def sample(self, engine: str) -> float:
         """Seconds per call, averaged over ``self.number`` calls."""
@@ -227,7 +290,7 @@ def summarize(case, t: dict) -> dict:
     seed = t["python_api_seed"]["median_us"]
     return {"model": case.name, "path": case.path, "exit_taken": case.exit_taken,
             "kernel_launches": len(case.kernels),
-            "kernels": sorted({s for _, s, _ in case.kernels}), "calls_per_sample": case.number,
+            "kernel_us": case.kernel_breakdown(), "calls_per_sample": case.number,
             "engines": t,
             "vm_over_kernels_us": cpp - k, "vm_share_of_cpp_call": (cpp - k) / cpp,
             "python_over_cpp_us": py - cpp, "python_share_of_python_call": (py - cpp) / py,
@@ -269,30 +332,37 @@ def markdown(rows: list, machine: dict, how: str, args) -> str:
         f"{machine['loadavg_end']:.2f} at the end."])
 
 
-def cases_for(artifacts: dict, add_one_path: str, runner: str, folder: str) -> list:
+def cases_for(artifacts: dict, add_one_paths: dict, runner: str, folder: str) -> list:
+    """``artifacts``: {label suffix: {stage slug: .so}}; ``add_one_paths``: {suffix: .so}."""
     from edgec.compiler.runtime import load
     from edgec.compiler.train.data import mnist
 
     test = mnist(0).test
     x_add = np.random.default_rng(0).standard_normal((1, 8)).astype("float32")
-    cases = [Case("x + 1 (1x8)", add_one_path, x_add, runner, folder)]
+    cases = [Case(f"x + 1 (1x8){tag}", p, x_add, runner, folder) for tag, p in add_one_paths.items()]
     first = test.x[:1]
-    for slug, name in STAGES.items():
-        if slug != "pruned-int8-early-exit":
-            cases.append(Case(name, artifacts[slug], first, runner, folder))
-    exits = load(artifacts["pruned-int8-early-exit"])
-    final = exits.manifest["early_exit"]["count"]
     picked = {}
-    for i in range(len(test)):
-        exits(test.x[i:i + 1])
-        picked.setdefault(exits.exit_taken, i)
-        if 0 in picked and final in picked:
-            break
-    for k in sorted(picked):
-        label = "exit 0" if k == 0 else "final head" if k == final else f"exit {k}"
-        cases.append(Case(f"{STAGES['pruned-int8-early-exit']} ({label} path)",
-                          artifacts["pruned-int8-early-exit"], test.x[picked[k]:picked[k] + 1],
-                          runner, folder))
+    for tag, paths in artifacts.items():
+        for slug, name in STAGES.items():
+            if slug != "pruned-int8-early-exit":
+                cases.append(Case(name + tag, paths[slug], first, runner, folder))
+        exits = load(paths["pruned-int8-early-exit"])
+        final = exits.manifest["early_exit"]["count"]
+        if not picked:  # the same two images for every build of the stage
+            for i in range(len(test)):
+                exits(test.x[i:i + 1])
+                picked.setdefault(exits.exit_taken, i)
+                if 0 in picked and final in picked:
+                    break
+        for k in sorted(picked):
+            label = "exit 0" if k == 0 else "final head" if k == final else f"exit {k}"
+            cases.append(Case(f"{STAGES['pruned-int8-early-exit']}{tag} ({label} path)",
+                              paths["pruned-int8-early-exit"], test.x[picked[k]:picked[k] + 1],
+                              runner, folder))
+    for c in cases:  # compiled mode bypasses the instrument hook: its kernels are the
+        twin = c.name.replace(" [compiled]", " [bytecode]")  # bytecode build's (same TIR)
+        if twin != c.name and not c.kernels:
+            c.kernels = next(b.kernels for b in cases if b.name == twin)
     return cases
 
 
@@ -303,6 +373,9 @@ def main(argv=None) -> None:
     p.add_argument("--samples", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--out", help="result files stem (default: benchmarks/results/call_overhead)")
+    p.add_argument("--exec-modes", action="store_true",
+                   help="rebuild every stage with the VM's exec_mode bytecode and compiled, "
+                        "and time both")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     set_threads(args.threads)
@@ -310,8 +383,18 @@ def main(argv=None) -> None:
     try:
         machine = machine_info()
         runner = build_runner(folder)
-        artifacts, how = demo_artifacts(args.demo, folder)
-        cases = cases_for(artifacts, add_one(folder), runner, folder)
+        demo_paths, how = demo_artifacts(args.demo, folder)
+        demo = os.path.dirname(os.path.dirname(next(iter(demo_paths.values()))))
+        if args.exec_modes:  # each stage rebuilt from the demo's cache in both VM modes
+            artifacts = {f" [{m}]": {s: rebuild_stage(demo, s, folder, m) for s in STAGES}
+                         for m in ("bytecode", "compiled")}
+            adds = {f" [{m}]": add_one(folder, m) for m in ("bytecode", "compiled")}
+            how += ("; every stage rebuilt from the demo's cache (its torch model, config, "
+                    "scales, calibration images) with the Relax VM's exec_mode bytecode "
+                    "(tvm.compile's) and compiled")
+        else:
+            artifacts, adds = {"": demo_paths}, {"": add_one(folder)}
+        cases = cases_for(artifacts, adds, runner, folder)
         times = measure(cases, args.rounds, args.samples, args.quiet)
         machine["loadavg_end"] = os.getloadavg()[0]
         rows = [summarize(c, times[c.name]) for c in cases]

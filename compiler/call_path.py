@@ -27,6 +27,7 @@ ALIGNMENT = 64  # bytes; TVM's kernels may use aligned vector loads
 Tensor = tvm.runtime.Tensor
 # one FFI call per element: Array.__iter__ asks the size, then each item through two wrappers
 _array_item = tvm.get_global_func("ffi.ArrayGetItem")
+_from_dlpack = np.from_dlpack
 
 
 class CallPath:
@@ -72,7 +73,15 @@ class CallPath:
             else:  # the caller's memory, no copy
                 call_args = [*call_args[:i], tvm.runtime.from_dlpack(a), *call_args[i + 1:]]
                 shared += (a.ctypes.data,)
-        return self.outputs(self.main(*call_args), shared)
+        result = self.main(*call_args)
+        if self.arity and not shared:  # the common case, inlined: a flat tuple, inputs staged
+            out = []
+            for i in range(self.arity):
+                view = _from_dlpack(_array_item(result, i))
+                out.append(view.copy() if view.nbytes <= COPY_OUTPUT_BYTES
+                           or view.ctypes.data in self.staged else view)
+            return out
+        return self.outputs(result, shared)
 
     def run_checked(self, arrays: list):
         """Outputs for arrays already checked by ``runtime.check_inputs`` (in order)."""
