@@ -33,7 +33,8 @@ SKIPPED = "skipped (an earlier stage missed the accuracy budget)"
 # Code a stage's result depends on (its own function is hashed too): the stage and
 # measuring modules, and what training or building runs.
 DEMO_CODE = ("edgec.compiler.demo_stages", "edgec.compiler.demo_measure",
-             "edgec.compiler.demo_compress", "edgec.compiler.demo_exits", "edgec.compiler.cli_exits")
+             "edgec.compiler.demo_compress", "edgec.compiler.demo_exits", "edgec.compiler.cli_exits",
+             "edgec.compiler.exit_pricing")
 TRAIN_CODE = DEMO_CODE + ("edgec.compiler.zoo", "edgec.compiler.train")
 BUILD_CODE = DEMO_CODE + (
     "edgec.compiler.api", "edgec.compiler.frontend", "edgec.compiler.graph",

@@ -82,7 +82,7 @@ def exits(ctx, workdir, after: str) -> Outcome:
                     seed=ctx.config.seed, quiet=ctx.config.quiet)
     model.eval()
     int8 = PipelineConfig(target=ctx.config.target, int8=method is not None, int8_scales=scales)
-    cal, allowed = _calibrate(ctx, model, int8, calib, workdir)
+    cal, allowed, pricing = _calibrate(ctx, model, int8, calib, workdir, after)
     config = PipelineConfig(target=ctx.config.target, int8=method is not None, int8_scales=scales,
                             early_exit=True, exit_thresholds=tuple(cal.thresholds))
     out = compile_stage(ctx, model, workdir, config, calib_data=calib)
@@ -95,18 +95,24 @@ def exits(ctx, workdir, after: str) -> Outcome:
         "criterion": "max_prob", "distribution": dist,
         "val": {"exit_rates": [round(float(r), 4) for r in cal.exit_rates],
                 "accuracy": round(cal.accuracy, 2), "never_exiting": round(cal.full_accuracy, 2),
-                "budget_points": round(allowed, 2), "expected_mac_speedup": round(cal.speedup, 2),
+                "budget_points": round(allowed, 2),
+                f"expected_{'latency' if pricing else 'mac'}_speedup": round(cal.speedup, 2),
                 "outputs_from": "the unsplit model built for the target, run "
-                                + ("on the board" if ctx.board else "here")}}
+                                + ("on the board" if ctx.board else "here")},
+        "pricing": pricing}
     out.info["power_proxy"] = weighted_proxy(out.info["power_proxy"], out.compiled,
                                              ctx.config.target, dist)
     return out
 
 
-def _calibrate(ctx, model, int8_config, calib, workdir):
+def _calibrate(ctx, model, int8_config, calib, workdir, after):
     """Thresholds from the compiled INT8 multi-exit model's outputs on val, within
     EXIT_SHARE of the budget the earlier stages left (dense teacher's val top-1 minus
-    this model's, never exiting). With a board, that model is built for it and run there."""
+    this model's, never exiting). With a board, that model is built for it and run there.
+
+    Here (no board) each path is priced by its measured latency against the stage before
+    (``exit_pricing``): the thresholds minimise expected latency, and the returned pricing
+    says whether the exit pays. On a board the paths are priced by MACs (pricing None)."""
     from edgec.compiler.cli_exits import all_output_logits
     from edgec.compiler.frontend import import_model
     from edgec.compiler.graph import bind
@@ -129,7 +135,37 @@ def _calibrate(ctx, model, int8_config, calib, workdir):
     never = float((logits[-1].argmax(1) == val.y[:len(logits[-1])]).mean() * 100)
     dense = evaluate(ctx.model(STAGE_EAGER), val)
     allowed = max(0.0, EXIT_SHARE * (_budget(ctx) - max(0.0, dense - never)))
-    return calibrate(logits, val.y[:len(logits[0])], costs, allowed, "max_prob"), allowed
+    labels = val.y[:len(logits[0])]
+    if ctx.board is not None or not ctx.records[after].artifact:
+        return calibrate(logits, labels, costs, allowed, "max_prob"), allowed, None
+    measured = _measure_paths(ctx, relax_model, int8_config, calib, workdir, after)
+    cal = calibrate(logits, labels, measured["path_s"], allowed, "max_prob", cost_unit="s")
+    from edgec.compiler.exit_pricing import decide, verdict
+
+    pricing = decide(cal, measured)
+    macs = calibrate(logits, labels, costs, allowed, "max_prob")
+    pricing.update(verdict=verdict(pricing), macs_per_path=[int(c) for c in costs],
+                   mac_priced_thresholds=[round(float(t), 4) for t in macs.thresholds],
+                   mac_priced_speedup=round(macs.speedup, 2),
+                   how="each path forced by thresholds given as input on a library built "
+                       "like the final one; the stage before run as built; interleaved "
+                       "rounds of calls through the Python API on one val image, medians")
+    return cal, allowed, pricing
+
+
+def _measure_paths(ctx, relax_model, int8_config, calib, workdir, after) -> dict:
+    """Latency of each exit path of the split library and of the stage before, here."""
+    from dataclasses import replace
+
+    from edgec.compiler.build import build
+    from edgec.compiler.exit_pricing import path_latencies
+    from edgec.compiler.runtime import load
+
+    path = os.path.join(workdir, "pricing", "model.so")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    build(relax_model, replace(int8_config, early_exit=True, thresholds_as_input=True), path,
+          calib)
+    return path_latencies(load(path), load(ctx.records[after].artifact), ctx.data.val.x[:1])
 
 
 def exit_distribution(so_path: str, split, num_exits: int, board=None) -> dict:

@@ -173,9 +173,17 @@ def budget_violation(ctx, rec) -> str | None:
 
 
 def best_artifact(ctx):
-    """The last stage with an artifact within the accuracy budget (the run's result)."""
+    """The last stage with an artifact within the accuracy budget (the run's result),
+    unless its own measurements drop it (an early exit that does not pay)."""
     best = None
     for rec in ctx.records.values():
-        if rec.status == "ok" and rec.artifact:
+        if rec.status == "ok" and rec.artifact and not dropped(rec.meta.get("info")):
             best = rec
     return best
+
+
+def dropped(info) -> bool:
+    """Whether a stage's info says it must not ship: its early exit was priced by measured
+    latency and does not pay on the target (``exit_pricing``)."""
+    pricing = ((info or {}).get("exits") or {}).get("pricing") or {}
+    return pricing.get("pays") is False

@@ -97,7 +97,11 @@ def goals(stages, device: dict | None = None) -> dict:
     the board the latencies were measured on, if any)."""
     measured = _measured(stages)
     dense = next((s for s in measured if s["name"] == STAGE_DENSE), None)
-    final = next((s for s in reversed(measured) if s["engine"] == "edgec"), None)
+    from edgec.compiler.demo_measure import dropped
+
+    final = next((s for s in reversed(measured) if s["engine"] == "edgec"
+                  and not dropped(s.get("info"))), None)
+    skipped = [s for s in measured if dropped(s.get("info"))]
     if dense is None or final is None:
         return {"final_stage": None, "items": [], "note": "no compiled dense stage was measured"}
     size = final["size"]["artifact_bytes"] / dense["size"]["artifact_bytes"]
@@ -120,6 +124,9 @@ def goals(stages, device: dict | None = None) -> dict:
     if final["name"] == STAGE_DENSE:
         note = ("the final stage is dense FP32 edgec itself: the compression stages are not "
                 "available in this build, so the size and speed goals cannot be met yet")
+    for s in skipped:  # measured and reported, but not the final artifact
+        note = "; ".join(filter(None, [note, f"{s['name']} is not the final stage: "
+                                             + s["info"]["exits"]["pricing"]["verdict"]]))
     if device:
         note = "; ".join(filter(None, [note, board_note(device)]))
         if device.get("emulated"):

@@ -156,6 +156,10 @@ def _stage_notes(r) -> list:
                          else "no tuning logs applied (none committed for this target)")
         if s.get("artifact"):
             parts.append(f"artifact `{os.path.relpath(s['artifact'], r['config']['out'])}`")
+        pricing = ((s.get("info") or {}).get("exits") or {}).get("pricing")
+        if pricing:  # exits priced by measured latency (compiler/exit_pricing.py)
+            parts.append(pricing["verdict"] + f" (MAC pricing alone promised "
+                         f"{pricing['mac_priced_speedup']:.2f}x)")
         lines.append(f"- **{s['name']}**: " + "; ".join(parts) + ".")
     return lines
 
