@@ -85,7 +85,7 @@ def vm_exec_mode(exec_mode: str):
 
 def demo_artifacts(demo: str | None, folder: str) -> tuple[dict, str]:
     """{stage slug: .so} of a demo output folder (run ``edgec demo --quick`` if None)."""
-    how = f"the artifacts of {demo}"
+    how = f"the artifacts of an edgec demo output folder ({_made_by(demo)})"
     if demo is None:
         demo = os.path.join(folder, "demo")
         cmd = [sys.executable, "-m", "edgec.compiler", "demo", "--quick", "--quiet", "--out", demo]
@@ -132,6 +132,17 @@ def rebuild_stage(demo: str, slug: str, folder: str, exec_mode: str) -> str:
         compile(model, (torch.from_numpy(data.test.x[:1]),), output=out,
                 config=PipelineConfig(**fields), calib_data=data.train.x[:CALIB_SAMPLES])
     return out
+
+
+def _made_by(demo: str) -> str:
+    """The command that made a demo folder (its report.json), without this machine's paths."""
+    try:
+        with open(os.path.join(demo, "report.json"), encoding="utf-8") as f:
+            report = json.load(f)
+    except (OSError, ValueError):
+        return "its report.json unreadable"
+    words = [w if not os.path.isabs(w) else "DIR" for w in str(report.get("command", "")).split()]
+    return f"made by `{' '.join(words)}` on {report.get('date_utc') or report.get('created_utc') or 'an unknown date'}"
 
 
 def build_runner(folder: str) -> str:
@@ -401,6 +412,7 @@ def main(argv=None) -> None:
         for r in rows:
             r["path"] = os.path.basename(r["path"])
         md = markdown(rows, machine, how, args)
+        sys.argv = [a if not os.path.isabs(a) else "DIR" for a in sys.argv]  # no machine paths
         paths = write_results(args.out or "call_overhead",
                               {"results": rows, "machine": machine, "artifacts": how,
                                "rounds": args.rounds, "samples": args.samples,
