@@ -180,7 +180,9 @@ void WriteNpy(const std::string& path, const Tensor& t) {
   for (int64_t d : shape) dims += std::to_string(d) + ", ";
   if (shape.size() > 1) dims.erase(dims.size() - 2);
   else if (shape.size() == 1) dims.erase(dims.size() - 1);
-  std::string header = "{'descr': '" + kDescr.at(dtype) + "', 'fortran_order': False, 'shape': (" +
+  auto descr = kDescr.find(dtype);
+  if (descr == kDescr.end()) throw std::runtime_error("cannot write a " + dtype + " output as .npy");
+  std::string header = "{'descr': '" + descr->second + "', 'fortran_order': False, 'shape': (" +
                        dims + "), }";
   header.append(63 - (10 + header.size()) % 64, ' ');
   header += '\n';
