@@ -118,7 +118,11 @@ def rebuild_stage(demo: str, slug: str, folder: str, exec_mode: str) -> str:
 
     stage = cached(slug)
     model_pt = os.path.join(stage if slug != "dense-edgec" else cached("dense-eager"), "model.pt")
-    model = torch.load(model_pt, weights_only=False).eval()
+    try:
+        model = torch.load(model_pt, weights_only=False).eval()
+    except (AttributeError, ModuleNotFoundError) as e:  # pickled by another edgec version
+        raise SystemExit(f"cannot read {model_pt} with this edgec ({e}); make the demo folder "
+                         "again (edgec demo --quick --fresh --out DIR)") from e
     with open(os.path.join(demo, "artifacts", slug + ".json"), encoding="utf-8") as f:
         fields = json.load(f)["config"]
     fields["prune_plan"] = None  # the cached model of the pruned stage is already shrunk
