@@ -93,6 +93,7 @@ def _manifest(model, config, result, target, output, built, start) -> dict:
         "target": {"name": target.name, "tvm": target.tvm, "description": target.description},
         "arch": target.arch,
         "source": model.source,
+        "import_notes": list(model.import_notes),  # what the frontend did (onnx_prepare)
         "weights_bytes": constant_bytes(result.lowered),
         "weights_bytes_imported": model.weight_bytes,
         "passes": result.passes,

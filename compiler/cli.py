@@ -39,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
     for name, (fn, help_text) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
         fn.configure(sp)
+        if "--verbose" not in sp._option_string_actions:
+            sp.add_argument("--verbose", action="store_true",
+                            help="on a failure inside TVM, print its full message too")
         sp.set_defaults(func=fn)
     return p
 
@@ -52,6 +55,7 @@ def emit(args, data, text: str) -> None:
 
 
 def main(argv=None) -> int:
+    args = None
     try:
         args = parser().parse_args(argv)
         if args.version:
@@ -63,6 +67,10 @@ def main(argv=None) -> int:
             return 2
         return int(args.func(args) or 0)
     except EdgecError as e:
+        log = getattr(e, "log", None)  # a phase's full TVM message (edgec.compiler.phases)
+        if log and getattr(args, "verbose", False):
+            with open(log, encoding="utf-8", errors="replace") as f:
+                sys.stderr.write(f.read())
         print(f"edgec: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

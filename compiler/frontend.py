@@ -10,8 +10,10 @@ import re
 
 import numpy as np
 
+from edgec.compiler import onnx_prepare
 from edgec.compiler.errors import FrontendError, UnsupportedOperatorError
 from edgec.compiler.graph import RelaxModel, TensorSpec, substitute
+from edgec.compiler.phases import native_output_captured, phase
 from edgec.compiler.tvm_compat import detach_params, onnx_frontend, relax, torch_frontend
 
 FORMATS = (".pt2", ".onnx")
@@ -99,10 +101,8 @@ def _from_exported(ep, input_specs, source) -> RelaxModel:
     if missing:
         raise UnsupportedOperatorError(
             f"{len(missing)} unsupported operator(s) in {source}: {'; '.join(missing)}")
-    try:
+    with phase("import"), native_output_captured(python_too=True):
         mod = torch_frontend().from_exported_program(ep, keep_params_as_input=True)
-    except Exception as e:
-        raise FrontendError(f"TVM could not import {source}: {str(e).splitlines()[0]}") from e
     mod, params = detach_params(mod)
     func = mod["main"]
     n_in = int(func.attrs["num_input"])
@@ -123,6 +123,7 @@ def _from_onnx(path, input_specs):
         onnx.checker.check_model(proto)
     except Exception as e:
         raise FrontendError(f"cannot read {path} as ONNX: {str(e).splitlines()[0]}") from e
+    proto, notes = onnx_prepare.prepare(proto, input_specs)
     frontend = onnx_frontend()
     known = frontend.onnx_frontend._get_convert_map()
     missing = sorted({f"{n.op_type} (at {n.name or n.output[0]})" for n in proto.graph.node
@@ -130,20 +131,23 @@ def _from_onnx(path, input_specs):
     if missing:
         raise UnsupportedOperatorError(
             f"{len(missing)} unsupported operator(s) in {os.path.basename(path)}: {'; '.join(missing)}")
-    shape_dict = {s.name: list(s.shape) for s in input_specs or []} or None
-    dtype_dict = {s.name: s.dtype for s in input_specs or []} or "float32"
-    try:
-        mod = frontend.from_onnx(proto, shape_dict=shape_dict, dtype_dict=dtype_dict,
-                                 keep_params_in_input=True)
-    except Exception as e:
-        raise FrontendError(f"TVM could not import {path}: {str(e).splitlines()[0]}") from e
+    dtype_dict = {name: s.dtype for name, s in
+                  onnx_prepare.specs_by_input(proto, input_specs).items()} or "float32"
+    with phase("import", where=_onnx_node), native_output_captured(python_too=True):
+        mod = frontend.from_onnx(proto, dtype_dict=dtype_dict, keep_params_in_input=True)
     mod, params = detach_params(mod)
     func = mod["main"]
     n_in = int(func.attrs["num_input"]) if "num_input" in func.attrs else len(func.params)
     weights = [p.name for p in func.params[n_in:]]
     values = {name: v.numpy() for name, v in zip(weights, params.get("main", []))}
     inputs = _input_specs(func, n_in, None)
-    return RelaxModel(mod, values, inputs, {}, os.path.basename(path))
+    return RelaxModel(mod, values, inputs, {}, os.path.basename(path), tuple(notes))
+
+
+def _onnx_node(e):
+    """(op type, 'node NAME') of the ONNX node whose conversion raised ``e``."""
+    op, name = getattr(e, "edgec_onnx_node", (None, None))
+    return op, f"ONNX node {name!r}" if name else None
 
 
 def _input_specs(func, n_in, given) -> tuple:

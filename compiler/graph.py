@@ -43,6 +43,7 @@ class RelaxModel:
     inputs: tuple
     torch_names: dict = field(default_factory=dict)
     source: str = ""
+    import_notes: tuple = ()  # what the frontend did to take the file (onnx_prepare)
 
     def with_module(self, mod, params=None) -> "RelaxModel":
         return replace(self, mod=mod, params=self.params if params is None else params)

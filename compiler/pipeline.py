@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from edgec.compiler.config import PipelineConfig
 from edgec.compiler.graph import RelaxModel, bind
 from edgec.compiler.tvm_compat import relax, tvm
-from edgec.passes.conv_layout import block_for, convert_conv_layout
+from edgec.compiler.phases import native_output_captured, phase
+from edgec.passes.conv_layout import block_for
+from edgec.passes.layout_fallback import blocked_layout
 from edgec.targets import get_target
 
 
@@ -35,7 +37,14 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool 
     calib_data: input samples (N, *input shape[1:]) for INT8 calibration.
     lower_only: stop before applying tuning and building (``executable`` is None); the
     tuner tunes exactly this module, so its records match what the build looks up.
+    A phase that fails raises one ``phases.CompileError`` line; TVM's C++ warnings stay
+    off the terminal.
     """
+    with native_output_captured():
+        return _run(model, config, calib_data, quiet, lower_only)
+
+
+def _run(model, config, calib_data, quiet, lower_only) -> PipelineResult:
     target = get_target(config.target)
     tvm_target = target.tvm_target()
     dump = _dumper(config.dump_ir)
@@ -47,7 +56,8 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool 
     if config.prune or config.prune_plan:
         from edgec.passes.prune_channels import prune_for_config
 
-        model, record = prune_for_config(model, config, target)
+        with phase("prune"):
+            model, record = prune_for_config(model, config, target)
         passes.append(record)
         dump("01_pruned", model.mod)
 
@@ -61,14 +71,16 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool 
         # pad channel groups to the blocked layout's vector width (24 -> 32 on AVX-512)
         from edgec.passes.pad_channels import pad_channels
 
-        model, record = pad_channels(model, block)
+        with phase("layout", "--no-pad-channels or --conv-layout NCHW"):
+            model, record = pad_channels(model, block)
         if record is not None:
             passes.append(record)
             dump("03_padded", model.mod)
     if quantized:
         from edgec.passes.int8_phase import quantize_phase
 
-        model, info = quantize_phase(model, config, target, calib_data, quiet)
+        with phase("quantize"):
+            model, info = quantize_phase(model, config, target, calib_data, quiet)
         passes.append({"name": "quantize_int8", **info})
         dump("05_quantized", model.mod)
 
@@ -77,29 +89,29 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool 
     if config.early_exit:
         from edgec.passes.split_early_exits import split_model
 
-        model, summary = split_model(model, config.exit_plan())
+        with phase("split"):
+            model, summary = split_model(model, config.exit_plan())
         passes.append(summary)
         dump("09_split_early_exits", model.mod)
 
     # bind: weights become constants, so lowering can fold and prepack them.
-    mod = bind(model)
+    with phase("lower"):
+        mod = bind(model)
     dump("10_bound", mod)
 
     # lower: fold batch norms into convs, constant-fold, legalize and fuse.
-    mod = _simplify(mod, config.fold_batchnorm)
+    with phase("lower"):
+        mod = _simplify(mod, config.fold_batchnorm)
     dump("20_simplified", mod)
     layout_record = None
     if blocked:
         # blocked conv layout: FP32 convs in NCHW[b]c, their neighbours follow
-        blocks, fused = [], []
-        mod = convert_conv_layout(mod, block, config.winograd, blocks, fused)
-        layout_record = {"name": "conv_layout", "layout": f"NCHW{block}c",
-                         "narrow_convs": sum(b < block for b in blocks),
-                         "dw_pw_fused": sum(fused)}
+        with phase("layout"):
+            mod, layout_record = blocked_layout(mod, block, config.winograd)
         passes.append(layout_record)
         dump("25_conv_layout", mod)
     if config.fuse:
-        with tvm_target:
+        with phase("lower"), tvm_target:
             mod = relax.get_pipeline("zero")(mod)
         dump("30_fused", mod)
         if layout_record is not None:  # distinct Winograd kernels (weights transformed)
@@ -118,18 +130,22 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool 
     if config.tuning_logs and config.fuse:
         from edgec.compiler.tune import apply_tuning
 
-        mod, tuning = apply_tuning(mod, target, config.tuning_logs, config.transfer_schedules)
+        with phase("tune"):
+            mod, tuning = apply_tuning(mod, target, config.tuning_logs,
+                                       config.transfer_schedules)
         dump("40_tuned", mod)
     if layout_record is not None:
         # blocked convs without a tuned record get the heuristic register tile
         from edgec.passes.nchwc_schedule import apply_default_schedules
 
-        mod, layout_record["default_tiles"] = apply_default_schedules(mod)
+        with phase("lower"):
+            mod, layout_record["default_tiles"] = apply_default_schedules(mod)
     if config.fuse and not config.prepack_weights:
         # so do 2-D matmuls (a classifier): vector-wide column blocks, weights read by rows
         from edgec.passes.matmul_schedule import apply_default_matmuls
 
-        mod, tuning["default_matmuls"] = apply_default_matmuls(mod, target.vector_bits // 32)
+        with phase("lower"):
+            mod, tuning["default_matmuls"] = apply_default_matmuls(mod, target.vector_bits // 32)
     if config.prepack_weights and config.fuse:
         # prepack (2/2): each layout rewrite becomes its own function, and FoldConstant runs
         # it on the bound weights now: the library stores the weights already rewritten
@@ -145,7 +161,7 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool 
         dump("45_prepacked", mod)
 
     # build: tvm.compile for the target (finalize passes + codegen).
-    with tvm_target:
+    with phase("build"), tvm_target:
         executable = tvm.compile(mod, target=tvm_target)
     return PipelineResult(executable, mod, target, passes, tuning, model)
 

@@ -12,9 +12,10 @@ from tvm import relax
 from tvm.relax.frontend import detach_params
 from tvm.script import relax as R  # noqa: F401  (re-exported for passes)
 from tvm.support import cc  # tvm.contrib.cc is gone in 0.27
+from tvm_ffi import structural_hash  # 0.27: tvm.ir.structural_hash is gone
 
 __all__ = ["tvm", "relax", "R", "Constant", "cc", "detach_params", "tensor", "VirtualMachine",
-           "meta_schedule", "torch_frontend", "onnx_frontend", "cross_compiler", "tvm_version"]
+           "meta_schedule", "torch_frontend", "onnx_frontend", "cross_compiler", "tvm_version", "structural_hash"]
 
 VirtualMachine = relax.VirtualMachine
 # 0.27 moved Relax constants to tvm.ir (GenericConst <: tvm.ir.expr.Constant, payload in
@@ -46,7 +47,31 @@ def onnx_frontend():
     import tvm.relax.frontend.onnx as frontend
 
     _onnx_clip_as_ops()
+    _onnx_node_on_error()
     return frontend
+
+
+def _onnx_node_on_error() -> None:
+    """Tag an exception raised while converting an ONNX node with ``edgec_onnx_node``
+    = (op type, node name) (idempotent). TVM's importer only prints the op type and its
+    inputs' IR; the one-line error names the node (edgec.compiler.phases)."""
+    from tvm.relax.frontend.onnx import onnx_frontend as of
+
+    importer = of.ONNXGraphImporter
+    if getattr(importer, "_edgec_node_on_error", False):
+        return
+    convert = importer._convert_operator
+
+    def tagged(self, op_name, inputs, attrs, opset):
+        try:
+            return convert(self, op_name, inputs, attrs, opset)
+        except Exception as e:
+            if not hasattr(e, "edgec_onnx_node"):
+                e.edgec_onnx_node = (op_name, attrs.get("tvm_custom", {}).get("name"))
+            raise
+
+    importer._convert_operator = tagged
+    importer._edgec_node_on_error = True
 
 
 def _onnx_clip_as_ops() -> None:

@@ -24,7 +24,7 @@ import re
 
 from edgec.compiler.config import CONV_LAYOUTS as LAYOUTS
 from edgec.compiler.errors import EdgecError
-from edgec.compiler.tvm_compat import relax, tvm
+from edgec.compiler.tvm_compat import relax, structural_hash, tvm
 from edgec.passes.nchwc_schedule import RULE
 from edgec.passes.stem_layout import sink_stem_transforms
 from edgec.passes.winograd import conv2d_nchwc_winograd, use_winograd, weight_transform
@@ -54,11 +54,23 @@ def channel_block(channels: int, lanes: int) -> int:
     return lanes
 
 
-def _layouts(lanes: int):
+# ops whose layout rule in TVM 0.27 fails on a blocked input: ConvertLayout gives them
+# these layouts, so it converts their input back to NCHW before them (conv2d_transpose:
+# "Layouts must have the same size", in the FPN of a paddle2onnx text detector)
+_PLAIN_ONLY = {"relax.nn.conv2d_transpose": ("NCHW", "IOHW")}
+
+
+def _layouts(lanes: int, exclude=()):
     """ConvertLayout's per-call callback: each conv's data and output take their own
-    tensors' blocks (a 144 -> 24 conv on AVX-512: NCHW16c in, NCHW8c out)."""
+    tensors' blocks (a 144 -> 24 conv on AVX-512: NCHW16c in, NCHW8c out); the convs in
+    ``exclude`` (keyed by ``conv_key``) stay in NCHW."""
     def layouts(call):
-        if getattr(call.op, "name", "") != "relax.nn.conv2d":
+        name = getattr(call.op, "name", "")
+        if name in _PLAIN_ONLY:  # TVM's rule fails on a blocked input: keep it NCHW
+            return {name: list(_PLAIN_ONLY[name])}
+        if name != "relax.nn.conv2d":
+            return {}
+        if exclude and conv_key(call) in exclude:
             return {}
         bi = channel_block(int(call.args[0].ty.shape[1]), lanes)
         bo = channel_block(int(call.args[1].ty.shape[0]), lanes)
@@ -66,8 +78,17 @@ def _layouts(lanes: int):
     return layouts
 
 
+def conv_key(call) -> tuple:
+    """A conv2d's identity across ConvertLayout's rewrites: its weight's structural hash,
+    shapes and attributes (the weights are bound constants by then)."""
+    weight = call.args[1]
+    return (structural_hash(weight), str(weight.ty),
+            str(call.attrs.strides), str(call.attrs.padding), int(call.attrs.groups))
+
+
 def convert_conv_layout(mod: tvm.IRModule, block: int, winograd: bool = True,
-                        blocks: list | None = None, fused: list | None = None) -> tvm.IRModule:
+                        blocks: list | None = None, fused: list | None = None,
+                        exclude=()) -> tvm.IRModule:
     """Blocks every FP32 conv2d whose channels divide by ``block`` (the target's lanes; see
     ``channel_block`` for the narrower block), then legalizes them (with ``winograd``, the
     3x3 stride-1 ones that gain as Winograd F(2x2, 3x3)). ``blocks``: a list to which each
@@ -75,12 +96,14 @@ def convert_conv_layout(mod: tvm.IRModule, block: int, winograd: bool = True,
     depthwise -> 1x1 pairs fused into one kernel is appended (``passes.dw_pw_fuse``).
 
     Convs whose channel counts do not divide (a 3-channel RGB stem) stay in NCHW;
-    ConvertLayout puts the layout transforms on their edges.
+    ConvertLayout puts the layout transforms on their edges. So do the convs in
+    ``exclude`` (``conv_key``s; ``passes.layout_fallback`` finds those TVM cannot block).
     """
     if block is None or block <= 1:
         return mod
     mod = _ClipAsMinMax(mod).rewrite()  # ConvertLayout cannot move clip (ReLU6)
-    mod = relax.transform.ConvertLayout({}, layout_cb=_layouts(block))(mod)
+    mod = _ChannelSlicesPlain(mod, block).rewrite()  # TVM's rules fail on blocked input
+    mod = relax.transform.ConvertLayout({}, layout_cb=_layouts(block, exclude))(mod)
     # ConvertLayout transforms a tensor once per consumer (resnet18's stem output: for the
     # first conv and again for its residual add); one transform serves them all
     mod = relax.transform.EliminateCommonSubexpr()(mod)
@@ -121,6 +144,51 @@ class _ClipAsMinMax(relax.PyExprMutator):
             return relax.const(float(value) if "float" in dtype else int(value), dtype)
 
         return relax.op.minimum(relax.op.maximum(x, const(lo)), const(hi))
+
+
+def _is_channel_slice(call, lanes: int) -> bool:
+    """A split or strided_slice that cuts the channel axis of an NCHW tensor, or a channel
+    concat whose inputs would take another block than its output."""
+    name = getattr(call.op, "name", "")
+    if name == "relax.concat" and int(call.attrs.axis) in (1, -3) \
+            and isinstance(call.ty, relax.TensorType) and len(call.ty.shape) == 4:
+        out = channel_block(int(call.ty.shape[1]), lanes)
+        return any(channel_block(int(t.shape[1]), lanes) != out for t in call.args[0].ty.fields)
+    data = call.args[0] if call.args else None
+    if name not in ("relax.split", "relax.strided_slice") or data is None \
+            or not isinstance(data.ty, relax.TensorType) or len(data.ty.shape) != 4:
+        return False
+    if name == "relax.split":
+        return int(call.attrs.axis) in (1, -3)
+    out = call.ty
+    return isinstance(out, relax.TensorType) and int(out.shape[1]) != int(data.ty.shape[1])
+
+
+@relax.expr_functor.mutator
+class _ChannelSlicesPlain(relax.PyExprMutator):
+    """Channel splits and slices become their TIR compute (``call_tir``) before
+    ConvertLayout, which then hands them NCHW tensors. TVM 0.27's layout rules for them
+    go wrong on a blocked channel axis: split keeps its channel indices (a split at 48
+    of NCHW16c data cuts at block 48: mixed-kernel grouped convs, "data channel size 96");
+    strided_slice, and a concat of tensors in other blocks than its output (ghost modules:
+    two 8-channel halves into a 16-channel conv), ask for a "16b" axis ("Invalid layout
+    axis 16b"). A layout transform around each costs less than the convs left plain."""
+
+    def __init__(self, mod, lanes):
+        super().__init__(mod)
+        self.mod, self.lanes = mod, lanes
+
+    def rewrite(self):
+        for gv, func in self.mod.functions.items():
+            if isinstance(func, relax.Function):
+                self.builder_.update_func(gv, self.visit_expr(func))
+        return self.builder_.get()
+
+    def visit_call_(self, op):
+        call = super().visit_call_(op)
+        if not _is_channel_slice(call, self.lanes):
+            return call
+        return tvm.ir.Op.get(call.op.name).get_attr("FLegalize")(self.builder_, call)
 
 
 def legalize_blocked_conv(bb: relax.BlockBuilder, call: relax.Call, block: int = 8,

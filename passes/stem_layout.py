@@ -123,7 +123,10 @@ class _Sink(relax.PyExprMutator):
                 a = call.attrs
                 ok = (a.data_layout == "NCHW" and a.out_layout == "NCHW" and int(a.groups) == 1
                       and a.kernel_layout == "OIHW" and "float" in str(call.ty.dtype)
-                      and int(call.ty.shape[1]) % b == 0)
+                      and int(call.ty.shape[1]) % b == 0
+                      # a stem: conv_layout computes it blocked (a conv left plain on
+                      # purpose, by layout_fallback, has no blocked compute)
+                      and int(call.args[0].ty.shape[1]) % b != 0)
                 return chain + [call] if ok else None
             if name in _POOLS:
                 ok = call.attrs.layout == "NCHW" and call.attrs.out_layout == "NCHW"
