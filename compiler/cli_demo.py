@@ -19,6 +19,8 @@ def _flags(p, out_default):
     p.add_argument("--tracker", metavar="HOST:PORT", help="an RPC tracker with the target's "
                    "board: accuracy, exits and latency of the compiled stages are measured on it")
     p.add_argument("--key", help="the board's key at the tracker (default: the target's rpc_key)")
+    p.add_argument("--timeout", type=float, default=120.0, help="with --tracker: seconds the "
+                   "board may stay silent in any one step before the run stops (default 120)")
     p.add_argument("--out", "-o", default=out_default, help="output folder (report, plots, "
                    "artifacts, and the cache of trained models)")
     p.add_argument("--fresh", action="store_true", help="ignore cached stages and redo them")
@@ -71,7 +73,10 @@ def _board(args) -> dict:
     from edgec.targets import get_target
 
     parse_addr(args.tracker, "tracker address")
-    return {"tracker": args.tracker, "key": args.key or get_target(args.target).rpc_key}
+    if not args.timeout > 0:
+        raise EdgecError(f"--timeout must be positive seconds, got {args.timeout}")
+    return {"tracker": args.tracker, "key": args.key or get_target(args.target).rpc_key,
+            "board_timeout": args.timeout}
 
 
 @command("demo", "the edge-classifier demo on real MNIST digits: train, compress, compile, "

@@ -91,6 +91,7 @@ def cmd_tune(args):
         return 0
     spec = TuneSpec(target=args.target, trials=args.trials, log_dir=args.log_dir,
                     resume=args.resume, tracker=args.tracker, rpc_key=args.key,
+                    run_timeout=args.timeout, exit_when_stuck=True,
                     seed=args.seed, quiet=args.quiet or args.json, label=label,
                     warm_start=not args.no_warm_start, prepack_weights=args.prepack_weights,
                     conv_layout=args.conv_layout, winograd=args.winograd,
@@ -117,6 +118,9 @@ def _flags(p):
     p.add_argument("--status", action="store_true", help="show per-task trials and best latency")
     p.add_argument("--tracker", metavar="HOST:PORT", help="RPC tracker to measure on a board")
     p.add_argument("--key", help="board key at the tracker (default: the target's rpc_key)")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds a board may stay silent (reaching it, or measuring the next "
+                        "candidate) before the tune stops with the records so far (default 60)")
     p.add_argument("--seed", type=int, default=0, help="search seed")
     p.add_argument("--json", action="store_true", help="machine-readable summary")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")

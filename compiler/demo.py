@@ -69,6 +69,7 @@ class RunConfig:
     mode: str = "demo"
     tracker: str | None = None  # HOST:PORT: measure and time the artifacts on a board
     key: str | None = None  # the board's key at the tracker
+    board_timeout: float = 120.0  # seconds the board may stay silent in any one RPC step
 
     @property
     def train_epochs(self) -> int:
@@ -238,7 +239,8 @@ def run(config: RunConfig, compress=None) -> DemoRun:
     if config.tracker:  # reached before any training: fail fast
         from edgec.compiler.demo_board import open_board
 
-        ctx.board = open_board(config.tracker, config.key, config.target)
+        ctx.board = open_board(config.tracker, config.key, config.target,
+                               timeout=config.board_timeout)
     plan = demo_stages.stages(config) if compress is None else demo_stages.stages(config, compress)
     stopped = run_stages(plan, ctx)
     bench = benchmark(ctx)

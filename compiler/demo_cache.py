@@ -89,7 +89,7 @@ def _run_one(stage: Stage, ctx: Context) -> StageRecord:
     final = os.path.join(ctx.cache_dir, f"{stage.slug}-{key}")
     if not ctx.config.fresh and os.path.isfile(os.path.join(final, "stage.json")):
         _say(ctx, f"{stage.name}: reusing the cached result {key}")
-        return _load_record(stage, key, final)
+        return _load_record(stage, key, final, ctx)
     _say(ctx, f"{stage.name}: building")
     rec = StageRecord(stage, "ok", key=key, workdir=final)
     _build_into(stage, ctx, rec, final)
@@ -102,11 +102,18 @@ def _build_into(stage, ctx, rec, final) -> None:
     """Run the stage in a temp folder, move it into the cache, then measure it."""
     from edgec.compiler.demo_measure import measure
 
+    made = not os.path.isdir(ctx.cache_dir)
     os.makedirs(ctx.cache_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{stage.slug}-", dir=ctx.cache_dir)
     t0 = time.perf_counter()
     try:
         outcome = stage.run(ctx, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if made and not os.listdir(ctx.cache_dir):  # a failed first stage leaves no folder
+            os.rmdir(ctx.cache_dir)
+        raise
+    try:
         if outcome.model is not None:
             import torch
 
@@ -127,14 +134,22 @@ def _build_into(stage, ctx, rec, final) -> None:
     write_json_atomic(os.path.join(final, "stage.json"), rec.meta)  # written last: complete
 
 
-def _load_record(stage, key, final) -> StageRecord:
-    with open(os.path.join(final, "stage.json"), encoding="utf-8") as f:
-        meta = json.load(f)
-    model = None
-    if meta.get("has_model"):
-        import torch
+def _load_record(stage, key, final, ctx) -> StageRecord:
+    from edgec.compiler.safe_load import CacheEntryError, load_module
 
-        model = torch.load(os.path.join(final, "model.pt"), weights_only=False)
+    path = os.path.join(final, "stage.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise CacheEntryError(f"{path} is damaged; delete {final} or rerun with --fresh")
+    model = None
+    if meta.get("has_model"):  # read with the weights-only unpickler: a planted file runs nothing
+        spec = ctx.config.model or ""
+        user = (spec.split(":", 1)[0].split(".", 1)[0],) if ":" in spec else ()
+        model = load_module(os.path.join(final, "model.pt"), user)
     artifact = os.path.join(final, meta["artifact"]) if meta.get("artifact") else None
     return StageRecord(stage, "ok", key=key, workdir=final, cache_hit=True, model=model,
                        artifact=artifact, meta=meta)

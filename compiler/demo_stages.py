@@ -61,6 +61,9 @@ class ExportedModule(torch.nn.Module):
 
 
 def _exported_from_bytes(data: bytes) -> ExportedModule:
+    from edgec.compiler.pt2_check import check_pt2
+
+    check_pt2(io.BytesIO(data))  # a cached program is data too: never unpickle from it
     return ExportedModule(torch.export.load(io.BytesIO(data)))
 
 

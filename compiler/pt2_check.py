@@ -46,22 +46,27 @@ def trusted() -> bool:
     return _TRUSTED.get() or os.environ.get("EDGEC_TRUST_MODEL") == "1"
 
 
-def check_pt2(path: str) -> None:
-    """Raise unless ``path`` is a .pt2 archive that loads without unpickling (or is trusted)."""
+def check_pt2(path) -> None:
+    """Raise unless ``path`` (or a binary file object) is a .pt2 archive that loads without
+    unpickling (or is trusted)."""
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
-        raise FrontendError(f"cannot read {path} as a torch.export program: not a .pt2 "
+        raise FrontendError(f"cannot read {_name(path)} as a torch.export program: not a .pt2 "
                             f"archive ({e}); save it with torch.export.save") from None
     with archive:
         try:
             reasons = pickle_uses(archive)
         except (zipfile.BadZipFile, ValueError, KeyError, OSError) as e:
-            raise FrontendError(f"cannot read {path} as a torch.export program: damaged "
+            raise FrontendError(f"cannot read {_name(path)} as a torch.export program: damaged "
                                 f"archive ({e})") from None
     if reasons and not trusted():
-        raise UntrustedModelError(f"refused to load {path}: it would run code when loaded "
+        raise UntrustedModelError(f"refused to load {_name(path)}: it would run code when loaded "
                                   f"({'; '.join(reasons[:3])}); {TRUST_HINT}")
+
+
+def _name(path) -> str:
+    return path if isinstance(path, (str, os.PathLike)) else "an in-memory .pt2"
 
 
 def pickle_uses(archive: zipfile.ZipFile) -> list[str]:

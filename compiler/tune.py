@@ -56,6 +56,7 @@ class TuneSpec:
     seed: int = 0
     build_timeout: float = 60.0
     run_timeout: float = 60.0
+    exit_when_stuck: bool = False  # CLI: a stuck board ends the process (tune_measure.BoundedRunner)
     quiet: bool = False
     label: str | None = None
     warm_start: bool = True
@@ -67,6 +68,8 @@ class TuneSpec:
     def __post_init__(self):
         if not isinstance(self.trials, int) or self.trials < 0:
             raise TuneError(f"trials must be a non-negative integer, got {self.trials!r}")
+        if not self.run_timeout > 0:
+            raise TuneError(f"--timeout must be positive seconds, got {self.run_timeout!r}")
         if self.tracker is not None and not _parse_tracker(self.tracker):
             raise TuneError(f"bad tracker {self.tracker!r}; expected HOST:PORT, e.g. 127.0.0.1:9190")
 
@@ -144,12 +147,30 @@ def tune(model, spec: TuneSpec) -> dict:
     from edgec.targets import get_target
 
     target = get_target(spec.target)
+    if spec.tracker:
+        check_board(spec, target)  # a missing, stuck or foreign board fails before the search
     log_dir = spec.log_dir or log_dir_for(target)
     log = SharedLog(log_dir, target)  # validates first: never writes a bad log
     try:
         return _tune_into(model, spec, target, log)
     finally:
         log.close()
+
+
+def check_board(spec, target) -> None:
+    """Open one session to the tracker's board (within ``run_timeout``) and check its
+    architecture is the target's."""
+    from edgec.compiler.rpc_session import connect
+
+    key = spec.rpc_key or target.rpc_key
+    session = connect(tracker=spec.tracker, key=key, timeout=spec.run_timeout)
+    try:
+        if session.arch not in ("unknown", target.arch):
+            raise TuneError(f"the board under key {key!r} at {spec.tracker} is {session.arch}, "
+                            f"but target {target.name!r} is {target.arch}; give --key of a "
+                            f"{target.arch} board or another --target")
+    finally:
+        session.close()
 
 
 def _tune_into(model, spec, target, log) -> dict:
@@ -235,6 +256,7 @@ def _run_search(tasks, log, spec, target, budget, before, donors=None):
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             tasks, work_dir, strategy=strategy, num_threads=target.num_cores, seed=seed)
         progress = Progress(budget, before, spec.quiet)
+        runner = make_runner(target, spec)
         # records reach the shared log after each batch (TVM's own callbacks add them to
         # the private copy first)
         callbacks = (ms.measure_callback.MeasureCallback.create("default")
@@ -242,11 +264,15 @@ def _run_search(tasks, log, spec, target, budget, before, donors=None):
         try:
             ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir,
                           max_trials_global=budget, num_trials_per_iter=spec.trials_per_iter,
-                          builder=make_builder(target, spec), runner=make_runner(target, spec),
+                          builder=make_builder(target, spec), runner=runner,
                           database=log.db, cost_model="xgb", measure_callbacks=callbacks,
                           task_scheduler="gradient")
         finally:
             progress.close()
+        if getattr(runner, "dead", None):  # a board stopped answering: one line, not a hang
+            from edgec.compiler.rpc import RpcError
+
+            raise RpcError(runner.dead)
         return progress
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import time
 
 from tqdm import tqdm
 from tvm.ir.utils import derived_object
@@ -89,11 +90,110 @@ def make_runner(target, spec):
                                      initializer=functools.partial(runner_initializer,
                                                                    measure_threads(target)))
     host, port = _parse_tracker(spec.tracker)
-    rpc = ms.runner.RPCConfig(tracker_host=host, tracker_port=port,
-                              tracker_key=spec.rpc_key or target.rpc_key,
+    key = spec.rpc_key or target.rpc_key
+    rpc = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
                               session_timeout_sec=int(spec.run_timeout))
-    return ms.runner.RPCRunner(rpc_config=rpc, evaluator_config=config, max_workers=1,
-                               initializer=worker_initializer)
+    inner = ms.runner.RPCRunner(rpc_config=rpc, evaluator_config=config, max_workers=1,
+                                initializer=worker_initializer)
+    return BoundedRunner(inner, spec.run_timeout, f"the {key!r} board at tracker {spec.tracker}",
+                         exit_when_stuck=spec.exit_when_stuck)
+
+
+@derived_object
+class BoundedRunner(ms.runner.PyRunner):
+    """TVM's RPCRunner waits on a stuck board forever (its worker pool has no timeout). This
+    wrapper watches progress: when no candidate finishes for ``timeout`` seconds while some
+    are pending, the board is given up (``dead`` holds the line to report), every pending
+    result returns at once as failed, the search stops (``STOP``) and the runner's worker,
+    stuck on the board, is killed so the process can exit.
+
+    exit_when_stuck (the CLI): MetaSchedule notices only when it next waits on a result (it
+    may be building the next batch), and winding down takes seconds more; a watchdog thread
+    instead prints the line and ends the process at once (``os._exit(2)`` after flushing).
+    Every batch measured before is already in the log (``LogSync``); the run's history
+    entry then reads ``killed``."""
+
+    def __init__(self, inner, timeout: float, where: str, exit_when_stuck: bool = False):
+        super().__init__()
+        self.inner, self.timeout, self.where = inner, timeout, where
+        self.dead = None
+        self.pending = []
+        self.last = time.monotonic()
+        if exit_when_stuck:
+            threading.Thread(target=self._watch, name="edgec-board-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        import sys
+
+        while not self.overdue():
+            time.sleep(0.2)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        sys.stderr.write(f"edgec: error: {self.dead}\n")
+        sys.stderr.flush()
+        os._exit(2)
+
+    def run(self, runner_inputs):
+        self.progress()
+        if not self.pending:  # the board is idle: its clock starts with this batch
+            self.last = time.monotonic()
+        futures = self.inner.run(runner_inputs)
+        self.pending += futures
+        return [BoundedFuture(f, self) for f in futures]
+
+    def progress(self) -> None:
+        """Reset the clock when a pending candidate finished."""
+        still = [f for f in self.pending if not f.done()]
+        if len(still) < len(self.pending):
+            self.last = time.monotonic()
+        self.pending = still
+
+    def overdue(self) -> bool:
+        self.progress()
+        if self.dead is None and self.pending and time.monotonic() - self.last > self.timeout:
+            self.dead = (f"{self.where} did not answer within {self.timeout:g}s while "
+                         "measuring candidates (--timeout); the records measured before are "
+                         "saved")
+            STOP.set()
+            _kill_workers(self.inner.pool)
+        return self.dead is not None
+
+
+def _kill_workers(pool) -> None:
+    """Drop a PopenPoolExecutor's queued candidates and kill its worker processes (stuck on
+    the board): the reading thread then sees EOF, finds no more work and ends, so the
+    interpreter can exit. Not ``pool.shutdown()``: it closes the pipe the blocked thread is
+    reading, and waits on that thread's lock forever."""
+    from tvm.support.popen_pool import kill_child_processes
+
+    threads = getattr(pool, "_threadpool", None)
+    if threads is not None:
+        threads.shutdown(wait=False, cancel_futures=True)
+    for worker in list(getattr(pool, "_worker_map", {}).values()):
+        proc = getattr(worker, "_proc", None)
+        if proc is not None and proc.poll() is None:
+            kill_child_processes(proc.pid)
+            proc.kill()
+
+
+@derived_object
+class BoundedFuture(ms.runner.PyRunnerFuture):
+    """A candidate's result, or a failure once its runner gave the board up."""
+
+    def __init__(self, inner, owner: BoundedRunner):
+        super().__init__()
+        self.inner, self.owner = inner, owner
+
+    def done(self) -> bool:
+        return self.inner.done() or self.owner.overdue()
+
+    def result(self):
+        while not self.inner.done():
+            if self.owner.overdue():
+                return ms.runner.RunnerResult(None, error_msg=f"edgec: {self.owner.dead}")
+            time.sleep(0.05)
+        self.owner.progress()
+        return self.inner.result()
 
 
 @derived_object

@@ -146,7 +146,23 @@ def read_meta(path: str) -> dict | None:
         raise TuningLogError(f"{meta_path} is not an edgec tuning log (format "
                              f"{meta.get('format') if isinstance(meta, dict) else '?'!r}, "
                              f"expected {FORMAT!r}); left untouched")
+    return settled(meta)
+
+
+def settled(meta: dict) -> dict:
+    """Runs still marked running whose process is gone were killed: say so."""
+    for run in meta.get("runs", []):
+        if run.get("status") == "running" and not _alive(run.get("pid")):
+            run["status"] = "killed"
     return meta
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
 
 
 def validate(path: str, target) -> dict:

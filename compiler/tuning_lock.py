@@ -23,7 +23,8 @@ import tempfile
 import time
 
 from edgec.compiler.file_lock import whole_lines
-from edgec.compiler.tuning_db import RECORDS, WORKLOADS, locked, read_meta, validate, write_meta
+from edgec.compiler.tuning_db import (RECORDS, WORKLOADS, locked, read_meta, settled, validate,
+                                      write_meta)
 
 _NOW = lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # noqa: E731
 
@@ -108,7 +109,7 @@ class SharedLog:
         """Enter this run in the history now, so a killed run still shows there."""
         self.run_id = f"{os.getpid()}-{time.time():.3f}"
         with locked(self.path):
-            meta = _settled(read_meta(self.path) or {})
+            meta = settled(read_meta(self.path) or {})
             meta.setdefault("runs", []).append(dict(run, status="running", pid=os.getpid(),
                                                     run_id=self.run_id, started=_NOW()))
             write_meta(self.path, meta)
@@ -125,7 +126,7 @@ class SharedLog:
             self._edit_runs(lambda r: r if r.get("run_id") != mine else None)
             if run is not None:
                 self._edit_runs(lambda r: r)  # (settles killed runs below)
-                meta = _settled(read_meta(self.path) or {})
+                meta = settled(read_meta(self.path) or {})
                 meta.setdefault("runs", []).append(run)
                 write_meta(self.path, meta)
         self.run_id = None
@@ -151,19 +152,3 @@ def _append(path: str, lines: list) -> int:
             f.flush()
             os.fsync(f.fileno())
     return os.path.getsize(path)
-
-
-def _settled(meta: dict) -> dict:
-    """Runs still marked running whose process is gone were killed: say so."""
-    for run in meta.get("runs", []):
-        if run.get("status") == "running" and not _alive(run.get("pid")):
-            run["status"] = "killed"
-    return meta
-
-
-def _alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, TypeError, ValueError):
-        return False
-    return True

@@ -189,3 +189,47 @@ def test_two_tunes_on_one_log_file_every_record_under_its_workload(tmp_path):
                                "x86-avx2", "--log-dir", str(log), "--status", "--json"],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert json.loads(done.stdout)["trials"] == 8, done.stderr
+
+
+@pytest.mark.slow
+def test_tune_on_a_board_that_stops_ends_within_timeout(tmp_path):
+    """MetaSchedule's RPC runner waits on a stuck board forever; edgec's gives it up."""
+    from edgec.compiler.tuning_db import count_records, read_meta
+
+    (tmp_path / "tiny_models.py").write_text(MODELS)
+    tracker = rpc.start_tracker(free_port())
+    addr = f"127.0.0.1:{tracker.port}"
+    server = rpc.start_server(free_port(), tracker=addr, key="board")
+    log = tmp_path / "log"
+    cmd = [*CLI, "tune", "tiny_models:dense", "--input", "x:1x32", "--target", "x86-avx2",
+           "--tracker", addr, "--key", "board", "--trials", "400", "--timeout", str(TIMEOUT),
+           "--log-dir", str(log), "--quiet"]
+    tune = subprocess.Popen(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while count_records(log) < 1:  # a first batch was measured on the board
+            assert tune.poll() is None and time.monotonic() < deadline, tune.communicate()
+            time.sleep(0.1)
+        loads = server.log_text().count("load_module")
+        while server.log_text().count("load_module") == loads:  # the next one is measuring
+            assert tune.poll() is None and time.monotonic() < deadline, tune.communicate()
+            time.sleep(0.05)
+        os.killpg(server.pid, signal.SIGSTOP)
+        code, err, took = _finish(tune, TIMEOUT + 5)
+    finally:
+        try:
+            os.killpg(tune.pid, signal.SIGKILL)  # its runner/builder workers, if any remain
+        except ProcessLookupError:
+            pass
+        os.killpg(server.pid, signal.SIGCONT)
+        server.stop()
+        tracker.stop()
+    assert code == 2 and took < TIMEOUT + 5
+    assert (f"the 'board' board at tracker {addr} did not answer within {TIMEOUT}s while "
+            "measuring candidates") in _one_error_line(
+                "\n".join(ln for ln in err.splitlines() if "Warning" not in ln
+                          and "cls.__new__" not in ln))
+    assert count_records(log) >= 1  # what was measured before is kept
+    runs = read_meta(str(log))["runs"]  # a reader sees the dead process's run as killed
+    assert runs[-1]["status"] == "killed" and runs[-1]["trials_saved"] >= 1  # (by os._exit)

@@ -31,6 +31,19 @@ def exit_head(channels: int, num_classes: int, pool: int = 4, hidden: int = 0) -
     return nn.Sequential(*layers, nn.Linear(width, num_classes))
 
 
+class FeatureTap:
+    """A forward hook keeping a layer's output in ``owner._features[name]`` (looked up at
+    call time: torch.export swaps the dict while tracing). A plain class, not a partial of a
+    bound method (which pickles through ``getattr``), so a cached ExitModel is read back by
+    the weights-only unpickler (``safe_load`` allows this class by name)."""
+
+    def __init__(self, owner, name: str):
+        self.owner, self.name = owner, name
+
+    def __call__(self, _module, _inputs, output):
+        self.owner._features[self.name] = output
+
+
 class ExitModel(nn.Module):
     """A backbone plus exit heads; forward returns ``(exit logits..., final logits)``."""
 
@@ -42,11 +55,8 @@ class ExitModel(nn.Module):
         self._features: dict = {}
         self.frozen_backbone = False  # train() then leaves the backbone in eval mode
         modules = dict(backbone.named_modules())
-        for name in self.after:  # a partial of a method: the model stays picklable
-            modules[name].register_forward_hook(functools.partial(self._keep, name))
-
-    def _keep(self, name, _module, _inputs, output):
-        self._features[name] = output
+        for name in self.after:  # a module, not a closure: the model pickles as classes only
+            modules[name].register_forward_hook(FeatureTap(self, name))
 
     def train(self, mode: bool = True):
         """As ``nn.Module.train``; a frozen backbone stays in eval mode, so its batch-norm
