@@ -209,11 +209,12 @@ def _call(model, inputs) -> list:
 @command("run", "run a compiled .so on .npy inputs")
 def cmd_run(args):
     from edgec.compiler.artifact import manifest_path
-    from edgec.compiler.outputs import check_outputs
+    from edgec.compiler.outputs import check_outputs, check_stdout
     from edgec.compiler.runtime import load
 
     inputs = {"MODEL": args.model, "its manifest": manifest_path(args.model)}
     inputs.update({f"--input {item}": item.rpartition("=")[2] for item in args.input})
+    check_stdout(inputs)
     check_outputs({"--output": args.output}, inputs)
     model = load(args.model)
     outputs = _call(model, _read_inputs(args.input, model.input_names))

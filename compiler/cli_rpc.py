@@ -133,11 +133,12 @@ def _bench_session(args, paths):
 def _check_save(args, paths) -> None:
     """--save must not replace an artifact, its manifest or the data (checked before connecting)."""
     from edgec.compiler.artifact import manifest_path
-    from edgec.compiler.outputs import check_outputs
+    from edgec.compiler.outputs import check_outputs, check_stdout
 
     inputs = {"--data": args.data if args.data and os.path.exists(args.data) else None}
     for flag, path in zip(("MODEL", "--compare"), paths):
         inputs.update({flag: path, f"the manifest of {flag}": manifest_path(path)})
+    check_stdout(inputs)
     check_outputs({"--save": args.save}, inputs)
 
 

@@ -45,6 +45,22 @@ def check_outputs(outputs: dict, inputs: dict) -> None:
         check_writable(out, what)
 
 
+def check_stdout(inputs: dict) -> None:
+    """Refuse to print over an input: ``edgec bench m.so --json > m.json`` (the shell has
+    already emptied m.json, but the user learns it now, not when the manifest is missing)."""
+    try:
+        st = os.fstat(1)
+    except OSError:
+        return
+    for name, given in inputs.items():
+        if given and os.path.exists(given):
+            other = os.stat(given)
+            if (st.st_dev, st.st_ino) == (other.st_dev, other.st_ino):
+                raise OutputError(f"standard output is {given}, {name} of this command: the "
+                                  "shell emptied it before edgec ran; restore or rebuild it, "
+                                  "and redirect the output to another file")
+
+
 def check_writable(path: str, what: str = "output") -> None:
     """Raise unless ``path`` can be created or replaced (its folder writable, not a folder)."""
     if os.path.isdir(path):

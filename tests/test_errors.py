@@ -261,3 +261,21 @@ def test_foreign_tuning_log_names_the_compile_flag(files, capfd):
     err = capfd.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "holds records for target 'x86-avx512'" in err and "--tuning-logs DIR" in err
+
+
+def test_printing_over_an_input_is_reported(files, tmp_path):
+    """``edgec bench m.so --json > m.json``: the shell empties the manifest before edgec runs;
+    edgec says so instead of benchmarking (a subprocess: the redirect is the point)."""
+    import sys
+
+    so, manifest = str(tmp_path / "m.so"), str(tmp_path / "m.json")
+    shutil.copy(files["so"], so)
+    shutil.copy(files["json"], manifest)
+    with open(manifest, "r+b") as out:
+        done = subprocess.run([sys.executable, "-m", "edgec.compiler.cli", "bench", so, "--json"],
+                              stdout=out, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith("standard output is " + manifest + ", the manifest of "
+                                        "MODEL of this command: the shell emptied it before "
+                                        "edgec ran; restore or rebuild it, and redirect the "
+                                        "output to another file")
