@@ -67,12 +67,82 @@ def file_digest(path: str) -> str:
     return h.hexdigest()[:16]
 
 
+EMBEDDED_SECTION = ".edgec.manifest"
+# what the library carries of its manifest (the digest of the file cannot be inside it)
+EMBEDDED_KEYS = ("format", "version", "inputs", "outputs", "target", "arch", "source",
+                 "early_exit", "versions")
+
+
+def embed_manifest(so_path: str, manifest: dict, cross_cc: str | None = None) -> bool:
+    """Put the manifest's description of the library into the library itself (a non-loaded
+    ELF section, added with objcopy), so a lone .so still says what it is. False (nothing
+    changed) when no objcopy for its architecture is at hand."""
+    import shutil
+    import subprocess
+
+    tool = cross_cc.rsplit("-", 1)[0] + "-objcopy" if cross_cc else "objcopy"
+    if shutil.which(tool) is None:
+        return False
+    data = {k: manifest.get(k) for k in EMBEDDED_KEYS}
+    fd, tmp = tempfile.mkstemp(prefix=".edgec-embed-", suffix=".json",
+                               dir=os.path.dirname(os.path.abspath(so_path)))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, separators=(",", ":"))
+        done = subprocess.run([tool, "--add-section", f"{EMBEDDED_SECTION}={tmp}",
+                               "--set-section-flags", f"{EMBEDDED_SECTION}=noload,readonly",
+                               so_path], capture_output=True, text=True)
+    finally:
+        os.unlink(tmp)
+    return done.returncode == 0
+
+
+def read_embedded(so_path: str) -> dict | None:
+    """The manifest copy inside the library (None: none, or not an ELF file we can read)."""
+    try:
+        with open(so_path, "rb") as f:
+            raw = _elf_section(f, EMBEDDED_SECTION)
+        return json.loads(raw) if raw is not None else None
+    except (OSError, ValueError, struct.error):
+        return None
+
+
+def _elf_section(f, name: str) -> bytes | None:
+    head = f.read(64)
+    if head[:4] != b"\x7fELF":
+        return None
+    wide, e = head[4] == 2, "<" if head[5] == 1 else ">"
+    shoff, (shentsize, shnum, shstrndx) = (
+        (struct.unpack(e + "Q", head[0x28:0x30])[0], struct.unpack(e + "HHH", head[0x3A:0x40]))
+        if wide else
+        (struct.unpack(e + "I", head[0x20:0x24])[0], struct.unpack(e + "HHH", head[0x2E:0x34])))
+    sections = []
+    for i in range(shnum):
+        f.seek(shoff + i * shentsize)
+        sh = f.read(shentsize)
+        name_off = struct.unpack(e + "I", sh[:4])[0]
+        off, size = (struct.unpack(e + "QQ", sh[24:40]) if wide else
+                     struct.unpack(e + "II", sh[16:24]))
+        sections.append((name_off, off, size))
+    names_at = sections[shstrndx][1]
+    for name_off, off, size in sections:
+        f.seek(names_at + name_off)
+        if f.read(len(name) + 1) == name.encode() + b"\0":
+            f.seek(off)
+            return f.read(size)
+    return None
+
+
 def read_manifest(so_path: str) -> dict:
-    """Read and check the manifest that travels with ``so_path``."""
+    """Read and check the manifest that travels with ``so_path`` (or, when the .json is
+    missing, the copy embedded in the library)."""
     path = manifest_path(so_path)
     if not os.path.isfile(so_path):
         raise ArtifactError(f"artifact not found: {so_path}")
     if not os.path.isfile(path):
+        embedded = read_embedded(so_path)
+        if embedded is not None:
+            return dict(embedded, manifest_from="library")
         raise ArtifactError(f"manifest missing: {path} must travel with {os.path.basename(so_path)} "
                             "(rebuild with 'edgec compile')")
     try:
@@ -147,8 +217,20 @@ def bytecode_shapes(vm_text: str) -> list:
 
 
 def check_interface(so_path: str, manifest: dict, vm_text: str) -> None:
-    """The manifest's input shapes against those the library itself checks (cheap: its
-    bytecode). Catches a hand-edited manifest before a call fails inside the VM."""
+    """The manifest's inputs and outputs against the library's own copy of them (embedded
+    at build), and its input shapes against those the library's bytecode checks. Catches a
+    hand-edited manifest before a call fails inside the VM."""
+    embedded = read_embedded(so_path)
+    for key in ("inputs", "outputs"):
+        if embedded is not None and embedded.get(key) != manifest[key]:
+            for ours, theirs in zip(manifest[key], embedded.get(key) or []):
+                if ours != theirs:
+                    break
+            else:
+                ours, theirs = manifest[key], embedded.get(key)
+            raise ArtifactError(f"manifest {manifest_path(so_path)} says {key[:-1]} {ours}, but "
+                                f"the library's own copy says {theirs}; the manifest was "
+                                "edited: restore it or rebuild with 'edgec compile'")
     for spec, shape in zip(manifest["inputs"], bytecode_shapes(vm_text)):
         if len(shape) != len(spec["shape"]) or any(
                 b is not None and a != b for a, b in zip(spec["shape"], shape)):

@@ -6,8 +6,8 @@ import shutil
 import time
 
 from edgec import compiler as _pkg
-from edgec.compiler.artifact import (atomic_path, elf_machine, file_digest, manifest_path,
-                                     write_json_atomic)
+from edgec.compiler.artifact import (atomic_path, elf_machine, embed_manifest, file_digest,
+                                     manifest_path, write_json_atomic)
 from edgec.compiler.errors import BuildError
 from edgec.compiler.graph import RelaxModel, constant_bytes
 from edgec.compiler.pipeline import run
@@ -55,6 +55,8 @@ def build_result(model: RelaxModel, config, output: str, calib_data=None) -> tup
         if arch != target.arch:
             raise BuildError(f"built library is {arch}, expected {target.arch} for {target.name}")
         manifest = _manifest(model, config, result, target, output, tmp, start)
+        if embed_manifest(tmp, manifest, target.cross_cc):  # a lone .so describes itself
+            manifest.update(library_sha256=file_digest(tmp), library_bytes=os.path.getsize(tmp))
     write_json_atomic(manifest_path(output), manifest)
     return manifest, result
 

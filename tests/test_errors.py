@@ -145,10 +145,11 @@ CASES = [
      "damaged.so does not match its manifest .*damaged.json \\(sha256 [0-9a-f]+, the manifest "
      "recorded [0-9a-f]+\\): the library was changed or damaged"),
     ("manifest-shape-edited", ["run", _p("shape"), "-i", _p("x")],
-     "manifest .*shape.json says input 'input' has shape \\[1, 9\\], but the library takes "
-     "\\[1, 8\\]"),
+     "manifest .*shape.json says input .*'shape': \\[1, 9\\].*, but the library's own copy "
+     "says .*'shape': \\[1, 8\\].*; the manifest was edited"),
     ("manifest-dtype-edited", ["run", _p("dtype"), "-i", _j("x16.npy")],
-     "the library refused the inputs \\(expect Tensor with dtype float32 but get float16\\)"),
+     "manifest .*dtype.json says input .*'dtype': 'float16'.*, but the library's own copy "
+     "says .*'dtype': 'float32'"),
     ("manifest-spec-malformed", ["run", _p("badspec"), "-i", _p("x")],
      "manifest .*badspec.json: input 0 .* is not a name, a shape of non-negative integers"),
     ("manifest-not-utf8", ["info", _p("latin1")],
@@ -279,3 +280,28 @@ def test_printing_over_an_input_is_reported(files, tmp_path):
                                         "MODEL of this command: the shell emptied it before "
                                         "edgec ran; restore or rebuild it, and redirect the "
                                         "output to another file")
+
+
+def test_lone_library_describes_itself_and_library_checks_survive(files, tmp_path, capsys):
+    """The manifest is embedded in the .so: without model.json, info and run still work;
+    with a library that has no embedded copy, the bytecode and the VM still check shapes."""
+    from edgec.compiler.artifact import EMBEDDED_SECTION, read_embedded
+
+    lone = str(tmp_path / "lone.so")
+    shutil.copy(files["so"], lone)
+    assert read_embedded(lone)["inputs"] == [{"name": "input", "shape": [1, 8],
+                                              "dtype": "float32"}]
+    assert main(["info", lone, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["manifest_from"] == "library"
+    assert main(["run", lone, "-i", files["x"], "--quiet"]) == 0
+    bare = str(tmp_path / "bare.so")  # as built by an edgec without embedding
+    subprocess.run(["objcopy", "--remove-section", EMBEDDED_SECTION, files["so"], bare],
+                   check=True)
+    with open(files["json"], encoding="utf-8") as f:
+        m = json.load(f)
+    m.pop("library_sha256")
+    m["inputs"][0]["shape"] = [1, 9]
+    with open(str(tmp_path / "bare.json"), "w", encoding="utf-8") as f:
+        json.dump(m, f)
+    assert main(["run", bare, "-i", files["x"]]) == 2
+    assert "the library takes [1, 8]" in capsys.readouterr().err
