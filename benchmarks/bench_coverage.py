@@ -15,7 +15,8 @@ that size runs at --small-size, listed as such):
 - latency: the untuned FP32 build against ONNX Runtime FP32 on the opset-17 file,
   interleaved (compiler/compare.py), and compile times.
 
-Plus the ONNX files ``edgec.compiler.onnx_zoo`` writes in older tools' forms. Each model
+Plus the ONNX files ``edgec.compiler.onnx_zoo`` writes in older tools' forms, and real
+files other tools exported (``third_party_onnx``: PaddleOCR's, via paddle2onnx). Each model
 runs in a child process with a deadline (a crash or hang is a row, not the end of the
 run); rows are saved after each model, so an interrupted run resumes (--fresh redoes).
 Results: benchmarks/results/coverage.json + .md, with the command and the machine.
@@ -207,14 +208,21 @@ def _fp32_layers(model, x) -> int:
 
 
 def run_onnx_case(case: str, folder: str) -> dict:
+    """An ONNX file in another tool's form: one that ``onnx_zoo`` writes, or
+    ``3p/FILE``, a real file from ``third_party_onnx``."""
     from edgec.compiler import compile, load, onnx_zoo
     from edgec.compiler.graph import TensorSpec
 
     import onnxruntime as ort
 
-    path = os.path.join(folder, f"{case}.onnx")
-    shapes = onnx_zoo.write_case(case, path)
-    (name, shape), = shapes.items()
+    if case.startswith("3p/"):
+        from benchmarks import third_party_onnx
+
+        path = third_party_onnx.fetch()[case[3:]]
+        name, shape = third_party_onnx.FILES[case[3:]]
+    else:
+        path = os.path.join(folder, f"{case}.onnx")
+        (name, shape), = onnx_zoo.write_case(case, path).items()
     so = os.path.join(folder, f"{case}.so")
     t0 = time.perf_counter()
     row = {"model": f"onnx:{case}", "input": list(shape), "steps": {}}
@@ -342,7 +350,10 @@ def main(argv=None) -> int:
 
     from benchmarks.common import write_results
 
-    names = args.models or ([f"onnx:{c}" for c in CASES] + classifiers())
+    from benchmarks.third_party_onnx import FILES
+
+    names = args.models or ([f"onnx:{c}" for c in CASES] + [f"onnx:3p/{f}" for f in FILES]
+                            + classifiers())
     done = {}
     if not args.fresh and os.path.exists(args.out + ".json"):
         with open(args.out + ".json", encoding="utf-8") as f:

@@ -181,6 +181,19 @@ def find_layers(mod, names=None) -> list:
     return [Layer(name=n, **layer) for n, layer in zip(names, found)]
 
 
+def fp32_ops(mod, layers) -> dict:
+    """{op: count} of the convs and matmuls in ``mod``'s main that no layer quantizes
+    (a matmul of two activations in attention, a conv whose weight is computed): they
+    stay FP32, and the manifest lists them."""
+    quantized = {layer.op_var for layer in layers}
+    counts = {}
+    for b in block_of(mod).bindings:
+        op = _op(b.value)
+        if op in ("relax.nn.conv2d", "relax.matmul") and b.var not in quantized:
+            counts[op] = counts.get(op, 0) + 1
+    return counts
+
+
 def _chain(bindings, i, uses, kind, w) -> dict:
     op_b = bindings[i]
     axis = 1 if kind == "conv2d" else -1

@@ -34,8 +34,11 @@ def quantize_phase(model, config, target, calib_data=None, quiet=True):
     plan = plan.with_keep_fp32(keep)
     kernel = kernel_for(target, scheme) if config.int8_kernel == "auto" else None
     qmod = quantize(mod, layers, plan, kernel)
+    from edgec.passes.int8_layers import fp32_ops
+
     info = {**plan.summary(), "layers": [layer.name for layer in layers], "sensitivity": rows,
-            "kernel": f"packed-{kernel.name}" if kernel else "nchw"}
+            "kernel": f"packed-{kernel.name}" if kernel else "nchw",
+            "fp32_ops": fp32_ops(mod, layers)}
     return model.with_module(qmod, params={}), info
 
 

@@ -372,3 +372,32 @@ def test_avg_pool_of_an_int8_map_sums_in_int32(pool, monkeypatch):
     assert "relax.nn.adaptive_avg_pool2d" in ops(ref)
     np.testing.assert_allclose(run_outputs(qmod, data[16:], rm.inputs[0]),
                                run_outputs(ref, data[16:], rm.inputs[0]), rtol=1e-5, atol=1e-5)
+
+
+class _Attention(nn.Module):
+    """A linear layer, then a matmul of two activations (q @ k^T): the second has no
+    weight to quantize and stays FP32."""
+
+    def __init__(self):
+        super().__init__()
+        self.qk = nn.Linear(16, 16)
+
+    def forward(self, x):
+        q = self.qk(x)
+        return q @ q.transpose(-1, -2)
+
+
+def test_ops_left_fp32_are_listed(tmp_path):
+    torch.manual_seed(0)
+    model, x = _Attention().eval(), torch.randn(1, 8, 16)
+    calib = np.concatenate([x.numpy(), np.random.default_rng(0).standard_normal(
+        (3, 8, 16)).astype("float32")])  # x in range: no clipping of q
+    out = str(tmp_path / "att.so")
+    manifest = compile_model(model, (x,), output=out, calib_data=calib,
+                             config=PipelineConfig(int8=True, tuning_logs=None))
+    record = next(p for p in manifest["passes"] if p["name"] == "quantize_int8")
+    assert record["layers_int8"] == 1
+    assert record["fp32_ops"] == {"relax.matmul": 1}
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert np.abs(load(out)(x.numpy())[0] - ref).max() <= 0.05 * np.abs(ref).max()
