@@ -83,7 +83,20 @@ def check_writable(path: str, what: str = "output") -> None:
 def public_mode(path: str) -> int:
     """The mode a newly created ``path`` would get from ``open``/the linker: 0666 (0777 for a
     shared library) minus the umask, instead of mkstemp's private 0600."""
-    umask = os.umask(0)
-    os.umask(umask)
     base = 0o777 if path.endswith((".so", ".dylib", ".dll")) else 0o666
-    return base & ~umask
+    return base & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask, read without setting it (os.umask would change it for every
+    thread for a moment)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
