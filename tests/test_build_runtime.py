@@ -89,12 +89,24 @@ def test_runtime_input_errors(mlp, tmp_path):
 
 
 def test_missing_manifest(mlp, tmp_path):
+    """Without model.json a library describes itself from its embedded copy; one without
+    that copy (objcopy removed it) needs its manifest."""
+    import subprocess
+
+    from edgec.compiler.artifact import EMBEDDED_SECTION
+
     model, x = mlp
     out = tmp_path / "m.so"
     compile(model, (x,), output=str(out))
     (tmp_path / "m.json").unlink()
+    lone = load(str(out))
+    assert lone.manifest["manifest_from"] == "library"
+    assert np.allclose(lone(x.numpy())[0], model(x).detach().numpy(), atol=1e-5)
+    bare = tmp_path / "bare.so"
+    subprocess.run(["objcopy", "--remove-section", EMBEDDED_SECTION, str(out), str(bare)],
+                   check=True)
     with pytest.raises(ArtifactError, match="manifest missing"):
-        load(str(out))
+        load(str(bare))
     with pytest.raises(ArtifactError, match="artifact not found"):
         read_manifest(str(tmp_path / "other.so"))
 
