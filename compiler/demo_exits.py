@@ -96,7 +96,8 @@ def exits(ctx, workdir, after: str) -> Outcome:
         "val": {"exit_rates": [round(float(r), 4) for r in cal.exit_rates],
                 "accuracy": round(cal.accuracy, 2), "never_exiting": round(cal.full_accuracy, 2),
                 "budget_points": round(allowed, 2),
-                f"expected_{'latency' if pricing else 'mac'}_speedup": round(cal.speedup, 2),
+                f"expected_{'latency' if pricing['priced_by'] == 'latency' else 'mac'}_speedup":
+                    round(cal.speedup, 2),
                 "outputs_from": "the unsplit model built for the target, run "
                                 + ("on the board" if ctx.board else "here")},
         "pricing": pricing}
@@ -110,9 +111,10 @@ def _calibrate(ctx, model, int8_config, calib, workdir, after):
     EXIT_SHARE of the budget the earlier stages left (dense teacher's val top-1 minus
     this model's, never exiting). With a board, that model is built for it and run there.
 
-    Here (no board) each path is priced by its measured latency against the stage before
-    (``exit_pricing``): the thresholds minimise expected latency, and the returned pricing
-    says whether the exit pays. On a board the paths are priced by MACs (pricing None)."""
+    Each path is priced by its measured latency against the stage before, here or on the
+    board (``exit_pricing``): the thresholds minimise expected latency, and the returned
+    pricing says whether the exit pays. Where latency cannot be measured (an emulated board,
+    no compiled stage before) the paths are priced by MACs and pricing says why."""
     from edgec.compiler.cli_exits import all_output_logits
     from edgec.compiler.frontend import import_model
     from edgec.compiler.graph import bind
@@ -136,24 +138,33 @@ def _calibrate(ctx, model, int8_config, calib, workdir, after):
     dense = evaluate(ctx.model(STAGE_EAGER), val)
     allowed = max(0.0, EXIT_SHARE * (_budget(ctx) - max(0.0, dense - never)))
     labels = val.y[:len(logits[0])]
-    if ctx.board is not None or not ctx.records[after].artifact:
-        return calibrate(logits, labels, costs, allowed, "max_prob"), allowed, None
-    measured = _measure_paths(ctx, relax_model, int8_config, calib, workdir, after)
+    macs = calibrate(logits, labels, costs, allowed, "max_prob")
+    why_not = _unpriceable(ctx, after)
+    if why_not:
+        return macs, allowed, {"priced_by": "MACs", "why": why_not}
+    measure = _measure_paths if ctx.board is None else _measure_paths_on_board
+    measured = measure(ctx, relax_model, int8_config, calib, workdir, after, len(costs) - 1)
     cal = calibrate(logits, labels, measured["path_s"], allowed, "max_prob", cost_unit="s")
     from edgec.compiler.exit_pricing import decide, verdict
 
     pricing = decide(cal, measured)
-    macs = calibrate(logits, labels, costs, allowed, "max_prob")
-    pricing.update(verdict=verdict(pricing), macs_per_path=[int(c) for c in costs],
+    pricing.update(priced_by="latency", verdict=verdict(pricing),
+                   macs_per_path=[int(c) for c in costs],
                    mac_priced_thresholds=[round(float(t), 4) for t in macs.thresholds],
-                   mac_priced_speedup=round(macs.speedup, 2),
-                   how="each path forced by thresholds given as input on a library built "
-                       "like the final one; the stage before run as built; interleaved "
-                       "rounds of calls through the Python API on one val image, medians")
+                   mac_priced_speedup=round(macs.speedup, 2), how=measured["how"])
     return cal, allowed, pricing
 
 
-def _measure_paths(ctx, relax_model, int8_config, calib, workdir, after) -> dict:
+def _unpriceable(ctx, after) -> str | None:
+    """Why the exit paths cannot be priced by latency here (None: they can)."""
+    if not ctx.records[after].artifact:
+        return f"the stage before ({after}) has no compiled library to compare with"
+    if ctx.board is not None and ctx.board.description.get("emulated"):
+        return "latency on an emulated board is meaningless"
+    return None
+
+
+def _measure_paths(ctx, relax_model, int8_config, calib, workdir, after, exits) -> dict:
     """Latency of each exit path of the split library and of the stage before, here."""
     from dataclasses import replace
 
@@ -165,7 +176,44 @@ def _measure_paths(ctx, relax_model, int8_config, calib, workdir, after) -> dict
     os.makedirs(os.path.dirname(path), exist_ok=True)
     build(relax_model, replace(int8_config, early_exit=True, thresholds_as_input=True), path,
           calib)
-    return path_latencies(load(path), load(ctx.records[after].artifact), ctx.data.val.x[:1])
+    out = path_latencies(load(path), load(ctx.records[after].artifact), ctx.data.val.x[:1])
+    out["how"] = ("here: each path forced by thresholds given as input on a library built like "
+                  "the final one, the stage before as built; interleaved rounds of calls "
+                  "through the Python API on one val image, medians")
+    return out
+
+
+BOARD_PRICING_IMAGES = 8  # val images each path cycles through on the board
+BOARD_PRICING_ROUNDS = 5
+
+
+def _measure_paths_on_board(ctx, relax_model, int8_config, calib, workdir, after,
+                            exits) -> dict:
+    """The same on the board: one library per path, its thresholds baked to force it (0 takes
+    an exit, 1 never does), timed on the device with the stage before, interleaved."""
+    from dataclasses import replace
+
+    from edgec.compiler.build import build
+    from edgec.compiler.demo_board import BOARD_NUMBER, board_benchmark
+
+    stages = []
+    for e in range(exits + 1):
+        path = os.path.join(workdir, "pricing", f"path{e}", "model.so")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        forced = tuple([1.0] * e + [0.0] * (exits - e))
+        build(relax_model, replace(int8_config, early_exit=True, exit_thresholds=forced), path,
+              calib)
+        stages.append((f"path {e}", path))
+    stages.append(("without exits", ctx.records[after].artifact))
+    result = board_benchmark(ctx.board, stages, ctx.data.val.x[:BOARD_PRICING_IMAGES],
+                             BOARD_PRICING_ROUNDS, quiet=True)
+    ms = {name: e["median_ms"] for name, e in result["engines"].items()}
+    return {"path_s": [ms[f"path {e}"] / 1e3 for e in range(exits + 1)],
+            "without_exits_s": ms["without exits"] / 1e3, "rounds": BOARD_PRICING_ROUNDS,
+            "calls": BOARD_NUMBER * BOARD_PRICING_IMAGES,
+            "how": (f"on the board: one library per path (thresholds baked to force it), the "
+                    f"stage before as built; {BOARD_PRICING_ROUNDS} interleaved rounds over "
+                    f"{BOARD_PRICING_IMAGES} val images timed on the device, medians")}
 
 
 def exit_distribution(so_path: str, split, num_exits: int, board=None) -> dict:

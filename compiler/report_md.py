@@ -157,9 +157,11 @@ def _stage_notes(r) -> list:
         if s.get("artifact"):
             parts.append(f"artifact `{os.path.relpath(s['artifact'], r['config']['out'])}`")
         pricing = ((s.get("info") or {}).get("exits") or {}).get("pricing")
-        if pricing:  # exits priced by measured latency (compiler/exit_pricing.py)
+        if pricing and pricing.get("verdict"):  # priced by latency (compiler/exit_pricing.py)
             parts.append(pricing["verdict"] + f" (MAC pricing alone promised "
                          f"{pricing['mac_priced_speedup']:.2f}x)")
+        elif pricing:
+            parts.append(f"exit thresholds priced by MACs, not latency: {pricing['why']}")
         lines.append(f"- **{s['name']}**: " + "; ".join(parts) + ".")
     return lines
 

@@ -103,3 +103,43 @@ def test_goals_are_measured_on_the_stage_before_a_dropped_exit():
                stage("pruned + INT8 + early exit", 0.022, no_pay)])
     assert g["final_stage"] == "pruned + INT8"
     assert "pruned + INT8 + early exit is not the final stage: the exit does not pay" in g["note"]
+
+
+def test_board_paths_are_one_forced_library_each(monkeypatch, tmp_path):
+    """On a (real) board every path gets a library with thresholds baked to force it, timed
+    with the stage before by the board benchmark; an emulated board is priced by MACs."""
+    from edgec.compiler import build as build_module
+    from edgec.compiler import demo_board, demo_exits
+    from edgec.compiler.demo import Context, RunConfig
+
+    built, timed = [], []
+
+    def fake_build(model, config, path, calib=None):
+        built.append(config.exit_thresholds)
+
+    def fake_bench(board, stages, images, rounds, quiet=False, power_cmd=None):
+        timed.append([name for name, _ in stages])
+        ms = {"path 0": 0.02, "path 1": 0.03, "path 2": 0.05, "without exits": 0.04}
+        return {"engines": {name: {"median_ms": ms[name]} for name, _ in stages}}
+
+    monkeypatch.setattr(build_module, "build", fake_build)
+    monkeypatch.setattr(demo_board, "board_benchmark", fake_bench)
+
+    class Data:
+        val = type("Split", (), {"x": np.zeros((20, 1, 28, 28), "float32")})()
+
+    ctx = Context(RunConfig(), Data())
+    ctx.records["before"] = _record("before", artifact="int8.so")
+    ctx.board = demo_board.Board("127.0.0.1:1", "pi", info=(("emulated", False),))
+    got = demo_exits._measure_paths_on_board(ctx, None, PipelineConfig(int8=True), None,
+                                             str(tmp_path), "before", 2)
+    assert built == [(0.0, 0.0), (1.0, 0.0), (1.0, 1.0)]  # exit 0, exit 1, the final head
+    assert timed == [["path 0", "path 1", "path 2", "without exits"]]
+    assert got["path_s"] == pytest.approx([2e-5, 3e-5, 5e-5])
+    assert got["without_exits_s"] == pytest.approx(4e-5) and "on the board" in got["how"]
+    assert demo_exits._unpriceable(ctx, "before") is None
+    ctx.board = demo_board.Board("127.0.0.1:1", "pi", info=(("emulated", True),))
+    assert "emulated" in demo_exits._unpriceable(ctx, "before")
+    ctx.board = None
+    ctx.records["before"] = _record("before", artifact=None)
+    assert "no compiled library" in demo_exits._unpriceable(ctx, "before")
