@@ -305,3 +305,45 @@ def test_lone_library_describes_itself_and_library_checks_survive(files, tmp_pat
         json.dump(m, f)
     assert main(["run", bare, "-i", files["x"]]) == 2
     assert "the library takes [1, 8]" in capsys.readouterr().err
+
+
+def _rewrite(src, dst, change):
+    """Copy the zip ``src`` to ``dst``, ``change(name, data) -> data or None (drop)``, plus
+    the extra members ``change(None, None)`` returns as {name: data}."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        root = zin.namelist()[0].split("/")[0]
+        for info in zin.infolist():
+            data = change(info.filename, zin.read(info.filename))
+            if data is not None:
+                zout.writestr(info, data)
+        for name, data in (change(None, None) or {}).items():
+            zout.writestr(f"{root}/{name}", data)
+    return str(dst)
+
+
+def test_every_pickle_route_of_a_pt2_is_refused(files, tmp_path):
+    from edgec.compiler.pt2_check import UntrustedModelError, check_pt2
+
+    def pickled_weight(name, data):
+        if name is None or not name.endswith("_weights_config.json"):
+            return data
+        config = json.loads(data)
+        next(iter(config["config"].values()))["use_pickle"] = True
+        return json.dumps(config).encode()
+
+    routes = {
+        "weight .* is pickled": pickled_weight,
+        "constant 'obj' is pickled": lambda n, d: d if n is None or not n.endswith(
+            "_constants_config.json") else json.dumps({"config": {"obj": {
+                "path_name": "custom_obj_0", "use_pickle": False}}}).encode(),
+        "legacy pickled format": lambda n, d: {"data/weights/model.pt": b"x"} if n is None else d,
+        "is compiled code": lambda n, d: {"data/aotinductor/m/m.so": b"\x7fELF"} if n is None
+        else d,
+        "not in the current torch.export format": lambda n, d: None if n and "/models/" in n
+        else (d if n else None),
+    }
+    for i, (why, change) in enumerate(routes.items()):
+        path = _rewrite(files["pt2"], tmp_path / f"r{i}.pt2", change)
+        with pytest.raises(UntrustedModelError, match=why):
+            check_pt2(path)
+    check_pt2(files["pt2"])  # the plain one passes
