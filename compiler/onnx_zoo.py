@@ -55,7 +55,7 @@ def legacy_zoo_file(path: str, seed: int = 0) -> dict:
 def shape_subgraph_file(path: str, seed: int = 0) -> dict:
     """conv -> relu -> flatten computed from Shape (batch dim dynamic) -> Gemm.
     Returns {input name: the static shape to give with --input}."""
-    onnx, TensorProto, helper, numpy_helper = _onnx()
+    _, _, helper, numpy_helper = _onnx()
     rng = np.random.default_rng(seed)
     inits = [numpy_helper.from_array(_conv_weights(rng, 8, 3), "w"),
              numpy_helper.from_array(rng.standard_normal(8).astype("float32"), "b"),
@@ -72,19 +72,14 @@ def shape_subgraph_file(path: str, seed: int = 0) -> dict:
         helper.make_node("Reshape", ["r", "new_shape"], ["flat"], name="flatten"),
         helper.make_node("MatMul", ["flat", "fc"], ["y"], name="classifier"),
     ]
-    graph = helper.make_graph(
-        nodes, "shape_subgraph",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
-                                producer_name="edgec-onnx-zoo"), path)
+    _save(path, "shape_subgraph", nodes, inits, ["N", 3, 8, 8], ["N", 10])
     return {"x": (1, 3, 8, 8)}
 
 
 def computed_resize_file(path: str, seed: int = 0) -> dict:
     """conv -> Resize to 2x the Shape-computed H, W (nearest) -> conv, H and W dynamic.
     Returns {input name: the static shape to give with --input}."""
-    onnx, TensorProto, helper, numpy_helper = _onnx()
+    _, _, helper, numpy_helper = _onnx()
     rng = np.random.default_rng(seed)
     inits = [numpy_helper.from_array(_conv_weights(rng, 16, 3), "w1"),
              numpy_helper.from_array(_conv_weights(rng, 4, 16), "w2"),
@@ -106,13 +101,19 @@ def computed_resize_file(path: str, seed: int = 0) -> dict:
                          nearest_mode="floor"),
         helper.make_node("Conv", ["up", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1]),
     ]
-    graph = helper.make_graph(
-        nodes, "computed_resize",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "H", "W"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, "H2", "W2"])], inits)
+    _save(path, "computed_resize", nodes, inits, [1, 3, "H", "W"], [1, 4, "H2", "W2"])
+    return {"x": (1, 3, 12, 16)}
+
+
+def _save(path, name, nodes, inits, x_dims, y_dims) -> None:
+    """One float input ``x`` and output ``y`` (dims: numbers or names), opset 13."""
+    onnx, TensorProto, helper, _ = _onnx()
+    graph = helper.make_graph(nodes, name,
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_dims)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_dims)],
+                              inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
                                 producer_name="edgec-onnx-zoo"), path)
-    return {"x": (1, 3, 12, 16)}
 
 
 WRITERS = {"legacy_zoo": legacy_zoo_file, "shape_subgraph": shape_subgraph_file,

@@ -101,8 +101,8 @@ def convert_conv_layout(mod: tvm.IRModule, block: int, winograd: bool = True,
     """
     if block is None or block <= 1:
         return mod
-    mod = _ClipAsMinMax(mod).rewrite()  # ConvertLayout cannot move clip (ReLU6)
-    mod = _ChannelSlicesPlain(mod, block).rewrite()  # TVM's rules fail on blocked input
+    # clip as max/min; channel splits, slices and mixed-block concats plain
+    mod = _BeforeConvertLayout(mod, block).rewrite()
     mod = relax.transform.ConvertLayout({}, layout_cb=_layouts(block, exclude))(mod)
     # ConvertLayout transforms a tensor once per consumer (resnet18's stem output: for the
     # first conv and again for its residual add); one transform serves them all
@@ -119,13 +119,25 @@ def convert_conv_layout(mod: tvm.IRModule, block: int, winograd: bool = True,
 
 
 @relax.expr_functor.mutator
-class _ClipAsMinMax(relax.PyExprMutator):
-    """clip(x, lo, hi) -> minimum(maximum(x, lo), hi): elementwise binary ops, whose layout
-    ConvertLayout infers (it has no rule for clip, and would unblock around every ReLU6)."""
+class _BeforeConvertLayout(relax.PyExprMutator):
+    """Two rewrites of single calls that ConvertLayout needs, in one walk:
 
-    def __init__(self, mod):
+    - clip(x, lo, hi) -> minimum(maximum(x, lo), hi): elementwise binary ops, whose
+      layout ConvertLayout infers (it has no rule for clip, and would unblock around every
+      ReLU6);
+    - channel splits and slices, and channel concats whose inputs would take another
+      block than their output, become their TIR compute (``call_tir``), so ConvertLayout
+      hands them NCHW tensors. TVM 0.27's layout rules for them go wrong on a blocked
+      channel axis: split keeps its channel indices (a split at 48 of NCHW16c data cuts at
+      block 48: mixed-kernel grouped convs, "data channel size 96"); strided_slice and such
+      a concat (ghost modules: two 8-channel halves into a 16-channel conv) ask for a "16b"
+      axis ("Invalid layout axis 16b"). A transform around each costs less than the convs
+      left plain.
+    """
+
+    def __init__(self, mod, lanes):
         super().__init__(mod)
-        self.mod = mod
+        self.mod, self.lanes = mod, lanes
 
     def rewrite(self):
         for gv, func in self.mod.functions.items():
@@ -135,15 +147,22 @@ class _ClipAsMinMax(relax.PyExprMutator):
 
     def visit_call_(self, op):
         call = super().visit_call_(op)
-        if getattr(call.op, "name", "") != "relax.clip":
-            return call
-        x, lo, hi = call.args
-        dtype = str(x.ty.dtype)
-        def const(bound):  # a PrimValue; its value is a number or an IntImm/FloatImm
-            value = getattr(bound.value, "value", bound.value)
-            return relax.const(float(value) if "float" in dtype else int(value), dtype)
+        if getattr(call.op, "name", "") == "relax.clip":
+            return _clip_as_min_max(call)
+        if _is_channel_slice(call, self.lanes):
+            return tvm.ir.Op.get(call.op.name).get_attr("FLegalize")(self.builder_, call)
+        return call
 
-        return relax.op.minimum(relax.op.maximum(x, const(lo)), const(hi))
+
+def _clip_as_min_max(call):
+    x, lo, hi = call.args
+    dtype = str(x.ty.dtype)
+
+    def const(bound):  # a PrimValue; its value is a number or an IntImm/FloatImm
+        value = getattr(bound.value, "value", bound.value)
+        return relax.const(float(value) if "float" in dtype else int(value), dtype)
+
+    return relax.op.minimum(relax.op.maximum(x, const(lo)), const(hi))
 
 
 def _is_channel_slice(call, lanes: int) -> bool:
@@ -162,33 +181,6 @@ def _is_channel_slice(call, lanes: int) -> bool:
         return int(call.attrs.axis) in (1, -3)
     out = call.ty
     return isinstance(out, relax.TensorType) and int(out.shape[1]) != int(data.ty.shape[1])
-
-
-@relax.expr_functor.mutator
-class _ChannelSlicesPlain(relax.PyExprMutator):
-    """Channel splits and slices become their TIR compute (``call_tir``) before
-    ConvertLayout, which then hands them NCHW tensors. TVM 0.27's layout rules for them
-    go wrong on a blocked channel axis: split keeps its channel indices (a split at 48
-    of NCHW16c data cuts at block 48: mixed-kernel grouped convs, "data channel size 96");
-    strided_slice, and a concat of tensors in other blocks than its output (ghost modules:
-    two 8-channel halves into a 16-channel conv), ask for a "16b" axis ("Invalid layout
-    axis 16b"). A layout transform around each costs less than the convs left plain."""
-
-    def __init__(self, mod, lanes):
-        super().__init__(mod)
-        self.mod, self.lanes = mod, lanes
-
-    def rewrite(self):
-        for gv, func in self.mod.functions.items():
-            if isinstance(func, relax.Function):
-                self.builder_.update_func(gv, self.visit_expr(func))
-        return self.builder_.get()
-
-    def visit_call_(self, op):
-        call = super().visit_call_(op)
-        if not _is_channel_slice(call, self.lanes):
-            return call
-        return tvm.ir.Op.get(call.op.name).get_attr("FLegalize")(self.builder_, call)
 
 
 def legalize_blocked_conv(bb: relax.BlockBuilder, call: relax.Call, block: int = 8,

