@@ -103,6 +103,10 @@ std::vector<Spec> ReadSpecs(const ffi::json::Array& list) {
 
 Manifest ReadManifest(const std::string& so_path) {
   std::string path = so_path.substr(0, so_path.rfind('.')) + ".json";
+  std::ifstream probe(path);
+  if (!probe)
+    throw UsageError("cannot read " + path + ": the manifest travels with the library; copy it "
+                     "beside " + so_path);
   ffi::String error;
   ffi::json::Value doc = ffi::json::Parse(ReadFile(path), &error);
   if (!error.empty()) throw UsageError(path + " is not JSON: " + std::string(error));
