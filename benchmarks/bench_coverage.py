@@ -163,9 +163,13 @@ def run_one(name: str, steps, max_gmacs: float, small: int, folder: str, rounds:
         rec = next((p for p in manifest["passes"] if p["name"] == "quantize_int8"), {})
         out = {"layers_int8": rec.get("layers_int8", 0), "kernel": rec.get("kernel")}
         out["layers_fp32"] = _fp32_layers(model, x) - out["layers_int8"]
-        if f is not None:
-            agree = [int(np.argmax(q(t)[0]) == np.argmax(f(t)[0])) for t in tests]
-            out["top1_agreement"] = float(np.mean(agree))
+        if f is not None:  # random weights: logits nearly flat, so SQNR says more than top-1
+            pairs = [(q(t)[0], f(t)[0]) for t in tests]
+            out["top1_agreement"] = float(np.mean([np.argmax(a) == np.argmax(b)
+                                                   for a, b in pairs]))
+            noise = sum(float(((a - b) ** 2).sum()) for a, b in pairs)
+            signal = sum(float((b ** 2).sum()) for _, b in pairs)
+            out["sqnr_db"] = 10 * np.log10(signal / noise) if noise else float("inf")
         return out
 
     def latency():
@@ -307,7 +311,8 @@ def markdown(rows, summary, machine, total) -> str:
         if key == "prune" and s.get("macs_before"):
             extra = f" {s['macs_after'] / s['macs_before']:.2f} MACs"
         if key == "int8" and "top1_agreement" in s:
-            extra = f" top-1 {s['top1_agreement']:.0%}, {s['layers_fp32']} fp32"
+            sqnr = f", {s['sqnr_db']:.0f} dB" if "sqnr_db" in s else ""
+            extra = f" top-1 {s['top1_agreement']:.0%}{sqnr}, {s['layers_fp32']} fp32"
         return f"{mark}{extra} ({s['seconds']:.0f} s)" if s.get("ok") is not None else "n/a"
 
     head = ["model", "input", "GMACs", *STEPS]

@@ -46,10 +46,13 @@ def block_for(layout: str, vector_bits: int) -> int | None:
 
 def channel_block(channels: int, lanes: int) -> int:
     """The block of a tensor with ``channels`` channels: the target's lanes, or on AVX-512
-    half of them (8) when only that divides (mobilenet_v2's 24-channel layers); the lanes
-    when neither does (ConvertLayout then leaves the conv in NCHW)."""
-    for b in (lanes, lanes // 2):
-        if b >= min(lanes, 8) and channels % b == 0:
+    half of them (8) when only that divides (mobilenet_v2's 24-channel layers), or 4 when
+    only 4 does (shufflenet_v2_x1_0's 116-channel branches, which channel padding cannot
+    follow through the shuffle: in plain NCHW they ran on TVM's default schedules, and
+    the untuned model took 11.9x ONNX Runtime's time); the lanes when none does
+    (ConvertLayout then leaves the conv in NCHW)."""
+    for b in (lanes, lanes // 2, 4):
+        if b >= min(lanes, 4) and channels % b == 0:
             return b
     return lanes
 

@@ -69,7 +69,9 @@ def test_a_tensor_whose_channels_do_not_divide_takes_a_narrower_block():
     from edgec.passes.conv_layout import channel_block
 
     assert [channel_block(c, 16) for c in (32, 24, 3)] == [16, 8, 16]
-    assert [channel_block(c, 8) for c in (24, 12)] == [8, 8]  # AVX2: no narrower block
+    # AVX2: no 4-lane half block, but 4 where only 4 divides (shufflenet's 116 channels)
+    assert [channel_block(c, 8) for c in (24, 12, 116)] == [8, 4, 4]
+    assert [channel_block(c, 16) for c in (116, 6)] == [4, 16]  # 6: none divides, NCHW
     assert channel_block(12, 4) == 4
     x = torch.randn(1, 16, 8, 8)
     # without padding (by default 24 channels are padded to 32: passes.pad_channels)

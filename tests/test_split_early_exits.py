@@ -120,7 +120,8 @@ def test_deployed_so_decides_by_itself(exit_cnn, tmp_path):
     _bench_over_data_counts_exits(m, model)
     rng = np.random.default_rng(1)
     npz = str(tmp_path / "d.npz")
-    np.savez(npz, x=rng.normal(size=(40, 1, 28, 28)).astype("float32"), y=np.arange(40) % 10)
+    # 6 per class: the smallest set whose val split is not empty (compiler/train/data.py)
+    np.savez(npz, x=rng.normal(size=(60, 1, 28, 28)).astype("float32"), y=np.arange(60) % 10)
     res = bench_artifacts({"e": path}, npz, split="test", samples=5, rounds=1, quiet=True)
     assert res["e"]["samples"] == 5 and sum(e["count"] for e in res["e"]["per_exit"]) == 5
     with pytest.raises(EdgecError, match="unknown split 'dev'; valid: train, val, test"):
