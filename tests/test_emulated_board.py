@@ -4,7 +4,6 @@ The rootfs is cached outside the checkout (``~/.cache/edgec/board-aarch64``, or
 ``$EDGEC_BOARD_DIR``) and built once (~1-2 min) when missing. Needs root and
 qemu-user-static, binfmt-support, mmdebstrap (``.ci/run`` installs them).
 """
-import os
 
 import numpy as np
 import pytest
@@ -16,23 +15,15 @@ from edgec.compiler.errors import ArtifactError
 from edgec.compiler.rpc import group_members
 from edgec.compiler.rpc_session import connect
 from edgec.compiler.zoo import mnist_cnn
-from rpc_helpers import free_port, result_within
+from rpc_helpers import free_port, require_board_host, result_within
 
 pytestmark = pytest.mark.slow
 
 
-def _require_board_host():
-    try:
-        board.check_host()
-    except board.BoardError as e:
-        if os.geteuid() != 0:
-            pytest.skip(str(e))  # CI runs as root with the tools installed: it never skips
-        raise
-
 
 @pytest.fixture(scope="module")
 def emulated_board():
-    _require_board_host()
+    require_board_host()
     root = board.default_dir()
     board.prepare(root)
     proc = board.start(root, free_port())
@@ -119,7 +110,7 @@ def test_metaschedule_rpc_runner_measures_on_board_via_tracker(tmp_path):
     from edgec.compiler import rpc
     from edgec.compiler.tvm_compat import cross_compiler, meta_schedule, tvm
 
-    _require_board_host()
+    require_board_host()
     ms = meta_schedule()
     a = te.placeholder((64,), name="a")
     func = te.create_prim_func([a, te.compute((64,), lambda i: a[i] + 1.0, name="b")])
