@@ -17,7 +17,7 @@ from edgec.compiler import board, rpc
 from edgec.compiler.demo import STAGE_DENSE, STAGE_EAGER
 from edgec.compiler.rpc import group_members
 from rpc_helpers import free_port
-from test_emulated_board import _require_board_host
+from rpc_helpers import require_board_host
 
 KEY = "emulated-aarch64"
 
@@ -36,7 +36,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def tracker_with_board():
-    _require_board_host()
+    require_board_host()
     board.prepare(board.default_dir())
     procs = [rpc.start_tracker(free_port())]
     try:
