@@ -16,8 +16,7 @@ import pytest
 from edgec.compiler import board, rpc
 from edgec.compiler.demo import STAGE_DENSE, STAGE_EAGER
 from edgec.compiler.rpc import group_members
-from rpc_helpers import free_port
-from rpc_helpers import require_board_host
+from rpc_helpers import free_port, require_board_host
 
 KEY = "emulated-aarch64"
 
