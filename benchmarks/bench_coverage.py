@@ -215,7 +215,7 @@ def run_onnx_case(case: str, folder: str) -> dict:
     """An ONNX file in another tool's form: one that ``onnx_zoo`` writes, or
     ``3p/FILE``, a real file from ``third_party_onnx``."""
     from edgec.compiler import compile, load, onnx_zoo
-    from edgec.compiler.graph import TensorSpec
+    from edgec.passes.graph import TensorSpec
 
     import onnxruntime as ort
 

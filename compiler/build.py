@@ -9,7 +9,7 @@ from edgec import compiler as _pkg
 from edgec.compiler.artifact import (atomic_path, elf_machine, embed_manifest, file_digest,
                                      manifest_path, write_json_atomic)
 from edgec.compiler.errors import BuildError
-from edgec.compiler.graph import RelaxModel, constant_bytes
+from edgec.passes.graph import RelaxModel, constant_bytes
 from edgec.compiler.pipeline import run
 from edgec.compiler.tvm_compat import cross_compiler, tvm_version
 

@@ -90,7 +90,7 @@ def all_output_logits(relax_model, split, quiet: bool = False, config=None,
 def calibrate_relax_model(relax_model, split, budget: float, criterion: str = "max_prob",
                           quiet: bool = False):
     """Thresholds for ``relax_model`` minimising expected MACs on ``split`` within ``budget``."""
-    from edgec.compiler.graph import bind
+    from edgec.passes.graph import bind
     from edgec.passes.exit_plan import ExitPlan
     from edgec.passes.exit_thresholds import calibrate, exit_macs
     from edgec.passes.split_early_exits import split_early_exits

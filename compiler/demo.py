@@ -37,7 +37,7 @@ DEMO_CODE = ("edgec.compiler.demo_stages", "edgec.compiler.demo_measure",
              "edgec.compiler.exit_pricing")
 TRAIN_CODE = DEMO_CODE + ("edgec.compiler.zoo", "edgec.compiler.train")
 BUILD_CODE = DEMO_CODE + (
-    "edgec.compiler.api", "edgec.compiler.frontend", "edgec.compiler.graph",
+    "edgec.compiler.api", "edgec.compiler.frontend", "edgec.passes.graph",
     "edgec.compiler.pipeline", "edgec.compiler.build", "edgec.compiler.config",
     "edgec.compiler.artifact", "edgec.compiler.power", "edgec.passes", "edgec.targets")
 

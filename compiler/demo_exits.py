@@ -117,7 +117,7 @@ def _calibrate(ctx, model, int8_config, calib, workdir, after):
     no compiled stage before) the paths are priced by MACs and pricing says why."""
     from edgec.compiler.cli_exits import all_output_logits
     from edgec.compiler.frontend import import_model
-    from edgec.compiler.graph import bind
+    from edgec.passes.graph import bind
     from edgec.compiler.train.fit import evaluate
     from edgec.passes.exit_plan import ExitPlan
     from edgec.passes.exit_thresholds import calibrate, exit_macs

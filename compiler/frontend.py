@@ -12,7 +12,7 @@ import numpy as np
 
 from edgec.compiler import onnx_prepare
 from edgec.compiler.errors import FrontendError, UnsupportedOperatorError
-from edgec.compiler.graph import RelaxModel, TensorSpec, substitute
+from edgec.passes.graph import RelaxModel, TensorSpec, substitute
 from edgec.compiler.phases import native_output_captured, phase
 from edgec.compiler.tvm_compat import detach_params, onnx_frontend, relax, torch_frontend
 

@@ -10,11 +10,12 @@ import os
 from dataclasses import dataclass, field
 
 from edgec.compiler.config import PipelineConfig
-from edgec.compiler.graph import RelaxModel, bind
+from edgec.passes.graph import RelaxModel, bind
 from edgec.compiler.tvm_compat import relax, tvm
 from edgec.compiler.phases import native_output_captured, phase
 from edgec.passes.conv_layout import block_for
 from edgec.passes.layout_fallback import blocked_layout
+from edgec.passes.simplify import Simplify
 from edgec.targets import get_target
 
 
@@ -101,7 +102,7 @@ def _run(model, config, calib_data, quiet, lower_only) -> PipelineResult:
 
     # lower: fold batch norms into convs, constant-fold, legalize and fuse.
     with phase("lower"):
-        mod = _simplify(mod, config.fold_batchnorm)
+        mod = Simplify(config.fold_batchnorm)(mod)
     dump("20_simplified", mod)
     layout_record = None
     if blocked:
@@ -168,15 +169,6 @@ def _run(model, config, calib_data, quiet, lower_only) -> PipelineResult:
 
 def _prim_names(mod) -> set:
     return {gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
-
-
-def _simplify(mod, fold_batchnorm: bool):
-    seq = []
-    if fold_batchnorm:
-        seq.append(relax.transform.FoldBatchnormToConv2D())
-    seq += [relax.transform.DecomposeOpsForInference(), relax.transform.FoldConstant(),
-            relax.transform.CanonicalizeBindings(), relax.transform.DeadCodeElimination()]
-    return tvm.transform.Sequential(seq)(mod)
 
 
 def _dumper(directory):

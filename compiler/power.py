@@ -146,7 +146,7 @@ def simplify_for_count(mod):
 
 def _graph_and_fused(model, target):
     """(simplified graph, the same after legalize + fusion) of a RelaxModel or bound module."""
-    from edgec.compiler.graph import RelaxModel, bind
+    from edgec.passes.graph import RelaxModel, bind
     from edgec.targets import get_target
 
     mod = simplify_for_count(bind(model) if isinstance(model, RelaxModel) else model)

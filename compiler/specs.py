@@ -6,7 +6,7 @@ import os
 import sys
 
 from edgec.compiler.errors import EdgecError
-from edgec.compiler.graph import TensorSpec
+from edgec.passes.graph import TensorSpec
 
 DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64")
 

@@ -107,19 +107,21 @@ def output_specs(mod, func="main") -> tuple:
 
 @relax.expr_functor.mutator
 class _Substitute(relax.PyExprMutator):
-    """Replace Vars (dataflow or not) by the given expressions."""
+    """Replace Vars (dataflow or not) by ``lookup(var)``."""
 
-    def __init__(self, mapping):
+    def __init__(self, lookup):
         super().__init__()
-        self.mapping = mapping
+        self.lookup = lookup
 
     def visit_var_(self, op):
-        return self.mapping.get(op, op)
+        return self.lookup(op)
 
     def visit_dataflow_var_(self, op):
-        return self.mapping.get(op, op)
+        return self.lookup(op)
 
 
-def substitute(expr, mapping: dict):
-    """``expr`` with each Var in ``mapping`` replaced by its expression."""
-    return _Substitute(mapping).visit_expr(expr)
+def substitute(expr, mapping):
+    """``expr`` with its Vars replaced: ``mapping`` is a dict (Vars not in it stay)
+    or a function ``var -> expr`` called for every Var."""
+    lookup = mapping if callable(mapping) else (lambda v: mapping.get(v, v))
+    return _Substitute(lookup).visit_expr(expr)

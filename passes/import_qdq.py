@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgec.compiler.graph import RelaxModel
 from edgec.compiler.tvm_compat import Constant, relax
-from edgec.passes.int8_layers import PASSTHROUGH_OPS, _op, _short, block_of
+from edgec.passes.graph import RelaxModel, substitute
+from edgec.passes.int8_layers import PASSTHROUGH_OPS, op_name, short_name, block_of
 from edgec.passes.quant_scheme import QuantPlan
 
 QDQ_OPS = ("relax.quantize", "relax.dequantize")
@@ -29,7 +29,7 @@ def has_qdq(model: RelaxModel) -> bool:
     """Whether the imported model carries QuantizeLinear/DequantizeLinear nodes."""
     found = []
     relax.analysis.post_order_visit(model.mod["main"], lambda e: found.append(1)
-                                    if _op(e) in QDQ_OPS else None)
+                                    if op_name(e) in QDQ_OPS else None)
     return bool(found)
 
 
@@ -72,8 +72,6 @@ class _Stripper:
         return model, list(self.names), plan
 
     def sub(self, e):
-        from edgec.passes.quantize_int8 import _substitute
-
         def lookup(v):
             if v in self.env:
                 return self.env[v]
@@ -84,10 +82,10 @@ class _Stripper:
             q = relax.op.quantize(self.sub(x), self.sub(scale), self.sub(zp), int(attrs.axis),
                                   str(attrs.out_dtype))
             return self.env.setdefault(v, self.bb.emit(q))
-        return _substitute(e, lookup)
+        return substitute(e, lookup)
 
     def binding(self, b):
-        v, val, op = b.var, b.value, _op(b.value)
+        v, val, op = b.var, b.value, op_name(b.value)
         if op == "relax.quantize" and self.value(val.args[1]) is not None:
             self.pending[v] = (val.args[0], val.args[1], val.args[2], val.attrs)
             return
@@ -100,7 +98,7 @@ class _Stripper:
             return self.activation(v, val)
         if op in ("relax.nn.conv2d", "relax.matmul"):
             w = val.args[1]
-            self.names.append(_short(self.origin.get(w, f"{op.split('.')[-1]}_{len(self.names)}")))
+            self.names.append(short_name(self.origin.get(w, f"{op.split('.')[-1]}_{len(self.names)}")))
             self.layer_ranges.append(self.ranges.get(val.args[0]))
         if op == "relax.permute_dims" and val.args[0] in self.origin:
             self.origin[v] = self.origin[val.args[0]]
@@ -112,7 +110,7 @@ class _Stripper:
         qmin, qmax = QRANGE[str(attrs.out_dtype)]
         lo, hi = (qmin - zp) * s, (qmax - zp) * s
         producer = self._producer(x)
-        if producer is not None and _op(producer) in PASSTHROUGH_OPS and \
+        if producer is not None and op_name(producer) in PASSTHROUGH_OPS and \
                 producer.args[0] in self.ranges:
             self.env[v] = self.env[x]  # re-quantizing a pooled/reshaped int8 tensor: identity
         else:

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgec.compiler.errors import EdgecError
-from edgec.compiler.graph import RelaxModel, bind
+from edgec.passes.graph import RelaxModel, bind
 from edgec.compiler.tvm_compat import Constant, relax, tvm
+from edgec.passes.simplify import Simplify
 
 AFFINE_OPS = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide")
 ACT_OPS = ("relax.nn.relu", "relax.clip")
@@ -48,9 +49,7 @@ class Layer:
 
 def prepare(model: RelaxModel) -> tvm.IRModule:
     """Bind the weights and simplify (BN folding, constant folding) before quantizing."""
-    from edgec.compiler.pipeline import _simplify
-
-    return _simplify(bind(model), True)
+    return Simplify(fold_batchnorm=True)(bind(model))
 
 
 def block_of(mod, func="main"):
@@ -63,7 +62,7 @@ def block_of(mod, func="main"):
     return blocks[0]
 
 
-def _op(value) -> str:
+def op_name(value) -> str:
     return value.op.name if isinstance(value, relax.Call) and hasattr(value.op, "name") else ""
 
 
@@ -89,17 +88,17 @@ def layer_names(model: RelaxModel) -> list:
     defs = {b.var: b.value for b in bindings}
     names = []
     for b in bindings:
-        if _op(b.value) not in ("relax.nn.conv2d", "relax.matmul"):
+        if op_name(b.value) not in ("relax.nn.conv2d", "relax.matmul"):
             continue
         w = b.value.args[1]
-        if _op(defs.get(w)) == "relax.permute_dims":
+        if op_name(defs.get(w)) == "relax.permute_dims":
             w = defs[w].args[0]
         if isinstance(w, relax.Var) and w.name in model.params:
-            names.append(_short(model.torch_names.get(w.name, w.name)))
+            names.append(short_name(model.torch_names.get(w.name, w.name)))
     return names
 
 
-def _short(name: str) -> str:
+def short_name(name: str) -> str:
     for suffix in (".weight", "_weight"):
         if name.endswith(suffix):
             name = name[: -len(suffix)]
@@ -121,7 +120,7 @@ def _channel_vector(arr, out_shape, axis) -> np.ndarray | None:
 
 def _affine_step(value, cur, out_shape, axis):
     """(scale, shift) vectors if ``value`` is ``cur (op) per-channel const``, else None."""
-    op = _op(value)
+    op = op_name(value)
     if op not in AFFINE_OPS:
         return None
     a, b = value.args
@@ -141,7 +140,7 @@ def _affine_step(value, cur, out_shape, axis):
 
 
 def _activation(value):
-    op = _op(value)
+    op = op_name(value)
     if op == "relax.nn.relu":
         return ("relu",)
     if op == "relax.clip":
@@ -152,7 +151,7 @@ def _activation(value):
 
 def _weight_of(value):
     """The fp32 weight constant of a quantizable conv2d/matmul call, or None."""
-    op, args = _op(value), value.args if isinstance(value, relax.Call) else ()
+    op, args = op_name(value), value.args if isinstance(value, relax.Call) else ()
     if op not in ("relax.nn.conv2d", "relax.matmul") or not isinstance(args[1], Constant):
         return None
     w = args[1].value.numpy()
@@ -174,7 +173,7 @@ def find_layers(mod, names=None) -> list:
         w = _weight_of(b.value)
         if w is None:
             continue
-        kind = "conv2d" if _op(b.value) == "relax.nn.conv2d" else "matmul"
+        kind = "conv2d" if op_name(b.value) == "relax.nn.conv2d" else "matmul"
         found.append(_chain(block.bindings, i, uses, kind, w))
     if names is None or len(names) != len(found):
         names = [f"{layer['kind']}_{k}" for k, layer in enumerate(found)]
@@ -188,7 +187,7 @@ def fp32_ops(mod, layers) -> dict:
     quantized = {layer.op_var for layer in layers}
     counts = {}
     for b in block_of(mod).bindings:
-        op = _op(b.value)
+        op = op_name(b.value)
         if op in ("relax.nn.conv2d", "relax.matmul") and b.var not in quantized:
             counts[op] = counts.get(op, 0) + 1
     return counts

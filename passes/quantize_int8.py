@@ -28,8 +28,9 @@ import numpy as np
 from edgec.compiler.tvm_compat import relax, tvm
 from edgec.passes.int8_kernels import (DotKernel, emit_packed_conv, emit_packed_matmul,
                                        emit_taps_conv, packable, pad_nchw, taps_packable)
-from edgec.passes.int8_layers import PASSTHROUGH_OPS, _op, block_of, users
+from edgec.passes.int8_layers import PASSTHROUGH_OPS, op_name, block_of, users
 from edgec.passes.quant_scheme import QuantPlan
+from edgec.passes.graph import substitute
 from edgec.passes.requant import Requant
 
 
@@ -56,20 +57,6 @@ def quantize(mod, layers, plan: QuantPlan, kernel: DotKernel | None = None) -> t
 
 def _const(value, dtype):
     return relax.const(np.asarray(value).astype(dtype), dtype)
-
-
-def _substitute(expr, fn):
-    """``expr`` with every Var replaced by ``fn(var)`` (Calls, Tuples, TupleGetItem)."""
-    if isinstance(expr, relax.Var):
-        return fn(expr)
-    if isinstance(expr, relax.Call):
-        return relax.Call(expr.op, [_substitute(a, fn) for a in expr.args], expr.attrs,
-                          expr.ty_args)
-    if isinstance(expr, relax.Tuple):
-        return relax.Tuple([_substitute(f, fn) for f in expr.fields])
-    if isinstance(expr, relax.TupleGetItem):
-        return relax.TupleGetItem(_substitute(expr.tuple_value, fn), expr.index)
-    return expr
 
 
 def int_avg_pool(bb, qv: QValue, call, name: str):
@@ -116,7 +103,7 @@ class _Realizer:
             with self.bb.dataflow():
                 for b in self.block.bindings:
                     self.binding(b)
-                ret = _substitute(f.body.body, self.fp32)
+                ret = substitute(f.body.body, self.fp32)
                 ret = self.bb.emit_output(ret)
             self.bb.emit_func_output(ret)
         return self.bb.get()
@@ -128,17 +115,17 @@ class _Realizer:
         if v in self.by_op:
             return self.layer(self.by_op[v])
         arg = value.args[0] if isinstance(value, relax.Call) and value.args else None
-        if _op(value) in PASSTHROUGH_OPS and arg not in self.env and arg in self.q:
+        if op_name(value) in PASSTHROUGH_OPS and arg not in self.env and arg in self.q:
             return self.passthrough(v, value, self.q[arg])
-        if _op(value) == "relax.nn.adaptive_avg_pool2d" and arg not in self.env and arg in self.q:
+        if op_name(value) == "relax.nn.adaptive_avg_pool2d" and arg not in self.env and arg in self.q:
             pooled = int_avg_pool(self.bb, self.q[arg], value, v.name)
             if pooled is not None:
                 self.env[v] = pooled
                 return
-        self.env[v] = self.bb.emit(_substitute(value, self.fp32), name_hint=v.name)
+        self.env[v] = self.bb.emit(substitute(value, self.fp32), name_hint=v.name)
 
     def passthrough(self, v, value, qv):
-        if _op(value) == "relax.nn.relu":
+        if op_name(value) == "relax.nn.relu":
             new = relax.op.maximum(qv.var, _const(qv.zp, qv.dtype))
         else:
             new = relax.Call(value.op, [qv.var, *value.args[1:]], value.attrs, value.ty_args)
@@ -178,7 +165,7 @@ class _Realizer:
             found += [self.plan.ranges[layer.name] for layer in self.by_input.get(cur, [])]
             for i in self.uses.get(cur, []):
                 b = self.block.bindings[i] if i >= 0 else None
-                if b is not None and _op(b.value) in PASSTHROUGH_OPS and b.value.args[0].same_as(cur):
+                if b is not None and op_name(b.value) in PASSTHROUGH_OPS and b.value.args[0].same_as(cur):
                     todo.append(b.var)
         if not found:
             return None

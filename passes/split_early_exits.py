@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 
 from edgec.compiler.errors import EdgecError
-from edgec.compiler.graph import substitute
+from edgec.passes.graph import substitute
 from edgec.compiler.tvm_compat import relax, tvm
 from edgec.passes.exit_plan import THRESHOLDS_INPUT, ExitPlan, ExitPlanError
 
@@ -207,7 +207,7 @@ def split_model(model, plan: ExitPlan):
     """
     from dataclasses import replace
 
-    from edgec.compiler.graph import TensorSpec, bind
+    from edgec.passes.graph import TensorSpec, bind
 
     mod = split_early_exits(bind(model), plan)
     ret = model.mod["main"].ret_ty

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from edgec.compiler.frontend import import_model
-from edgec.compiler.graph import bind
+from edgec.passes.graph import bind
 from edgec.compiler.train.exits import add_exits
 from edgec.compiler.zoo import MnistCNN
 from edgec.passes.exit_plan import ExitPlan, ExitPlanError

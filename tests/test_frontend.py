@@ -4,7 +4,7 @@ import torch
 
 from edgec.compiler.errors import FrontendError, UnsupportedOperatorError
 from edgec.compiler.frontend import import_model
-from edgec.compiler.graph import TensorSpec, param_names
+from edgec.passes.graph import TensorSpec, param_names
 
 
 def test_torch_module_named_inputs_and_weights(tiny_cnn):

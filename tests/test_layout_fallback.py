@@ -8,7 +8,7 @@ from torch import nn
 from conftest import seeded, torch_out
 from edgec.compiler import PipelineConfig, compile, load
 from edgec.compiler.frontend import import_model
-from edgec.compiler.graph import bind
+from edgec.passes.graph import bind
 from edgec.compiler.tvm_compat import relax
 from edgec.passes import conv_layout, layout_fallback
 

@@ -7,7 +7,7 @@ import pytest
 from edgec.compiler import compile, load, onnx_zoo
 from edgec.compiler.cli import main
 from edgec.compiler.errors import FrontendError
-from edgec.compiler.graph import TensorSpec
+from edgec.passes.graph import TensorSpec
 from edgec.compiler.onnx_prepare import prepare
 from edgec.compiler.tvm_compat import onnx_frontend
 

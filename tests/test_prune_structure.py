@@ -10,7 +10,7 @@ from tvm.script import relax as R
 from edgec.compiler import zoo
 from edgec.compiler.cli import main
 from edgec.compiler.frontend import import_model
-from edgec.compiler.graph import RelaxModel, TensorSpec
+from edgec.passes.graph import RelaxModel, TensorSpec
 from edgec.compiler.train.data import mnist
 from edgec.compiler.train.prune_finetune import masked_copy, prune_finetune, shrink_torch, torch_masks
 from edgec.compiler.tvm_compat import tvm

@@ -10,7 +10,7 @@ from torch import nn
 from edgec.compiler.api import compile as compile_model
 from edgec.compiler.config import ConfigError, PipelineConfig
 from edgec.compiler.frontend import import_model
-from edgec.compiler.graph import constant_bytes
+from edgec.passes.graph import constant_bytes
 from edgec.compiler.runtime import load
 from edgec.compiler.tvm_compat import relax, tvm
 from edgec.passes.calibrate import CalibrationError, run_outputs

@@ -8,7 +8,7 @@ from conftest import seeded
 from edgec.compiler import PipelineConfig, compile, load
 from edgec.compiler.errors import EdgecError
 from edgec.compiler.frontend import import_model
-from edgec.compiler.graph import bind
+from edgec.passes.graph import bind
 from edgec.compiler.train.exits import add_exits
 from edgec.compiler.tvm_compat import relax, tensor, tvm
 from edgec.compiler.zoo import MnistCNN

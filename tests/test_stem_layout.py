@@ -46,10 +46,10 @@ def _ops(mod):
 
 def _converted(model, x):
     """The bound, simplified model after ConvertLayout to NCHW8c (what the sink receives)."""
-    from edgec.compiler.graph import bind
-    from edgec.compiler.pipeline import _simplify
+    from edgec.passes.graph import bind
+    from edgec.passes.simplify import Simplify
 
-    mod = _simplify(bind(import_model(model, (x,))), fold_batchnorm=True)
+    mod = Simplify(fold_batchnorm=True)(bind(import_model(model, (x,))))
     mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NCHW8c", "OIHW8o"]})(mod)
     return relax.transform.EliminateCommonSubexpr()(mod)
 
