@@ -109,7 +109,7 @@ def rebuild_stage(demo: str, slug: str, folder: str, exec_mode: str) -> str:
 
     from edgec.compiler import PipelineConfig, compile
     from edgec.compiler.demo_compress import CALIB_SAMPLES
-    from edgec.compiler.train.data import mnist
+    from edgec.compiler.data import mnist
 
     def cached(s):
         cache = os.path.join(demo, "cache")
@@ -350,7 +350,7 @@ def markdown(rows: list, machine: dict, how: str, args) -> str:
 def cases_for(artifacts: dict, add_one_paths: dict, runner: str, folder: str) -> list:
     """``artifacts``: {label suffix: {stage slug: .so}}; ``add_one_paths``: {suffix: .so}."""
     from edgec.compiler.runtime import load
-    from edgec.compiler.train.data import mnist
+    from edgec.compiler.data import mnist
 
     test = mnist(0).test
     x_add = np.random.default_rng(0).standard_normal((1, 8)).astype("float32")

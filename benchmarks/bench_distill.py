@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import write_results
 from edgec.compiler.compare import machine_info
-from edgec.compiler.train.data import Dataset, Split, mnist
+from edgec.compiler.data import Dataset, Split, mnist
 from edgec.compiler.train.distill import AUGMENTS, distill, param_count, train_alone
 from edgec.compiler.train.fit import evaluate
 from edgec.compiler.zoo import MnistCNN

@@ -30,7 +30,7 @@ from edgec.compiler.cli_exits import calibrate_relax_model
 from edgec.compiler.compare import machine_info
 from edgec.compiler.exit_bench import bench_over_data
 from edgec.compiler.frontend import import_model
-from edgec.compiler.train.data import Split, mnist
+from edgec.compiler.data import Split, mnist
 from edgec.compiler.train.distill import param_count
 from edgec.compiler.train.exits import add_exits, exit_head, train_exits
 from edgec.compiler.train.fit import evaluate, fit

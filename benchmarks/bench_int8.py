@@ -118,7 +118,7 @@ def main():
     out = {"machine": machine_info()}
     with tempfile.TemporaryDirectory() as work:
         if args.model == "mnist":
-            from edgec.compiler.train.data import mnist
+            from edgec.compiler.data import mnist
             from edgec.compiler.train.fit import fit
             from edgec.compiler.zoo import mnist_cnn
 

@@ -25,6 +25,7 @@ import torch
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import set_threads, write_results
+from edgec.compiler.artifact import write_json_atomic
 from edgec.compiler import PipelineConfig, compile, load, zoo
 from edgec.compiler.compare import Engine, compare, machine_info, markdown_table
 from edgec.compiler.frontend import import_model
@@ -83,7 +84,7 @@ def compiled_accuracy(so_path, split) -> float:
 
 
 def bench_mnist(args, workdir) -> dict:
-    from edgec.compiler.train.data import mnist
+    from edgec.compiler.data import mnist
     from edgec.compiler.train.fit import evaluate, fit
     from edgec.compiler.train.prune_finetune import masked_copy, prune_finetune
 
@@ -97,7 +98,7 @@ def bench_mnist(args, workdir) -> dict:
     tuned = prune_finetune(model, dense_relax, plan, data.train, epochs=args.epochs, lr=1e-3,
                            quiet=args.quiet)
     plan_path = os.path.join(workdir, "mnist-plan.json")
-    plan.save(plan_path)
+    write_json_atomic(plan_path, plan.to_json())
     dense = _build(model, x, PipelineConfig(target=args.target), os.path.join(workdir, "mnist.so"))
     pruned = _build(tuned, x, PipelineConfig(target=args.target, prune_plan=plan_path),
                     os.path.join(workdir, "mnist-pruned.so"))

@@ -47,8 +47,8 @@ def two_kernels(p, h, tiles, target):
     """edgec today: the expand kernel, then the fused depthwise -> project kernel."""
     from tvm import s_tir, te
 
-    from edgec.passes.conv_layout import conv2d_nchwc
-    from edgec.passes.dw_pw_fuse import dw_pw_nchwc
+    from edgec.passes.kernels.conv2d_nchwc import conv2d_nchwc
+    from edgec.passes.kernels.conv2d_nchwc import dw_pw_nchwc
     from edgec.passes.nchwc_schedule import find_conv_block, schedule_conv, schedule_dw_pw
 
     (rn, oc), (prn, poc, drn) = tiles

@@ -52,7 +52,7 @@ class DataBenchConfig:
 
 def load_split(config: DataBenchConfig):
     """(data set name, the split's first ``samples`` samples)."""
-    from edgec.compiler.train.data import load_dataset
+    from edgec.compiler.data import load_dataset
 
     data = load_dataset(config.data)
     part = getattr(data, config.split)

@@ -8,7 +8,7 @@ import argparse
 import json
 import sys
 
-from edgec.compiler.errors import EdgecError
+from edgec.compiler.errors import USER_ERRORS, EdgecError
 
 COMMANDS = {}
 # Modules whose @command functions make up the CLI, in help order.
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
             parser().print_help()
             return 2
         return int(args.func(args) or 0)
-    except EdgecError as e:
+    except USER_ERRORS as e:
         log = getattr(e, "log", None)  # a phase's full TVM message (edgec.compiler.phases)
         if log and getattr(args, "verbose", False):
             with open(log, encoding="utf-8", errors="replace") as f:

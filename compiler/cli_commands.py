@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from edgec.compiler.cli import command, emit
-from edgec.compiler.errors import EdgecError
+from edgec.compiler.errors import USER_ERRORS, EdgecError
 from edgec.compiler.pt2_check import trusting
 
 
@@ -102,7 +102,7 @@ def trust_flag(p):
 def layout_flags(p):
     """--prepack-weights and --conv-layout, shared by compile and tune (their kernels must
     be the same)."""
-    from edgec.compiler.config import CONV_LAYOUTS
+    from edgec.passes.layout_names import CONV_LAYOUTS
 
     p.add_argument("--conv-layout", default="NCHWc", choices=CONV_LAYOUTS,
                    help="NCHWc (default): FP32 convs in NCHW[b]c, b = the target's FP32 vector "
@@ -164,7 +164,7 @@ def calib_data(args, config):
     """The calibration inputs the flags name (None without INT8 or --calib-data)."""
     if not config.int8 or not args.calib_data:
         return None
-    from edgec.passes.calibrate import load_calib_data
+    from edgec.compiler.data import load_calib_data
 
     return load_calib_data(args.calib_data, config.calib_samples)
 
@@ -197,7 +197,7 @@ def _call(model, inputs) -> list:
 
     try:
         return model(inputs)
-    except EdgecError:
+    except USER_ERRORS:
         raise
     except Exception as e:  # noqa: BLE001  (TVM's VM raises ValueError/TVMError subclasses)
         last = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()][-1:] or [""]

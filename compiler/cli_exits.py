@@ -48,7 +48,7 @@ def exit_config(args, config, model, example, specs, quiet: bool = False):
     thresholds = parse_thresholds(args.exit_thresholds) if args.exit_thresholds else None
     if args.calibrate_exits:
         from edgec.compiler.frontend import import_model
-        from edgec.compiler.train.data import load_dataset
+        from edgec.compiler.data import load_dataset
 
         relax_model = import_model(model, example, specs)
         data = load_dataset(args.calibrate_exits)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from edgec.compiler.artifact import write_json_atomic
 from edgec.compiler.cli import command, emit
 from edgec.compiler.errors import EdgecError
 
@@ -54,7 +55,7 @@ def cmd_prune_plan(args):
     plan = make_plan(model, args.ratio, args.criterion, args.scope, args.multiple,
                      args.min_channels, args.target)
     if args.output:
-        plan.save(args.output)
+        write_json_atomic(args.output, plan.to_json())
     text = plan_table(plan) + (f"\nwrote {args.output}" if args.output else "")
     emit(args, plan.to_json(), text)
 

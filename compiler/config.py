@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from edgec.compiler.errors import EdgecError
+from edgec.passes.layout_names import CONV_LAYOUTS
 
 
-CONV_LAYOUTS = ("NCHW", "NCHWc")  # see edgec.passes.conv_layout
 
 
 class ConfigError(EdgecError):

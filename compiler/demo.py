@@ -229,7 +229,7 @@ def run(config: RunConfig, compress=None) -> DemoRun:
     from edgec.compiler import demo_stages
     from edgec.compiler.demo_cache import run_stages
     from edgec.compiler.demo_measure import benchmark, best_artifact
-    from edgec.compiler.train.data import load_dataset
+    from edgec.compiler.data import load_dataset
 
     check_target(config.target, board=bool(config.tracker))
     t0 = time.perf_counter()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 
+from edgec.compiler.artifact import write_json_atomic
 from edgec.compiler.demo import STAGE_EAGER, DemoError, Outcome
 
 CALIB_SAMPLES = 256  # train images for INT8 observers / calibration
@@ -56,7 +57,7 @@ def prune(ctx, workdir, after: str = STAGE_EAGER) -> Outcome:
         raise DemoError(f"nothing to prune: no prunable channel group in the model "
                         f"(skipped: {[s[0] for s in plan.skipped]})")
     plan_path = os.path.join(workdir, "prune_plan.json")
-    plan.save(plan_path)
+    write_json_atomic(plan_path, plan.to_json())
     sens = prune_sensitivity(teacher, relax_model, ctx)
     student = prune_finetune(teacher, relax_model, plan, ctx.data.train,
                              epochs=_epochs(ctx, 3), distill=True, seed=ctx.config.seed,

@@ -1,11 +1,17 @@
 """edgec's errors: each names what was wrong and the valid choices.
 
-The CLI turns any ``EdgecError`` into one line on stderr and exit code 2.
+The CLI turns any of ``USER_ERRORS`` into one line on stderr and exit code 2.
 """
+from edgec.targets import UnknownTargetError
 
 
 class EdgecError(ValueError):
     """Base class of every error edgec reports to a user."""
+
+
+# every error the CLI reports as one line: edgec's, and the target table's (targets/ is
+# data and imports nothing of edgec, so its error cannot subclass EdgecError)
+USER_ERRORS = (EdgecError, UnknownTargetError)
 
 
 class FrontendError(EdgecError):

@@ -106,7 +106,7 @@ def bench_artifacts(paths: dict, data: str, split: str = "test", samples: int | 
     data: ``mnist``, a ``.npz`` or an image folder (``train.data.load_dataset``).
     """
     from edgec.compiler.runtime import load
-    from edgec.compiler.train.data import Split, load_dataset
+    from edgec.compiler.data import Split, load_dataset
 
     if split not in ("train", "val", "test"):
         raise InputError(f"unknown split {split!r}; valid: train, val, test")

@@ -23,7 +23,7 @@ import tempfile
 import time
 import traceback
 
-from edgec.compiler.errors import EdgecError
+from edgec.compiler.errors import USER_ERRORS, EdgecError
 
 PHASES = ("import", "prune", "quantize", "split", "layout", "lower", "tune", "build")
 
@@ -106,7 +106,7 @@ def phase(name: str, hint: str | None = None, where=None):
     assert name in PHASES, name
     try:
         yield
-    except (EdgecError, KeyboardInterrupt):
+    except (*USER_ERRORS, KeyboardInterrupt):
         raise
     except Exception as e:  # noqa: BLE001 (every other failure gets the contract)
         captured = getattr(e, "edgec_captured", "")

@@ -322,7 +322,7 @@ def apply_tuning(mod, target, logs: str, transfer: bool = True):
 
 def _workload_hashes(mod) -> set:
     """Structural hashes of the module's PrimFuncs, normalised as MetaSchedule keys them."""
-    from tvm_ffi import structural_hash
+    from edgec.compiler.tvm_compat import structural_hash
 
     return {str(structural_hash(tvm.IRModule({"main": f.with_attr("global_symbol", "main")})))
             for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}

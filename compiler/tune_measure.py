@@ -14,9 +14,8 @@ import threading
 import time
 
 from tqdm import tqdm
-from tvm.ir.utils import derived_object
 
-from edgec.compiler.tvm_compat import (cross_compiler, fast_inspect_initializer, fix_vnni_intrinsic,
+from edgec.compiler.tvm_compat import (derived_object, cross_compiler, fast_inspect_initializer, fix_vnni_intrinsic,
                                        has_vnni, meta_schedule)
 
 ms = meta_schedule()
@@ -164,7 +163,7 @@ def _kill_workers(pool) -> None:
     the board): the reading thread then sees EOF, finds no more work and ends, so the
     interpreter can exit. Not ``pool.shutdown()``: it closes the pipe the blocked thread is
     reading, and waits on that thread's lock forever."""
-    from tvm.support.popen_pool import kill_child_processes
+    from edgec.compiler.tvm_compat import kill_child_processes
 
     threads = getattr(pool, "_threadpool", None)
     if threads is not None:

@@ -15,10 +15,9 @@ from __future__ import annotations
 import math
 import os
 
-import tvm_ffi
 
 from edgec.compiler.tuning_db import RECORDS, WORKLOADS, mean_run_secs, read_rows
-from edgec.compiler.tvm_compat import meta_schedule, tvm
+from edgec.compiler.tvm_compat import meta_schedule, structural_equal, structural_hash, tvm
 
 
 def _best_records(path: str) -> dict:
@@ -81,9 +80,9 @@ class Donors:
     def transferred(self, func, tvm_target, max_tries: int = 4):
         """``_transfer_one`` memoized per (function, target): a process that compiles one
         model several times (the demo's stages, the tests) replays and checks each once."""
-        key = (tvm_ffi.structural_hash(func), str(tvm_target), max_tries)
+        key = (structural_hash(func), str(tvm_target), max_tries)
         for seen, found in self.memo.get(key, []):
-            if tvm_ffi.structural_equal(seen, func):
+            if structural_equal(seen, func):
                 return found
         found = _transfer_one(func, self, tvm_target, max_tries)
         self.memo.setdefault(key, []).append((func, found))

@@ -206,32 +206,3 @@ def run_outputs(mod, data, input_spec, quiet=True, desc="run") -> np.ndarray:
         out = vm["main"](tensor(np.ascontiguousarray(data[i:i + batch])))
         outs.append((out if hasattr(out, "numpy") else out[0]).numpy())
     return np.concatenate(outs)
-
-
-def load_calib_data(spec: str, samples: int | None = None) -> np.ndarray:
-    """Calibration inputs from ``mnist`` (its train split), a ``.npy``, or an ``.npz``
-    (array ``x``, ``x_train`` or its only array); the first ``samples`` of them."""
-    import os
-
-    if spec == "mnist":
-        from edgec.compiler.train.data import mnist
-
-        arr = mnist().train.x
-    elif spec.endswith((".npy", ".npz")):
-        if not os.path.isfile(spec):
-            raise CalibrationError(f"calibration data file not found: {spec}")
-        try:
-            data = np.load(spec, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise CalibrationError(f"cannot read {spec}: {e}") from e
-        if spec.endswith(".npz"):
-            keys = [k for k in ("x", "x_train") if k in data.files] or \
-                (data.files if len(data.files) == 1 else [])
-            if not keys:
-                raise CalibrationError(f"{spec} has arrays {data.files}; expected x or x_train")
-            data = data[keys[0]]
-        arr = data
-    else:
-        raise CalibrationError(f"unknown calibration data {spec!r}; valid: mnist, a .npy "
-                               "file, or a .npz file with an array x")
-    return np.asarray(arr)[:samples] if samples else np.asarray(arr)

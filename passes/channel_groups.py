@@ -92,13 +92,6 @@ class ChannelGroups:
                 and self.group_of(s.layout.segments[0][0]) == r and (role is None or s.role == role)]
 
 
-def analyze(mod, func: str = "main") -> ChannelGroups:
-    """Find the channel groups of ``mod[func]`` (weights as parameters after ``num_input``)."""
-    from edgec.passes.channel_walk import Walker
-
-    return Walker(mod[func]).run()
-
-
 def layout_indices(layout: Layout, keep: dict, base: ChannelGroups) -> np.ndarray | None:
     """Indices along an axis with ``layout`` that survive ``keep`` (root -> kept channels;
     -1 stands for a zero channel and stays -1).

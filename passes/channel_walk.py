@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from edgec.compiler.tvm_compat import Constant, relax
 from edgec.passes.channel_groups import ChannelGroups, Layout, Slice
-from edgec.passes.channel_ops import OpRules, _Act, _shape, _View
+from edgec.passes.channel_ops import OpRules, Act, shape_of, View
 
 UNARY = {"relax.nn.relu", "relax.clip", "relax.nn.gelu", "relax.nn.silu", "relax.sigmoid",
          "relax.tanh", "relax.zeros_like", "relax.ones_like", "relax.nn.leakyrelu",
@@ -29,8 +29,8 @@ class Walker(OpRules):
         f = self.func
         n = int(f.attrs["num_input"]) if f.attrs and "num_input" in f.attrs else len(f.params)
         for p in f.params[n:]:
-            ndim = len(_shape(p) or ())
-            self.env[p] = _View("param", p.name, tuple((i, i) for i in range(ndim)))
+            ndim = len(shape_of(p) or ())
+            self.env[p] = View("param", p.name, tuple((i, i) for i in range(ndim)))
         for block in f.body.blocks:
             for b in block.bindings:
                 if isinstance(b, relax.VarBinding):
@@ -40,7 +40,7 @@ class Walker(OpRules):
         self.unknown([f.body.body], "the model output", "reaches")
         for s in self.cg.slices:
             if (s.kind, s.name) in self.pinned:
-                self.poison(_Act(s.layout, 0), f"{s.name} is also {self.pinned[s.kind, s.name]}")
+                self.poison(Act(s.layout, 0), f"{s.name} is also {self.pinned[s.kind, s.name]}")
         return self.cg
 
     # ---- bookkeeping ------------------------------------------------------------------
@@ -54,16 +54,16 @@ class Walker(OpRules):
         return s
 
     def fresh(self, var, axis, reason):
-        shape = _shape(var)
+        shape = shape_of(var)
         if shape is None or axis >= len(shape):
             return None
-        return _Act(Layout(((self.new_space(shape[axis], reason=reason), shape[axis]),)), axis)
+        return Act(Layout(((self.new_space(shape[axis], reason=reason), shape[axis]),)), axis)
 
     def poison(self, info, reason):
         if isinstance(info, tuple):
             for i in info:
                 self.poison(i, reason)
-        elif isinstance(info, _Act):
+        elif isinstance(info, Act):
             for s, _ in info.layout.segments:
                 self.cg.reasons.setdefault(self.cg.group_of(s), []).append(reason)
 
@@ -71,7 +71,7 @@ class Walker(OpRules):
         if isinstance(info, tuple):
             for i in info:
                 self.pin(i, why)
-        elif isinstance(info, _View):
+        elif isinstance(info, View):
             self.pinned.setdefault((info.kind, info.name), why)
 
     def unknown(self, args, what, verb="consumed by"):
@@ -96,7 +96,7 @@ class Walker(OpRules):
             return False
         return all(self.union(a, b) for (a, _), (b, _) in zip(la.segments, lb.segments))
 
-    def add_slice(self, view: _View, view_axis: int, layout: Layout, role: str) -> bool:
+    def add_slice(self, view: View, view_axis: int, layout: Layout, role: str) -> bool:
         axes = dict(view.axes)
         if view_axis not in axes:
             return False
@@ -104,7 +104,7 @@ class Walker(OpRules):
         old = self.by_axis.get(key)
         if old is not None:
             if not self.unify(old.layout, layout):
-                self.poison(_Act(old.layout, 0), f"{view.name} shared across channel groups")
+                self.poison(Act(old.layout, 0), f"{view.name} shared across channel groups")
                 return False
             return True
         self.by_axis[key] = s = Slice(view.kind, view.name, axes[view_axis], layout, role)
@@ -117,8 +117,8 @@ class Walker(OpRules):
         if isinstance(expr, Constant):
             key = self.const_keys.setdefault(expr, f"c{len(self.const_keys)}")
             self.cg.constants[key] = expr
-            ndim = len(_shape(expr) or ())
-            return _View("const", key, tuple((i, i) for i in range(ndim)))
+            ndim = len(shape_of(expr) or ())
+            return View("const", key, tuple((i, i) for i in range(ndim)))
         if isinstance(expr, relax.Tuple):
             return tuple(self.info(f) for f in expr.fields)
         return None
@@ -134,11 +134,11 @@ class Walker(OpRules):
         args = list(expr.args)
         if name in UNARY or (name in POOL and expr.attrs.layout == "NCHW"):
             x = self.info(args[0])
-            if name in POOL and isinstance(x, _Act) and x.axis != 1:
+            if name in POOL and isinstance(x, Act) and x.axis != 1:
                 return self.unknown(args, name)
-            if not isinstance(x, _Act):
+            if not isinstance(x, Act):
                 self.pin(x, f"used by {name}")
-            return x if isinstance(x, _Act) else None
+            return x if isinstance(x, Act) else None
         handler = {"relax.nn.conv2d": self.conv2d, "relax.matmul": self.matmul,
                    "relax.nn.batch_norm": self.batch_norm, "relax.reshape": self.reshape,
                    "relax.permute_dims": self.permute, "relax.concat": self.concat}.get(name)
@@ -149,3 +149,8 @@ class Walker(OpRules):
         if handler is None:
             return self.unknown(args, name or "a function call")
         return handler(var, expr, args)
+
+
+def analyze(mod, func: str = "main") -> ChannelGroups:
+    """Find the channel groups of ``mod[func]`` (weights as parameters after ``num_input``)."""
+    return Walker(mod[func]).run()

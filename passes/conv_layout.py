@@ -22,15 +22,15 @@ from __future__ import annotations
 import functools
 import re
 
-from edgec.compiler.config import CONV_LAYOUTS as LAYOUTS
 from edgec.compiler.errors import EdgecError
-from edgec.compiler.tvm_compat import relax, structural_hash, tvm
-from edgec.passes.nchwc_schedule import RULE
+from edgec.compiler.tvm_compat import legalize_conv2d_default, relax, structural_hash, tvm
+from edgec.passes.dw_pw_fuse import fuse_dw_pw
+from edgec.passes.layout_names import CONV_LAYOUTS as LAYOUTS
+from edgec.passes.kernels.conv2d_nchwc import conv2d_nchw_stem, conv2d_nchwc, conv_params
 from edgec.passes.stem_layout import sink_stem_transforms
 from edgec.passes.winograd import conv2d_nchwc_winograd, use_winograd, weight_transform
 
 _BLOCKED = re.compile(r"^NCHW(\d+)c$")
-_RULE = {"schedule_rule": RULE}  # tuned by nchwc_schedule.tuning_rule
 
 
 class ConvLayoutError(EdgecError):
@@ -111,8 +111,6 @@ def convert_conv_layout(mod: tvm.IRModule, block: int, winograd: bool = True,
     # first conv and again for its residual add); one transform serves them all
     mod = relax.transform.EliminateCommonSubexpr()(mod)
     mod = sink_stem_transforms(mod)  # the RGB stem writes blocked output itself
-    from edgec.passes.dw_pw_fuse import fuse_dw_pw  # (it imports this module)
-
     mod, pairs = fuse_dw_pw(mod)  # a depthwise conv and the 1x1 conv after it: one kernel
     if fused is not None:
         fused.append(pairs)
@@ -202,8 +200,7 @@ def legalize_blocked_conv(bb: relax.BlockBuilder, call: relax.Call, block: int =
                 blocks.append(b)
             return _stem(bb, call, b)
         # not ours: the default legalization (plain layouts)
-        from tvm.relax.transform.legalize_ops.nn import _nn_conv2d
-        return _nn_conv2d(bb, call)
+        return legalize_conv2d_default(bb, call)
     bo = int(out.group(1)) if out else None
     if a.kernel_layout != f"OIHW{bo}o":
         raise ConvLayoutError(f"blocked conv2d with kernel layout {a.kernel_layout} and output "
@@ -219,18 +216,6 @@ def legalize_blocked_conv(bb: relax.BlockBuilder, call: relax.Call, block: int =
         return bb.call_te(conv2d_nchwc_winograd, data, weight, params["padding"], "float32",
                           primfunc_name_hint="conv2d_nchwc_winograd")
     return bb.call_te(conv2d_nchwc, data, kernel, primfunc_name_hint="conv2d_nchwc", **params)
-
-
-def conv_params(call) -> dict:
-    """A relax conv2d's strides, padding, dilation, groups and out_dtype (unset: the
-    input's dtype) as plain Python values."""
-    a = call.attrs
-    out_dtype = str(a.out_dtype)
-    if out_dtype in ("", "None", "void"):  # unset: the input's dtype
-        out_dtype = str(call.args[0].ty.dtype)
-    return dict(strides=[int(s) for s in a.strides], padding=[int(p) for p in a.padding],
-                dilation=[int(d) for d in a.dilation], groups=int(a.groups),
-                out_dtype=str(out_dtype))
 
 
 def _plain_stem(call, block) -> bool:
@@ -251,71 +236,3 @@ def _stem(bb, call, b):
                         call.args[1], primfunc_name_hint="block_weight")
     return bb.call_te(conv2d_nchw_stem, call.args[0], weight, primfunc_name_hint="conv2d_nchwc",
                       blocked_out=call.attrs.out_layout != "NCHW", **conv_params(call))
-
-
-def conv2d_nchw_stem(data, kernel, strides, padding, dilation, groups, out_dtype,
-                     blocked_out=False):
-    """TE compute: data [N, C, H, W], kernel [O/b, C, KH, KW, b] -> NCHW[b]c tile -> [N, O, OH, OW]
-    (``blocked_out``: the tile, [N, O/b, OH, OW, b])."""
-    from tvm import te, topi
-
-    n, c, h, w = (int(x) for x in data.shape)
-    oc, _, kh, kw, b = (int(x) for x in kernel.shape)
-    (sh, sw), (dh, dw) = strides, dilation
-    top, left, bottom, right = padding
-    oh = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1
-    ow = (w + left + right - (kw - 1) * dw - 1) // sw + 1
-    pad = topi.nn.pad(data, (0, 0, top, left), (0, 0, bottom, right), name="data_pad")
-    ric, rh, rw = te.reduce_axis((0, c), "ic"), te.reduce_axis((0, kh), "kh"), te.reduce_axis((0, kw), "kw")
-    out = te.compute(
-        (n, oc, oh, ow, b),
-        lambda i, o, y, x, ob: te.sum(
-            pad[i, ric, y * sh + rh * dh, x * sw + rw * dw].astype(out_dtype)
-            * kernel[o, ric, rh, rw, ob].astype(out_dtype), axis=[ric, rh, rw]),
-        name="conv2d_nchwc", attrs=_RULE)
-    if blocked_out:
-        return out
-    return te.compute((n, oc * b, oh, ow), lambda i, o, y, x: out[i, o // b, y, x, o % b],
-                      name="unblock_out")
-
-
-def conv2d_nchwc(data, kernel, strides, padding, dilation, groups, out_dtype, name=None,
-                 rule=RULE):
-    """TE compute: data [N, C/bi, H, W, bi], kernel [O/bo, C/groups, KH, KW, bo] ->
-    [N, O/bo, OH, OW, bo] (bi == bo but where a tensor's channels take the narrower block).
-    name, rule: the conv block's name (default: conv2d_nchwc, depthwise_conv2d_nchwc) and
-    schedule_rule (``passes.dw_pw_fuse`` names the two convs of a fused pair apart)."""
-    from tvm import te, topi
-
-    n, cc, h, w, b = (int(x) for x in data.shape)
-    oc, icg, kh, kw, bo = (int(x) for x in kernel.shape)
-    (sh, sw), (dh, dw) = strides, dilation
-    top, left, bottom, right = padding
-    oh = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1
-    ow = (w + left + right - (kw - 1) * dw - 1) // sw + 1
-    pad = topi.nn.pad(data, (0, 0, top, left, 0), (0, 0, bottom, right, 0), name="data_pad")
-    rh, rw = te.reduce_axis((0, kh), "kh"), te.reduce_axis((0, kw), "kw")
-    cast = lambda x: x.astype(out_dtype)  # noqa: E731
-    if groups == 1:
-        ric, rib = te.reduce_axis((0, cc), "icc"), te.reduce_axis((0, b), "icb")
-        return te.compute(
-            (n, oc, oh, ow, bo),
-            lambda i, o, y, x, ob: te.sum(
-                cast(pad[i, ric, y * sh + rh * dh, x * sw + rw * dw, rib])
-                * cast(kernel[o, ric * b + rib, rh, rw, ob]), axis=[ric, rh, rw, rib]),
-            name=name or "conv2d_nchwc", attrs={"schedule_rule": rule})
-    if groups == cc * b == oc * bo and icg == 1 and b == bo:  # depthwise, one filter per channel
-        return te.compute(
-            (n, oc, oh, ow, b),
-            lambda i, o, y, x, ob: te.sum(
-                cast(pad[i, o, y * sh + rh * dh, x * sw + rw * dw, ob])
-                * cast(kernel[o, 0, rh, rw, ob]), axis=[rh, rw]),
-            name=name or "depthwise_conv2d_nchwc", attrs={"schedule_rule": rule})
-    # other grouped convs: unblock, convolve in NCHW, block again
-    plain = te.compute((n, cc * b, h, w), lambda i, c, y, x: data[i, c // b, y, x, c % b],
-                       name="unblock_data")
-    weight = te.compute((oc * bo, icg, kh, kw),
-                        lambda o, c, y, x: kernel[o // bo, c, y, x, o % bo], name="unblock_weight")
-    out = topi.nn.group_conv2d_nchw(plain, weight, strides, padding, dilation, groups, out_dtype)
-    return te.compute((n, oc, oh, ow, bo), lambda i, o, y, x, ob: out[i, o * bo + ob, y, x],
-                      name="block_out")

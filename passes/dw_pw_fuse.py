@@ -17,10 +17,8 @@ PrimFunc is marked out-elementwise-fusable (a conv's pattern), so FuseOps still 
 from __future__ import annotations
 
 from edgec.compiler.tvm_compat import relax, tvm
-from edgec.passes.conv_layout import conv2d_nchwc, conv_params
+from edgec.passes.kernels.conv2d_nchwc import conv_params, dw_pw_nchwc
 
-BLOCK = "dwpw_conv2d_nchwc"  # the 1x1 conv block of a fused pair (tuned by its rule)
-DEPTHWISE = "dwpw_depthwise"  # its depthwise conv block (scheduled by the same rule)
 MIN_ROWS = 14  # the fused kernel parallelizes over output rows only (see schedule_dw_pw)
 _EWISE = {"relax.add": "add", "relax.subtract": "subtract", "relax.multiply": "multiply",
           "relax.divide": "divide", "relax.maximum": "maximum", "relax.minimum": "minimum",
@@ -120,32 +118,3 @@ class _Fuser(relax.PyExprMutator):
         self.builder_.update_func(gv, self.builder_.get()[gv].with_attr(
             "op_pattern", _OUT_EWISE_FUSABLE))
         return call
-
-
-def dw_pw_nchwc(data, dw_weight, pw_weight, *sides, dw_params, ops):
-    """TE compute: the depthwise conv (block DEPTHWISE), the elementwise ``ops`` on its
-    output (``sides``: their other operands, in order, broadcast), the 1x1 conv (BLOCK)."""
-    from tvm import te
-
-    mid = conv2d_nchwc(data, dw_weight, name=DEPTHWISE, rule="None", **dw_params)
-    it = iter(sides)
-    for name in ops:
-        side = None if name == "relu" else next(it)
-        mid = te.compute(mid.shape, _ewise(mid, name, side), name=f"dwpw_{name}",
-                         attrs={"schedule_rule": "None"})
-    return conv2d_nchwc(mid, pw_weight, [1, 1], [0, 0, 0, 0], [1, 1], 1, "float32", name=BLOCK)
-
-
-def _ewise(x, name, side):
-    from tvm import tirx
-
-    def at(idx):  # the side operand broadcast to x's index (numpy rules, right-aligned)
-        dims = [int(d) for d in side.shape]
-        idx = idx[len(idx) - len(dims):]
-        return side(*[0 if d == 1 else i for d, i in zip(dims, idx)])
-
-    fn = {"add": lambda a, b: a + b, "subtract": lambda a, b: a - b,
-          "multiply": lambda a, b: a * b, "divide": lambda a, b: a / b,
-          "maximum": tirx.max, "minimum": tirx.min,
-          "relu": lambda a, _: tirx.max(a, tirx.const(0, x.dtype))}[name]  # a: no dtype
-    return lambda *i: fn(x(*i), None if side is None else at(i))

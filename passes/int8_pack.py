@@ -14,7 +14,7 @@ chosen by a select, so no lane ever loads outside the input.
 """
 from __future__ import annotations
 
-from edgec.passes.int8_kernels import IC_BLOCK, hand_scheduled
+from edgec.passes.kernels.common import IC_BLOCK, hand_scheduled
 
 
 def pack_func(shape, dtype: str, padding=(0, 0, 0, 0), extra_channels: int = 0,

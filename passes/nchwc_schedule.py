@@ -14,10 +14,10 @@ candidates, so tuning measures them on the machine and keeps the best in the log
 from __future__ import annotations
 
 from edgec.compiler.tvm_compat import tvm
+from edgec.passes.kernels.conv2d_nchwc import DEPTHWISE, RULE
 
 CONV_BLOCKS = ("conv2d_nchwc", "depthwise_conv2d_nchwc", "winograd_bgemm",
                "dwpw_conv2d_nchwc")  # the last: passes.dw_pw_fuse
-RULE = "edgec_conv2d_nchwc"  # the blocks' schedule_rule annotation
 # accumulator registers a tile may use, by FP32 lanes per vector: AVX2 has 16 ymm registers
 # (more than 8 accumulators spilled there); AVX-512 has 32 zmm and folds the input
 # broadcast into the FMA's memory operand, so 28 accumulators leave 4 for weights (oneDNN's
@@ -128,8 +128,6 @@ def schedule_dw_pw(sch, block, reg_n, oc_in, whole_map: bool = False, dw_reg_n=N
     elementwise ops between the two applied as it leaves the registers) into a buffer the
     size of one row, and its padded input rows (``whole_map``: the whole padded map
     first). dw_reg_n: the depthwise tile's pixels (None: the heuristic's)."""
-    from edgec.passes.dw_pw_fuse import DEPTHWISE
-
     if dw_reg_n is None:
         width, lanes = _dw_width_lanes(sch)
         dw_reg_n = default_tile(width, 1, True, lanes)[0]
@@ -225,8 +223,6 @@ def schedule_any(sch, block, reg_n, oc_in, second: bool = False, dw_reg_n=None) 
     if sch.get(block).name_hint == "dwpw_conv2d_nchwc":
         schedule_dw_pw(sch, block, reg_n, oc_in, whole_map=second, dw_reg_n=dw_reg_n)
     elif sch.get(block).name_hint == "winograd_bgemm":
-        from edgec.passes.winograd import schedule_winograd, schedule_winograd_rows
-
         (schedule_winograd_rows if second else schedule_winograd)(sch, block, reg_n, oc_in)
     else:
         schedule_conv(sch, block, reg_n, oc_in, taps_outer=second)
@@ -280,8 +276,6 @@ def _sample(space, cands, best, axis):
 
 def _dw_width_lanes(sch) -> tuple[int, int]:
     """Output width and lanes of a fused pair's depthwise conv (loops n, c, y, x, b, ...)."""
-    from edgec.passes.dw_pw_fuse import DEPTHWISE
-
     loops = sch.get_loops(sch.get_sblock(DEPTHWISE))
     return int(sch.get(loops[3]).extent), int(sch.get(loops[4]).extent)
 
@@ -289,3 +283,70 @@ def _dw_width_lanes(sch) -> tuple[int, int]:
 def register_rule() -> None:
     """Make RULE known to MetaSchedule (target key "cpu": x86 and ARM); idempotent."""
     tvm.register_global_func(f"s_tir.meta_schedule.cpu.{RULE}", tuning_rule, override=True)
+
+
+def schedule_winograd_rows(sch, bgemm, reg_n, oc_in) -> None:
+    """Like ``schedule_winograd``, but one tile row at a time: per row (in parallel), the
+    input transform of that row, its 16 GEMMs and its output transform, so the transformed
+    tiles stay in cache between the three steps instead of a round trip through memory."""
+    data_t, out = sch.get_sblock("winograd_data"), sch.get_sblock("winograd_out")
+    sch.compute_inline(sch.get_sblock("data_pad"))
+    n, o, yo = _output_tiles(sch, out, rows_outer=True)
+    row = sch.fuse(n, yo)
+    sch.parallel(row)  # before the producers move in (their blocks are not "complete" there)
+    tile = sch.cache_write(bgemm, 0, "local")
+    sch.compute_at(tile, row, preserve_unit_loops=True)
+    p, to, ty, tx, tob = sch.get_loops(tile)[1:]
+    txo, txi = sch.split(tx, [None, reg_n])
+    oco, oci = sch.split(to, [None, oc_in])
+    sch.reorder(p, oco, ty, txo, txi, oci, tob)
+    sch.compute_at(bgemm, txo, preserve_unit_loops=True)
+    bxi, boi, bob, icc, icb = sch.get_loops(bgemm)[-5:]
+    sch.reorder(icc, icb, bxi, boi, bob)
+    sch.unroll(bxi)
+    sch.unroll(boi)
+    sch.vectorize(bob)
+    init = sch.decompose_reduction(bgemm, icc)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.vectorize(tob)
+    sch.compute_at(data_t, row, preserve_unit_loops=True)
+    dp, dc, dty, dtx, dcb = sch.get_loops(data_t)[1:]
+    sch.reorder(dc, dty, dtx, dp, dcb)
+    sch.unroll(dp)
+    sch.vectorize(dcb)
+    for done in (data_t, out, init, tile):
+        sch.annotate(done, "schedule_rule", "None")
+
+
+def schedule_winograd(sch, bgemm, reg_n, oc_in) -> None:
+    """The Winograd conv's schedule in place: the input transform per (channel block, tile
+    row), the GEMM as ``nchwc_schedule``'s register tile, the output transform per 2x2 tile
+    with the fused epilogue inlined. reg_n, oc_in: ints or sampled variables."""
+    data_t = sch.get_sblock("winograd_data")
+    sch.compute_inline(sch.get_sblock("data_pad"))
+    p, c, ty, tx, cb = sch.get_loops(data_t)
+    sch.reorder(c, ty, tx, p, cb)
+    sch.parallel(sch.fuse(c, ty))
+    sch.unroll(p)
+    sch.vectorize(cb)
+    schedule_gemm_tile(sch, bgemm, reg_n, oc_in, epilogue=False)
+    out = sch.get_sblock("winograd_out")
+    n, o, yo = _output_tiles(sch, out, rows_outer=False)
+    sch.parallel(sch.fuse(n, o, yo))
+    for done in (data_t, out):
+        sch.annotate(done, "schedule_rule", "None")
+
+
+def _output_tiles(sch, out, rows_outer: bool):
+    """The output transform per 2x2 tile (unrolled, channel lanes vectorized) with the
+    fused epilogue inlined; returns its outer loops (n, channel blocks, tile rows)."""
+    for consumer in consumer_chain(sch, out):
+        sch.reverse_compute_inline(consumer)
+    n, o, yy, xx, ob = sch.get_loops(out)
+    yo, yi = sch.split(yy, [None, 2])
+    xo, xi = sch.split(xx, [None, 2])
+    sch.reorder(*((n, yo, o) if rows_outer else (n, o, yo)), xo, yi, xi, ob)
+    sch.unroll(yi)
+    sch.unroll(xi)
+    sch.vectorize(ob)
+    return n, o, yo

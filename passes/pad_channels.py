@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgec.passes.channel_groups import analyze
+from edgec.passes.channel_walk import analyze
 from edgec.passes.prune_channels import resize_groups
 
 MAX_GROWTH = 1.5  # 24 -> 32 on AVX-512 (1.33x) pads; 8 -> 16 (2x) keeps its 8-lane block

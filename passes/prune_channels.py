@@ -11,9 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from edgec.compiler.tvm_compat import relax
-from edgec.passes.channel_groups import analyze, layout_indices
+from edgec.passes.channel_groups import layout_indices
+from edgec.passes.channel_walk import analyze
 from edgec.passes.count_macs import count_macs
 from edgec.passes.prune_plan import PrunePlan, resolve
+from edgec.passes.kernels.conv2d_nchwc import conv_params  # an unset out_dtype: the input's
 
 
 def slice_tensors(model, cg, keep: dict) -> tuple:
@@ -63,8 +65,6 @@ class _Surgeon(relax.PyExprMutator):
             shape[axis] = shape[axis] * int(np.prod(new_in)) // int(np.prod(old_in))
             return self.builder_.normalize(relax.op.reshape(data, shape))
         if op in self.depthwise:
-            from edgec.passes.conv_layout import conv_params  # an unset out_dtype: the input's
-
             data, weight = self.visit_expr(op.args[0]), self.visit_expr(op.args[1])
             a, p = op.attrs, conv_params(op)
             return self.builder_.normalize(relax.op.nn.conv2d(

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edgec.compiler.errors import EdgecError
-from edgec.passes.channel_groups import analyze, kept_count
+from edgec.passes.channel_groups import kept_count
+from edgec.passes.channel_walk import analyze
 
 CRITERIA = ("l1", "l2", "bn_scale")
 SCOPES = ("layer", "global")
@@ -65,11 +66,6 @@ class PrunePlan:
             return cls(**dict(d, groups=groups, skipped=tuple(tuple(s) for s in d.get("skipped", ()))))
         except (KeyError, TypeError) as e:
             raise PlanError(f"not a prune plan: {e}") from e
-
-    def save(self, path: str) -> None:
-        from edgec.compiler.artifact import write_json_atomic
-
-        write_json_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: str) -> "PrunePlan":

@@ -160,11 +160,6 @@ class QuantPlan:
         return cls(scheme, ranges, tuple(d.get("keep_fp32", ())), d.get("source", "file"),
                    d.get("extra", {}))
 
-    def save(self, path: str) -> None:
-        from edgec.compiler.artifact import write_json_atomic
-
-        write_json_atomic(path, self.to_json())
-
     @classmethod
     def load(cls, path: str) -> "QuantPlan":
         try:

@@ -20,6 +20,7 @@ nothing is computed twice; a chain that does not end at such a conv is left alon
 from __future__ import annotations
 
 from edgec.compiler.tvm_compat import Constant, relax, tvm
+from edgec.passes.kernels.conv2d_nchwc import conv_params
 
 _UNARY = {"relax.nn.relu", "relax.sigmoid", "relax.nn.silu", "relax.tanh"}
 _BINARY = {"relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
@@ -83,7 +84,6 @@ class _Sink(relax.PyExprMutator):
         chain = self._chain(op.args[0], b) if b else None
         if chain is None:
             return super().visit_call_(op)
-        from edgec.passes.conv_layout import conv_params  # (conv_layout imports this module)
 
         index_map = op.attrs.index_map
         blocked = f"NCHW{b}c"

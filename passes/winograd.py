@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 
 from edgec.compiler.tvm_compat import tvm
-from edgec.passes.nchwc_schedule import RULE, consumer_chain, schedule_gemm_tile
+from edgec.passes.kernels.conv2d_nchwc import RULE
 
 MIN_PIXELS = 7 * 7
 MIN_CHANNELS = 16
@@ -120,70 +120,3 @@ def conv2d_nchwc_winograd(data, weight, padding, out_dtype):
         return _select(vh * 2 + vw, _transform(AT, m))
 
     return te.compute((n, oc, oh, ow, b), y, name="winograd_out")
-
-
-def schedule_winograd_rows(sch, bgemm, reg_n, oc_in) -> None:
-    """Like ``schedule_winograd``, but one tile row at a time: per row (in parallel), the
-    input transform of that row, its 16 GEMMs and its output transform, so the transformed
-    tiles stay in cache between the three steps instead of a round trip through memory."""
-    data_t, out = sch.get_sblock("winograd_data"), sch.get_sblock("winograd_out")
-    sch.compute_inline(sch.get_sblock("data_pad"))
-    n, o, yo = _output_tiles(sch, out, rows_outer=True)
-    row = sch.fuse(n, yo)
-    sch.parallel(row)  # before the producers move in (their blocks are not "complete" there)
-    tile = sch.cache_write(bgemm, 0, "local")
-    sch.compute_at(tile, row, preserve_unit_loops=True)
-    p, to, ty, tx, tob = sch.get_loops(tile)[1:]
-    txo, txi = sch.split(tx, [None, reg_n])
-    oco, oci = sch.split(to, [None, oc_in])
-    sch.reorder(p, oco, ty, txo, txi, oci, tob)
-    sch.compute_at(bgemm, txo, preserve_unit_loops=True)
-    bxi, boi, bob, icc, icb = sch.get_loops(bgemm)[-5:]
-    sch.reorder(icc, icb, bxi, boi, bob)
-    sch.unroll(bxi)
-    sch.unroll(boi)
-    sch.vectorize(bob)
-    init = sch.decompose_reduction(bgemm, icc)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.vectorize(tob)
-    sch.compute_at(data_t, row, preserve_unit_loops=True)
-    dp, dc, dty, dtx, dcb = sch.get_loops(data_t)[1:]
-    sch.reorder(dc, dty, dtx, dp, dcb)
-    sch.unroll(dp)
-    sch.vectorize(dcb)
-    for done in (data_t, out, init, tile):
-        sch.annotate(done, "schedule_rule", "None")
-
-
-def schedule_winograd(sch, bgemm, reg_n, oc_in) -> None:
-    """The Winograd conv's schedule in place: the input transform per (channel block, tile
-    row), the GEMM as ``nchwc_schedule``'s register tile, the output transform per 2x2 tile
-    with the fused epilogue inlined. reg_n, oc_in: ints or sampled variables."""
-    data_t = sch.get_sblock("winograd_data")
-    sch.compute_inline(sch.get_sblock("data_pad"))
-    p, c, ty, tx, cb = sch.get_loops(data_t)
-    sch.reorder(c, ty, tx, p, cb)
-    sch.parallel(sch.fuse(c, ty))
-    sch.unroll(p)
-    sch.vectorize(cb)
-    schedule_gemm_tile(sch, bgemm, reg_n, oc_in, epilogue=False)
-    out = sch.get_sblock("winograd_out")
-    n, o, yo = _output_tiles(sch, out, rows_outer=False)
-    sch.parallel(sch.fuse(n, o, yo))
-    for done in (data_t, out):
-        sch.annotate(done, "schedule_rule", "None")
-
-
-def _output_tiles(sch, out, rows_outer: bool):
-    """The output transform per 2x2 tile (unrolled, channel lanes vectorized) with the
-    fused epilogue inlined; returns its outer loops (n, channel blocks, tile rows)."""
-    for consumer in consumer_chain(sch, out):
-        sch.reverse_compute_inline(consumer)
-    n, o, yy, xx, ob = sch.get_loops(out)
-    yo, yi = sch.split(yy, [None, 2])
-    xo, xi = sch.split(xx, [None, 2])
-    sch.reorder(*((n, yo, o) if rows_outer else (n, o, yo)), xo, yi, xi, ob)
-    sch.unroll(yi)
-    sch.unroll(xi)
-    sch.vectorize(ob)
-    return n, o, yo

@@ -8,13 +8,12 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass, field
 
-from edgec.compiler.errors import EdgecError
-
 AARCH64_CC = "aarch64-linux-gnu-g++"
 
 
-class UnknownTargetError(EdgecError):
-    """A target name that is not in the table."""
+class UnknownTargetError(ValueError):
+    """A target name that is not in the table (``edgec.compiler.errors.USER_ERRORS``
+    counts it among the errors reported in one line; targets import nothing of edgec)."""
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 
 from edgec.compiler.frontend import import_model
+from edgec.compiler.data import DataError, load_calib_data
 from edgec.passes.calibrate import (CalibrationError, calibrate, check_data, entropy_threshold,
-                                    load_calib_data, percentile_range)
+                                    percentile_range)
 from edgec.passes.int8_layers import find_layers, layer_names, prepare
 
 
@@ -68,10 +69,10 @@ def test_load_calib_data(tmp_path):
     np.savez(tmp_path / "b.npz", x=x, y=np.zeros(6))
     assert load_calib_data(str(tmp_path / "a.npy"), 4).shape == (4, 1, 2, 2)
     assert np.array_equal(load_calib_data(str(tmp_path / "b.npz")), x)
-    with pytest.raises(CalibrationError, match="not found"):
+    with pytest.raises(DataError, match="not found"):
         load_calib_data(str(tmp_path / "missing.npy"))
-    with pytest.raises(CalibrationError, match="valid: mnist"):
+    with pytest.raises(DataError, match="valid: mnist"):
         load_calib_data("imagenet")
     np.savez(tmp_path / "c.npz", a=x, b=x)
-    with pytest.raises(CalibrationError, match="expected x"):
+    with pytest.raises(DataError, match="expected x"):
         load_calib_data(str(tmp_path / "c.npz"))

@@ -4,7 +4,7 @@ import torch
 
 from edgec.compiler import zoo
 from edgec.compiler.frontend import import_model
-from edgec.passes.channel_groups import analyze
+from edgec.passes.channel_walk import analyze
 from edgec.passes.count_macs import count_macs
 from edgec.passes.prune_plan import estimate, group_name
 from prune_models import concat_net, grouped_net, softmax_net

@@ -102,7 +102,7 @@ def test_power_proxy_counts_packed_int8_macs_and_each_stage(exit_model):
 
 
 def test_frozen_backbone_keeps_its_weights_and_batch_norm_statistics():
-    from edgec.compiler.train.data import Split
+    from edgec.compiler.data import Split
     from edgec.compiler.train.exits import train_exits
 
     model = add_exits(mnist_cnn(0, c1=8, c2=16, hidden=32), ["bn1"], example=X)

@@ -224,7 +224,7 @@ def test_good_run_still_works(files, capfd):
 def test_image_folder_with_a_non_image_and_too_small_data(tmp_path):
     from PIL import Image
 
-    from edgec.compiler.train.data import DataError, load_dataset, split_arrays
+    from edgec.compiler.data import DataError, load_dataset, split_arrays
 
     for cls in "ab":
         (tmp_path / cls).mkdir()

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from edgec.compiler.artifact import write_json_atomic
 from edgec.compiler import PipelineConfig, compile, load, zoo
 from edgec.compiler.config import ConfigError
 from edgec.compiler.frontend import import_model
@@ -85,7 +86,7 @@ def test_plan_json_roundtrip_and_pipeline_manifest(tmp_path):
     dense = import_model(model, (x,))
     plan = make_plan(dense, 0.5, "l1", multiple=4)
     path = str(tmp_path / "plan.json")
-    plan.save(path)
+    write_json_atomic(path, plan.to_json())
     assert PrunePlan.load(path) == plan
     manifest = compile(model, (x,), config=PipelineConfig(prune_plan=path, tuning_logs=None),
                        output=str(tmp_path / "m.so"))
@@ -150,7 +151,8 @@ def test_onnx_model_prunes_like_zeroed_columns(tmp_path):
     """ONNX has no torch names: the reference is the dense Relax model with the
     consumer columns the plan removes set to zero (no surgery involved)."""
     from edgec.compiler.peers import export_onnx
-    from edgec.passes.channel_groups import analyze, layout_indices
+    from edgec.passes.channel_groups import layout_indices
+from edgec.passes.channel_walk import analyze
     from edgec.passes.prune_plan import resolve
 
     torch.manual_seed(0)

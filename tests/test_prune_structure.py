@@ -11,7 +11,7 @@ from edgec.compiler import zoo
 from edgec.compiler.cli import main
 from edgec.compiler.frontend import import_model
 from edgec.passes.graph import RelaxModel, TensorSpec
-from edgec.compiler.train.data import mnist
+from edgec.compiler.data import mnist
 from edgec.compiler.train.prune_finetune import masked_copy, prune_finetune, shrink_torch, torch_masks
 from edgec.compiler.tvm_compat import tvm
 from edgec.passes.prune_channels import prune_channels

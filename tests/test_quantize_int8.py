@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from edgec.compiler.artifact import write_json_atomic
 from edgec.compiler.api import compile as compile_model
 from edgec.compiler.config import ConfigError, PipelineConfig
 from edgec.compiler.frontend import import_model
@@ -226,7 +227,7 @@ def test_scale_table_round_trip_and_unknown_layer(tiny, tmp_path):
     model, rm, data = tiny
     _, plan = quantize_model(rm, QuantScheme(), data[:16])
     path = tmp_path / "scales.json"
-    plan.save(str(path))
+    write_json_atomic(str(path), plan.to_json())
     assert QuantPlan.load(str(path)).ranges == plan.ranges
     bad = json.loads(path.read_text())
     bad["activations"]["conv9"] = {"min": 0.0, "max": 1.0}

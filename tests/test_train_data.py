@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from edgec.compiler.train.data import DataError, from_npz, load_dataset, mnist, split_arrays
+from edgec.compiler.data import DataError, from_npz, load_dataset, mnist, split_arrays
 from edgec.compiler.train.fit import evaluate, fit
 from edgec.compiler.zoo import MnistCNN
 

@@ -80,7 +80,7 @@ def test_transforms_equal_a_direct_conv(pad, size):
     blocked conv for odd and even outputs and any padding."""
     from tvm import s_tir, te
 
-    from edgec.passes.conv_layout import conv2d_nchwc
+    from edgec.passes.kernels.conv2d_nchwc import conv2d_nchwc
     from edgec.passes.nchwc_schedule import schedule_any
     from edgec.passes.winograd import conv2d_nchwc_winograd, weight_transform
 

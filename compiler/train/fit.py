@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from edgec.compiler.train.data import Split, batches
+from edgec.compiler.data import Split, batches
 
 
 def cross_entropy(model, x, y):

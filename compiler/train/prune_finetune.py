@@ -19,7 +19,8 @@ from torch import nn
 
 from edgec.compiler.train.distill import kd_loss
 from edgec.compiler.train.fit import fit
-from edgec.passes.channel_groups import analyze, layout_indices
+from edgec.passes.channel_groups import layout_indices
+from edgec.passes.channel_walk import analyze
 from edgec.passes.prune_plan import PlanError, resolve
 
 

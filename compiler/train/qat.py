@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from edgec.compiler.artifact import write_json_atomic
 from edgec.passes.quant_scheme import QuantPlan, QuantScheme
 
 
@@ -87,7 +88,7 @@ class QATModel:
                 parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
         plan = QuantPlan(self.scheme, self.ranges(), source="qat")
         if path:
-            plan.save(path)
+            write_json_atomic(path, plan.to_json())
         return plan
 
 

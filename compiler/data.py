@@ -160,3 +160,28 @@ def batches(split: Split, batch_size: int, shuffle: bool = False, seed: int = 0)
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
         yield torch.from_numpy(split.x[idx]), torch.from_numpy(split.y[idx])
+
+
+def load_calib_data(spec: str, samples: int | None = None) -> np.ndarray:
+    """Calibration inputs from ``mnist`` (its train split), a ``.npy``, or an ``.npz``
+    (array ``x``, ``x_train`` or its only array); the first ``samples`` of them."""
+    if spec == "mnist":
+        arr = mnist().train.x
+    elif spec.endswith((".npy", ".npz")):
+        if not os.path.isfile(spec):
+            raise DataError(f"calibration data file not found: {spec}")
+        try:
+            data = np.load(spec, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise DataError(f"cannot read {spec}: {e}") from e
+        if spec.endswith(".npz"):
+            keys = [k for k in ("x", "x_train") if k in data.files] or \
+                (data.files if len(data.files) == 1 else [])
+            if not keys:
+                raise DataError(f"{spec} has arrays {data.files}; expected x or x_train")
+            data = data[keys[0]]
+        arr = data
+    else:
+        raise DataError(f"unknown calibration data {spec!r}; valid: mnist, a .npy "
+                               "file, or a .npz file with an array x")
+    return np.asarray(arr)[:samples] if samples else np.asarray(arr)

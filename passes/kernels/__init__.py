@@ -1,0 +1,1 @@
+"""TIR kernels, their hand schedules and the attributes edgec marks them with."""
