@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from conftest import seeded
-from edgec.compiler.train.data import Split
+from edgec.compiler.data import Split
 from edgec.compiler.train.distill import (DistillError, distill, kd_loss, kd_train_loss, param_count,
                                           random_affine, train_alone)
 from edgec.compiler.train.exits import ExitError, add_exits, exit_head, exit_loss, train_exits
