@@ -28,8 +28,13 @@ from dataclasses import dataclass, field
 from edgec.compiler.errors import EdgecError
 
 LABEL = "instruction counts under qemu-user, not time"
-CLASSES = ("fp_mac", "int_mac", "dot", "load", "store", "simd_fp", "other")
-MAC_CLASSES = ("fp_mac", "int_mac", "dot")  # multiply-accumulate in one instruction
+CLASSES = ("fp_mac", "int_mac", "dot", "load", "store", "simd_fp", "scalar_madd", "other")
+# SIMD/FP multiply-accumulate in one instruction: FMLA/FMLS/FMADD, MLA/MLS/SMLAL/UMLAL,
+# SDOT/UDOT/USDOT/SMMLA. Scalar integer MADD (mostly address arithmetic) is not one.
+MAC_CLASSES = ("fp_mac", "int_mac", "dot")
+# lseek(-1, MARK, 0) from the guest (EBADF, harmless) opens / closes the counting window:
+# the calling thread's instructions in between are counted (see icount.c)
+MARK_START, MARK_STOP = 0x6564676563000001, 0x6564676563000002
 QEMU = "qemu-aarch64"  # the dynamic build (Debian qemu-user); qemu-aarch64-static has no plugins
 APT = "apt-get install -y qemu-user make gcc"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,15 +54,18 @@ class Counts:
     total: int
     classes: dict = field(default_factory=dict)
     vcpus: int = 1
+    scope: str = "all threads"  # or "window": one thread between MARK_START and MARK_STOP
 
     @property
     def mac(self) -> int:
         return sum(self.classes.get(c, 0) for c in MAC_CLASSES)
 
     def __sub__(self, other: "Counts") -> "Counts":
+        if self.scope != other.scope:
+            raise IcountError(f"cannot subtract counts of {other.scope} from {self.scope}")
         return Counts(self.total - other.total,
                       {c: self.classes.get(c, 0) - other.classes.get(c, 0) for c in CLASSES},
-                      max(self.vcpus, other.vcpus))
+                      max(self.vcpus, other.vcpus), self.scope)
 
 
 def cache_dir() -> str:
@@ -143,6 +151,50 @@ def build_fake_clock() -> str:
                                                  "CLOCK_OUT")
 
 
+# /proc/cpuinfo of an emulated core: qemu-user 7.2 shows the guest the host's x86 file,
+# on which the cpuinfo library inside ONNX Runtime crashes (NULL read at import).
+# (variant, part, revision, features) as the Linux kernel prints them.
+CPUINFO = {
+    "cortex-a72": ("0x0", "0xd08", "3", "fp asimd evtstrm crc32 cpuid"),
+    "cortex-a76": ("0x4", "0xd0b", "1", "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics "
+                   "fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"),
+    "neoverse-n1": ("0x3", "0xd0c", "1", "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics "
+                    "fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"),
+}
+
+
+def _cpuinfo_text(cpu: str) -> str:
+    variant, part, rev, features = CPUINFO[cpu]
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        n = sum(1 for line in f if line.startswith("processor")) or 1
+    return "".join(f"processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: {features}\n"
+                   f"CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: {variant}\n"
+                   f"CPU part\t: {part}\nCPU revision\t: {rev}\n\n" for i in range(n))
+
+
+def counting_root(board_root: str, cpu: str) -> str:
+    """A hard-linked copy of the board's rootfs (no space, ~0.3 s) whose /proc/cpuinfo
+    describes ``cpu``; qemu's -L serves it. Rebuilt when the board is."""
+    if cpu not in CPUINFO:
+        raise IcountError(f"no /proc/cpuinfo for qemu cpu {cpu!r}; known: {', '.join(CPUINFO)}")
+    st = os.stat(board_root)
+    dest = os.path.join(cache_dir(), f"rootfs-{cpu}-{st.st_ino}-{st.st_mtime_ns}")
+    if os.path.isfile(os.path.join(dest, "proc", "cpuinfo")):
+        return dest
+    partial = f"{dest}.{os.getpid()}"
+    os.makedirs(cache_dir(), exist_ok=True)
+    result = subprocess.run(["cp", "-al", board_root, partial], capture_output=True, text=True)
+    if result.returncode != 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise IcountError(f"cannot hard-link the board {board_root} into {cache_dir()} (same "
+                          f"file system needed): {result.stderr.strip()[-200:]}")
+    os.makedirs(os.path.join(partial, "proc"), exist_ok=True)
+    with open(os.path.join(partial, "proc", "cpuinfo"), "w", encoding="utf-8") as f:
+        f.write(_cpuinfo_text(cpu))
+    os.replace(partial, dest)
+    return dest
+
+
 def qemu_cpus(qemu: str | None = None) -> list[str]:
     """The CPU models this qemu-aarch64 emulates (``-cpu help``)."""
     text = subprocess.run([qemu or check_qemu(), "-cpu", "help"], capture_output=True,
@@ -155,7 +207,8 @@ def count(argv: list, rootfs: str, cpu: str = "max", env: dict | None = None,
     """Run ``argv`` (argv[0]: an aarch64 program) under qemu-aarch64 with the plugin;
     libraries resolve in ``rootfs`` (-L). ``cpu``: the emulated core (its features are
     what the program's run-time dispatch sees). One thread, host ASLR off and a fake clock
-    (``build_fake_clock``), so a run repeats its count exactly."""
+    (``build_fake_clock``), so a run repeats its count exactly. A program that marks a
+    window (MARK_START/MARK_STOP) is counted in it, on the marking thread only."""
     qemu, plugin = check_qemu(), build_plugin()
     with tempfile.TemporaryDirectory(prefix="edgec-icount-") as tmp:
         out = os.path.join(tmp, "counts.json")
@@ -179,6 +232,9 @@ def count(argv: list, rootfs: str, cpu: str = "max", env: dict | None = None,
         except (OSError, ValueError) as e:
             raise IcountError(f"the plugin wrote no counts ({e}); qemu said: "
                               f"{result.stderr.strip()[-300:]}") from None
+    if "window" in data:
+        window = {c: int(data["window"]["classes"][c]) for c in CLASSES}
+        return Counts(sum(window.values()), window, int(data["vcpus"]), "window")
     return Counts(int(data["total"]), {c: int(data["classes"][c]) for c in CLASSES},
                   int(data["vcpus"]))
 
@@ -194,7 +250,7 @@ def per_inference(argv_for, n: int, rootfs: str, **kw) -> dict:
         raise IcountError(f"{2 * n} inferences counted {b.total}, {n} counted {a.total}: the "
                           "program does not scale with the inference count")
     return {"n": n, "total": d.total / n, "classes": {c: d.classes[c] / n for c in CLASSES},
-            "mac_share": d.mac / d.total, "threads": d.vcpus,
+            "mac_share": d.mac / d.total, "threads": d.vcpus, "scope": d.scope,
             "raw": {str(n): a.total, str(2 * n): b.total}}
 
 

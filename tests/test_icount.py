@@ -31,15 +31,20 @@ BODY = [
     ("st1 {v19.4s}, [%1]", "store"), ("strb w12, [%1, #4]", "store"),
     ("fmul v20.4s, v1.4s, v2.4s", "simd_fp"), ("fadd s21, s1, s2", "simd_fp"),
     ("smull v22.4s, v1.4h, v2.4h", "simd_fp"), ("scvtf v23.4s, v1.4s", "simd_fp"),
-    ("madd x14, x10, x11, x12", "other"), ("add x15, x15, #1", "other"),
+    ("madd x14, x10, x11, x12", "scalar_madd"), ("mul x14, x10, x11", "other"),
+    ("add x15, x15, #1", "other"),
 ]
 LOOP_TAIL = 2  # subs + b.ne, class "other"
 
 PROGRAM = r"""
 #include <stdlib.h>
+#include <unistd.h>
+#include <sys/syscall.h>
 int main(int argc, char **argv) {
     long n = atol(argv[1]);
+    int marked = argc > 2;
     static unsigned char buf[64] __attribute__((aligned(16)));
+    if (marked) syscall(SYS_lseek, -1L, MARK_START, 0);
     __asm__ volatile(
         "mov x9, %0\n cbz x9, 2f\n 1:\n"
         BODY
@@ -47,6 +52,7 @@ int main(int argc, char **argv) {
         :: "r"(n), "r"(buf) : "x9", "x10", "x11", "x12", "x13", "x14", "x15", "v0", "v1",
            "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9", "v10", "v11", "v12", "v13", "v14",
            "v15", "v16", "v17", "v18", "v19", "v20", "v21", "v22", "v23", "memory", "cc");
+    if (marked) syscall(SYS_lseek, -1L, MARK_STOP, 0);
     return 0;
 }
 """
@@ -67,7 +73,9 @@ def loop_program(tmp_path_factory):
     require_counter()
     folder = tmp_path_factory.mktemp("icount")
     body = "".join(f'"{insn}\\n"\n' for insn, _ in BODY)
-    (folder / "loop.c").write_text(PROGRAM.replace("BODY", body))
+    (folder / "loop.c").write_text(PROGRAM.replace("BODY", body)
+                                   .replace("MARK_START", f"{icount.MARK_START:#x}ULL")
+                                   .replace("MARK_STOP", f"{icount.MARK_STOP:#x}ULL"))
     result = subprocess.run(["aarch64-linux-gnu-gcc", "-O1", "-static",
                              "-march=armv8.6-a+fp16+dotprod+i8mm", "-o", str(folder / "loop"),
                              str(folder / "loop.c")], capture_output=True, text=True)
@@ -93,6 +101,19 @@ def test_plugin_counts_a_known_loop_exactly_by_class(loop_program, tmp_path):
     assert again["mac_share"] == sum(expected[c] for c in icount.MAC_CLASSES) / (len(BODY) + 2)
 
 
+def test_a_marked_window_counts_only_the_loop(loop_program, tmp_path):
+    """lseek(-1, MARK_START/MARK_STOP, 0) around the loop: the window holds the loop and
+    a few instructions of the syscall wrappers, not the program's start-up."""
+    per_iter = len(BODY) + LOOP_TAIL
+    whole = icount.count([loop_program, 1000], str(tmp_path))
+    a = icount.count([loop_program, 1000, "mark"], str(tmp_path))
+    b = icount.count([loop_program, 3000, "mark"], str(tmp_path))
+    assert a.scope == b.scope == "window" and whole.scope == "all threads"
+    assert 0 <= a.total - 1000 * per_iter < 100 < whole.total - 1000 * per_iter
+    assert (b - a).total == 2000 * per_iter
+    assert (b - a).classes["dot"] == 2000 * 4
+
+
 def test_emulated_cpu_is_the_targets_core(loop_program, tmp_path):
     """-cpu cortex-a72 (rpi4) has no dot product: the loop's SDOT is an illegal instruction."""
     with pytest.raises(icount.IcountError, match=r"-cpu cortex-a72 \(exit"):
@@ -103,7 +124,8 @@ def test_emulated_cpu_is_the_targets_core(loop_program, tmp_path):
 def test_one_conv_model_on_the_emulated_board(tmp_path):
     """A 1-conv edgec model for rpi4: a positive count per inference, the same twice; its
     FP32 multiply-adds cover the conv's MACs at 1 to 4 lanes per FMLA."""
-    from edgec.compiler import PipelineConfig, board, compile
+    from edgec.compiler import PipelineConfig, compile
+    from edgec.compiler.deploy import board
     from rpc_helpers import require_board_host
 
     require_counter()

@@ -8,7 +8,12 @@
  * executing vCPU (a guest thread in qemu-user), so threads never share a counter.
  * A block left half-way (a fault, a signal) still counts whole: rare in user mode.
  *
- * At exit the totals are written as one JSON object to `outfile` (stderr without it).
+ * A window can be marked from inside the guest (any language): the syscall
+ * lseek(-1, MARK_START or MARK_STOP, 0) fails harmlessly with EBADF, and the plugin
+ * records the calling thread's counts between the two ("window"; that thread only).
+ *
+ * At exit the totals are written as one JSON object to `outfile` (stderr without it):
+ * all threads ("total", "classes"), each thread's total, and the window if marked.
  *
  * License: GNU GPL, version 2 or later (it is loaded into QEMU and built against its
  * header, qemu-plugin.h, vendored from QEMU 7.2.0); see COPYING and NOTICE.
@@ -23,9 +28,9 @@
 
 QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
 
-enum { FP_MAC, INT_MAC, DOT, LOAD, STORE, SIMD_FP, OTHER, NCLASS };
+enum { FP_MAC, INT_MAC, DOT, LOAD, STORE, SIMD_FP, SCALAR_MADD, OTHER, NCLASS };
 static const char *class_names[NCLASS] = {
-    "fp_mac", "int_mac", "dot", "load", "store", "simd_fp", "other"};
+    "fp_mac", "int_mac", "dot", "load", "store", "simd_fp", "scalar_madd", "other"};
 
 /* one cache line per vCPU row: 8 x u64 */
 #define ROW 8
@@ -34,6 +39,13 @@ static uint64_t counts[MAX_VCPUS][ROW] __attribute__((aligned(64)));
 static uint64_t overflow[ROW];     /* vCPU index >= MAX_VCPUS: shared, atomic */
 static unsigned max_vcpu_seen;
 static const char *outfile;
+
+#define SYS_LSEEK 62                            /* aarch64 */
+#define MARK_START 0x6564676563000001ULL        /* "edgec" 1 */
+#define MARK_STOP 0x6564676563000002ULL
+static int window_state;                        /* 0 none, 1 started, 2 done */
+static unsigned window_vcpu;
+static uint64_t window[ROW];
 
 typedef struct { uint32_t mask, pattern; int cls; } Match;
 
@@ -80,6 +92,14 @@ static int classify(uint32_t op)
             return table[i].cls;
         }
     }
+    if ((op & 0x7F000000) == 0x1B000000) {          /* scalar integer 3-source */
+        uint32_t op31 = (op >> 21) & 7, ra = (op >> 10) & 31;
+        /* MADD/MSUB, SMADDL/SMSUBL, UMADDL/UMSUBL with an addend (Ra 31 is MUL) */
+        if ((op31 == 0 || op31 == 1 || op31 == 5) && ra != 31) {
+            return SCALAR_MADD;
+        }
+        return OTHER;
+    }
     if ((op & 0x0A000000) == 0x08000000) {          /* op0 = x1x0: loads and stores */
         return is_load(op) ? LOAD : STORE;
     }
@@ -125,6 +145,27 @@ static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     qemu_plugin_register_vcpu_tb_exec_cb(tb, tb_exec, QEMU_PLUGIN_CB_NO_REGS, n);
 }
 
+static void on_syscall(qemu_plugin_id_t id, unsigned int vcpu, int64_t num, uint64_t a1,
+                       uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5, uint64_t a6,
+                       uint64_t a7, uint64_t a8)
+{
+    if (num != SYS_LSEEK || (uint32_t)a1 != UINT32_MAX || vcpu >= MAX_VCPUS) {
+        return;
+    }
+    if (a2 == MARK_START && window_state == 0) {
+        window_vcpu = vcpu;
+        for (int c = 0; c < NCLASS; c++) {
+            window[c] = counts[vcpu][c];
+        }
+        window_state = 1;
+    } else if (a2 == MARK_STOP && window_state == 1 && vcpu == window_vcpu) {
+        for (int c = 0; c < NCLASS; c++) {
+            window[c] = counts[vcpu][c] - window[c];
+        }
+        window_state = 2;
+    }
+}
+
 static void at_exit(qemu_plugin_id_t id, void *p)
 {
     uint64_t total[NCLASS], all = 0;
@@ -144,7 +185,23 @@ static void at_exit(qemu_plugin_id_t id, void *p)
     for (int c = 0; c < NCLASS; c++) {
         fprintf(f, "%s\"%s\": %" PRIu64, c ? ", " : "", class_names[c], total[c]);
     }
-    fprintf(f, "}}\n");
+    fprintf(f, "}, \"vcpu_totals\": [");
+    for (unsigned v = 0; v < max_vcpu_seen && v < MAX_VCPUS; v++) {
+        uint64_t t = 0;
+        for (int c = 0; c < NCLASS; c++) {
+            t += counts[v][c];
+        }
+        fprintf(f, "%s%" PRIu64, v ? ", " : "", t);
+    }
+    fprintf(f, "]");
+    if (window_state == 2) {
+        fprintf(f, ", \"window\": {\"vcpu\": %u, \"classes\": {", window_vcpu);
+        for (int c = 0; c < NCLASS; c++) {
+            fprintf(f, "%s\"%s\": %" PRIu64, c ? ", " : "", class_names[c], window[c]);
+        }
+        fprintf(f, "}}");
+    }
+    fprintf(f, "}\n");
     if (f != stderr) {
         fclose(f);
     }
@@ -166,6 +223,7 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
         }
     }
     qemu_plugin_register_vcpu_tb_trans_cb(id, tb_trans);
+    qemu_plugin_register_vcpu_syscall_cb(id, on_syscall);
     qemu_plugin_register_atexit_cb(id, at_exit, NULL);
     return 0;
 }

@@ -1,0 +1,237 @@
+"""Instructions per inference on the emulated aarch64 board: edgec vs ONNX Runtime.
+
+    python benchmarks/bench_emulated.py --models resnet18 mobilenet_v2 mnist_cnn \\
+        --targets rpi4 rpi5 [--n 1] [--json]
+
+Instruction counts under qemu-user, not time (compiler/icount.py, deploy/qemu_plugin):
+no caches, no memory stalls, no frequency. Per target, qemu emulates the board's core
+(rpi4: -cpu cortex-a72, no dot product; rpi5: cortex-a76 with SDOT/UDOT), so both engines'
+run-time dispatch sees the board's features. Each engine runs one thread; a program runs
+the model once, then N and then 2N more times, and (count(2N) - count(N)) / N is one
+inference: loading, graph optimisation, packing and start-up are excluded. edgec_run is
+counted whole (one thread, repeats exactly); ONNX Runtime keeps a helper thread whose
+start-up work varies by millions of instructions from run to run and does no inference
+work (intra_op_num_threads=1 runs every kernel on the caller), so its script marks a
+window around the N runs and the calling thread is counted there.
+
+edgec: FP32 and INT8 builds for the target (untuned unless tuning_logs/ has the target),
+run by deploy/cpp's edgec_run cross-compiled for aarch64. ONNX Runtime: the aarch64 wheel
+of the host's version, on the board's Python, FP32 (ORT_ENABLE_ALL) and static QDQ INT8
+(quant_pre_process, then per-channel S8 weights, U8 activations); both INT8 forms
+calibrate on the same 16 random images (random weights).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import NAMES, edgec_build, model_and_input, scratch, write_results
+from edgec.compiler import icount
+from edgec.compiler.deploy import board
+from edgec.compiler.peers import export_onnx
+from edgec.targets import get_target
+
+TARGETS = ("rpi4", "rpi5")
+ENGINES = ("edgec_fp32", "ort_fp32", "edgec_int8", "ort_int8")
+ORT_RUN = f"""
+import os
+import sys
+import numpy as np
+import onnxruntime as ort
+
+
+def mark(m):  # the plugin's counting window (compiler/icount.py); lseek fails: EBADF
+    try:
+        os.lseek(-1, m, 0)
+    except OSError:
+        pass
+
+
+model, x, k = sys.argv[1], sys.argv[2], int(sys.argv[3])
+o = ort.SessionOptions()
+o.intra_op_num_threads = o.inter_op_num_threads = 1
+o.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+o.add_session_config_entry("session.intra_op.allow_spinning", "0")
+s = ort.InferenceSession(model, o, providers=["CPUExecutionProvider"])
+feed = {{s.get_inputs()[0].name: np.load(x)}}
+s.run(None, feed)
+mark({icount.MARK_START:#x})
+for _ in range(k):
+    s.run(None, feed)
+mark({icount.MARK_STOP:#x})
+"""
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def ort_wheel(py: str) -> str:
+    """ONNX Runtime's aarch64 wheel, the host's version, unpacked for the board's Python."""
+    import onnxruntime
+
+    ver = onnxruntime.__version__
+    folder = os.path.join(icount.cache_dir(), f"onnxruntime-{ver}-aarch64-cp{py.replace('.', '')}")
+    if os.path.isdir(os.path.join(folder, "onnxruntime")):
+        return folder
+    plats = [a for p in ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64",
+                         "manylinux2014_aarch64") for a in ("--platform", p)]
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+                    folder + ".partial", *plats, "--python-version", py, "--implementation",
+                    "cp", "--only-binary=:all:", f"onnxruntime=={ver}"], check=True)
+    os.replace(folder + ".partial", folder)
+    return folder
+
+
+def ort_int8(fp32: str, calib: np.ndarray, out: str) -> str:
+    """ONNX Runtime's static QDQ INT8: pre-processed, per-channel S8 weights, U8 activations."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"input0": calib[i:i + 1]} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    pre = out.replace(".onnx", "-pre.onnx")
+    quant_pre_process(fp32, pre)
+    quantize_static(pre, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return out
+
+
+def build(name: str, targets, folder: str) -> dict:
+    """Every artifact of one model: edgec FP32/INT8 per target, ORT FP32/INT8 once."""
+    model, x = model_and_input(name)
+    calib = np.random.default_rng(1).standard_normal((16, *x.shape[1:])).astype("float32")
+    np.save(os.path.join(folder, "x.npy"), x)
+    onnx32 = export_onnx(model, [x], os.path.join(folder, "model.onnx"))
+    files = {"x": os.path.join(folder, "x.npy"), "shape": list(x.shape),
+             "ort_fp32": onnx32, "ort_int8": ort_int8(onnx32, calib, os.path.join(folder, "q.onnx"))}
+    for t in targets:
+        for tag, extra in (("fp32", {}), ("int8", {"calib_data": calib, "int8": True,
+                                                    "calib_samples": len(calib)})):
+            say(f"{name}: edgec {tag} for {t}")
+            so, manifest, secs = edgec_build(model, x, folder, f"{t}-{tag}", "auto", target=t,
+                                             **extra)
+            files[(t, f"edgec_{tag}")] = so
+            files[(t, f"tuning_{tag}")] = manifest.get("tuning", {}).get("summary")
+    return files
+
+
+def count_model(name: str, files: dict, targets, n: int, board_root: str, ort_dir: str,
+                runner: str, script: str) -> list:
+    rows = []
+    for t in targets:
+        cpu = get_target(t).tvm["mcpu"]
+        root = icount.counting_root(board_root, cpu)
+        argv = {"edgec_fp32": icount.runner_argv(runner, files[(t, "edgec_fp32")], [files["x"]]),
+                "edgec_int8": icount.runner_argv(runner, files[(t, "edgec_int8")], [files["x"]])}
+        py = os.path.join(root, "usr/bin/python3")
+        for e in ("ort_fp32", "ort_int8"):
+            argv[e] = (lambda model: lambda k: [py, script, model, files["x"], k])(files[e])
+        for engine in ENGINES:
+            say(f"{name} {t} ({cpu}): counting {engine}")
+            start = time.time()
+            env = {"PYTHONPATH": ort_dir} if engine.startswith("ort") else {}
+            r = icount.per_inference(argv[engine], n, root, cpu=cpu, env=env)
+            tuning = files.get((t, "tuning_" + engine.split("_")[1])) if "edgec" in engine else None
+            rows.append({"model": name, "target": t, "qemu_cpu": cpu, "engine": engine,
+                         "input_shape": files["shape"], **r, "tuning": tuning,
+                         "emulation_s": round(time.time() - start, 1)})
+            say(f"  {r['total'] / 1e6:.2f} M instructions/inference, MAC share "
+                f"{r['mac_share']:.3f}")
+    return rows
+
+
+def ratios(rows: list) -> dict:
+    """edgec / ONNX Runtime instructions per inference, per model, target and precision."""
+    by = {(r["model"], r["target"], r["engine"]): r["total"] for r in rows}
+    out = {}
+    for (m, t, e), v in by.items():
+        if e.startswith("edgec"):
+            peer = by.get((m, t, e.replace("edgec", "ort")))
+            if peer:
+                out[f"{m}/{t}/{e.split('_')[1]}"] = v / peer
+    return out
+
+
+def markdown(rows: list, ratio: dict, cpu: str) -> str:
+    lines = [f"**{icount.LABEL}.** One thread; per inference = (count(2N) - count(N)) / N "
+             "runs after a first call, so loading and start-up are excluded. MAC share: "
+             "FMLA/FMLS/FMADD, MLA/MLS/SMLAL, SDOT/UDOT over all instructions.", "",
+             "| model | target (qemu cpu) | engine | instructions / inference (M) | MAC share "
+             "| fp_mac | int_mac | dot | loads | stores | edgec / ORT |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        c, prec = r["classes"], r["engine"].split("_")[1]
+        rat = ratio.get(f"{r['model']}/{r['target']}/{prec}") if "edgec" in r["engine"] else None
+        lines.append(f"| {r['model']} | {r['target']} ({r['qemu_cpu']}) | {r['engine']} | "
+                     f"{r['total'] / 1e6:.2f} | {r['mac_share']:.3f} | "
+                     + " | ".join(f"{c[k] / 1e6:.2f}" for k in ("fp_mac", "int_mac", "dot",
+                                                                 "load", "store"))
+                     + f" | {'' if rat is None else f'{rat:.2f}x'} |")
+    tuning = sorted({f"{r['target']} {r['engine']}: {r['tuning']}" for r in rows if r["tuning"]})
+    lines += ["", "Class counts in millions per inference. edgec tuning: " + "; ".join(tuning)
+              if tuning else "", "", f"Host CPU: {cpu}. Counts do not depend on it."]
+    return "\n".join(lines)
+
+
+def host_cpu() -> str:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        return next((line.split(":", 1)[1].strip() for line in f
+                     if line.startswith("model name")), "unknown")
+
+
+def main(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=list(NAMES), choices=list(NAMES))
+    p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
+    p.add_argument("--n", type=int, default=1, help="inferences N of the N vs 2N runs")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--out", default="emulated_icount", help="results/<stem>.json and .md")
+    args = p.parse_args(argv)
+    board_root = board.default_dir()
+    board.prepare(board_root)
+    py = re.search(r"python(\d+\.\d+)", board.PY_SITE).group(1)
+    ort_dir, runner = ort_wheel(py), icount.build_runner(board_root, board.PY_SITE)
+    folder = scratch()
+    script = os.path.join(folder, "ort_run.py")
+    with open(script, "w", encoding="utf-8") as f:
+        f.write(ORT_RUN)
+    rows = []
+    for name in args.models:
+        files = build(name, args.targets, folder)
+        rows += count_model(name, files, args.targets, args.n, board_root, ort_dir, runner, script)
+    ratio, cpu = ratios(rows), host_cpu()
+    import onnxruntime
+
+    data = {"label": icount.LABEL, "host_cpu": cpu, "n": args.n, "qemu": _qemu_version(),
+            "onnxruntime": onnxruntime.__version__, "rows": rows, "edgec_over_ort": ratio}
+    md = markdown(rows, ratio, cpu)
+    paths = write_results(args.out, data, md)
+    print(json.dumps(data, indent=2) if args.json else md)
+    say("wrote " + " ".join(paths))
+
+
+def _qemu_version() -> str:
+    out = subprocess.run([icount.check_qemu(), "--version"], capture_output=True, text=True)
+    return out.stdout.splitlines()[0] if out.stdout else "unknown"
+
+
+if __name__ == "__main__":
+    main()
