@@ -214,18 +214,23 @@ def main(argv=None):
     with open(script, "w", encoding="utf-8") as f:
         f.write(ORT_RUN)
     rows = []
-    for name in args.models:
+    for name in args.models:  # results rewritten after each model: a stopped run keeps them
         files = build(name, args.targets, folder)
         rows += count_model(name, files, args.targets, args.n, board_root, ort_dir, runner, script)
-    ratio, cpu = ratios(rows), host_cpu()
+        data, md = report(rows, args)
+        paths = write_results(args.out, data, md)
+        say("wrote " + " ".join(paths))
+    print(json.dumps(data, indent=2) if args.json else md)
+
+
+def report(rows: list, args) -> tuple[dict, str]:
     import onnxruntime
 
+    ratio, cpu = ratios(rows), host_cpu()
     data = {"label": icount.LABEL, "host_cpu": cpu, "n": args.n, "qemu": _qemu_version(),
-            "onnxruntime": onnxruntime.__version__, "rows": rows, "edgec_over_ort": ratio}
-    md = markdown(rows, ratio, cpu)
-    paths = write_results(args.out, data, md)
-    print(json.dumps(data, indent=2) if args.json else md)
-    say("wrote " + " ".join(paths))
+            "onnxruntime": onnxruntime.__version__, "models": sorted({r["model"] for r in rows}),
+            "rows": rows, "edgec_over_ort": ratio}
+    return data, markdown(rows, ratio, cpu)
 
 
 def _qemu_version() -> str:
