@@ -108,7 +108,7 @@ def rebuild_stage(demo: str, slug: str, folder: str, exec_mode: str) -> str:
     import torch
 
     from edgec.compiler import PipelineConfig, compile
-    from edgec.compiler.demo_compress import CALIB_SAMPLES
+    from edgec.compiler.demo.compress import CALIB_SAMPLES
     from edgec.compiler.data import mnist
 
     def cached(s):
@@ -159,7 +159,7 @@ def build_runner(folder: str) -> str:
 
 def kernel_calls(path: str, inputs: list) -> list:
     """[(module, symbol, args)] of every PrimFunc the VM launches for ``inputs``."""
-    from edgec.compiler.runtime import load
+    from edgec.compiler.deploy.runtime import load
 
     model = load(path)
     calls = []
@@ -198,8 +198,8 @@ class Case:
     """One model and one input, with every engine ready to time ``number`` calls."""
 
     def __init__(self, name: str, path: str, x: np.ndarray, runner: str, folder: str):
-        from edgec.compiler.exit_bench import with_default_thresholds
-        from edgec.compiler.runtime import check_inputs, load
+        from edgec.compiler.deploy.runtime import with_default_thresholds
+        from edgec.compiler.deploy.runtime import check_inputs, load
         from edgec.compiler.tvm_compat import tensor, tvm
 
         self.name, self.path, self.x = name, path, x
@@ -267,8 +267,8 @@ class Case:
 
 def _seed_call(model, x):
     """``Model.__call__`` as it was before issue #25 (for the before/after)."""
-    from edgec.compiler.exit_bench import with_default_thresholds
-    from edgec.compiler.runtime import check_inputs, flatten_outputs
+    from edgec.compiler.deploy.runtime import with_default_thresholds
+    from edgec.compiler.deploy.runtime import check_inputs, flatten_outputs
     from edgec.compiler.tvm_compat import tensor
 
     args, kwargs = with_default_thresholds(model.manifest, (x,), {})
@@ -349,7 +349,7 @@ def markdown(rows: list, machine: dict, how: str, args) -> str:
 
 def cases_for(artifacts: dict, add_one_paths: dict, runner: str, folder: str) -> list:
     """``artifacts``: {label suffix: {stage slug: .so}}; ``add_one_paths``: {suffix: .so}."""
-    from edgec.compiler.runtime import load
+    from edgec.compiler.deploy.runtime import load
     from edgec.compiler.data import mnist
 
     test = mnist(0).test

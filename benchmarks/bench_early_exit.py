@@ -26,9 +26,9 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.bench_distill import distill_part, parser as distill_parser
 from edgec.compiler import PipelineConfig, compile, load
-from edgec.compiler.cli_exits import calibrate_relax_model
+from edgec.compiler.exit_calibration import calibrate_relax_model
 from edgec.compiler.compare import machine_info
-from edgec.compiler.exit_bench import bench_over_data
+from edgec.compiler.deploy.exit_bench import bench_over_data
 from edgec.compiler.frontend import import_model
 from edgec.compiler.data import Split, mnist
 from edgec.compiler.train.distill import param_count

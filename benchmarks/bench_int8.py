@@ -23,7 +23,7 @@ from edgec.compiler.api import compile as compile_model
 from edgec.compiler.compare import Engine, compare, machine_info, markdown_table
 from edgec.compiler.config import PipelineConfig
 from edgec.compiler.peers import edgec_runner, export_onnx, onnxruntime_session, torch_eager
-from edgec.compiler.runtime import load
+from edgec.compiler.deploy.runtime import load
 from edgec.passes.sensitivity import sqnr_db
 
 

@@ -25,7 +25,7 @@ from benchmarks.common import (Engine, edgec_build, edgec_runner, model_and_inpu
 
 
 def _sqnr(fp32_so, int8_so, xs) -> float:
-    from edgec.compiler.runtime import load
+    from edgec.compiler.deploy.runtime import load
     from edgec.passes.sensitivity import sqnr_db
 
     fp, q = load(fp32_so), load(int8_so)
@@ -35,7 +35,7 @@ def _sqnr(fp32_so, int8_so, xs) -> float:
 
 def bench_model(name: str, args) -> dict:
     from edgec.compiler.peers import onnxruntime_session
-    from edgec.compiler.tuning_db import log_dir_for
+    from edgec.compiler.tune.database import log_dir_for
     from edgec.targets import get_target
 
     model, x = model_and_input(name)

@@ -49,8 +49,9 @@ def main(argv=None):
     import torch
 
     from edgec.compiler.frontend import import_model
-    from edgec.compiler.tune import TuneSpec, tune
-    from edgec.compiler.tuning_db import log_dir_for
+    from edgec.compiler.tune.search import tune
+    from edgec.compiler.tune.spec import TuneSpec
+    from edgec.compiler.tune.database import log_dir_for
     from edgec.targets import get_target
 
     args = parse_args(__doc__, argv, _extra)

@@ -21,7 +21,7 @@ from benchmarks.common import (Engine, diff_text, edgec_build, edgec_runner, max
 
 
 def bench_model(name: str, args) -> dict:
-    from edgec.compiler.tuning_db import log_dir_for
+    from edgec.compiler.tune.database import log_dir_for
     from edgec.targets import get_target
 
     model, x = model_and_input(name)

@@ -25,7 +25,7 @@ import torch
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import set_threads, write_results
-from edgec.compiler.artifact import write_json_atomic
+from edgec.compiler.deploy.artifact import write_json_atomic
 from edgec.compiler import PipelineConfig, compile, load, zoo
 from edgec.compiler.compare import Engine, compare, machine_info, markdown_table
 from edgec.compiler.frontend import import_model

@@ -28,7 +28,7 @@ from benchmarks.peak import fp32_peak, model_flops
 
 def tuning_cost(log_dir: str, label: str) -> dict:
     """Trials and wall time the log's runs spent on ``label`` (and on the whole log)."""
-    from edgec.compiler.tuning_db import read_meta
+    from edgec.compiler.tune.database import read_meta
 
     runs = (read_meta(log_dir) or {}).get("runs", [])
     mine = [r for r in runs if r.get("model") == label]
@@ -111,8 +111,8 @@ def _flags(p):
 
 
 def main(argv=None):
-    from edgec.compiler.runtime import host_arch
-    from edgec.compiler.tuning_db import log_dir_for
+    from edgec.compiler.deploy.runtime import host_arch
+    from edgec.compiler.tune.database import log_dir_for
     from edgec.targets import cpu_flags, get_target
 
     args = parse_args(__doc__, argv, _flags)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from benchmarks import models as zoo
-from edgec.compiler.artifact import write_json_atomic
+from edgec.compiler.deploy.artifact import write_json_atomic
 from edgec.compiler.compare import Engine, compare, markdown_table
 from edgec.compiler.peers import edgec_runner, export_onnx, onnxruntime_session, torch_eager
 
@@ -55,7 +55,7 @@ def peer_engines(model, x, threads: int, folder: str) -> list:
 def max_abs_diff(so_path: str, model, x) -> dict:
     """max |edgec - torch| and the output's scale max |torch| (random-weight mobilenet_v2's
     logits are ~1e-14: an absolute difference alone would say nothing there)."""
-    from edgec.compiler.runtime import load
+    from edgec.compiler.deploy.runtime import load
 
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()

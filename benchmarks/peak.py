@@ -85,7 +85,7 @@ def model_flops(model, x, target: str = "x86-avx2") -> float:
     import torch
 
     from edgec.compiler.frontend import import_model
-    from edgec.compiler.tune import extract_tasks, lowered_module
+    from edgec.compiler.tune.search import extract_tasks, lowered_module
     from edgec.targets import get_target
     from tvm.s_tir.analysis import estimate_tir_flops
 

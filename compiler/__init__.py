@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "compile": ("edgec.compiler.api", "compile"),
-    "load": ("edgec.compiler.runtime", "load"),
+    "load": ("edgec.compiler.deploy.runtime", "load"),
     "import_model": ("edgec.compiler.frontend", "import_model"),
     "PipelineConfig": ("edgec.compiler.config", "PipelineConfig"),
     "EdgecError": ("edgec.compiler.errors", "EdgecError"),

@@ -2,29 +2,16 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 
 from edgec import compiler as _pkg
-from edgec.compiler.artifact import (atomic_path, elf_machine, embed_manifest, file_digest,
+from edgec.compiler.deploy.artifact import (atomic_path, elf_machine, embed_manifest, file_digest,
                                      manifest_path, write_json_atomic)
 from edgec.compiler.errors import BuildError
+from edgec.compiler.toolchain import check_cross_compiler
 from edgec.passes.graph import RelaxModel, constant_bytes
 from edgec.compiler.pipeline import run
 from edgec.compiler.tvm_compat import cross_compiler, tvm_version
-
-CROSS_INSTALL = {
-    "aarch64-linux-gnu-g++": "apt-get install -y g++-aarch64-linux-gnu (Debian/Ubuntu)",
-}
-
-
-def check_cross_compiler(target) -> None:
-    """Fail early, with the install command, if the target's cross compiler is missing."""
-    if target.cross_cc and shutil.which(target.cross_cc) is None:
-        how = CROSS_INSTALL.get(target.cross_cc, "install it and put it on PATH")
-        raise BuildError(f"cross compiler {target.cross_cc!r} for target {target.name!r} "
-                         f"not found on PATH; install it: {how}")
-
 
 def build(model: RelaxModel, config, output: str, calib_data=None) -> dict:
     """Compile ``model`` with ``config`` into ``output`` (.so) plus its .json manifest.

@@ -152,16 +152,6 @@ def _read_image(path: str, size: int | None) -> np.ndarray:
                         "remove it from the image folder or replace it") from None
 
 
-def batches(split: Split, batch_size: int, shuffle: bool = False, seed: int = 0):
-    """Yield (x, y) torch tensors in batches (a seeded shuffle when asked)."""
-    import torch
-
-    order = np.random.default_rng(seed).permutation(len(split)) if shuffle else np.arange(len(split))
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        yield torch.from_numpy(split.x[idx]), torch.from_numpy(split.y[idx])
-
-
 def load_calib_data(spec: str, samples: int | None = None) -> np.ndarray:
     """Calibration inputs from ``mnist`` (its train split), a ``.npy``, or an ``.npz``
     (array ``x``, ``x_train`` or its only array); the first ``samples`` of them."""

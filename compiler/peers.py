@@ -47,7 +47,7 @@ def onnxruntime_session(onnx_path: str, inputs, threads: int | None = None):
 
 def edgec_runner(so_path: str, inputs):
     """A no-arg callable running a compiled edgec artifact (inputs converted once)."""
-    from edgec.compiler.runtime import check_inputs, load
+    from edgec.compiler.deploy.runtime import check_inputs, load
     from edgec.compiler.tvm_compat import tensor
 
     model = load(so_path)

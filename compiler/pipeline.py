@@ -129,7 +129,7 @@ def _run(model, config, calib_data, quiet, lower_only) -> PipelineResult:
         return PipelineResult(None, mod, target, passes, {}, model)
     tuning = {"applied": False, "logs": [], "summary": "tuning not applied"}
     if config.tuning_logs and config.fuse:
-        from edgec.compiler.tune import apply_tuning
+        from edgec.compiler.tune.apply import apply_tuning
 
         with phase("tune"):
             mod, tuning = apply_tuning(mod, target, config.tuning_logs,

@@ -17,7 +17,7 @@ from edgec.compiler.errors import EdgecError
 
 MODULE_PACKAGES = ("torch.nn.", "torch.ao.nn.")
 # functions a cached model may name: edgec's loader of an ExportedModule (checks its bytes)
-ALLOWED_FUNCTIONS = ("edgec.compiler.demo_stages._exported_from_bytes",)
+ALLOWED_FUNCTIONS = ("edgec.compiler.demo.model._exported_from_bytes",)
 # plain classes a cached model may hold: the early-exit model's forward hook (it only stores
 # a layer's output in a dict)
 ALLOWED_CLASSES = ("edgec.compiler.train.exits.FeatureTap",)

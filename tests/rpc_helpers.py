@@ -25,7 +25,7 @@ def result_within(future, seconds: float):
 def require_board_host() -> None:
     """Fail (as root, CI's case: the tools are installed) or skip unless this machine can
     run the emulated aarch64 board (qemu-user via binfmt_misc, mmdebstrap)."""
-    from edgec.compiler import board
+    from edgec.compiler.deploy import board
 
     try:
         board.check_host()

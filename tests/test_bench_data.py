@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from conftest import seeded
-from edgec.compiler import PipelineConfig, compile, load, rpc
-from edgec.compiler.bench_data import DataBenchConfig, bench_data, format_data_report
+from edgec.compiler import PipelineConfig, compile, load
+from edgec.compiler.deploy import rpc
+from edgec.compiler.deploy.bench_data import DataBenchConfig, bench_data, format_data_report
 from edgec.compiler.cli import main
 from edgec.compiler.errors import EdgecError
-from edgec.compiler.rpc import group_members
-from edgec.compiler.rpc_session import connect
+from edgec.compiler.deploy.rpc import group_members
+from edgec.compiler.deploy.rpc_session import connect
 from edgec.compiler.train.exits import add_exits
 from edgec.compiler.zoo import MnistCNN
 from edgec.passes.exit_thresholds import scores

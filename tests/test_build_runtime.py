@@ -6,7 +6,7 @@ import torch
 
 from conftest import torch_out
 from edgec.compiler import PipelineConfig, compile, load
-from edgec.compiler.artifact import elf_machine, read_manifest
+from edgec.compiler.deploy.artifact import elf_machine, read_manifest
 from edgec.compiler.errors import ArtifactError, BuildError, InputError
 
 
@@ -93,7 +93,7 @@ def test_missing_manifest(mlp, tmp_path):
     that copy (objcopy removed it) needs its manifest."""
     import subprocess
 
-    from edgec.compiler.artifact import EMBEDDED_SECTION
+    from edgec.compiler.deploy.artifact import EMBEDDED_SECTION
 
     model, x = mlp
     out = tmp_path / "m.so"

@@ -6,9 +6,9 @@ import torch
 
 from conftest import seeded
 from edgec.compiler import PipelineConfig, compile, load
-from edgec.compiler.call_path import ALIGNMENT, COPY_OUTPUT_BYTES, ZERO_COPY_INPUT_BYTES
+from edgec.compiler.deploy.call_path import ALIGNMENT, COPY_OUTPUT_BYTES, ZERO_COPY_INPUT_BYTES
 from edgec.compiler.errors import InputError
-from edgec.compiler.runtime import check_inputs, flatten_outputs
+from edgec.compiler.deploy.runtime import check_inputs, flatten_outputs
 from edgec.compiler.train.exits import add_exits
 from edgec.compiler.tvm_compat import tensor, tvm
 from edgec.compiler.zoo import MnistCNN

@@ -163,8 +163,9 @@ def test_tuning_samples_the_register_tile_and_the_build_replays_it(tmp_path):
     """Tuning a blocked conv searches edgec's design space (the register tile, sampled;
     both loop orders); the build applies the best record instead of the heuristic tile,
     and equals torch. A blocked conv without a record borrows no other shape's trace."""
-    from edgec.compiler.tune import TuneSpec, tune
-    from edgec.compiler.tuning_db import open_database
+    from edgec.compiler.tune.search import tune
+    from edgec.compiler.tune.spec import TuneSpec
+    from edgec.compiler.tune.database import open_database
     from edgec.targets import get_target
 
     torch.manual_seed(0)

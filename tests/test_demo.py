@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgec.compiler.demo import STAGE_DENSE, STAGE_EAGER, module_exists
+from edgec.compiler.demo.context import STAGE_DENSE, STAGE_EAGER, module_exists
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -153,7 +153,7 @@ def test_bad_target_and_data_are_clear_errors(tmp_path, capsys, monkeypatch):
 
 def test_optimize_refuses_passes_missing_from_this_build(capsys):
     flags = [("--int8", "edgec.passes.quantize_int8"), ("--early-exit", "edgec.passes.split_early_exits"),
-             ("--prune", "edgec.passes.prune_channels"), ("--tune-trials", "edgec.compiler.tune")]
+             ("--prune", "edgec.passes.prune_channels"), ("--tune-trials", "edgec.compiler.tune.search")]
     for flag, module in flags:
         if module_exists(module):
             continue
@@ -231,7 +231,7 @@ def test_optimize_tunes_each_stage_into_its_own_log(tmp_path):
 
 def test_power_proxy_counts_macs_and_bytes(tmp_path):
     from edgec.compiler.frontend import import_model
-    from edgec.compiler.power import power_window, proxy_of
+    from edgec.compiler.demo.power import power_window, proxy_of
     from edgec.compiler.zoo import mnist_cnn
 
     proxy = proxy_of(import_model(mnist_cnn(0), (torch.zeros(1, 1, 28, 28),)))
@@ -248,8 +248,8 @@ def test_power_proxy_counts_macs_and_bytes(tmp_path):
 
 
 def test_accuracy_budget_stops_at_the_first_stage_over_it():
-    from edgec.compiler.demo import Context, RunConfig, Stage, StageRecord
-    from edgec.compiler.demo_measure import best_artifact, budget_violation
+    from edgec.compiler.demo.context import Context, RunConfig, Stage, StageRecord
+    from edgec.compiler.demo.measure import best_artifact, budget_violation
 
     def rec(name, acc, artifact=None):
         return StageRecord(Stage(name, name), "ok", artifact=artifact,

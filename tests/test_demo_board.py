@@ -13,9 +13,10 @@ import sys
 import numpy as np
 import pytest
 
-from edgec.compiler import board, rpc
-from edgec.compiler.demo import STAGE_DENSE, STAGE_EAGER
-from edgec.compiler.rpc import group_members
+from edgec.compiler.deploy import board
+from edgec.compiler.deploy import rpc
+from edgec.compiler.demo.context import STAGE_DENSE, STAGE_EAGER
+from edgec.compiler.deploy.rpc import group_members
 from rpc_helpers import free_port, require_board_host
 
 KEY = "emulated-aarch64"

@@ -8,10 +8,10 @@ import torch
 
 from edgec.compiler.build import build
 from edgec.compiler.config import PipelineConfig
-from edgec.compiler.demo import DemoError
-from edgec.compiler.demo_exits import exit_points
+from edgec.compiler.demo.context import DemoError
+from edgec.compiler.demo.exits import exit_points
 from edgec.compiler.frontend import import_model
-from edgec.compiler.runtime import load
+from edgec.compiler.deploy.runtime import load
 from edgec.compiler.train.exits import add_exits
 from edgec.compiler.zoo import mnist_cnn
 
@@ -84,7 +84,7 @@ def test_int8_and_early_exit_build_one_library(exit_model, tmp_path):
 
 def test_power_proxy_counts_packed_int8_macs_and_each_stage(exit_model):
     from edgec.compiler.pipeline import run
-    from edgec.compiler.power import proxy_of, stage_proxies
+    from edgec.compiler.demo.power import proxy_of, stage_proxies
 
     _, relax_model, calib = exit_model
     fp32 = proxy_of(relax_model)

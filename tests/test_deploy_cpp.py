@@ -126,7 +126,7 @@ def test_errors_are_one_line_with_the_valid_choices(runner, tiny_cnn, tmp_path):
 
 
 def _board_root() -> str:
-    from edgec.compiler import board
+    from edgec.compiler.deploy import board
     from rpc_helpers import require_board_host
 
     require_board_host()
@@ -141,9 +141,9 @@ def _board_root() -> str:
 def test_aarch64_runner_matches_python_runtime_on_emulated_board(exit_model, tmp_path):
     """Cross-compiled runner and model, run under qemu-user in the board's rootfs; the same
     artifact run by edgec's Python runtime on the board (over RPC) gives the same bits."""
-    from edgec.compiler import board
-    from edgec.compiler.bench import RemoteModel
-    from edgec.compiler.rpc_session import connect
+    from edgec.compiler.deploy import board
+    from edgec.compiler.deploy.bench import RemoteModel
+    from edgec.compiler.deploy.rpc_session import connect
     from rpc_helpers import free_port
 
     root = _board_root()

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from edgec.compiler import board, compile
-from edgec.compiler.bench import BenchConfig, RemoteModel, benchmark, format_report
+from edgec.compiler import compile
+from edgec.compiler.deploy import board
+from edgec.compiler.deploy.bench import BenchConfig, RemoteModel, benchmark, format_report
 from edgec.compiler.errors import ArtifactError
-from edgec.compiler.rpc import group_members
-from edgec.compiler.rpc_session import connect
+from edgec.compiler.deploy.rpc import group_members
+from edgec.compiler.deploy.rpc_session import connect
 from edgec.compiler.zoo import mnist_cnn
 from rpc_helpers import free_port, require_board_host, result_within
 
@@ -107,7 +108,7 @@ def test_metaschedule_rpc_runner_measures_on_board_via_tracker(tmp_path):
     """The tuning runner's path: tracker -> board key -> upload, random-fill args, time."""
     from tvm import te
 
-    from edgec.compiler import rpc
+    from edgec.compiler.deploy import rpc
     from edgec.compiler.tvm_compat import cross_compiler, meta_schedule, tvm
 
     require_board_host()

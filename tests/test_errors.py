@@ -240,7 +240,7 @@ def test_image_folder_with_a_non_image_and_too_small_data(tmp_path):
 
 
 def test_tuning_log_reader_skips_a_torn_line_without_writing(tmp_path):
-    from edgec.compiler.tuning_db import RECORDS, WORKLOADS, open_database, write_meta
+    from edgec.compiler.tune.database import RECORDS, WORKLOADS, open_database, write_meta
     from edgec.targets import get_target
 
     target = get_target("x86-avx2")
@@ -285,7 +285,7 @@ def test_printing_over_an_input_is_reported(files, tmp_path):
 def test_lone_library_describes_itself_and_library_checks_survive(files, tmp_path, capsys):
     """The manifest is embedded in the .so: without model.json, info and run still work;
     with a library that has no embedded copy, the bytecode and the VM still check shapes."""
-    from edgec.compiler.artifact import EMBEDDED_SECTION, read_embedded
+    from edgec.compiler.deploy.artifact import EMBEDDED_SECTION, read_embedded
 
     lone = str(tmp_path / "lone.so")
     shutil.copy(files["so"], lone)

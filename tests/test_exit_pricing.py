@@ -6,10 +6,10 @@ import torch
 
 from conftest import seeded
 from edgec.compiler import PipelineConfig, compile, load
-from edgec.compiler.demo import Stage, StageRecord
-from edgec.compiler.demo_measure import best_artifact, dropped
-from edgec.compiler.exit_pricing import PAYS_BELOW, decide, path_latencies, verdict
-from edgec.compiler.report import goals
+from edgec.compiler.demo.context import Stage, StageRecord
+from edgec.compiler.demo.measure import best_artifact, dropped
+from edgec.compiler.demo.exit_pricing import PAYS_BELOW, decide, path_latencies, verdict
+from edgec.compiler.demo.report import goals
 from edgec.compiler.train.exits import add_exits
 from edgec.compiler.zoo import MnistCNN
 from edgec.passes.exit_plan import ExitPlanError
@@ -89,7 +89,7 @@ def test_a_dropped_exit_is_not_the_final_artifact():
 
 
 def test_goals_are_measured_on_the_stage_before_a_dropped_exit():
-    from edgec.compiler.demo import STAGE_DENSE
+    from edgec.compiler.demo.context import STAGE_DENSE
 
     def stage(name, ms, info=None):
         return {"name": name, "engine": "edgec", "size": {"artifact_bytes": 100 if name ==
@@ -109,8 +109,9 @@ def test_board_paths_are_one_forced_library_each(monkeypatch, tmp_path):
     """On a (real) board every path gets a library with thresholds baked to force it, timed
     with the stage before by the board benchmark; an emulated board is priced by MACs."""
     from edgec.compiler import build as build_module
-    from edgec.compiler import demo_board, demo_exits
-    from edgec.compiler.demo import Context, RunConfig
+    from edgec.compiler.demo import board as demo_board
+    from edgec.compiler.demo import exits as demo_exits
+    from edgec.compiler.demo.context import Context, RunConfig
 
     built, timed = [], []
 

@@ -16,8 +16,9 @@ import pytest
 import torch
 from torch import nn
 
-from edgec.compiler import compile, rpc
-from edgec.compiler.rpc import group_members
+from edgec.compiler import compile
+from edgec.compiler.deploy import rpc
+from edgec.compiler.deploy.rpc import group_members
 from rpc_helpers import free_port
 
 TIMEOUT = 3
@@ -118,7 +119,7 @@ def test_rpc_server_dies_with_its_parent():
         while lines[-1] not in ("}\n", ""):
             lines.append(cli.stdout.readline())
         group = json.loads("".join(lines))["pid"]
-        from edgec.compiler.rpc_session import connect
+        from edgec.compiler.deploy.rpc_session import connect
 
         session = connect(rpc=f"127.0.0.1:{port}", timeout=30)  # the server forks a session child
         try:
@@ -175,7 +176,7 @@ def pruned():
 def test_two_tunes_on_one_log_file_every_record_under_its_workload(tmp_path):
     """A model and its pruned variant tuned at once into one log (the issue's case: all
     records landed under workload 0)."""
-    from edgec.compiler.tuning_db import META, RECORDS, WORKLOADS, read_rows, replayable
+    from edgec.compiler.tune.database import META, RECORDS, WORKLOADS, read_rows, replayable
 
     (tmp_path / "tiny_models.py").write_text(MODELS)
     log = tmp_path / "log"
@@ -205,7 +206,7 @@ def test_two_tunes_on_one_log_file_every_record_under_its_workload(tmp_path):
 @pytest.mark.slow
 def test_tune_on_a_board_that_stops_ends_within_timeout(tmp_path):
     """MetaSchedule's RPC runner waits on a stuck board forever; edgec's gives it up."""
-    from edgec.compiler.tuning_db import count_records, read_meta
+    from edgec.compiler.tune.database import count_records, read_meta
 
     (tmp_path / "tiny_models.py").write_text(MODELS)
     tracker = rpc.start_tracker(free_port())

@@ -9,7 +9,7 @@ from edgec.compiler.api import compile as compile_model
 from edgec.compiler.config import PipelineConfig
 from edgec.compiler.frontend import import_model
 from edgec.compiler.peers import export_onnx
-from edgec.compiler.runtime import load
+from edgec.compiler.deploy.runtime import load
 from edgec.compiler.tvm_compat import relax
 from edgec.passes.import_qdq import has_qdq, strip_qdq
 from edgec.passes.quant_scheme import QuantScheme

@@ -9,8 +9,8 @@ from torch import nn
 from edgec.compiler.api import compile as compile_model
 from edgec.compiler.config import PipelineConfig
 from edgec.compiler.frontend import import_model
-from edgec.compiler.runtime import load
-from edgec.compiler.tune import lowered_module
+from edgec.compiler.deploy.runtime import load
+from edgec.compiler.tune.search import lowered_module
 from edgec.passes.matmul_schedule import schedule_matmul
 
 TARGET = "x86-avx2"

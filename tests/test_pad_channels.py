@@ -10,7 +10,7 @@ from edgec.compiler import load
 from edgec.compiler.frontend import import_model
 from edgec.compiler.pipeline import run
 from edgec.compiler.config import PipelineConfig
-from edgec.compiler.runtime import flatten_outputs
+from edgec.compiler.deploy.runtime import flatten_outputs
 from edgec.compiler.tvm_compat import VirtualMachine, tensor, tvm
 from edgec.passes.pad_channels import pad_channels, padded_size
 

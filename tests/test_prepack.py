@@ -5,7 +5,8 @@ from torch import nn
 
 from edgec.compiler import PipelineConfig, compile, load
 from edgec.compiler.frontend import import_model
-from edgec.compiler.tune import TuneSpec, tune
+from edgec.compiler.tune.search import tune
+from edgec.compiler.tune.spec import TuneSpec
 
 TARGET = "x86-avx2"
 
@@ -46,8 +47,8 @@ def test_prepacked_build_rewrites_weights_at_compile_time(tmp_path):
 def test_a_prepacking_schedule_is_not_transferred_to_a_plain_kernel(tmp_path):
     """Plain kernels borrow only plain traces (a prepacking trace would rewrite the
     weights on every call there); prepacking kernels may borrow either."""
-    from edgec.compiler.tune import lowered_module
-    from edgec.compiler.tune_transfer import Donors
+    from edgec.compiler.tune.search import lowered_module
+    from edgec.compiler.tune.transfer import Donors
 
     torch.manual_seed(0)
     small = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU()).eval()

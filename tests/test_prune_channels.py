@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from edgec.compiler.artifact import write_json_atomic
+from edgec.compiler.deploy.artifact import write_json_atomic
 from edgec.compiler import PipelineConfig, compile, load, zoo
 from edgec.compiler.config import ConfigError
 from edgec.compiler.frontend import import_model
 from edgec.compiler.pipeline import run
-from edgec.compiler.runtime import flatten_outputs
+from edgec.compiler.deploy.runtime import flatten_outputs
 from edgec.compiler.train.prune_finetune import masked_copy
 from edgec.compiler.tvm_compat import VirtualMachine, tensor, tvm
 from edgec.passes.count_macs import count_macs

@@ -7,7 +7,7 @@ import torch
 
 from edgec.compiler.api import compile as compile_model
 from edgec.compiler.config import PipelineConfig
-from edgec.compiler.runtime import load
+from edgec.compiler.deploy.runtime import load
 from edgec.compiler.data import mnist
 from edgec.compiler.train.fit import accuracy, fit
 from edgec.compiler.train.qat import prepare_qat

@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from edgec.compiler.artifact import write_json_atomic
+from edgec.compiler.deploy.artifact import write_json_atomic
 from edgec.compiler.api import compile as compile_model
 from edgec.compiler.config import ConfigError, PipelineConfig
 from edgec.compiler.frontend import import_model
 from edgec.passes.graph import constant_bytes
-from edgec.compiler.runtime import load
+from edgec.compiler.deploy.runtime import load
 from edgec.compiler.tvm_compat import relax, tvm
 from edgec.passes.calibrate import CalibrationError, run_outputs
 from edgec.passes.int8_kernels import KERNELS

@@ -18,12 +18,13 @@ import pytest
 import torch
 from torch import nn
 
-from edgec.compiler import compile, load, rpc
-from edgec.compiler.bench import BenchConfig, RemoteModel, benchmark, statistics
+from edgec.compiler import compile, load
+from edgec.compiler.deploy import rpc
+from edgec.compiler.deploy.bench import BenchConfig, RemoteModel, benchmark, statistics
 from edgec.compiler.cli import main, parser
 from edgec.compiler.errors import ArtifactError, EdgecError
-from edgec.compiler.rpc import RpcError, bind_warning, group_members
-from edgec.compiler.rpc_session import connect
+from edgec.compiler.deploy.rpc import RpcError, bind_warning, group_members
+from edgec.compiler.deploy.rpc_session import connect
 from rpc_helpers import free_port, result_within
 
 KEY = "edgec-test"

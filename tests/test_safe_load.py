@@ -39,7 +39,7 @@ def test_edgec_models_come_back_equal(tmp_path):
 
 
 def test_exported_program_comes_back_after_its_check(tmp_path):
-    from edgec.compiler.demo_stages import ExportedModule
+    from edgec.compiler.demo.model import ExportedModule
 
     model = mnist_cnn(0).eval()
     wrapped = ExportedModule(torch.export.export(model, (X[:1],)))

@@ -13,7 +13,7 @@ from edgec.compiler.train.exits import add_exits
 from edgec.compiler.tvm_compat import relax, tensor, tvm
 from edgec.compiler.zoo import MnistCNN
 from edgec.passes.exit_plan import ExitPlan, ExitPlanError
-from edgec.compiler.exit_bench import bench_artifacts, bench_over_data
+from edgec.compiler.deploy.exit_bench import bench_artifacts, bench_over_data
 from edgec.compiler.data import Split
 from edgec.passes.exit_thresholds import measure_exit_seconds, scores
 from edgec.passes.split_early_exits import SplitEarlyExits, split_early_exits, stage_names

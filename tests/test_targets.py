@@ -47,7 +47,7 @@ def test_portable_x86_targets_leave_out_amd_only_instructions():
     import tvm
     from tvm.target import codegen
 
-    from edgec.compiler.tuning_db import isa_of
+    from edgec.compiler.tune.database import isa_of
 
     raw = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4"}
     assert codegen.target_has_features("sse4a", tvm.target.Target(raw))  # the check can fail

@@ -18,9 +18,10 @@ from torch import nn
 
 from edgec.compiler.errors import EdgecError
 from edgec.compiler.frontend import import_model
-from edgec.compiler.tune import TuneSpec, tune
+from edgec.compiler.tune.search import tune
+from edgec.compiler.tune.spec import TuneSpec
 from edgec.compiler.tvm_compat import tvm
-from edgec.compiler.tuning_db import (META, RECORDS, WORKLOADS, TuningLogError, count_records,
+from edgec.compiler.tune.database import (META, RECORDS, WORKLOADS, TuningLogError, count_records,
                                       open_database)
 from edgec.targets import get_target
 
@@ -92,7 +93,7 @@ def test_runner_workers_time_on_the_targets_cores():
 
     from tvm.support.popen_pool import PopenPoolExecutor
 
-    from edgec.compiler.tune_measure import measure_threads, runner_initializer
+    from edgec.compiler.tune.measure import measure_threads, runner_initializer
 
     threads = measure_threads(get_target(TARGET))
     assert threads == min(2, os.cpu_count())
@@ -146,7 +147,7 @@ def test_resume_budget_goes_to_untuned_tasks_first(tuned, tmp_path, monkeypatch)
     """A model whose first layer is logged and whose head is new, resumed with one round
     of budget: the round measures the head, wherever extraction lists it (the scheduler's
     first round follows the task list; here the logged task is listed first)."""
-    import edgec.compiler.tune as tune_module
+    import edgec.compiler.tune.search as tune_module
 
     extract = tune_module.extract_tasks
     monkeypatch.setattr(tune_module, "extract_tasks", lambda *a: sorted(
@@ -302,7 +303,7 @@ def test_rpc_runner_measures_on_a_tracked_server(rpc_tracker, tmp_path):
 def test_bad_tracker_and_board_without_tracker():
     with pytest.raises(EdgecError, match="HOST:PORT"):
         TuneSpec(target=TARGET, tracker="nohost")
-    from edgec.compiler.tune_measure import make_runner
+    from edgec.compiler.tune.measure import make_runner
 
     with pytest.raises(EdgecError, match="--tracker"):
         make_runner(get_target("rpi4"), TuneSpec(target="rpi4"))
@@ -312,9 +313,9 @@ def test_board_builder_cross_compiles_candidates(tmp_path):
     """The builder a board tune uses links candidates for aarch64 (checked by ELF machine)."""
     import shutil
 
-    from edgec.compiler.artifact import elf_machine
-    from edgec.compiler.tune import lowered_module
-    from edgec.compiler.tune_measure import make_builder, ms
+    from edgec.compiler.deploy.artifact import elf_machine
+    from edgec.compiler.tune.search import lowered_module
+    from edgec.compiler.tune.measure import make_builder, ms
 
     if shutil.which("aarch64-linux-gnu-g++") is None:
         pytest.skip("aarch64-linux-gnu-g++ not installed (apt-get install g++-aarch64-linux-gnu)")
@@ -329,7 +330,7 @@ def test_board_builder_cross_compiles_candidates(tmp_path):
 
 
 def test_host_uses_its_base_targets_log_and_isa_is_checked(tuned):
-    from edgec.compiler.tuning_db import log_dir_for
+    from edgec.compiler.tune.database import log_dir_for
     from edgec.targets import detect_host
 
     host = detect_host(flags={"avx2", "fma"}, cores=4)
@@ -413,9 +414,10 @@ def test_tune_int8_skips_hand_scheduled_kernels(tmp_path, capsys):
     the other tasks and leaves those out (MetaSchedule cannot even estimate their FLOPs)."""
     from edgec.compiler import PipelineConfig
     from edgec.compiler.cli import main
-    from edgec.compiler.cli_tune import load_relax_model
+    from edgec.compiler.cli.tune import load_relax_model
     from edgec.compiler.pipeline import run
-    from edgec.compiler.tune import _is_hand_scheduled, prepare
+    from edgec.compiler.tune.apply import is_hand_scheduled
+    from edgec.compiler.tune.measure import prepare
     from edgec.compiler.tvm_compat import meta_schedule
 
     torch.manual_seed(0)
@@ -438,7 +440,7 @@ def test_tune_int8_skips_hand_scheduled_kernels(tmp_path, capsys):
     tvm_target = get_target(TARGET).tvm_target()
     prepare(tvm_target)
     raw = meta_schedule().relax_integration.extract_tasks(lowered, tvm_target)
-    hand = [t.task_name for t in raw if _is_hand_scheduled(t.dispatched[0]["main"])]
+    hand = [t.task_name for t in raw if is_hand_scheduled(t.dispatched[0]["main"])]
     assert any("int8_avx2" in n for n in hand) and any("pack_nchw4c" in n for n in hand), hand
     assert len(raw) == s["tasks"] + len(hand)
 
@@ -453,7 +455,7 @@ def test_workload_logged_under_other_block_names_stays_replayable(tmp_path):
     the two workloads structurally, so records of the second model must name the first's
     blocks, or TVM refuses to open the whole log (it did: INT8 vs FP32 mobilenet_v2)."""
     from edgec.compiler.specs import parse_input_spec
-    from edgec.compiler.tuning_db import read_rows, replayable
+    from edgec.compiler.tune.database import read_rows, replayable
 
     x = torch.randn(1, 8, 4, 4)
     log = tmp_path / TARGET
@@ -467,7 +469,7 @@ def test_workload_logged_under_other_block_names_stays_replayable(tmp_path):
     assert open_database(str(log), get_target(TARGET)) is not None
     # a record that names a block its workload lacks (a log written before that fix): the
     # build skips it with a warning instead of failing on the whole log
-    from edgec.compiler.tuning_db import open_subset
+    from edgec.compiler.tune.database import open_subset
 
     lines = (log / RECORDS).read_text().splitlines(keepends=True)
     (log / RECORDS).write_text(lines[0].replace('"a_red"', '"zz_red"', 1) + "".join(lines[1:]))

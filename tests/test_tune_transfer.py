@@ -5,8 +5,10 @@ import torch
 from torch import nn
 
 from edgec.compiler.frontend import import_model
-from edgec.compiler.tune import TuneSpec, apply_tuning, lowered_module, tune
-from edgec.compiler.tune_transfer import fit_tile, signature, transfer_schedules
+from edgec.compiler.tune.apply import apply_tuning
+from edgec.compiler.tune.search import lowered_module, tune
+from edgec.compiler.tune.spec import TuneSpec
+from edgec.compiler.tune.transfer import fit_tile, signature, transfer_schedules
 from edgec.compiler.tvm_compat import tvm
 from edgec.targets import get_target
 
@@ -118,8 +120,8 @@ def test_no_donor_with_other_operators(log):
 
 def _new_task_traces(log_dir, mod):
     """Trace keys of the log's records for the task ``mod`` (the widest new workload)."""
-    from edgec.compiler.tune_measure import _trace_key
-    from edgec.compiler.tuning_db import open_database
+    from edgec.compiler.tune.measure import _trace_key
+    from edgec.compiler.tune.database import open_database
 
     db = open_database(str(log_dir), get_target(TARGET))
     if not db.has_workload(mod):
@@ -134,9 +136,9 @@ def test_tuning_a_new_workload_starts_from_the_borrowed_schedule(log, tmp_path, 
     donor's schedule replayed on its shapes; with warm_start=False it does not."""
     import shutil
 
-    from edgec.compiler.tune import extract_tasks
-    from edgec.compiler.tune_measure import _trace_key
-    from edgec.compiler.tune_transfer import Donors, seed_schedules
+    from edgec.compiler.tune.search import extract_tasks
+    from edgec.compiler.tune.measure import _trace_key
+    from edgec.compiler.tune.transfer import Donors, seed_schedules
 
     copy = tmp_path / TARGET
     shutil.copytree(log, copy)
@@ -155,7 +157,7 @@ def test_tuning_a_new_workload_starts_from_the_borrowed_schedule(log, tmp_path, 
 def test_a_transfer_is_replayed_once_per_process(log, monkeypatch):
     """Compiling the same model again reuses the transferred function (no replay, no
     check build), with the same result."""
-    from edgec.compiler import tune_transfer
+    from edgec.compiler.tune import transfer as tune_transfer
 
     mod = lowered_module(import_model(*_model(32, 48)), TARGET)
     tvm_target = get_target(TARGET).tvm_target()
@@ -176,8 +178,8 @@ def test_replay_leaves_the_callers_functions_untouched():
     schedule a copy. (A max-pool trace starts by removing the block's schedule_rule
     annotation; done in place, the task's own function lost it and MetaSchedule's later
     replays of the task failed.)"""
-    from edgec.compiler.tune_transfer import donors_of, seed_schedules
-    from edgec.compiler.tuning_db import log_dir_for
+    from edgec.compiler.tune.transfer import donors_of, seed_schedules
+    from edgec.compiler.tune.database import log_dir_for
 
     logs = log_dir_for(get_target(TARGET))  # the committed log: it holds max-pool records
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2)).eval()

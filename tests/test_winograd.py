@@ -130,7 +130,8 @@ def test_winograd_build_matches_torch(tmp_path, target):
 def test_tuning_samples_the_winograd_tile_and_the_build_replays_it(tmp_path):
     """MetaSchedule tunes the Winograd GEMM's register tile with edgec's rule; the build
     replays the record (no heuristic tile left) and equals torch."""
-    from edgec.compiler.tune import TuneSpec, tune
+    from edgec.compiler.tune.search import tune
+    from edgec.compiler.tune.spec import TuneSpec
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()).eval()
@@ -155,7 +156,7 @@ def test_a_used_up_design_space_ends_its_task():
     evolving empty populations until the whole run's trials are spent."""
     from tvm import s_tir, te
 
-    from edgec.compiler.tune_measure import NoRepeatSearch, _trace_key, ms
+    from edgec.compiler.tune.measure import NoRepeatSearch, _trace_key, ms
 
     a = te.placeholder((16,), name="a")
     sch = s_tir.Schedule(te.create_prim_func([a, te.compute((16,), lambda i: a[i] + 1.0)]))

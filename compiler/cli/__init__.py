@@ -12,7 +12,7 @@ from edgec.compiler.errors import USER_ERRORS, EdgecError
 
 COMMANDS = {}
 # Modules whose @command functions make up the CLI, in help order.
-COMMAND_MODULES = ["cli_commands", "cli_tune", "cli_prune", "cli_demo", "cli_rpc"]
+COMMAND_MODULES = ["commands", "tune", "prune", "demo", "rpc"]  # edgec.compiler.cli.*
 
 
 def command(name, help_text):
@@ -32,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
     import importlib
 
     for module in COMMAND_MODULES:  # each registers its subcommands
-        importlib.import_module(f"edgec.compiler.{module}")
+        importlib.import_module(f"edgec.compiler.cli.{module}")
     p = _Parser(prog="edgec", description="Edge-model compiler on Apache TVM")
     p.add_argument("--version", action="store_true", help="print versions and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

@@ -30,7 +30,7 @@ def cmd_compile(args):
 
 def check_compile_outputs(args) -> None:
     """Before any work: the library and its manifest are writable and are none of the inputs."""
-    from edgec.compiler.artifact import manifest_path
+    from edgec.compiler.deploy.artifact import manifest_path
     from edgec.compiler.errors import BuildError
     from edgec.compiler.outputs import check_outputs
 
@@ -58,7 +58,7 @@ def _compile(args, specs):
     model, example = args.model, None
     if is_factory(model):
         model, example = factory_model(model, specs)
-    from edgec.compiler.cli_exits import exit_config
+    from edgec.compiler.cli.exits import exit_config
 
     config = exit_config(args, config, model, example, specs or None, quiet=args.quiet or args.json)
     manifest = compile_model(model, example, config=config, output=args.output,
@@ -86,7 +86,7 @@ def _compile_flags(p):
     layout_flags(p)
     prune_flags(p)
     int8_flags(p)
-    from edgec.compiler.cli_exits import add_exit_flags
+    from edgec.compiler.cli.exits import add_exit_flags
 
     add_exit_flags(p)
     _common(p)
@@ -192,7 +192,7 @@ def _read_inputs(items, names) -> dict:
 
 def _call(model, inputs) -> list:
     """Run once; the library's own checks (a manifest edited by hand) become one line."""
-    from edgec.compiler.artifact import manifest_path
+    from edgec.compiler.deploy.artifact import manifest_path
     from edgec.compiler.errors import InputError
 
     try:
@@ -208,9 +208,9 @@ def _call(model, inputs) -> list:
 
 @command("run", "run a compiled .so on .npy inputs")
 def cmd_run(args):
-    from edgec.compiler.artifact import manifest_path
+    from edgec.compiler.deploy.artifact import manifest_path
     from edgec.compiler.outputs import check_outputs, check_stdout
-    from edgec.compiler.runtime import load
+    from edgec.compiler.deploy.runtime import load
 
     inputs = {"MODEL": args.model, "its manifest": manifest_path(args.model)}
     inputs.update({f"--input {item}": item.rpartition("=")[2] for item in args.input})
@@ -219,7 +219,7 @@ def cmd_run(args):
     model = load(args.model)
     outputs = _call(model, _read_inputs(args.input, model.input_names))
     if args.output:
-        from edgec.compiler.artifact import atomic_path
+        from edgec.compiler.deploy.artifact import atomic_path
 
         with atomic_path(args.output) as tmp:
             with open(tmp, "wb") as f:
@@ -251,7 +251,7 @@ cmd_run.configure = _run_flags
 
 @command("info", "show an artifact's manifest")
 def cmd_info(args):
-    from edgec.compiler.artifact import read_manifest
+    from edgec.compiler.deploy.artifact import read_manifest
 
     m = read_manifest(args.model)
     fmt = lambda s: f"{s['name']} {'x'.join(map(str, s['shape']))} {s['dtype']}"  # noqa: E731

@@ -44,14 +44,14 @@ def _command_line() -> str:
 
 
 def _finish(args, result) -> int:
-    from edgec.compiler.report import publish
-    from edgec.compiler.report_md import _goals, _summary
+    from edgec.compiler.demo.report import publish
+    from edgec.compiler.demo.report_md import goals_section, summary_section
 
     report = publish(result)
     files = report["files"]
     drawn = sum(1 for p in report["plots"].values() if p.get("path"))
     best = report["best_artifact"]
-    text = "\n".join(_summary(report)[2:-2] + [""] + _goals(report)[2:] + [
+    text = "\n".join(summary_section(report)[2:-2] + [""] + goals_section(report)[2:] + [
         "", f"wrote {files['markdown']}, {files['json']} and {drawn} plot(s) in "
             f"{os.path.join(args.out, 'plots')}"
             + (f"; result {best['path']} ({best['stage']})" if best else "")])
@@ -69,7 +69,7 @@ def _board(args) -> dict:
         if args.key:
             raise EdgecError("--key needs --tracker HOST:PORT")
         return {}
-    from edgec.compiler.rpc import parse_addr
+    from edgec.compiler.deploy.rpc import parse_addr
     from edgec.targets import get_target
 
     parse_addr(args.tracker, "tracker address")
@@ -82,7 +82,8 @@ def _board(args) -> dict:
 @command("demo", "the edge-classifier demo on real MNIST digits: train, compress, compile, "
                  "benchmark every stage, and write a report with plots")
 def cmd_demo(args):
-    from edgec.compiler.demo import RunConfig, run
+    from edgec.compiler.demo.context import RunConfig
+    from edgec.compiler.demo.story import run
 
     _calm_warnings()
     if args.epochs is not None and args.epochs < 0:
@@ -108,8 +109,8 @@ cmd_demo.configure = _demo_flags
 
 def _compress_request(args) -> list:
     """The compression stages asked for; refuses, naming what is missing, those not in this build."""
-    from edgec.compiler.demo import module_exists
-    from edgec.compiler.demo_stages import NEEDS, RUNS, STAGE_EXITS, STAGE_INT8, STAGE_PRUNED
+    from edgec.compiler.demo.context import module_exists
+    from edgec.compiler.demo.stages import NEEDS, RUNS, STAGE_EXITS, STAGE_INT8, STAGE_PRUNED
 
     if args.prune is not None and not 0.0 < args.prune < 1.0:
         raise EdgecError(f"--prune takes the fraction of channels to remove, between 0 and 1; "
@@ -132,15 +133,15 @@ def _compress_request(args) -> list:
 def _check_paths(args) -> None:
     """Before the stages run: --power-cmd parses, and the output folder can be written."""
     from edgec.compiler.outputs import check_writable
-    from edgec.compiler.power import check_power_cmd
+    from edgec.compiler.demo.power import check_power_cmd
 
     check_power_cmd(args.power_cmd)
     check_writable(os.path.join(args.out, "report.json"), "--out")
 
 
 def _check_trials(args) -> None:
-    from edgec.compiler.demo import module_exists
-    from edgec.compiler.demo_stages import TUNE_MODULE
+    from edgec.compiler.demo.context import module_exists
+    from edgec.compiler.demo.stages import TUNE_MODULE
 
     if args.tune_trials is not None and args.tune_trials < 1:
         raise EdgecError(f"--tune-trials must be a positive number of trials, got {args.tune_trials}")
@@ -152,7 +153,8 @@ def _check_trials(args) -> None:
 @command("optimize", "train/evaluate, compress and compile your own model on your data, "
                      "within an accuracy budget, with the same report as the demo")
 def cmd_optimize(args):
-    from edgec.compiler.demo import RunConfig, run
+    from edgec.compiler.demo.context import RunConfig
+    from edgec.compiler.demo.story import run
 
     _calm_warnings()
     if not args.model.endswith(".pt2") and ":" not in args.model:
@@ -184,7 +186,7 @@ def _optimize_flags(p):
     p.add_argument("--prune", type=float, metavar="R", help="prune this fraction of channels")
     p.add_argument("--int8", action="store_true", help="quantize to INT8")
     p.add_argument("--early-exit", action="store_true", help="add early exits")
-    from edgec.compiler.cli_commands import trust_flag
+    from edgec.compiler.cli.commands import trust_flag
 
     trust_flag(p)
     _flags(p, "edgec-optimize")

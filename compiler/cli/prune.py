@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from edgec.compiler.artifact import write_json_atomic
+from edgec.compiler.deploy.artifact import write_json_atomic
 from edgec.compiler.cli import command, emit
 from edgec.compiler.errors import EdgecError
 
@@ -72,7 +72,7 @@ def _flags(p):
     p.add_argument("--input", "-i", action="append", metavar="NAME:SHAPE[:DTYPE]",
                    help="input name, shape and dtype (needed for module:factory models)")
     p.add_argument("--output", "-o", metavar="PLAN.json", help="write the plan as JSON")
-    from edgec.compiler.cli_commands import trust_flag
+    from edgec.compiler.cli.commands import trust_flag
 
     trust_flag(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -33,7 +33,7 @@ def cmd_rpc(args):
 
 
 def _tracker(args):
-    from edgec.compiler.rpc import bind_warning, start_tracker
+    from edgec.compiler.deploy.rpc import bind_warning, start_tracker
 
     if bind_warning(args.host):
         print(f"WARNING: this RPC tracker listens on {args.host}: anyone who reaches it can "
@@ -43,7 +43,7 @@ def _tracker(args):
 
 
 def _server(args):
-    from edgec.compiler.rpc import bind_warning, start_server
+    from edgec.compiler.deploy.rpc import bind_warning, start_server
 
     warning = bind_warning(args.host)
     if warning:  # loud on purpose: the server executes whatever it is sent
@@ -56,7 +56,7 @@ def _server(args):
 
 
 def _status(args):
-    from edgec.compiler.rpc import tracker_status
+    from edgec.compiler.deploy.rpc import tracker_status
 
     status = tracker_status(args.tracker, args.timeout)
     lines = [f"tracker {args.tracker}: {len(status)} key(s)"]
@@ -68,7 +68,7 @@ def _status(args):
 
 
 def _emulate(args):
-    from edgec.compiler import board
+    from edgec.compiler.deploy import board
 
     root = args.dir or board.default_dir()
     info = board.prepare(root, quiet=args.quiet)
@@ -117,8 +117,8 @@ command("rpc", "TVM RPC: tracker, server, status, emulated aarch64 board")(cmd_r
 
 def _bench_session(args, paths):
     """Manifests read (fail on a missing one before connecting), then the session."""
-    from edgec.compiler.artifact import read_manifest
-    from edgec.compiler.rpc_session import connect
+    from edgec.compiler.deploy.artifact import read_manifest
+    from edgec.compiler.deploy.rpc_session import connect
 
     manifests = [read_manifest(p) for p in paths]
     key = args.key
@@ -132,7 +132,7 @@ def _bench_session(args, paths):
 
 def _check_save(args, paths) -> None:
     """--save must not replace an artifact, its manifest or the data (checked before connecting)."""
-    from edgec.compiler.artifact import manifest_path
+    from edgec.compiler.deploy.artifact import manifest_path
     from edgec.compiler.outputs import check_outputs, check_stdout
 
     inputs = {"--data": args.data if args.data and os.path.exists(args.data) else None}
@@ -145,8 +145,9 @@ def _check_save(args, paths) -> None:
 @command("bench", "latency statistics of a compiled .so, here or on a board over RPC; "
                   "with --data, latency, accuracy and exit rates over a data set")
 def cmd_bench(args):
-    from edgec.compiler import bench, bench_data
-    from edgec.compiler.artifact import write_json_atomic
+    from edgec.compiler.deploy import bench
+    from edgec.compiler.deploy import bench_data
+    from edgec.compiler.deploy.artifact import write_json_atomic
 
     bench_data.check_flags(args)
     paths = [args.model] + ([args.compare] if args.compare else [])

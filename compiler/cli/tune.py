@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from edgec.compiler.cli import command, emit
-from edgec.compiler.cli_commands import int8_flags, layout_flags, prune_flags, trust_flag
+from edgec.compiler.cli.commands import int8_flags, layout_flags, prune_flags, trust_flag
 
 
 def load_relax_model(model: str, inputs):
@@ -20,8 +20,8 @@ def status(model, target_name: str, log_dir: str | None, label: str | None = Non
            **kernels) -> dict:
     """Per-task trials and best latency of ``model`` in the target's log (read-only);
     ``kernels``: as ``tune.lowered_module``."""
-    from edgec.compiler.tune import estimate_ms, extract_tasks, lowered_module, task_status
-    from edgec.compiler.tuning_db import count_records, log_dir_for, open_database, read_meta
+    from edgec.compiler.tune.search import estimate_ms, extract_tasks, lowered_module, task_status
+    from edgec.compiler.tune.database import count_records, log_dir_for, open_database, read_meta
     from edgec.targets import get_target
 
     target = get_target(target_name)
@@ -53,7 +53,7 @@ def _status_text(s: dict) -> str:
 def compressed(args, model) -> tuple:
     """(``model`` after the prune / INT8 passes the flags ask for, as ``edgec compile`` with
     the same flags builds it, so its tasks are the ones that build looks up; its label)."""
-    from edgec.compiler.cli_commands import calib_data, compression_config
+    from edgec.compiler.cli.commands import calib_data, compression_config
     from edgec.compiler.pipeline import run
 
     config = compression_config(args, tuning_logs=None)
@@ -77,7 +77,8 @@ def _applied(config) -> list:
 
 @command("tune", "tune a model with MetaSchedule into tuning_logs/<target> (resumable)")
 def cmd_tune(args):
-    from edgec.compiler.tune import TuneSpec, tune
+    from edgec.compiler.tune.search import tune
+    from edgec.compiler.tune.spec import TuneSpec
 
     from edgec.compiler.pt2_check import trusting
 

@@ -35,7 +35,7 @@ class Board:
         return dict(self.info)
 
     def session(self):
-        from edgec.compiler.rpc_session import connect
+        from edgec.compiler.deploy.rpc_session import connect
 
         return connect(tracker=self.tracker, key=self.key, timeout=self.timeout)
 
@@ -61,8 +61,8 @@ def open_board(tracker: str, key: str, target_name: str, timeout: float = 120.0)
 def board_outputs(board: Board, so_path: str, x: np.ndarray, desc: str = "on the board",
                   quiet: bool = True) -> list:
     """Every output of the artifact for each sample of ``x`` (batch 1), run on the board."""
-    from edgec.compiler.bench import RemoteModel
-    from edgec.compiler.exit_bench import with_default_thresholds
+    from edgec.compiler.deploy.bench import RemoteModel
+    from edgec.compiler.deploy.runtime import with_default_thresholds
 
     session = board.session()
     try:
@@ -102,7 +102,7 @@ def board_benchmark(board: Board, stages: list, images: np.ndarray, rounds: int,
     images (the image mix, as the host benchmark's samples are). Returns the
     ``compare``-shaped result (median / min / mean over rounds, in ms).
     """
-    from edgec.compiler.bench_data import DataRunner, time_all
+    from edgec.compiler.deploy.bench_data import DataRunner, time_all
 
     session = board.session()
     try:
@@ -131,34 +131,7 @@ def board_benchmark(board: Board, stages: list, images: np.ndarray, rounds: int,
 def power_on_board(stages, runners, cmd: str) -> list:
     """Each stage alone on the board between two readings of ``--power-cmd``."""
     from edgec.compiler.compare import Engine
-    from edgec.compiler.demo_measure import power_per_stage
+    from edgec.compiler.demo.power import power_per_stage
 
     return power_per_stage([Engine(name, lambda r=r: r.model.warm(1))
                             for (name, _), r in zip(stages, runners)], cmd)
-
-
-def stages_benchmark(ctx, recs: list) -> dict:
-    """The demo's benchmark with a board: edgec stages on the board (baseline dense FP32
-    edgec, ratios among them), PyTorch eager on this host, labelled and without ratios."""
-    from edgec.compiler.compare import Engine, compare, machine_info
-    from edgec.compiler.demo import STAGE_DENSE
-    from edgec.compiler.demo_measure import runner
-
-    images = ctx.data.test.x[:BOARD_IMAGES]
-    on_board = [(r.stage.name, r.artifact) for r in recs if r.artifact]
-    result = board_benchmark(ctx.board, on_board, images, 3 if ctx.config.quick else 7,
-                             ctx.config.quiet, ctx.config.power_cmd)
-    names = [n for n, _ in on_board]
-    base = STAGE_DENSE if STAGE_DENSE in names else (names or [None])[0]
-    for s in result["engines"].values():
-        s["ratio_to_" + base] = s["median_ms"] / result["engines"][base]["median_ms"]
-    host = [r for r in recs if not r.artifact]
-    if host:
-        rounds, samples = ctx.config.bench_rounds
-        local = compare([Engine(r.stage.name, runner(r, images)) for r in host], rounds=rounds,
-                        samples=samples, quiet=ctx.config.quiet)
-        for name, s in local["engines"].items():
-            s = {k: v for k, v in s.items() if not k.startswith("ratio_to_")}
-            result["engines"][name] = {**s, "where": "host"}
-    result.update(baseline=base, machine=machine_info(), host_engines=[r.stage.name for r in host])
-    return result

@@ -19,9 +19,8 @@ import sys
 import tempfile
 import time
 
-from edgec.compiler.artifact import write_json_atomic
-from edgec.compiler.demo import (NOT_AVAILABLE, OVER_BUDGET, SKIPPED, Context, Stage,
-                                 StageRecord)
+from edgec.compiler.deploy.artifact import write_json_atomic
+from edgec.compiler.demo.context import NOT_AVAILABLE, OVER_BUDGET, SKIPPED, Context, Stage, StageRecord
 
 
 def source_digest(modules) -> str:
@@ -57,7 +56,7 @@ def stage_key(stage: Stage, ctx: Context) -> str:
 
 def run_stages(stages, ctx: Context) -> str | None:
     """Run ``stages`` in order; returns why the run stopped early (None: it did not)."""
-    from edgec.compiler.demo_measure import budget_violation
+    from edgec.compiler.demo.measure import budget_violation
 
     stop = None
     for stage in stages:
@@ -100,7 +99,7 @@ def _run_one(stage: Stage, ctx: Context) -> StageRecord:
 
 def _build_into(stage, ctx, rec, final) -> None:
     """Run the stage in a temp folder, move it into the cache, then measure it."""
-    from edgec.compiler.demo_measure import measure
+    from edgec.compiler.demo.measure import measure
 
     made = not os.path.isdir(ctx.cache_dir)
     os.makedirs(ctx.cache_dir, exist_ok=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import copy
 import os
 
-from edgec.compiler.artifact import write_json_atomic
-from edgec.compiler.demo import STAGE_EAGER, DemoError, Outcome
+from edgec.compiler.deploy.artifact import write_json_atomic
+from edgec.compiler.demo.context import STAGE_EAGER, DemoError, Outcome
 
 CALIB_SAMPLES = 256  # train images for INT8 observers / calibration
 SENS_RATIOS = (0.25, 0.5, 0.75)  # per-layer pruning sensitivity is measured at these
@@ -27,13 +27,13 @@ def _epochs(ctx, full: int) -> int:
     return 1 if ctx.config.quick else full
 
 
-def _target(ctx):
+def target_of(ctx):
     from edgec.targets import get_target
 
     return get_target(ctx.config.target)
 
 
-def _budget(ctx) -> float:
+def budget_of(ctx) -> float:
     b = ctx.config.accuracy_budget
     return DEFAULT_BUDGET if b is None else float(b)
 
@@ -45,7 +45,7 @@ def prune_ratio(ctx) -> float:
 def prune(ctx, workdir, after: str = STAGE_EAGER) -> Outcome:
     """Plan (L1, dependency-aware), fine-tune distilled from the teacher, compile pruned."""
     from edgec.compiler.config import PipelineConfig
-    from edgec.compiler.demo_stages import compile_stage
+    from edgec.compiler.demo.build import compile_stage
     from edgec.compiler.frontend import import_model
     from edgec.compiler.train.prune_finetune import prune_finetune, shrink_torch
     from edgec.passes.prune_plan import make_plan
@@ -95,7 +95,7 @@ def prune_sensitivity(model, relax_model, ctx) -> dict:
 def int8(ctx, workdir, after: str) -> Outcome:
     """QAT (distilled from the teacher) and PTQ, both compiled; keeps the better on val."""
     from edgec.compiler.config import PipelineConfig
-    from edgec.compiler.demo_stages import compile_stage
+    from edgec.compiler.demo.build import compile_stage
     from edgec.compiler.train.fit import fit
     from edgec.compiler.train.prune_finetune import distillation_loss
     from edgec.compiler.train.qat import prepare_qat
@@ -104,7 +104,7 @@ def int8(ctx, workdir, after: str) -> Outcome:
     base, teacher = ctx.model(after).eval(), ctx.model(STAGE_EAGER).eval()
     calib = ctx.data.train.x[:CALIB_SAMPLES]
     student = copy.deepcopy(base)
-    qat = prepare_qat(student, scheme_for_target(_target(ctx)), calib)
+    qat = prepare_qat(student, scheme_for_target(target_of(ctx)), calib)
     fit(student, ctx.data.train, epochs=_epochs(ctx, 2), lr=3e-4, seed=ctx.config.seed,
         quiet=ctx.config.quiet, desc="QAT", loss_fn=distillation_loss(teacher))
     scales = os.path.join(workdir, "int8_scales.json")
@@ -136,7 +136,7 @@ def int8(ctx, workdir, after: str) -> Outcome:
 
 
 def _val_top1(so_path, ctx) -> float:
-    from edgec.compiler.demo_measure import artifact_logits
+    from edgec.compiler.demo.measure import artifact_logits
     from edgec.compiler.train.fit import accuracy
 
     logits = artifact_logits(so_path, ctx.data.val, board=ctx.board)
@@ -155,7 +155,7 @@ def int8_sensitivity(model, ctx, scales=None, samples: int = 200) -> dict:
     spec = relax_model.inputs[0]
     mod = prepare(relax_model)
     layers = find_layers(mod, layer_names(relax_model))
-    scheme = scheme_for_target(_target(ctx))
+    scheme = scheme_for_target(target_of(ctx))
     if scales:
         table = QuantPlan.load(scales)
         plan = QuantPlan(scheme, table.ranges, table.keep_fp32, table.source, table.extra)

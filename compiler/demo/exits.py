@@ -16,8 +16,8 @@ import os
 import numpy as np
 import torch
 
-from edgec.compiler.demo import STAGE_EAGER, DemoError, Outcome
-from edgec.compiler.demo_compress import CALIB_SAMPLES, EXIT_SHARE, _budget, _target
+from edgec.compiler.demo.context import STAGE_EAGER, DemoError, Outcome
+from edgec.compiler.demo.compress import CALIB_SAMPLES, EXIT_SHARE, budget_of, target_of
 from edgec.compiler.train.exits import exit_head, output_shapes
 
 
@@ -56,7 +56,7 @@ def exit_points(model, example, most: int = 2) -> list:
 def exits(ctx, workdir, after: str) -> Outcome:
     """Attach, train, quantize, calibrate and compile the early-exit model."""
     from edgec.compiler.config import PipelineConfig
-    from edgec.compiler.demo_stages import compile_stage
+    from edgec.compiler.demo.build import compile_stage
     from edgec.compiler.train.exits import add_exits, train_exits
 
     int8_info = (ctx.records[after].meta.get("info") or {}).get("int8")
@@ -72,7 +72,7 @@ def exits(ctx, workdir, after: str) -> Outcome:
         from edgec.compiler.train.qat import prepare_qat
         from edgec.passes.quant_scheme import scheme_for_target
 
-        qat = prepare_qat(model, scheme_for_target(_target(ctx)), calib)
+        qat = prepare_qat(model, scheme_for_target(target_of(ctx)), calib)
         train_exits(model, ctx.data.train, epochs=epochs, lr=HEAD_LR, freeze_backbone=True,
                     seed=ctx.config.seed, quiet=ctx.config.quiet)
         scales = os.path.join(workdir, "int8_scales.json")
@@ -115,7 +115,7 @@ def _calibrate(ctx, model, int8_config, calib, workdir, after):
     board (``exit_pricing``): the thresholds minimise expected latency, and the returned
     pricing says whether the exit pays. Where latency cannot be measured (an emulated board,
     no compiled stage before) the paths are priced by MACs and pricing says why."""
-    from edgec.compiler.cli_exits import all_output_logits
+    from edgec.compiler.exit_calibration import all_output_logits
     from edgec.compiler.frontend import import_model
     from edgec.passes.graph import bind
     from edgec.compiler.train.fit import evaluate
@@ -130,13 +130,13 @@ def _calibrate(ctx, model, int8_config, calib, workdir, after):
         logits = all_output_logits(relax_model, val, quiet=True, config=int8_config,
                                    calib_data=calib)
     else:
-        from edgec.compiler.demo_board import build_and_run
+        from edgec.compiler.demo.board import build_and_run
 
         logits = build_and_run(ctx.board, relax_model, int8_config, calib, val.x,
                                os.path.join(workdir, "calibration", "model.so"))
     never = float((logits[-1].argmax(1) == val.y[:len(logits[-1])]).mean() * 100)
     dense = evaluate(ctx.model(STAGE_EAGER), val)
-    allowed = max(0.0, EXIT_SHARE * (_budget(ctx) - max(0.0, dense - never)))
+    allowed = max(0.0, EXIT_SHARE * (budget_of(ctx) - max(0.0, dense - never)))
     labels = val.y[:len(logits[0])]
     macs = calibrate(logits, labels, costs, allowed, "max_prob")
     why_not = _unpriceable(ctx, after)
@@ -145,7 +145,7 @@ def _calibrate(ctx, model, int8_config, calib, workdir, after):
     measure = _measure_paths if ctx.board is None else _measure_paths_on_board
     measured = measure(ctx, relax_model, int8_config, calib, workdir, after, len(costs) - 1)
     cal = calibrate(logits, labels, measured["path_s"], allowed, "max_prob", cost_unit="s")
-    from edgec.compiler.exit_pricing import decide, verdict
+    from edgec.compiler.demo.exit_pricing import decide, verdict
 
     pricing = decide(cal, measured)
     pricing.update(priced_by="latency", verdict=verdict(pricing),
@@ -169,8 +169,8 @@ def _measure_paths(ctx, relax_model, int8_config, calib, workdir, after, exits) 
     from dataclasses import replace
 
     from edgec.compiler.build import build
-    from edgec.compiler.exit_pricing import path_latencies
-    from edgec.compiler.runtime import load
+    from edgec.compiler.demo.exit_pricing import path_latencies
+    from edgec.compiler.deploy.runtime import load
 
     path = os.path.join(workdir, "pricing", "model.so")
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -194,7 +194,7 @@ def _measure_paths_on_board(ctx, relax_model, int8_config, calib, workdir, after
     from dataclasses import replace
 
     from edgec.compiler.build import build
-    from edgec.compiler.demo_board import BOARD_NUMBER, board_benchmark
+    from edgec.compiler.demo.board import BOARD_NUMBER, board_benchmark
 
     stages = []
     for e in range(exits + 1):
@@ -219,11 +219,11 @@ def _measure_paths_on_board(ctx, relax_model, int8_config, calib, workdir, after
 def exit_distribution(so_path: str, split, num_exits: int, board=None) -> dict:
     """{exit name: fraction of ``split`` leaving there}, run by the compiled library
     (here, or on ``board``)."""
-    from edgec.compiler.runtime import load
+    from edgec.compiler.deploy.runtime import load
 
     taken = np.zeros(num_exits + 1)
     if board is not None:
-        from edgec.compiler.demo_board import board_outputs
+        from edgec.compiler.demo.board import board_outputs
 
         exits = board_outputs(board, so_path, split.x, "exit distribution (board)")[-1]
         np.add.at(taken, exits.astype(int).reshape(-1), 1)
@@ -239,7 +239,7 @@ def exit_distribution(so_path: str, split, num_exits: int, board=None) -> dict:
 def weighted_proxy(proxy: dict, compiled, target: str, dist: dict) -> dict:
     """The power proxy averaged over the measured exit distribution (the full count,
     every stage run, is kept as ``worst_case``). ``compiled``: the split model."""
-    from edgec.compiler.power import stage_proxies
+    from edgec.compiler.demo.power import stage_proxies
 
     stages = stage_proxies(compiled, target)
     keys = ("macs", "weight_bytes", "activation_bytes")

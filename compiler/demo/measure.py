@@ -10,26 +10,25 @@ from __future__ import annotations
 
 import itertools
 import os
-import time
 
 import numpy as np
 from tqdm import tqdm
 
-from edgec.compiler.demo import STAGE_DENSE, STAGE_EAGER
+from edgec.compiler.compare import Engine, compare, machine_info
+from edgec.compiler.demo import board as demo_board
+from edgec.compiler.demo.context import STAGE_DENSE, STAGE_EAGER
+from edgec.compiler.demo.power import power_per_stage
 
 BENCH_IMAGES = 64  # test images each engine cycles through while timed
-POWER_SECONDS = 2.0  # how long each stage runs alone between two --power-cmd readings
 
 
 def artifact_logits(so_path: str, split, quiet: bool = True, board=None) -> np.ndarray:
     """Output 0 of the compiled artifact for every sample of ``split`` (batch 1), run
     here or, given a ``demo_board.Board``, on the board."""
-    from edgec.compiler.runtime import load
+    from edgec.compiler.deploy.runtime import load
 
     if board is not None:
-        from edgec.compiler.demo_board import board_outputs
-
-        return board_outputs(board, so_path, split.x, "accuracy (artifact, on the board)", quiet)[0]
+        return demo_board.board_outputs(board, so_path, split.x, "accuracy (artifact, on the board)", quiet)[0]
     model = load(so_path)
     out = [model(split.x[i:i + 1])[0].reshape(-1)
            for i in tqdm(range(len(split)), desc="test accuracy (artifact)", disable=quiet,
@@ -39,7 +38,7 @@ def artifact_logits(so_path: str, split, quiet: bool = True, board=None) -> np.n
 
 def torch_logits(model, split) -> np.ndarray:
     """Output 0 of a torch model; exported programs have a fixed batch, so run those one by one."""
-    from edgec.compiler.demo_stages import ExportedModule
+    from edgec.compiler.demo.model import ExportedModule
     from edgec.compiler.train.fit import predict
 
     batch = 1 if isinstance(model, ExportedModule) else 256
@@ -48,7 +47,7 @@ def torch_logits(model, split) -> np.ndarray:
 
 def measure(rec, ctx) -> dict:
     """Size, test accuracy and power proxy of one stage (cached with it)."""
-    from edgec.compiler.artifact import read_manifest
+    from edgec.compiler.deploy.artifact import read_manifest
     from edgec.compiler.train.fit import accuracy
 
     test, quiet = ctx.data.test, ctx.config.quiet
@@ -81,7 +80,7 @@ def _state_bytes(model) -> int:
 
 def _torch_proxy(model, ctx) -> dict:
     from edgec.compiler.frontend import import_model
-    from edgec.compiler.power import proxy_of
+    from edgec.compiler.demo.power import proxy_of
 
     return proxy_of(import_model(model, (ctx.example(),)), ctx.config.target).to_json()
 
@@ -89,7 +88,7 @@ def _torch_proxy(model, ctx) -> dict:
 def runner(rec, images: np.ndarray):
     """A no-arg callable running one inference of the stage, cycling through ``images``."""
     if rec.artifact:
-        from edgec.compiler.runtime import load
+        from edgec.compiler.deploy.runtime import load
         from edgec.compiler.tvm_compat import tensor
 
         fn = load(rec.artifact)._vm["main"]
@@ -108,16 +107,12 @@ def runner(rec, images: np.ndarray):
 
 def benchmark(ctx) -> dict | None:
     """Time every measured stage in one interleaved run (baseline: dense FP32 edgec)."""
-    from edgec.compiler.compare import Engine, compare
-
     images = ctx.data.test.x[:BENCH_IMAGES]
     recs = [r for r in ctx.records.values() if r.status != "not available in this build"
             and (r.artifact or r.model is not None)]
     if not recs:
         return None
     if ctx.board is not None:
-        from edgec.compiler.demo_board import stages_benchmark
-
         return stages_benchmark(ctx, recs)
     engines = [Engine(r.stage.name, runner(r, images)) for r in recs]
     names = [e.name for e in engines]
@@ -138,22 +133,6 @@ def benchmark(ctx) -> dict | None:
     if ctx.config.power_cmd:
         result["power_readings"] = power_per_stage(engines, ctx.config.power_cmd)
     return result
-
-
-def power_per_stage(engines, cmd: str, seconds: float = POWER_SECONDS) -> list:
-    """Run each engine alone for ``seconds`` between two readings of the user's power command."""
-    from edgec.compiler.power import power_window
-
-    out = []
-    for e in engines:
-        records, n, t0 = [], 0, time.perf_counter()
-        with power_window(cmd, records):
-            while time.perf_counter() - t0 < seconds:
-                e.run()
-                n += 1
-        out.append({"stage": e.name, "inferences": n,
-                    "seconds": round(time.perf_counter() - t0, 3), "readings": records})
-    return out
 
 
 def budget_violation(ctx, rec) -> str | None:
@@ -187,3 +166,26 @@ def dropped(info) -> bool:
     latency and does not pay on the target (``exit_pricing``)."""
     pricing = ((info or {}).get("exits") or {}).get("pricing") or {}
     return pricing.get("pays") is False
+
+
+def stages_benchmark(ctx, recs: list) -> dict:
+    """The demo's benchmark with a board: edgec stages on the board (baseline dense FP32
+    edgec, ratios among them), PyTorch eager on this host, labelled and without ratios."""
+    images = ctx.data.test.x[:demo_board.BOARD_IMAGES]
+    on_board = [(r.stage.name, r.artifact) for r in recs if r.artifact]
+    result = demo_board.board_benchmark(ctx.board, on_board, images, 3 if ctx.config.quick else 7,
+                             ctx.config.quiet, ctx.config.power_cmd)
+    names = [n for n, _ in on_board]
+    base = STAGE_DENSE if STAGE_DENSE in names else (names or [None])[0]
+    for s in result["engines"].values():
+        s["ratio_to_" + base] = s["median_ms"] / result["engines"][base]["median_ms"]
+    host = [r for r in recs if not r.artifact]
+    if host:
+        rounds, samples = ctx.config.bench_rounds
+        local = compare([Engine(r.stage.name, runner(r, images)) for r in host], rounds=rounds,
+                        samples=samples, quiet=ctx.config.quiet)
+        for name, s in local["engines"].items():
+            s = {k: v for k, v in s.items() if not k.startswith("ratio_to_")}
+            result["engines"][name] = {**s, "where": "host"}
+    result.update(baseline=base, machine=machine_info(), host_engines=[r.stage.name for r in host])
+    return result

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from edgec.compiler.artifact import atomic_path
+from edgec.compiler.deploy.artifact import atomic_path
 
 COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
 

@@ -221,3 +221,20 @@ def power_window(cmd: str | None, records: list):
     finally:
         if cmd:
             records.append(run_power_cmd(cmd, "after"))
+
+
+POWER_SECONDS = 2.0  # how long each stage runs alone between two --power-cmd readings
+
+
+def power_per_stage(engines, cmd: str, seconds: float = POWER_SECONDS) -> list:
+    """Run each engine alone for ``seconds`` between two readings of the user's power command."""
+    out = []
+    for e in engines:
+        records, n, t0 = [], 0, time.perf_counter()
+        with power_window(cmd, records):
+            while time.perf_counter() - t0 < seconds:
+                e.run()
+                n += 1
+        out.append({"stage": e.name, "inferences": n,
+                    "seconds": round(time.perf_counter() - t0, 3), "readings": records})
+    return out

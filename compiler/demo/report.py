@@ -11,9 +11,10 @@ import os
 import time
 from dataclasses import asdict
 
-from edgec.compiler.artifact import atomic_path, write_json_atomic
-from edgec.compiler.demo import STAGE_DENSE, STAGE_EAGER
-from edgec.compiler.power import PROXY_LABEL
+from edgec.compiler.deploy.artifact import atomic_path, write_json_atomic
+from edgec.compiler.demo.context import STAGE_DENSE, STAGE_EAGER
+from edgec.compiler.demo.power import PROXY_LABEL
+from edgec.compiler.demo.report_md import board_note, markdown
 
 GOAL_SIZE, GOAL_SPEEDUP, GOAL_ACC, GOAL_ACC_DROP = 0.30, 3.0, 90.0, 1.0
 
@@ -97,7 +98,7 @@ def goals(stages, device: dict | None = None) -> dict:
     the board the latencies were measured on, if any)."""
     measured = _measured(stages)
     dense = next((s for s in measured if s["name"] == STAGE_DENSE), None)
-    from edgec.compiler.demo_measure import dropped
+    from edgec.compiler.demo.measure import dropped
 
     final = next((s for s in reversed(measured) if s["engine"] == "edgec"
                   and not dropped(s.get("info"))), None)
@@ -134,24 +135,12 @@ def goals(stages, device: dict | None = None) -> dict:
     return {"final_stage": final["name"], "items": items, **eager, "note": note}
 
 
-def board_note(device: dict) -> str:
-    """What a board run's latencies mean (and what they leave out)."""
-    text = (f"latencies of the edgec stages were measured on the board {device['where']} "
-            f"({device['arch']}) and the speed goal compares them there; PyTorch eager cannot "
-            "run on the board, so it was timed on this host and has no ratio against them")
-    if device.get("emulated"):
-        text += ("; the board is EMULATED (qemu-user): its latencies and the speed goal are "
-                 "meaningless, while accuracy and exit rates are real")
-    return text
-
-
 def _mb(n) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
 def write(report: dict, out: str) -> tuple:
     """Write report.json and report.md into ``out``; returns their paths."""
-    from edgec.compiler.report_md import markdown
 
     json_path, md_path = os.path.join(out, "report.json"), os.path.join(out, "report.md")
     write_json_atomic(json_path, report)
@@ -163,7 +152,7 @@ def write(report: dict, out: str) -> tuple:
 
 def publish(run) -> dict:
     """Build the report of ``run``, draw its plots, write report.json and report.md."""
-    from edgec.compiler.plots import make_plots
+    from edgec.compiler.demo.plots import make_plots
 
     report = build_report(run)
     report["plots"] = make_plots(report, os.path.join(run.config.out, "plots"))

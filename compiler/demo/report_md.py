@@ -44,7 +44,7 @@ def _row(s) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _summary(r) -> list:
+def summary_section(r) -> list:
     head = ("| stage | status | artifact | weights | test top-1 | median ms | min ms | "
             "x vs dense edgec | x vs PyTorch eager | MACs (proxy) | bytes moved (proxy) |")
     return ["## Summary", "", head, "|" + " --- |" * 2 + " ---: |" * 9,
@@ -53,7 +53,7 @@ def _summary(r) -> list:
             "MACs and bytes moved are a **power proxy**, not a measurement (see below)."]
 
 
-def _goals(r) -> list:
+def goals_section(r) -> list:
     g = r["goals"]
     lines = ["## Goals", ""]
     if not g["items"]:
@@ -117,8 +117,6 @@ def _method(r) -> list:
 
 def _board_method(b) -> list:
     """How latency was measured with a board (--tracker)."""
-    from edgec.compiler.report import board_note
-
     d = b["device"]
     out = [f"- **Latency on the board** {d['where']} ({d['arch']}): the edgec stages ran there "
            f"over TVM RPC in one interleaved run ({b['rounds']} rounds; each round every stage "
@@ -197,5 +195,16 @@ def markdown(r: dict) -> str:
         b = r["best_artifact"]
         head += [f"Result: `{os.path.relpath(b['path'], r['config']['out'])}` (stage "
                  f"*{b['stage']}*).", ""]
-    body = _summary(r) + [""] + _goals(r) + [""] + _plots(r) + _method(r) + [""]
+    body = summary_section(r) + [""] + goals_section(r) + [""] + _plots(r) + _method(r) + [""]
     return "\n".join(head + body + _stage_notes(r) + [""] + _machine(r)) + "\n"
+
+
+def board_note(device: dict) -> str:
+    """What a board run's latencies mean (and what they leave out)."""
+    text = (f"latencies of the edgec stages were measured on the board {device['where']} "
+            f"({device['arch']}) and the speed goal compares them there; PyTorch eager cannot "
+            "run on the board, so it was timed on this host and has no ratio against them")
+    if device.get("emulated"):
+        text += ("; the board is EMULATED (qemu-user): its latencies and the speed goal are "
+                 "meaningless, while accuracy and exit rates are real")
+    return text

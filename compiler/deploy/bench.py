@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm import tqdm
 
-from edgec.compiler.artifact import elf_machine, file_digest, read_manifest, verify_library
+from edgec.compiler.deploy.artifact import elf_machine, file_digest, read_manifest, verify_library
 from edgec.compiler.errors import ArtifactError, EdgecError
-from edgec.compiler.runtime import check_inputs, flatten_outputs
+from edgec.compiler.deploy.runtime import check_inputs, flatten_outputs
 
 
 @dataclass(frozen=True)

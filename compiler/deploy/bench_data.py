@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm import tqdm
 
-from edgec.compiler.bench import RemoteModel, check_arch
+from edgec.compiler.deploy.bench import RemoteModel, check_arch
 from edgec.compiler.errors import EdgecError, InputError
-from edgec.compiler.exit_bench import summarize, with_default_thresholds
+from edgec.compiler.deploy.exit_bench import summarize
+from edgec.compiler.deploy.runtime import with_default_thresholds
 
 SPLITS = ("train", "val", "test")
 
@@ -100,7 +101,7 @@ class DataRunner:
 def prepare(paths: list, config: DataBenchConfig) -> tuple:
     """(data set name, split, batch): the data loaded and checked against every manifest,
     before any connection or upload."""
-    from edgec.compiler.artifact import read_manifest
+    from edgec.compiler.deploy.artifact import read_manifest
 
     name, split = load_split(config)
     batches = {check_data(read_manifest(p), p, split) for p in paths}

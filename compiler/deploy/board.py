@@ -17,7 +17,7 @@ import sys
 import time
 
 from edgec.compiler.errors import EdgecError
-from edgec.compiler.rpc import EMULATED_MARKER, Process, start_server
+from edgec.compiler.deploy.rpc import EMULATED_MARKER, Process, start_server
 
 BOARD_VERSION = 1  # bump when the recipe below changes: cached rootfs get rebuilt
 SUITE = "bookworm"  # Python 3.11, like the cp311 wheels below

@@ -45,7 +45,7 @@ class CallPath:
         self.default_tail = None  # the default exit thresholds, when the caller leaves them out
         info = manifest.get("early_exit") or {}
         if info.get("thresholds_as_input") and info.get("thresholds") is not None:
-            # the last input, as exit_bench.with_default_thresholds has it
+            # the last input, as runtime.with_default_thresholds has it
             tail = tvm.runtime.empty(self.shapes[-1], str(self.dtypes[-1]), tvm.cpu())
             np.from_dlpack(tail)[...] = np.asarray(info["thresholds"], self.dtypes[-1])
             self.default_tail = tail

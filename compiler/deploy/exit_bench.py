@@ -13,28 +13,11 @@ import numpy as np
 from tqdm import tqdm
 
 from edgec.compiler.errors import InputError
-from edgec.passes.exit_plan import THRESHOLDS_INPUT
-
-
-def with_default_thresholds(manifest: dict, args, kwargs):
-    """Add the manifest's default ``exit_thresholds`` input when the caller left it out."""
-    info = manifest.get("early_exit") or {}
-    if not info.get("thresholds_as_input") or info.get("thresholds") is None:
-        return args, kwargs
-    default = np.asarray(info["thresholds"], dtype="float32")
-    n_inputs = len(manifest["inputs"])
-    if len(args) == 1 and isinstance(args[0], dict):
-        kwargs, args = dict(args[0]), ()
-    if kwargs and not args and THRESHOLDS_INPUT not in kwargs:
-        kwargs = {**kwargs, THRESHOLDS_INPUT: default}
-    elif args and not kwargs and len(args) == n_inputs - 1:
-        args = (*args, default)
-    return args, kwargs
+from edgec.compiler.deploy.runtime import check_inputs, flatten_outputs, load, with_default_thresholds
 
 
 def _prepare(model, x):
     """Inputs of ``model`` for one batch ``x`` as VM tensors (checked once, up front)."""
-    from edgec.compiler.runtime import check_inputs
     from edgec.compiler.tvm_compat import tensor
 
     args, kwargs = with_default_thresholds(model.manifest, (x,), {})
@@ -45,8 +28,6 @@ def _run_once(model, inputs):
     start = time.perf_counter()
     out = model._vm["main"](*inputs)
     seconds = time.perf_counter() - start
-    from edgec.compiler.runtime import flatten_outputs
-
     flat = flatten_outputs(out)
     exit_k = int(flat[-1]) if model.manifest.get("early_exit") else None
     return seconds, flat[0], exit_k
@@ -105,7 +86,6 @@ def bench_artifacts(paths: dict, data: str, split: str = "test", samples: int | 
 
     data: ``mnist``, a ``.npz`` or an image folder (``train.data.load_dataset``).
     """
-    from edgec.compiler.runtime import load
     from edgec.compiler.data import Split, load_dataset
 
     if split not in ("train", "val", "test"):

@@ -12,10 +12,10 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
-from edgec.compiler.artifact import ELF_MACHINES
-from edgec.compiler.rpc import (EMULATED_MARKER, RpcError, is_loopback, parse_addr,
+from edgec.compiler.deploy.artifact import ELF_MACHINES
+from edgec.compiler.deploy.rpc import (EMULATED_MARKER, RpcError, is_loopback, parse_addr,
                                 request_server)
-from edgec.compiler.runtime import host_arch
+from edgec.compiler.deploy.runtime import host_arch
 
 EMULATED_NOTE = ("EMULATED board (qemu-user on this machine): timings are meaningless, "
                  "only outputs count")

@@ -10,10 +10,9 @@ import time
 
 import numpy as np
 
-from edgec.compiler.artifact import check_interface, elf_machine, read_manifest, verify_library
-from edgec.compiler.call_path import CallPath
+from edgec.compiler.deploy.artifact import check_interface, elf_machine, read_manifest, verify_library
+from edgec.compiler.deploy.call_path import CallPath
 from edgec.compiler.errors import ArtifactError, InputError
-from edgec.compiler.exit_bench import with_default_thresholds
 from edgec.compiler.tvm_compat import VirtualMachine, tensor, tvm
 
 HOST_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
@@ -21,6 +20,23 @@ HOST_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64
 
 def host_arch() -> str:
     return HOST_ARCH.get(platform.machine().lower(), platform.machine().lower())
+
+
+def with_default_thresholds(manifest: dict, args, kwargs):
+    """Add the manifest's default ``exit_thresholds`` input when the caller left it out."""
+    info = manifest.get("early_exit") or {}
+    if not info.get("thresholds_as_input") or info.get("thresholds") is None:
+        return args, kwargs
+    default = np.asarray(info["thresholds"], dtype="float32")
+    n_inputs = len(manifest["inputs"])
+    name = manifest["inputs"][-1]["name"]  # the split pass appends the thresholds input last
+    if len(args) == 1 and isinstance(args[0], dict):
+        kwargs, args = dict(args[0]), ()
+    if kwargs and not args and name not in kwargs:
+        kwargs = {**kwargs, name: default}
+    elif args and not kwargs and len(args) == n_inputs - 1:
+        args = (*args, default)
+    return args, kwargs
 
 
 def check_inputs(manifest: dict, args, kwargs) -> list:

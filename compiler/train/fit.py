@@ -10,7 +10,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from edgec.compiler.data import Split, batches
+from edgec.compiler.data import Split
+
+
+
+def batches(split: Split, batch_size: int, shuffle: bool = False, seed: int = 0):
+    """Yield (x, y) torch tensors in batches (a seeded shuffle when asked)."""
+    order = np.random.default_rng(seed).permutation(len(split)) if shuffle else np.arange(len(split))
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        yield torch.from_numpy(split.x[idx]), torch.from_numpy(split.y[idx])
 
 
 def cross_entropy(model, x, y):

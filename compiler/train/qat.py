@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from edgec.compiler.artifact import write_json_atomic
+from edgec.compiler.deploy.artifact import write_json_atomic
 from edgec.passes.quant_scheme import QuantPlan, QuantScheme
 
 

@@ -23,7 +23,7 @@ import time
 import warnings
 
 from edgec.compiler.file_lock import locked as lock_file
-from edgec.compiler.artifact import write_json_atomic
+from edgec.compiler.deploy.artifact import write_json_atomic
 from edgec.compiler.errors import EdgecError
 from edgec.targets import AMD_ONLY
 
@@ -41,7 +41,7 @@ class TuningLogError(EdgecError):
 
 def default_root() -> str:
     """``$EDGEC_TUNING_LOGS`` or the repository's committed ``tuning_logs/``."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # compiler/tune/ -> repo
     return os.environ.get("EDGEC_TUNING_LOGS") or os.path.join(here, "tuning_logs")
 
 
@@ -305,7 +305,7 @@ def write_meta(path: str, meta: dict) -> None:
 
 def digest(path: str) -> str:
     """A short content digest of a log's records (goes into the build manifest)."""
-    from edgec.compiler.artifact import file_digest
+    from edgec.compiler.deploy.artifact import file_digest
 
     rec = os.path.join(path, RECORDS)
     return file_digest(rec) if os.path.exists(rec) else ""

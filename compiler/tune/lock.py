@@ -23,7 +23,7 @@ import tempfile
 import time
 
 from edgec.compiler.file_lock import whole_lines
-from edgec.compiler.tuning_db import (RECORDS, WORKLOADS, locked, read_meta, settled, validate,
+from edgec.compiler.tune.database import (RECORDS, WORKLOADS, locked, read_meta, settled, validate,
                                       write_meta)
 
 _NOW = lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # noqa: E731

@@ -66,7 +66,7 @@ def measure_threads(target) -> int:
 
 def make_builder(target, spec):
     """A LocalBuilder (cross-compiling for boards) whose workers parse TVMScript cheaply."""
-    from edgec.compiler.build import check_cross_compiler
+    from edgec.compiler.toolchain import check_cross_compiler
 
     check_cross_compiler(target)
     f_export = export_aarch64 if target.arch == "aarch64" else None
@@ -78,7 +78,7 @@ def make_builder(target, spec):
 
 def make_runner(target, spec):
     """LocalRunner on this machine, or RPCRunner via ``spec.tracker`` for a board."""
-    from edgec.compiler.tune import TuneError, _parse_tracker
+    from edgec.compiler.tune.spec import TuneError, parse_tracker
 
     config = ms.runner.EvaluatorConfig(**EVALUATOR)
     if spec.tracker is None:
@@ -88,7 +88,7 @@ def make_runner(target, spec):
         return ms.runner.LocalRunner(timeout_sec=spec.run_timeout, evaluator_config=config,
                                      initializer=functools.partial(runner_initializer,
                                                                    measure_threads(target)))
-    host, port = _parse_tracker(spec.tracker)
+    host, port = parse_tracker(spec.tracker)
     key = spec.rpc_key or target.rpc_key
     rpc = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
                               session_timeout_sec=int(spec.run_timeout))
@@ -304,7 +304,7 @@ class NoRepeatSearch(ms.search_strategy.PySearchStrategy):
             self.seen = {_trace_key(r.trace) for r in database.get_all_tuning_records()
                          if r.workload.same_as(workload)}
         if not self.seen and self.donors is not None and self.mod is not None:
-            from edgec.compiler.tune_transfer import seed_schedules
+            from edgec.compiler.tune.transfer import seed_schedules
 
             self.seeds = seed_schedules(self.mod["main"], self.donors)
         self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)

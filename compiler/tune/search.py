@@ -9,74 +9,20 @@ candidates run on this machine (LocalRunner) or on a board over an RPC tracker.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 
-from edgec.compiler.errors import EdgecError
-from edgec.compiler.tune_transfer import donors_of, is_scheduled
-from edgec.compiler.tuning_db import (TuningLogError, as_logged, count_records, digest,
-                                      log_dir_for, mean_run_secs, open_subset)
-from edgec.compiler.tuning_lock import SharedLog
-from edgec.compiler.tune_measure import measure_threads, prepare
-from edgec.compiler.tvm_compat import meta_schedule, relax, tvm
+from edgec.compiler.tune.apply import is_hand_scheduled
+from edgec.compiler.tune.database import as_logged, count_records, digest, log_dir_for, mean_run_secs
+from edgec.compiler.tune.lock import SharedLog
+from edgec.compiler.tune.measure import measure_threads, prepare
+from edgec.compiler.tune.spec import TuneError, TuneSpec
+from edgec.compiler.tune.transfer import donors_of
+from edgec.compiler.tvm_compat import meta_schedule
 
 RUN_KEYS = ("model", "target", "tasks", "trials", "wall_s", "trials_per_min", "interrupted",
             "measure_threads")  # what the log's run history keeps of each tune
-
-
-class TuneError(EdgecError):
-    """Tuning could not run or produced no valid measurement."""
-
-
-@dataclass(frozen=True)
-class TuneSpec:
-    """One tuning run.
-
-    target: edgec target name; trials: new trials to run (with ``resume``: the total
-    for this model's tasks, counting records already in the log); log_dir: None for
-    ``tuning_logs/<target>``; tracker: "host:port" of an RPC tracker (None: measure
-    on this machine) with ``rpc_key`` the board key (default: the target's); label:
-    the model's name in the log's run history (default: its source); warm_start: a
-    workload with no record first measures the log's schedules of its nearest similar
-    workloads (``tune_measure.NoRepeatSearch``), so the search starts from them;
-    prepack_weights, conv_layout, winograd, pad_channels: tune the kernels of a
-    ``PipelineConfig`` with these.
-    """
-
-    target: str = "host"
-    trials: int = 64
-    log_dir: str | None = None
-    resume: bool = False
-    tracker: str | None = None
-    rpc_key: str | None = None
-    trials_per_iter: int = 16
-    seed: int = 0
-    build_timeout: float = 60.0
-    run_timeout: float = 60.0
-    exit_when_stuck: bool = False  # CLI: a stuck board ends the process (tune_measure.BoundedRunner)
-    quiet: bool = False
-    label: str | None = None
-    warm_start: bool = True
-    prepack_weights: bool = False
-    conv_layout: str = "NCHWc"
-    winograd: bool = True
-    pad_channels: bool = True
-
-    def __post_init__(self):
-        if not isinstance(self.trials, int) or self.trials < 0:
-            raise TuneError(f"trials must be a non-negative integer, got {self.trials!r}")
-        if not self.run_timeout > 0:
-            raise TuneError(f"--timeout must be positive seconds, got {self.run_timeout!r}")
-        if self.tracker is not None and not _parse_tracker(self.tracker):
-            raise TuneError(f"bad tracker {self.tracker!r}; expected HOST:PORT, e.g. 127.0.0.1:9190")
-
-
-def _parse_tracker(text: str):
-    host, _, port = text.rpartition(":")
-    return (host, int(port)) if host and port.isdigit() else None
 
 
 def lowered_module(model, target_name: str, **kernels):
@@ -99,13 +45,7 @@ def extract_tasks(mod, tvm_target) -> list:
     """
     prepare(tvm_target)
     tasks = meta_schedule().relax_integration.extract_tasks(mod, tvm_target)
-    return [t for t in tasks if not _is_hand_scheduled(t.dispatched[0]["main"])]
-
-
-def _is_hand_scheduled(func) -> bool:
-    from edgec.passes.int8_kernels import HAND_ATTR
-
-    return func.attrs is not None and HAND_ATTR in func.attrs
+    return [t for t in tasks if not is_hand_scheduled(t.dispatched[0]["main"])]
 
 
 def task_status(tasks, db) -> list[dict]:
@@ -160,7 +100,7 @@ def tune(model, spec: TuneSpec) -> dict:
 def check_board(spec, target) -> None:
     """Open one session to the tracker's board (within ``run_timeout``) and check its
     architecture is the target's."""
-    from edgec.compiler.rpc_session import connect
+    from edgec.compiler.deploy.rpc_session import connect
 
     key = spec.rpc_key or target.rpc_key
     session = connect(tracker=spec.tracker, key=key, timeout=spec.run_timeout)
@@ -220,7 +160,7 @@ def _tune_into(model, spec, target, log) -> dict:
 def _search_guarded(tasks, log, spec, target, budget, before, donors=None):
     """Run the search unless the budget is spent; returns (progress, interrupted, wall s)."""
     start, progress = time.perf_counter(), None
-    from edgec.compiler.tune_measure import CtrlC
+    from edgec.compiler.tune.measure import CtrlC
 
     with CtrlC() as ctrl_c:
         if budget > 0:
@@ -240,7 +180,7 @@ def _run_stats(ran, wall, progress) -> dict:
 
 
 def _run_search(tasks, log, spec, target, budget, before, donors=None):
-    from edgec.compiler.tune_measure import (LogSync, NoRepeatSearch, Progress, make_builder,
+    from edgec.compiler.tune.measure import (LogSync, NoRepeatSearch, Progress, make_builder,
                                              make_runner, quiet_metaschedule_logs)
 
     ms = meta_schedule()
@@ -270,70 +210,11 @@ def _run_search(tasks, log, spec, target, budget, before, donors=None):
         finally:
             progress.close()
         if getattr(runner, "dead", None):  # a board stopped answering: one line, not a hang
-            from edgec.compiler.rpc import RpcError
+            from edgec.compiler.deploy.rpc import RpcError
 
             raise RpcError(runner.dead)
         return progress
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 
-
-def apply_tuning(mod, target, logs: str, transfer: bool = True):
-    """The pipeline's tuning phase: apply every matching record of the target's log.
-
-    logs: "auto" (``tuning_logs/<tuning_key>``, skipped if absent) or a log directory.
-    transfer: tasks with no record borrow a similar workload's schedule (``tune_transfer``).
-    Returns (module, manifest dict: logs used, records, tasks tuned / transferred / left
-    on defaults).
-    """
-    path = log_dir_for(target) if logs == "auto" else logs
-    if logs != "auto" and not os.path.isdir(path):
-        raise TuningLogError(f"tuning log directory not found: {path}")
-    name = os.path.basename(os.path.normpath(path))
-    total, hand = _count_funcs(mod), _count_funcs(mod, hand=True)
-    info = {"applied": False, "logs": [], "records": 0, "tasks": total, "tuned": 0,
-            "transferred": 0, "default": total, "hand_scheduled": hand,
-            "summary": f"no tuning log for {target.tuning_key}: {total} tasks on default schedules"}
-    if not os.path.isdir(path):
-        return mod, info
-    tvm_target = target.tvm_target()
-    with tempfile.TemporaryDirectory(prefix="edgec-db-") as scratch:
-        db, n = open_subset(path, target, _workload_hashes(mod), scratch)
-        if db is not None:
-            prepare(tvm_target)
-            with tvm_target, db:
-                mod = relax.transform.MetaScheduleApplyDatabase()(mod)
-    exact = _count_funcs(mod, scheduled=True)
-    moved = []
-    if transfer and exact < total:
-        from edgec.compiler.tune_transfer import transfer_schedules
-
-        mod, moved = transfer_schedules(mod, path, tvm_target)
-    tuned = exact + len(moved)
-    info.update(applied=tuned > 0, logs=[name], records=n, tuned=exact, transferred=len(moved),
-                transferred_tasks=moved, default=total - tuned,
-                log_records=count_records(path), digest=digest(path))
-    info["summary"] = (f"{exact} of {total} tasks tuned from log {name} ({n} matching of "
-                       f"{info['log_records']} records), {len(moved)} with a schedule transferred "
-                       f"from a similar workload, {total - tuned} on default schedules"
-                       + (f"; {hand} hand-scheduled int8 kernels" if hand else ""))
-    return mod, info
-
-
-def _workload_hashes(mod) -> set:
-    """Structural hashes of the module's PrimFuncs, normalised as MetaSchedule keys them."""
-    from edgec.compiler.tvm_compat import structural_hash
-
-    return {str(structural_hash(tvm.IRModule({"main": f.with_attr("global_symbol", "main")})))
-            for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
-
-
-def _count_funcs(mod, scheduled: bool = False, hand: bool = False) -> int:
-    """Tasks (PrimFuncs other than edgec's hand-scheduled kernels), the scheduled ones
-    only with ``scheduled``; with ``hand``: the hand-scheduled kernels."""
-    n = 0
-    for _, f in mod.functions.items():
-        if isinstance(f, tvm.tirx.PrimFunc) and _is_hand_scheduled(f) == hand:
-            n += 1 if (hand or is_scheduled(f) or not scheduled) else 0
-    return n
 

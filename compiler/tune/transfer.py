@@ -16,7 +16,7 @@ import math
 import os
 
 
-from edgec.compiler.tuning_db import RECORDS, WORKLOADS, mean_run_secs, read_rows
+from edgec.compiler.tune.database import RECORDS, WORKLOADS, mean_run_secs, read_rows
 from edgec.compiler.tvm_compat import meta_schedule, structural_equal, structural_hash, tvm
 
 

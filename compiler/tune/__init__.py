@@ -1,0 +1,1 @@
+"""Tuning: MetaSchedule search, measurement (local or over RPC), schedule transfer, the tuning database."""
