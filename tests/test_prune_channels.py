@@ -152,7 +152,7 @@ def test_onnx_model_prunes_like_zeroed_columns(tmp_path):
     consumer columns the plan removes set to zero (no surgery involved)."""
     from edgec.compiler.peers import export_onnx
     from edgec.passes.channel_groups import layout_indices
-from edgec.passes.channel_walk import analyze
+    from edgec.passes.channel_walk import analyze
     from edgec.passes.prune_plan import resolve
 
     torch.manual_seed(0)
