@@ -33,7 +33,8 @@ import numpy as np
 
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import NAMES, edgec_build, model_and_input, scratch, write_results
+from benchmarks.common import (NAMES, RESULTS, edgec_build, model_and_input, scratch,
+                               write_results)
 from edgec.compiler import icount
 from edgec.compiler.deploy import board
 from edgec.compiler.peers import export_onnx
@@ -168,10 +169,14 @@ def ratios(rows: list) -> dict:
     return out
 
 
-def markdown(rows: list, ratio: dict, cpu: str) -> str:
-    lines = [f"**{icount.LABEL}.** One thread; per inference = (count(2N) - count(N)) / N "
-             "runs after a first call, so loading and start-up are excluded. MAC share: "
-             "FMLA/FMLS/FMADD, MLA/MLS/SMLAL, SDOT/UDOT over all instructions.", "",
+def markdown(rows: list, ratio: dict, data: dict) -> str:
+    lines = [f"**{icount.LABEL}.** One thread per engine; per inference = (count(2N) - "
+             f"count(N)) / N, N = {data['n']}, after a first call: loading and start-up are "
+             "excluded. edgec_run is counted whole; ONNX Runtime on its calling thread inside "
+             "a window marked around the runs (a helper thread's start-up work varies by "
+             "millions of instructions from run to run). MAC share: FMLA/FMLS/FMADD, "
+             "MLA/MLS/SMLAL/UMLAL, SDOT/UDOT over all instructions (SMULL + SADDW pairs and "
+             "scalar MADD are not counted as MACs).", "",
              "| model | target (qemu cpu) | engine | instructions / inference (M) | MAC share "
              "| fp_mac | int_mac | dot | loads | stores | edgec / ORT |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -183,9 +188,11 @@ def markdown(rows: list, ratio: dict, cpu: str) -> str:
                      + " | ".join(f"{c[k] / 1e6:.2f}" for k in ("fp_mac", "int_mac", "dot",
                                                                  "load", "store"))
                      + f" | {'' if rat is None else f'{rat:.2f}x'} |")
-    tuning = sorted({f"{r['target']} {r['engine']}: {r['tuning']}" for r in rows if r["tuning"]})
-    lines += ["", "Class counts in millions per inference. edgec tuning: " + "; ".join(tuning)
-              if tuning else "", "", f"Host CPU: {cpu}. Counts do not depend on it."]
+    tuning = sorted({f"{r['model']} {r['target']} {r['engine']}: {r['tuning']}"
+                     for r in rows if r["tuning"]})
+    lines += ["", "Class counts in millions per inference.", "", "edgec tuning: " +
+              "; ".join(tuning), "", f"{data['qemu']}; ONNX Runtime {data['onnxruntime']} "
+              f"(aarch64 wheel). Host CPU: {data['host_cpu']}; counts do not depend on it."]
     return "\n".join(lines)
 
 
@@ -204,7 +211,10 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=1, help="inferences N of the N vs 2N runs")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--out", default="emulated_icount", help="results/<stem>.json and .md")
+    p.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
     args = p.parse_args(argv)
+    if args.render:
+        return render(args.out)
     board_root = board.default_dir()
     board.prepare(board_root)
     py = re.search(r"python(\d+\.\d+)", board.PY_SITE).group(1)
@@ -226,11 +236,21 @@ def main(argv=None):
 def report(rows: list, args) -> tuple[dict, str]:
     import onnxruntime
 
-    ratio, cpu = ratios(rows), host_cpu()
-    data = {"label": icount.LABEL, "host_cpu": cpu, "n": args.n, "qemu": _qemu_version(),
+    ratio = ratios(rows)
+    data = {"label": icount.LABEL, "host_cpu": host_cpu(), "n": args.n, "qemu": _qemu_version(),
             "onnxruntime": onnxruntime.__version__, "models": sorted({r["model"] for r in rows}),
             "rows": rows, "edgec_over_ort": ratio}
-    return data, markdown(rows, ratio, cpu)
+    return data, markdown(rows, ratio, data)
+
+
+def render(stem: str) -> None:
+    """Rewrite ``results/<stem>.md`` from its JSON (the table's layout changed, not the data)."""
+    js = stem if os.path.dirname(stem) else os.path.join(RESULTS, stem)
+    with open(js + ".json", encoding="utf-8") as f:
+        data = json.load(f)
+    md = markdown(data["rows"], data["edgec_over_ort"], data)
+    with open(js + ".md", "w", encoding="utf-8") as f:
+        f.write(f"Made by `{data['command']}` on {data['date_utc']}.\n\n{md}\n")
 
 
 def _qemu_version() -> str:

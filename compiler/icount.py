@@ -36,7 +36,7 @@ MAC_CLASSES = ("fp_mac", "int_mac", "dot")
 # the calling thread's instructions in between are counted (see icount.c)
 MARK_START, MARK_STOP = 0x6564676563000001, 0x6564676563000002
 QEMU = "qemu-aarch64"  # the dynamic build (Debian qemu-user); qemu-aarch64-static has no plugins
-APT = "apt-get install -y qemu-user make gcc"
+APT = "apt-get install -y --no-install-recommends qemu-user make gcc"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN_DIR = os.path.join(REPO, "deploy", "qemu_plugin")
 RUNNER_DIR = os.path.join(REPO, "deploy", "cpp")
