@@ -78,7 +78,7 @@ def kernel_for(target, scheme) -> DotKernel | None:
     return kernel
 
 
-def packable(wq: np.ndarray, kernel: DotKernel, groups: int = 1) -> bool:
+def packable(wq: np.ndarray, kernel: DotKernel, groups: int = 1, pad_out: bool = True) -> bool:
     """Whether an OIHW conv weight (or a (K, N) matmul weight) fits the packed kernels.
 
     A conv's input channels need not divide by 4: ``channel_pad`` pads them with zero
@@ -87,12 +87,14 @@ def packable(wq: np.ndarray, kernel: DotKernel, groups: int = 1) -> bool:
     channels need not divide by the kernel's block either: ``out_channel_pad`` pads them
     with zero weights (24 -> 32, 40 -> 48 for VNNI) where that at most doubles them, and
     the kernel writes only the real ones. The plain int8 conv it replaces costs far more
-    (mobilenet_v2's 96 -> 24 1x1 conv: 6.9 ms plain on a Xeon with VNNI).
+    (mobilenet_v2's 96 -> 24 1x1 conv: 6.9 ms plain on a Xeon with VNNI). ``pad_out=False``:
+    output channels must divide (the behaviour before, kept to compare against).
     """
     if wq.ndim == 2:
         return wq.shape[0] % IC_BLOCK == 0 and wq.shape[1] % kernel.oc_block == 0
     ic, oc = wq.shape[1], wq.shape[0]
-    return (groups == 1 and oc + out_channel_pad(oc, kernel.oc_block) <= 2 * oc
+    opad = out_channel_pad(oc, kernel.oc_block)
+    return (groups == 1 and (opad == 0 or pad_out and oc + opad <= 2 * oc)
             and 3 * (ic + channel_pad(wq)) <= 4 * ic)
 
 

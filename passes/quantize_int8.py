@@ -21,6 +21,7 @@ chain with no quantized consumer dequantizes straight from its int32 accumulator
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,7 @@ from edgec.compiler.tvm_compat import relax, tvm
 from edgec.passes.int8_kernels import (DotKernel, emit_packed_conv, emit_packed_matmul,
                                        emit_taps_conv, packable, pad_nchw, taps_packable)
 from edgec.passes.int8_layers import PASSTHROUGH_OPS, op_name, block_of, users
+from edgec.passes.kernels.int8_depthwise import emit_depthwise_conv, is_depthwise
 from edgec.passes.quant_scheme import QuantPlan
 from edgec.passes.graph import substitute
 from edgec.passes.requant import Requant
@@ -48,11 +50,32 @@ def quantize(mod, layers, plan: QuantPlan, kernel: DotKernel | None = None) -> t
     """Rewrite ``mod`` (a prepared module) so ``plan``'s layers run in int8.
 
     kernel: convs and matmuls use this packed dot-product kernel (``int8_kernels``,
-    ``kernel_for(target, scheme)``) where their channels allow it; None: plain ops.
+    ``kernel_for(target, scheme)``) where their channels allow it, and depthwise convs
+    edgec's depthwise kernel (``kernels.int8_depthwise``); None: plain ops.
     """
     plan.check_layers([layer.name for layer in layers])
     active = [layer for layer in layers if layer.name not in plan.keep_fp32]
     return _Realizer(mod, active, plan, kernel).run()
+
+
+def _switch(name: str, on: str, off: str) -> bool:
+    value = os.environ.get(name, on)
+    if value not in (on, off):
+        raise ValueError(f"{name}={value!r}; valid: {on}, {off}")
+    return value == on
+
+
+def depthwise_kernel_enabled() -> bool:
+    """Depthwise convs run edgec's vectorized kernel (``kernels.int8_depthwise``) with the
+    packed kernels, unless ``EDGEC_INT8_DW=plain`` asks for Relax's plain int8 conv (the
+    path before that kernel, kept so benchmarks can compare against it)."""
+    return _switch("EDGEC_INT8_DW", "kernel", "plain")
+
+
+def out_channel_padding_enabled() -> bool:
+    """Packed convs pad their output channels to the kernel's block, unless
+    ``EDGEC_INT8_OC_PAD=off`` (those convs then take Relax's plain int8 conv, as before)."""
+    return _switch("EDGEC_INT8_OC_PAD", "on", "off")
 
 
 def _const(value, dtype):
@@ -205,7 +228,8 @@ class _Realizer:
             return self.bb.emit(relax.op.matmul(x, w, out_dtype="int32"))
         a = layer.attrs
         padding = [int(p) for p in a.padding]
-        if self.kernel is not None and packable(wq, self.kernel, int(a.groups)):
+        if self.kernel is not None and packable(wq, self.kernel, int(a.groups),
+                                                out_channel_padding_enabled()):
             # padded with the zero point (the image of 0.0) as it is packed; the extra
             # channels up to a multiple of 4 meet zero weights
             return emit_packed_conv(self.bb, x, wq, a.strides, a.dilation, self.kernel, rq,
@@ -213,6 +237,10 @@ class _Realizer:
         if self.kernel is not None and taps_packable(wq, self.kernel, int(a.groups)):
             return emit_taps_conv(self.bb, x, wq, a.strides, a.dilation, self.kernel, rq,
                                   padding, qin.zp)
+        if (self.kernel is not None and depthwise_kernel_enabled()
+                and is_depthwise(wq, int(a.groups), a.strides)):
+            return emit_depthwise_conv(self.bb, x, wq, a.strides, a.dilation, rq, padding,
+                                       qin.zp)
         if qin.zp and any(padding):  # pad with the zero point, the image of 0.0
             x, padding = pad_nchw(self.bb, x, padding, qin.zp), [0, 0, 0, 0]
         return self.bb.emit(relax.op.nn.conv2d(

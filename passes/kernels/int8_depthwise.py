@@ -1,144 +1,196 @@
-"""INT8 depthwise conv2d: channels in vector lanes, requantize fused, no tuning needed.
+"""INT8 depthwise conv2d: a row of output pixels in vector lanes, requantize fused.
 
 Relax legalizes an int8 ``conv2d(groups=C)`` to a plain NCHW loop nest that LLVM
-barely vectorizes: mobilenet_v2's 17 depthwise convs took most of its INT8 time (a
-96-channel 112x112 stride-2 one alone 6.9 ms on a Xeon with VNNI; FP32's blocked one
-0.5 ms). There is no dot product to use here (one input channel per output channel),
-so this kernel multiplies and adds in int32 vectors instead:
+barely vectorizes: mobilenet_v2's 17 depthwise convs were most of its INT8 time (a
+144-channel 56x56 one 1.6 ms on a 2-core Xeon with VNNI). There is no dot product to use
+(one input channel per output channel), so this kernel keeps NCHW, the layout its
+neighbours read and write, and puts consecutive output pixels of one channel in the
+vector lanes: per tap one vector load, one broadcast weight, one multiply-add in int32;
+the requantize (``requant.Requant.te_form``: bias, float scale, round, zero point,
+clip/ReLU6, one scalar per row) on the same lanes; the row stored as bytes.
 
-- the input is packed NCHW[4c] by ``int8_pack.pack_func`` (padding with the zero point,
-  channels padded to a multiple of 4 with it), so 4 channels of a pixel are one word and
-  a vector holds 4 channels x P consecutive output pixels;
-- the weights are packed (C/4, KH, KW, 4) at compile time, zero-padded;
-- per output tile (P pixels x 4 channels) the KH*KW taps accumulate in int32 lanes, the
-  requantize (``requant.Requant.te_form``: bias, float scale, round, zero point,
-  clip/ReLU6) runs on the same lanes, and each output row is written back NCHW, so the
-  neighbouring ops see the layout they did before.
+Two kernels: ``pad_split_func`` pads the input with the zero point (the image of 0.0)
+and splits its columns by phase modulo the stride (column ``k * s + p`` goes to
+``[p, k]``), so that every tap's loads are contiguous for a strided conv too (a stride-2
+load of bytes is a gather otherwise); then the depthwise kernel reads it.
 
 Integer sums are exact and the requantize is the same expression in the same order as
 the plain path's Relax ops, so the result is bit-exact against it.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from edgec.compiler.tvm_compat import relax
-from edgec.passes.int8_pack import pack_func
-from edgec.passes.kernels.common import IC_BLOCK, MACS_ATTR, add_kernel, hand_scheduled
+from edgec.passes.kernels.common import MACS_ATTR, add_kernel, hand_scheduled
 
 # Below this many multiply-accumulates the kernel runs on one thread (waking the pool
-# costs more; the same threshold as the packed convs').
+# costs more than the second thread saves on the smallest layers).
 PARALLEL_MACS = 1 << 20
+# Output pixels per vector: a 56-wide row is one vector of 56 int32 lanes (LLVM splits it
+# into zmm registers); measured 16/32/64 on 144x56x56: 0.36 / 0.23 / 0.17 ms.
+MAX_LANES = 64
+# column strides the pad/split kernel handles (depthwise convs in CNNs: 1 and 2)
+STRIDES = (1, 2)
 
 
-def is_depthwise(wq: np.ndarray, groups: int) -> bool:
-    """An OIHW conv weight of a depthwise conv with channel multiplier 1."""
-    return wq.ndim == 4 and groups > 1 and wq.shape[0] == groups and wq.shape[1] == 1
+def is_depthwise(wq: np.ndarray, groups: int, strides=(1, 1)) -> bool:
+    """An OIHW conv weight of a depthwise conv with channel multiplier 1 and a column
+    stride this kernel handles."""
+    return (wq.ndim == 4 and groups > 1 and wq.shape[0] == groups and wq.shape[1] == 1
+            and int(strides[1]) in STRIDES)
 
 
-def pack_dw_weight(wq: np.ndarray) -> np.ndarray:
-    """(C, 1, KH, KW) -> (C/4, KH, KW, 4), channels zero-padded to a multiple of 4."""
-    c, _, kh, kw = wq.shape
-    w = np.pad(wq[:, 0], [(0, -c % IC_BLOCK), (0, 0), (0, 0)])
-    return np.ascontiguousarray(w.reshape(-1, IC_BLOCK, kh, kw).transpose(0, 2, 3, 1))
+def split_width(width: int, stride: int) -> int:
+    """Columns per phase of a ``width``-wide padded row split by ``stride``."""
+    return -(-width // stride)
 
 
-def dw_compute(data_shape, w_shape, strides, dilation, data_dtype, channels, requant=None):
-    """TE PrimFunc: packed data (N, C/4, HP, WP, 4) x packed weight (C/4, KH, KW, 4) ->
-    NCHW (N, channels, HO, WO): int32, or requantized by ``requant`` (then it also takes
-    its (C/4*4,) bias and scale)."""
+def pad_split_func(shape, dtype: str, padding, stride: int, pad_value: int):
+    """PrimFunc ``(x: NCHW) -> (N, C, H + top + bottom, stride, ceil(WP / stride))``:
+    ``y[n, c, r, p, k] = padded[n, c, r, k * stride + p]``, padded with ``pad_value``.
+
+    Rows are serial (the copy is memory bound; a thread pool costs more than it saves on
+    these sizes); inside a row each phase is a vectorized copy of its interior columns
+    and scalar stores of its pad columns, so no lane ever reads outside the input.
+    Stride 2 on even widths reads column pairs as uint16 words (96x112x112: 0.44 ms as a
+    byte gather).
+    """
+    from tvm.script import tirx as T
+
+    if stride not in STRIDES:
+        raise ValueError(f"pad_split: stride {stride} (supported: {STRIDES})")
+    n_, c_, h_, w_ = (int(d) for d in shape)
+    top, left, bottom, right = (int(p) for p in padding)
+    hp, wp = h_ + top + bottom, w_ + left + right
+    s, wk = int(stride), split_width(wp, stride)
+    # per phase p: the first and one past the last k whose column k*s+p-left is inside
+    spans = []
+    for p in range(s):
+        lo = max(0, -(-(left - p) // s))
+        hi = max(lo, min(wk, (left + w_ - 1 - p) // s + 1))
+        spans.append((lo, hi))
+    pad = T.Cast(dtype, pad_value)
+    # a stride-2 load of bytes is a gather: for rows of even width read two columns as
+    # one uint16 (little endian: the even column is the low byte) and shift instead
+    pairs = s == 2 and w_ % 2 == 0
+
+    @T.macro
+    def phase(x, x16, y, n, c, h, p, lo, hi):
+        if h >= 0 and h < h_:
+            for k in range(lo):
+                y[n, c, h + top, p, k] = pad
+            if pairs:  # stride 2, even rows: two columns per uint16, no byte gather
+                for k in T.vectorized(hi - lo):
+                    y[n, c, h + top, p, k + lo] = T.Cast(dtype, x16[
+                        ((n * c_ + c) * h_ + h) * (w_ // 2) + k + lo + (p - left) // 2]
+                        >> T.uint16(8 * ((p - left) % 2)))
+            else:
+                for k in T.vectorized(hi - lo):
+                    y[n, c, h + top, p, k + lo] = x[n, c, h, (k + lo) * s + p - left]
+            for k in range(wk - hi):
+                y[n, c, h + top, p, k + hi] = pad
+        else:
+            for k in T.vectorized(wk):
+                y[n, c, h + top, p, k] = pad
+
+    @T.prim_func(s_tir=True)
+    def pad_split(x: T.Buffer((n_, c_, h_, w_), dtype), y: T.Buffer((n_, c_, hp, s, wk), dtype)):
+        T.func_attr({"tirx.noalias": True})
+        with T.sblock("root"):  # Relax's analyses expect a root block
+            x16 = T.decl_buffer((n_ * c_ * h_ * w_ // 2,), "uint16", data=x.data)
+            for row in T.serial(n_ * c_ * hp):
+                n = row // (c_ * hp)
+                c = row // hp % c_
+                h = row % hp - top
+                phase(x, x16, y, n, c, h, 0, spans[0][0], spans[0][1])
+                if s > 1:  # a Python bool: resolved as the function is parsed
+                    phase(x, x16, y, n, c, h, 1, spans[-1][0], spans[-1][1])
+
+    return hand_scheduled(pad_split)
+
+
+def dw_compute(split_shape, w_shape, stride, dilation, data_dtype, out_hw, requant=None):
+    """TE PrimFunc: phase-split data (N, C, HP, S, WK) x weight (C, KH, KW) -> NCHW
+    (N, C, HO, WO): int32, or requantized by ``requant`` (then it also takes its (C,)
+    bias and scale)."""
     from tvm import te
 
-    n, cb, hp, wp, _ = data_shape
-    _, kh, kw, _ = w_shape
-    (sh, sw), (dh, dw) = strides, dilation
-    ho, wo = (hp - (kh - 1) * dh - 1) // sh + 1, (wp - (kw - 1) * dw - 1) // sw + 1
-    x = te.placeholder(data_shape, data_dtype, name="data")
+    n, c, _, s, _ = split_shape
+    _, kh, kw = w_shape
+    dh, dw = dilation
+    ho, wo = out_hw
+    x = te.placeholder(split_shape, data_dtype, name="data")
     w = te.placeholder(w_shape, "int8", name="weight")
 
-    def taps(b, c, y, xx, ci):
+    def acc(b, ch, y, xx):
         # the KH*KW taps written out (no reduction axis): the block stays data parallel,
-        # so its (pixel, channel) loops vectorize and the sum stays in registers
-        terms = [x[b, c, y * sh + i * dh, xx * sw + j * dw, ci].astype("int32")
-                 * w[c, i, j, ci].astype("int32") for i in range(kh) for j in range(kw)]
-        total = terms[0]
-        for t in terms[1:]:
-            total = total + t
+        # its pixel loop vectorizes and the sum stays in registers. Column xx*s + j*dw of
+        # the padded row is phase (j*dw) % s, index xx + (j*dw) // s.
+        total = None
+        for i in range(kh):
+            for j in range(kw):
+                t = (x[b, ch, y * stride[0] + i * dh, (j * dw) % s, xx + (j * dw) // s]
+                     .astype("int32") * w[ch, i, j].astype("int32"))
+                total = t if total is None else total + t
         return total
 
-    acc = te.compute((n, cb, ho, wo, IC_BLOCK), taps, name="dw")
-    args, last = [x, w], acc
-    if requant is not None:
-        bias = te.placeholder((cb * IC_BLOCK,), "int32", name="bias")
-        scale = te.placeholder((cb * IC_BLOCK,), "float32", name="scale")
-        last = te.compute((n, cb, ho, wo, IC_BLOCK), lambda b, c, y, xx, ci: requant.te_form(
-            acc[b, c, y, xx, ci], c * IC_BLOCK + ci, bias, scale), name="requant")
+    args = [x, w]
+    if requant is None:
+        out = te.compute((n, c, ho, wo), acc, name="dw")
+    else:
+        bias = te.placeholder((c,), "int32", name="bias")
+        scale = te.placeholder((c,), "float32", name="scale")
+        out = te.compute((n, c, ho, wo), lambda b, ch, y, xx: requant.te_form(
+            acc(b, ch, y, xx), ch, bias, scale), name="dw")
         args += [bias, scale]
-    out = te.compute((n, channels, ho, wo), lambda b, c, y, xx: last[
-        b, c // IC_BLOCK, y, xx, c % IC_BLOCK], name="unpack")
-    return te.create_prim_func([*args, out]), (n, channels, ho, wo)
+    return te.create_prim_func([*args, out])
 
 
-def _pixel_block(width: int) -> int:
-    """Output pixels per tile: 4 channels x P pixels int32 lanes (P = 4: one zmm)."""
-    return next(b for b in (4, 8, 7, 6, 5, 3, 2, 1) if width % b == 0)
+def _lanes(width: int) -> int:
+    return next(v for v in range(min(width, MAX_LANES), 0, -1) if width % v == 0)
 
 
-def scheduled_dw(data_shape, w_shape, strides, dilation, data_dtype, channels, requant=None):
-    """The hand-scheduled PrimFunc and its output shape: output rows (of 4 channels) in
-    parallel, per tile of P pixels the taps summed over int32 vectors of P x 4 lanes,
-    the requantize on the same lanes, each row transposed to NCHW."""
+def scheduled_dw(split_shape, w_shape, stride, dilation, data_dtype, out_hw, requant=None):
+    """The hand-scheduled depthwise PrimFunc: output rows in parallel (when it pays), each
+    row's pixels in vector lanes."""
     from tvm import s_tir
 
-    func, out_shape = dw_compute(data_shape, w_shape, strides, dilation, data_dtype, channels,
-                                 requant)
-    sch = s_tir.Schedule(func)
+    sch = s_tir.Schedule(dw_compute(split_shape, w_shape, stride, dilation, data_dtype,
+                                    out_hw, requant))
     block = sch.get_sblock("dw")
-    n, c, y, x, ci = sch.get_loops(block)
-    xo, xi = sch.split(x, [None, _pixel_block(out_shape[3])])
+    n, c, y, x = sch.get_loops(block)
     row = sch.fuse(n, c, y)
-    macs = int(np.prod(out_shape)) * w_shape[1] * w_shape[2]
-    if macs >= PARALLEL_MACS:
+    if split_shape[0] * split_shape[1] * out_hw[0] * out_hw[1] * w_shape[1] * w_shape[2] \
+            >= PARALLEL_MACS:
         sch.parallel(row)
-    if requant is not None:
-        rq = sch.get_sblock("requant")
-        sch.reverse_compute_at(rq, xo)
-        sch.vectorize(sch.fuse(*sch.get_loops(rq)[-2:]))
-    unpack = sch.get_sblock("unpack")
-    sch.reverse_compute_at(unpack, row)
-    c_i, x_i = sch.get_loops(unpack)[-2:]
-    sch.vectorize(x_i)
-    sch.unroll(c_i)
-    sch.vectorize(sch.fuse(xi, ci))
-    return hand_scheduled(sch.mod["main"]), out_shape
+    _, xi = sch.split(x, [None, _lanes(out_hw[1])])
+    sch.vectorize(xi)
+    return hand_scheduled(sch.mod["main"])
 
 
 def emit_depthwise_conv(bb, x, wq: np.ndarray, strides, dilation, requant=None,
                         padding=(0, 0, 0, 0), pad_value: int = 0):
-    """Emit pack(x) -> depthwise kernel; ``x`` is NCHW int8/uint8, padded here by
-    ``padding`` (top, left, bottom, right) with ``pad_value`` (the zero point). Returns
-    NCHW: int32, or ``requant``'s dtype (done in the epilogue)."""
+    """Emit pad_split(x) -> depthwise kernel. ``x`` is NCHW int8/uint8, ``wq`` (C, 1, KH,
+    KW) int8, padded by ``padding`` (top, left, bottom, right) with ``pad_value`` (the zero
+    point). Returns NCHW: int32, or ``requant``'s dtype (done in the epilogue)."""
     dtype = str(x.ty.dtype)
-    c = wq.shape[0]
-    pack = pack_func(x.ty.shape.values, dtype, padding, -c % IC_BLOCK, pad_value)
-    n, cb, h, w, _ = (int(d) for d in pack.params[1].shape)
-    pgv = add_kernel(bb, pack, f"pack_nchw4c_{n}x{cb * IC_BLOCK}x{h}x{w}")
-    packed = bb.emit(relax.call_tir(pgv, [x], relax.TensorType((n, cb, h, w, IC_BLOCK), dtype)))
-    wp = pack_dw_weight(wq)
-    func, out_shape = scheduled_dw((n, cb, h, w, IC_BLOCK), wp.shape,
-                                   [int(s) for s in strides], [int(d) for d in dilation], dtype,
-                                   c, requant)
-    name = f"dwconv2d_int8_{n}x{c}x{h}x{w}_{wq.shape[2]}x{wq.shape[3]}s{int(strides[0])}"
-    args = [packed, relax.const(wp, "int8")]
-    if requant is not None:  # the padded channels' bias and scale: never written
+    n, c, h, w = (int(d) for d in x.ty.shape.values)
+    (sh, sw), (dh, dw) = [int(v) for v in strides], [int(v) for v in dilation]
+    top, left, bottom, right = (int(p) for p in padding)
+    _, _, kh, kw = wq.shape
+    hp, wp = h + top + bottom, w + left + right
+    ho, wo = (hp - (kh - 1) * dh - 1) // sh + 1, (wp - (kw - 1) * dw - 1) // sw + 1
+    split = pad_split_func((n, c, h, w), dtype, padding, sw, pad_value)
+    split_shape = (n, c, hp, sw, split_width(wp, sw))
+    pgv = add_kernel(bb, split, f"pad_split_{n}x{c}x{h}x{w}_s{sw}")
+    xs = bb.emit(relax.call_tir(pgv, [x], relax.TensorType(split_shape, dtype)))
+    func = scheduled_dw(split_shape, (c, kh, kw), (sh, sw), (dh, dw), dtype, (ho, wo), requant)
+    name = f"dwconv2d_int8_{n}x{c}x{h}x{w}_{kh}x{kw}s{sh}"
+    args = [xs, relax.const(np.ascontiguousarray(wq[:, 0]), "int8")]
+    if requant is not None:
         name += "_requant"
-        pad = cb * IC_BLOCK - c
-        requant = replace(requant, bias=np.pad(requant.bias, (0, pad)),
-                          scale=np.pad(np.asarray(requant.scale, "float32"), (0, pad)))
         args += [requant.bias_const((-1,)), requant.scale_const((-1,))]
-    macs = int(np.prod(out_shape)) * wq.shape[2] * wq.shape[3]
-    gv = add_kernel(bb, func.with_attr(MACS_ATTR, macs), name)
+    gv = add_kernel(bb, func.with_attr(MACS_ATTR, n * c * ho * wo * kh * kw), name)
     out_dtype = requant.dtype if requant is not None else "int32"
-    return bb.emit(relax.call_tir(gv, args, relax.TensorType(out_shape, out_dtype)))
+    return bb.emit(relax.call_tir(gv, args, relax.TensorType((n, c, ho, wo), out_dtype)))
