@@ -192,6 +192,10 @@ def counting_root(board_root: str, cpu: str) -> str:
     with open(os.path.join(partial, "proc", "cpuinfo"), "w", encoding="utf-8") as f:
         f.write(_cpuinfo_text(cpu))
     os.replace(partial, dest)
+    for old in os.listdir(cache_dir()):  # copies of an earlier board
+        if (old.startswith(f"rootfs-{cpu}-") and "." not in old
+                and os.path.join(cache_dir(), old) != dest):
+            shutil.rmtree(os.path.join(cache_dir(), old), ignore_errors=True)
     return dest
 
 

@@ -121,19 +121,49 @@ def test_emulated_cpu_is_the_targets_core(loop_program, tmp_path):
     assert {"cortex-a72", "cortex-a76"} <= set(icount.qemu_cpus())
 
 
+def _board_root() -> str:
+    from edgec.compiler.deploy import board
+    from rpc_helpers import require_board_host
+
+    require_counter()
+    require_board_host()
+    root = board.default_dir()
+    board.prepare(root)
+    return root
+
+
+def test_python_on_the_board_marks_a_window(tmp_path):
+    """The counting rootfs (a hard-linked copy with the core's /proc/cpuinfo) runs the
+    board's Python; a window marked from Python (as the ONNX Runtime script does) repeats
+    exactly and grows with the work inside it."""
+    board_root = _board_root()
+    root = icount.counting_root(board_root, "cortex-a76")
+    python = os.path.join(root, "usr/bin/python3")
+    assert os.path.samefile(python, os.path.join(board_root, "usr/bin/python3"))
+    with open(os.path.join(root, "proc", "cpuinfo"), encoding="utf-8") as f:
+        assert "CPU part\t: 0xd0b" in f.read()
+    script = tmp_path / "loop.py"
+    script.write_text("import os, sys\n"
+                      "def mark(m):\n    try:\n        os.lseek(-1, m, 0)\n"
+                      "    except OSError:\n        pass\n"
+                      f"mark({icount.MARK_START:#x})\n"
+                      "s = sum(i * i for i in range(int(sys.argv[1])))\n"
+                      f"mark({icount.MARK_STOP:#x})\n")
+    a, b = (icount.count([python, script, 1000], root, cpu="cortex-a76") for _ in range(2))
+    c = icount.count([python, script, 2000], root, cpu="cortex-a76")
+    assert a == b and a.scope == "window"
+    assert 0 < a.total < c.total < 2.5 * a.total
+
+
 def test_one_conv_model_on_the_emulated_board(tmp_path):
     """A 1-conv edgec model for rpi4: a positive count per inference, the same twice; its
     FP32 multiply-adds cover the conv's MACs at 1 to 4 lanes per FMLA."""
     from edgec.compiler import PipelineConfig, compile
     from edgec.compiler.deploy import board
-    from rpc_helpers import require_board_host
 
-    require_counter()
+    root = _board_root()
     if shutil.which("aarch64-linux-gnu-g++") is None:
         pytest.skip("aarch64-linux-gnu-g++ missing: apt-get install -y g++-aarch64-linux-gnu")
-    require_board_host()
-    root = board.default_dir()
-    board.prepare(root)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU()).eval()
     x = torch.randn(1, 3, 16, 16)
