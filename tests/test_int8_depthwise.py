@@ -49,7 +49,9 @@ def _module(x, wq, stride, padding, dilation, zp, rq):
 
 
 CASES = [  # channels, height, width, kernel, stride, padding, dilation, zp, dtype, epilogue
-    (16, 9, 9, 3, 1, (1, 1, 1, 1), 1, 3, "uint8", "relu6"),
+    (16, 9, 9, 3, 1, (1, 1, 1, 1), 1, 3, "uint8", "relu6"),   # stride 1: the plane kernel
+    (10, 12, 12, 3, 1, (1, 1, 1, 1), 1, 5, "uint8", "relu6"),  # plane widened 14 -> 16
+    (4, 6, 34, 3, 1, (1, 1, 1, 1), 1, 2, "uint8", "relu6"),    # 34 wide: the row kernel
     (22, 10, 10, 3, 2, (1, 1, 1, 1), 1, 0, "uint8", "relu6"),  # stride 2, even rows (uint16)
     (13, 9, 11, 3, 2, (1, 1, 1, 1), 1, 7, "uint8", "clip"),   # stride 2, odd rows (gather)
     (8, 7, 7, 5, 1, (2, 2, 2, 2), 1, 0, "uint8", "float"),    # 5x5, float (dequantized) out
@@ -151,7 +153,8 @@ def _ops(mod):
 
 def test_quantize_pass_emits_the_depthwise_kernel(block, monkeypatch):
     """Before (plain): the depthwise conv is Relax's grouped int8 conv2d followed by the
-    requantize ops; after: pad_split + the depthwise kernel with the requantize inside.
+    requantize ops; after: the pad (a padded plane for stride 1, split by column phase for
+    stride 2) + the depthwise kernel with the requantize inside.
     Everything around it (the packed 1x1 convs) is the same."""
     stride = block[3]
     before, after = _quantized(block, monkeypatch, "plain"), _quantized(block, monkeypatch, "kernel")
@@ -165,8 +168,8 @@ def test_quantize_pass_emits_the_depthwise_kernel(block, monkeypatch):
     assert ops_before[i:i + 7] == ["relax.nn.conv2d", "relax.add", "relax.astype", "relax.multiply",
                                    "relax.round", "relax.clip", "relax.astype"]
     assert ops_after[:i] == ops_before[:i]
-    assert ops_after[i:i + 2] == [f"pad_split_1x24x10x10_s{stride}",
-                                  f"dwconv2d_int8_1x24x10x10_3x3s{stride}_requant"]
+    pad = "pad_plane_1x24x10x10" if stride == 1 else "pad_split_1x24x10x10_s2"
+    assert ops_after[i:i + 2] == [pad, f"dwconv2d_int8_1x24x10x10_3x3s{stride}_requant"]
     assert ops_after[i + 2:] == ops_before[i + 7:]
     assert "relax.nn.conv2d" not in ops_after
     # the 12-output project conv (not a multiple of the AVX2 kernel's 8) runs packed with

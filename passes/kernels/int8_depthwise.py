@@ -1,23 +1,28 @@
-"""INT8 depthwise conv2d: a row of output pixels in vector lanes, requantize fused.
+"""INT8 depthwise conv2d: output pixels in int32 vector lanes, requantize fused.
 
 Relax legalizes an int8 ``conv2d(groups=C)`` to a plain NCHW loop nest that LLVM
 barely vectorizes: mobilenet_v2's 17 depthwise convs were most of its INT8 time (a
-144-channel 56x56 one 1.6 ms on a 2-core Xeon with VNNI). There is no dot product to use
-(one input channel per output channel), so this kernel keeps NCHW, the layout its
-neighbours read and write, and puts consecutive output pixels of one channel in the
+144-channel 56x56 one 1.2-1.6 ms on a 2-core Xeon with VNNI). There is no dot product to
+use (one input channel per output channel), so these kernels keep NCHW, the layout their
+neighbours read and write, and put consecutive output pixels of one channel in the
 vector lanes: per tap one vector load, one broadcast weight, one multiply-add in int32;
 the requantize (``requant.Requant.te_form``: bias, float scale, round, zero point,
-clip/ReLU6, one scalar per row) on the same lanes; the row stored as bytes.
+clip/ReLU6, one scalar per channel) on the same lanes; stored as bytes.
 
-Two kernels: ``pad_split_func`` pads the input with the zero point (the image of 0.0)
-and splits its columns by phase modulo the stride (column ``k * s + p`` goes to
-``[p, k]``), so that every tap's loads are contiguous for a strided conv too (a stride-2
-load of bytes is a gather otherwise); then the depthwise kernel reads it.
+- Wide outputs (>= 32 columns) or stride 2: one output row per vector loop
+  (``dw_compute``). Its input is padded with the zero point (the image of 0.0) and split
+  by column phase modulo the stride (``pad_split_func``: column ``k * s + p`` goes to
+  ``[p, k]``), so every tap's loads are contiguous for a strided conv too.
+- Narrow stride-1 outputs (14x14, 7x7 ...): the whole padded plane of a channel at its
+  padded width (``plane_compute``), so that a vector spans rows: a tap at (i, j) is the
+  load at offset ``i * WP + j``; the WP - WO extra columns are computed and dropped.
 
 Integer sums are exact and the requantize is the same expression in the same order as
 the plain path's Relax ops, so the result is bit-exact against it.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -27,9 +32,13 @@ from edgec.passes.kernels.common import MACS_ATTR, add_kernel, hand_scheduled
 # Below this many multiply-accumulates the kernel runs on one thread (waking the pool
 # costs more than the second thread saves on the smallest layers).
 PARALLEL_MACS = 1 << 20
-# Output pixels per vector: a 56-wide row is one vector of 56 int32 lanes (LLVM splits it
-# into zmm registers); measured 16/32/64 on 144x56x56: 0.36 / 0.23 / 0.17 ms.
+# Output pixels per vector of a row: a 56-wide row is one vector of 56 int32 lanes (LLVM
+# splits it into zmm registers); see ``_lanes``.
 MAX_LANES = 64
+# Stride-1 convs with output rows narrower than this run over each channel's whole padded
+# plane (``plane_compute``): a 14- or 7-wide row makes short, odd vectors and per-row
+# overhead (384x14x14: 278 us a call on one thread as rows).
+PLANE_WIDTH = 32
 # column strides the pad/split kernel handles (depthwise convs in CNNs: 1 and 2)
 STRIDES = (1, 2)
 
@@ -46,9 +55,10 @@ def split_width(width: int, stride: int) -> int:
     return -(-width // stride)
 
 
-def pad_split_func(shape, dtype: str, padding, stride: int, pad_value: int):
+def pad_split_func(shape, dtype: str, padding, stride: int, pad_value: int, flat: bool = False):
     """PrimFunc ``(x: NCHW) -> (N, C, H + top + bottom, stride, ceil(WP / stride))``:
-    ``y[n, c, r, p, k] = padded[n, c, r, k * stride + p]``, padded with ``pad_value``.
+    ``y[n, c, r, p, k] = padded[n, c, r, k * stride + p]``, padded with ``pad_value``;
+    ``flat``: the same bytes as (N, C, HP * stride * WK), one plane per channel.
 
     Rows are serial (the copy is memory bound; a thread pool costs more than it saves on
     these sizes); inside a row each phase is a vectorized copy of its interior columns
@@ -94,11 +104,14 @@ def pad_split_func(shape, dtype: str, padding, stride: int, pad_value: int):
             for k in T.vectorized(wk):
                 y[n, c, h + top, p, k] = pad
 
+    out_shape = (n_, c_, hp * s * wk) if flat else (n_, c_, hp, s, wk)
+
     @T.prim_func(s_tir=True)
-    def pad_split(x: T.Buffer((n_, c_, h_, w_), dtype), y: T.Buffer((n_, c_, hp, s, wk), dtype)):
+    def pad_split(x: T.Buffer((n_, c_, h_, w_), dtype), out: T.Buffer(out_shape, dtype)):
         T.func_attr({"tirx.noalias": True})
         with T.sblock("root"):  # Relax's analyses expect a root block
             x16 = T.decl_buffer((n_ * c_ * h_ * w_ // 2,), "uint16", data=x.data)
+            y = T.decl_buffer((n_, c_, hp, s, wk), dtype, data=out.data)
             for row in T.serial(n_ * c_ * hp):
                 n = row // (c_ * hp)
                 c = row // hp % c_
@@ -147,8 +160,75 @@ def dw_compute(split_shape, w_shape, stride, dilation, data_dtype, out_hw, requa
     return te.create_prim_func([*args, out])
 
 
-def _lanes(width: int) -> int:
-    return next(v for v in range(min(width, MAX_LANES), 0, -1) if width % v == 0)
+def plane_compute(flat_shape, w_shape, dilation, data_dtype, out_hw, wp, requant=None):
+    """TE PrimFunc of a stride-1 depthwise conv over each channel's padded plane at the
+    padded width: flat data (N, C, F) x weight (C, KH, KW) -> NCHW (N, C, HO, WO).
+    ``dw[y, x]`` for x < WP reads the taps at (y + i * dh) * WP + x + j * dw: with (y, x)
+    fused, every tap is one contiguous load; the columns x >= WO are computed and
+    dropped."""
+    from tvm import te
+
+    n, c, _ = flat_shape
+    _, kh, kw = w_shape
+    dh, dw = dilation
+    ho, wo = out_hw
+    x = te.placeholder(flat_shape, data_dtype, name="data")
+    w = te.placeholder(w_shape, "int8", name="weight")
+
+    def acc(b, ch, y, xx):
+        total = None
+        for i in range(kh):
+            for j in range(kw):
+                t = (x[b, ch, (y + i * dh) * wp + xx + j * dw].astype("int32")
+                     * w[ch, i, j].astype("int32"))
+                total = t if total is None else total + t
+        return total
+
+    args = [x, w]
+    if requant is None:
+        plane = te.compute((n, c, ho, wp), acc, name="dw")
+    else:
+        bias = te.placeholder((c,), "int32", name="bias")
+        scale = te.placeholder((c,), "float32", name="scale")
+        plane = te.compute((n, c, ho, wp), lambda b, ch, y, xx: requant.te_form(
+            acc(b, ch, y, xx), ch, bias, scale), name="dw")
+        args += [bias, scale]
+    out = te.compute((n, c, ho, wo), lambda b, ch, y, xx: plane[b, ch, y, xx], name="unpack")
+    return te.create_prim_func([*args, out])
+
+
+def scheduled_plane(flat_shape, w_shape, dilation, data_dtype, out_hw, wp, requant=None):
+    """Channels in parallel (when it pays); per channel the plane (HO x WP) in vectors of
+    32 or 16 lanes where they divide it, then each output row copied out."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(plane_compute(flat_shape, w_shape, dilation, data_dtype, out_hw, wp,
+                                       requant))
+    block = sch.get_sblock("dw")
+    n, c, y, x = sch.get_loops(block)
+    chan = sch.fuse(n, c)
+    if flat_shape[0] * flat_shape[1] * out_hw[0] * wp * w_shape[1] * w_shape[2] \
+            >= PARALLEL_MACS:
+        sch.parallel(chan)
+    _, pi = sch.split(sch.fuse(y, x), [None, _lanes(out_hw[0] * wp, 32, (32, 16))])
+    sch.vectorize(pi)
+    unpack = sch.get_sblock("unpack")
+    sch.reverse_compute_at(unpack, chan)
+    sch.vectorize(sch.get_loops(unpack)[-1])
+    return hand_scheduled(sch.mod["main"])
+
+
+def _lanes(total: int, most: int, prefer=()) -> int:
+    """Vector lanes dividing ``total``: the first of ``prefer`` that does, else the
+    largest multiple of 8 up to ``most``, else the largest divisor up to ``most``. Measured
+    on one thread, 2-core Xeon: a 56-wide row is fast in 56 lanes (144x56x56: 0.22 ms,
+    28 lanes 0.50 ms, 14 lanes 0.89 ms); a 14x16 plane fast in 32 (384x14x14: 0.029 ms)
+    and 12x slower in 56."""
+    for v in prefer:
+        if total % v == 0:
+            return v
+    fits = [v for v in range(min(total, most), 0, -1) if total % v == 0]
+    return next((v for v in fits if v % 8 == 0), fits[0])
 
 
 def scheduled_dw(split_shape, w_shape, stride, dilation, data_dtype, out_hw, requant=None):
@@ -164,7 +244,7 @@ def scheduled_dw(split_shape, w_shape, stride, dilation, data_dtype, out_hw, req
     if split_shape[0] * split_shape[1] * out_hw[0] * out_hw[1] * w_shape[1] * w_shape[2] \
             >= PARALLEL_MACS:
         sch.parallel(row)
-    _, xi = sch.split(x, [None, _lanes(out_hw[1])])
+    _, xi = sch.split(x, [None, _lanes(out_hw[1], MAX_LANES)])
     sch.vectorize(xi)
     return hand_scheduled(sch.mod["main"])
 
@@ -181,11 +261,30 @@ def emit_depthwise_conv(bb, x, wq: np.ndarray, strides, dilation, requant=None,
     _, _, kh, kw = wq.shape
     hp, wp = h + top + bottom, w + left + right
     ho, wo = (hp - (kh - 1) * dh - 1) // sh + 1, (wp - (kw - 1) * dw - 1) // sw + 1
-    split = pad_split_func((n, c, h, w), dtype, padding, sw, pad_value)
-    split_shape = (n, c, hp, sw, split_width(wp, sw))
-    pgv = add_kernel(bb, split, f"pad_split_{n}x{c}x{h}x{w}_s{sw}")
-    xs = bb.emit(relax.call_tir(pgv, [x], relax.TensorType(split_shape, dtype)))
-    func = scheduled_dw(split_shape, (c, kh, kw), (sh, sw), (dh, dw), dtype, (ho, wo), requant)
+    if (sh, sw) == (1, 1) and wo < PLANE_WIDTH:
+        # the plane at its padded width, widened (by at most a quarter) so that 16 lanes
+        # divide it (192x28x28: 0.60 ms in 24 lanes, 0.07 ms widened to 32 lanes); the
+        # last row's dropped columns read (KW - 1) * dw past the plane, so one more pad
+        # row at the bottom keeps them in bounds
+        step = 16 // math.gcd(ho, 16)
+        wider = -(-wp // step) * step
+        if wider - wp <= wp // 4:
+            right, wp = right + wider - wp, wider
+        extra = 1 if (kw - 1) * dw else 0
+        hp += extra
+        padding = (top, left, bottom + extra, right)
+        split = pad_split_func((n, c, h, w), dtype, padding, 1, pad_value, flat=True)
+        pgv = add_kernel(bb, split, f"pad_plane_{n}x{c}x{h}x{w}")
+        xs = bb.emit(relax.call_tir(pgv, [x], relax.TensorType((n, c, hp * wp), dtype)))
+        func = scheduled_plane((n, c, hp * wp), (c, kh, kw), (dh, dw), dtype, (ho, wo), wp,
+                               requant)
+    else:
+        split = pad_split_func((n, c, h, w), dtype, padding, sw, pad_value)
+        split_shape = (n, c, hp, sw, split_width(wp, sw))
+        pgv = add_kernel(bb, split, f"pad_split_{n}x{c}x{h}x{w}_s{sw}")
+        xs = bb.emit(relax.call_tir(pgv, [x], relax.TensorType(split_shape, dtype)))
+        func = scheduled_dw(split_shape, (c, kh, kw), (sh, sw), (dh, dw), dtype, (ho, wo),
+                            requant)
     name = f"dwconv2d_int8_{n}x{c}x{h}x{w}_{kh}x{kw}s{sh}"
     args = [xs, relax.const(np.ascontiguousarray(wq[:, 0]), "int8")]
     if requant is not None:
