@@ -223,7 +223,7 @@ class _Realizer:
         already (the packed conv does it in its epilogue)."""
         x, w = qin.var, _const(wq, "int8")
         if layer.kind == "matmul":
-            if self.kernel and packable(wq, self.kernel):
+            if self.kernel and packable(wq, self.kernel, pad_out=out_channel_padding_enabled()):
                 return emit_packed_matmul(self.bb, x, wq, self.kernel)
             return self.bb.emit(relax.op.matmul(x, w, out_dtype="int32"))
         a = layer.attrs

@@ -166,6 +166,23 @@ def test_packed_avx2_matmul_is_bit_exact(mlp):
                                   run_outputs(plain, data, rm.inputs[0]))
 
 
+def test_packed_matmul_pads_its_columns_bit_exact():
+    """N = 68 is not a multiple of the AVX2 kernel's 8: the weight is padded to 72 zero
+    columns, sliced off after the kernel; exactly the plain int8 matmul's result."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 68), nn.ReLU(), nn.Linear(68, 4)).eval()
+    rm = import_model(model, (torch.randn(2, 16),))
+    data = np.random.default_rng(0).standard_normal((16, 16)).astype("float32")
+    plain, plan = quantize_model(rm, QuantScheme("uint8", True), data)
+    packed, _ = quantize_model(rm, QuantScheme("uint8", True), plan=plan, kernel=KERNELS["avx2"])
+    names = [gv.name_hint for gv in packed.functions]
+    assert "matmul_int8_avx2_2x16x68" in names
+    kernel = packed[packed.get_global_var("matmul_int8_avx2_2x16x68")]
+    assert [int(d) for d in kernel.params[-1].shape] == [2, 72]
+    np.testing.assert_array_equal(run_outputs(packed, data, rm.inputs[0]),
+                                  run_outputs(plain, data, rm.inputs[0]))
+
+
 def test_small_cnn_sqnr_over_30db(tiny):
     _, rm, data = tiny
     qmod, _ = quantize_model(rm, QuantScheme("uint8", True), data[:32])
