@@ -27,7 +27,7 @@ from edgec.compiler.tvm_compat import legalize_conv2d_default, relax, structural
 from edgec.passes.dw_pw_fuse import fuse_dw_pw
 from edgec.passes.layout_names import CONV_LAYOUTS as LAYOUTS
 from edgec.passes.kernels.conv2d_nchwc import conv2d_nchw_stem, conv2d_nchwc, conv_params
-from edgec.passes.stem_layout import sink_stem_transforms
+from edgec.passes.stem_layout import SinkStemTransforms
 from edgec.passes.winograd import conv2d_nchwc_winograd, use_winograd, weight_transform
 
 _BLOCKED = re.compile(r"^NCHW(\d+)c$")
@@ -110,7 +110,7 @@ def convert_conv_layout(mod: tvm.IRModule, block: int, winograd: bool = True,
     # ConvertLayout transforms a tensor once per consumer (resnet18's stem output: for the
     # first conv and again for its residual add); one transform serves them all
     mod = relax.transform.EliminateCommonSubexpr()(mod)
-    mod = sink_stem_transforms(mod)  # the RGB stem writes blocked output itself
+    mod = SinkStemTransforms()(mod)  # the RGB stem writes blocked output itself
     mod, pairs = fuse_dw_pw(mod)  # a depthwise conv and the 1x1 conv after it: one kernel
     if fused is not None:
         fused.append(pairs)

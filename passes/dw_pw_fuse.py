@@ -118,3 +118,16 @@ class _Fuser(relax.PyExprMutator):
         self.builder_.update_func(gv, self.builder_.get()[gv].with_attr(
             "op_pattern", _OUT_EWISE_FUSABLE))
         return call
+
+
+@tvm.ir.transform.module_pass(opt_level=0, name="FuseDwPw")
+class FuseDwPw:
+    """``fuse_dw_pw`` as a module pass: ``FuseDwPw(min_rows)(mod)`` (the layout step calls
+    ``fuse_dw_pw`` itself, for the count of fused pairs it records)."""
+
+    def __init__(self, min_rows: int = MIN_ROWS):
+        self.min_rows = min_rows
+
+    def transform_module(self, mod, _ctx):
+        mod, _ = fuse_dw_pw(mod, self.min_rows)
+        return mod

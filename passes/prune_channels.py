@@ -115,17 +115,3 @@ def prune_summary(before, after, plan: PrunePlan) -> dict:
     return {"name": "prune_channels", "macs_before": count_macs(before.mod),
             "macs_after": count_macs(after.mod), "weight_bytes_before": before.weight_bytes,
             "weight_bytes_after": after.weight_bytes, **plan.summary()}
-
-
-def prune_for_config(model, config, target):
-    """The pipeline's prune phase: plan from ``config.prune`` (or load ``config.prune_plan``),
-    apply it; returns (pruned model, manifest record)."""
-    from edgec.passes.prune_plan import make_plan
-
-    if config.prune_plan:
-        plan = PrunePlan.load(config.prune_plan)
-    else:
-        plan = make_plan(model, config.prune, config.prune_criterion,
-                         multiple=config.prune_multiple, target=target)
-    pruned = prune_channels(model, plan)
-    return pruned, prune_summary(model, pruned, plan)

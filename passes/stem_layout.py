@@ -147,3 +147,11 @@ def _per_channel(const, ty) -> bool:
     shape = [int(s) for s in const.ty.shape]
     return not shape or (len(shape) == 4 and shape[0] == shape[2] == shape[3] == 1
                          and shape[1] == int(ty.shape[1]))
+
+
+@tvm.ir.transform.module_pass(opt_level=0, name="SinkStemTransforms")
+class SinkStemTransforms:
+    """``sink_stem_transforms`` as a module pass; the layout step runs it."""
+
+    def transform_module(self, mod, _ctx):
+        return sink_stem_transforms(mod)

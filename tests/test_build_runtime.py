@@ -27,7 +27,7 @@ def test_cnn_parity_fused(tiny_cnn, tmp_path):
     model, x = tiny_cnn
     out = str(tmp_path / "cnn.so")
     compile(model, (x,), config=PipelineConfig(dump_ir=str(tmp_path / "ir")), output=out)
-    fused = (tmp_path / "ir" / "30_fused.py").read_text()
+    fused = (tmp_path / "ir" / "08_fuse.py").read_text()
     assert "fused_conv2d" in fused  # legalize + FuseOps ran (tvm.compile alone does not fuse)
     assert "batch_norm" not in fused  # folded into the conv weights
     m = load(out)

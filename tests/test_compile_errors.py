@@ -58,13 +58,13 @@ def test_failure_in_a_later_phase(tmp_path, logs, capfd, monkeypatch, tiny_cnn):
     import torch
 
     from edgec.compiler.tvm_compat import tvm
-    from edgec.passes import matmul_schedule
+    from edgec.compiler import lower
 
     def broken(mod, lanes):
         raise tvm.error.InternalError("Check failed: (x) is false: cannot schedule "
                                       "relax.matmul here")
 
-    monkeypatch.setattr(matmul_schedule, "apply_default_matmuls", broken)
+    monkeypatch.setattr(lower, "apply_default_matmuls", broken)  # the matmul_tiles step
     model, x = tiny_cnn
     pt2 = str(tmp_path / "tiny.pt2")
     torch.export.save(torch.export.export(model, (x,)), pt2)

@@ -64,7 +64,7 @@ def test_qdq_onnx_compiles_to_int8_and_matches_ort(qdq_model, tmp_path):
     step = manifest["passes"][0]
     assert step["name"] == "quantize_int8" and step["source"] == "onnx-qdq"
     assert step["layers_int8"] == 3
-    ir = (tmp_path / "ir" / "05_quantized.py").read_text()
+    ir = (tmp_path / "ir" / "03_quantize.py").read_text()
     plain = ir.count('dtype="int32") = R.nn.conv2d(')
     packed = len(re.findall(r"R\.call_tir\(cls\.conv2d_int8_(avx2|vnni)_", ir))  # x86 hosts
     assert plain + packed == 2
