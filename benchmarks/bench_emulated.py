@@ -37,7 +37,6 @@ from benchmarks.common import (NAMES, RESULTS, edgec_build, model_and_input, scr
                                write_results)
 from edgec.compiler import icount
 from edgec.compiler.deploy import board
-from edgec.compiler.peers import export_onnx
 from edgec.targets import get_target
 
 TARGETS = ("rpi4", "rpi5")
@@ -115,6 +114,8 @@ def ort_int8(fp32: str, calib: np.ndarray, out: str) -> str:
 
 def build(name: str, targets, folder: str) -> dict:
     """Every artifact of one model: edgec FP32/INT8 per target, ORT FP32/INT8 once."""
+    from edgec.compiler.peers import export_onnx  # torch: only where models are built
+
     model, x = model_and_input(name)
     calib = np.random.default_rng(1).standard_normal((16, *x.shape[1:])).astype("float32")
     np.save(os.path.join(folder, "x.npy"), x)
