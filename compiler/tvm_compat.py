@@ -259,3 +259,12 @@ def legalize_conv2d_default(bb, call):
     from tvm.relax.transform.legalize_ops.nn import _nn_conv2d
 
     return _nn_conv2d(bb, call)
+
+
+# --- schedulable TIR, for edgec's hand-scheduled kernels (issue #24) ---
+def s_tir():
+    """TVM's schedulable-TIR package (``tvm.s_tir`` in 0.27: ``Schedule``, ``TensorIntrin``;
+    ``tvm.tir.schedule`` / ``tvm.tir.TensorIntrin`` before)."""
+    import tvm.s_tir as module
+
+    return module

@@ -24,8 +24,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from edgec.compiler.tvm_compat import relax
+from tvm import te
+
+from edgec.compiler.tvm_compat import fix_vnni_intrinsic, import_tensor_intrinsics, relax, s_tir
 from edgec.passes.int8_pack import pack_func
+from edgec.passes.x86_int8_intrin import register as register_avx2
 # re-exported: the tuner and the power proxy read these attributes from here
 from edgec.passes.kernels.common import (HAND_ATTR, IC_BLOCK, MACS_ATTR,  # noqa: F401
                                          add_kernel, hand_scheduled)
@@ -43,16 +46,10 @@ class DotKernel:
     def register(self) -> str:
         """Register the tensor intrinsic (idempotent); returns its name."""
         if self.name == "avx2":
-            from edgec.passes.x86_int8_intrin import register
-
-            return register()
+            return register_avx2()
         if self.name == "vnni":
-            from edgec.compiler.tvm_compat import fix_vnni_intrinsic
-
             fix_vnni_intrinsic()
         else:
-            from edgec.compiler.tvm_compat import import_tensor_intrinsics
-
             import_tensor_intrinsics()  # registers sdot and neon
         return self.intrin
 
@@ -162,8 +159,6 @@ def pack_weight(wq: np.ndarray, oc_block: int) -> np.ndarray:
 
 def _compute(data_shape, w_shape, strides, dilation, data_dtype, requant=None,
              out_channels=None):
-    from tvm import te
-
     n, ci4, hp, wp, _ = data_shape
     cob, _, kh, kw, ocb, _ = w_shape
     oc = out_channels or cob * ocb  # the real ones: the padded tail is never written
@@ -209,12 +204,10 @@ def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel, re
     the epilogue; the PrimFunc then also takes its (C,) bias and scale, padded to the
     weight's blocks; ``out_channels``: the real output channels, fewer than the weight's
     padded ones)."""
-    from tvm import s_tir
-
     intrin = kernel.register()
     func, out_shape = _compute(data_shape, w_shape, strides, dilation, kernel.data_dtype, requant,
                                out_channels)
-    sch = s_tir.Schedule(func)
+    sch = s_tir().Schedule(func)
     block = sch.get_sblock("conv")
     n, oc, y, x, oci, ico, kh, kw, ici = sch.get_loops(block)
     xo, xi = sch.split(x, [None, _pixel_block(out_shape[3])])
@@ -275,8 +268,6 @@ def emit_packed_conv(bb, x, wq: np.ndarray, strides, dilation, kernel: DotKernel
 
 def scheduled_matmul(m, k, n, kernel: DotKernel):
     """(M, K) data x packed (N/B, K/4, B, 4) s8 -> (M, N) s32, tensorized."""
-    from tvm import s_tir, te
-
     intrin, ob = kernel.register(), kernel.oc_block
     a = te.placeholder((m, k), kernel.data_dtype, name="data")
     b = te.placeholder((n // ob, k // IC_BLOCK, ob, IC_BLOCK), "int8", name="weight")
@@ -284,7 +275,7 @@ def scheduled_matmul(m, k, n, kernel: DotKernel):
     c = te.compute((m, n), lambda i, j: te.sum(
         a[i, r].astype("int32") * b[j // ob, r // 4, j % ob, r % 4].astype("int32"), axis=r),
         name="matmul")
-    sch = s_tir.Schedule(te.create_prim_func([a, b, c]))
+    sch = s_tir().Schedule(te.create_prim_func([a, b, c]))
     block = sch.get_sblock("matmul")
     i, j, kk = sch.get_loops(block)
     jo, ji = sch.split(j, [None, ob])

@@ -14,6 +14,9 @@ chosen by a select, so no lane ever loads outside the input.
 """
 from __future__ import annotations
 
+from tvm import tirx
+from tvm.script import tirx as T
+
 from edgec.passes.kernels.common import IC_BLOCK, hand_scheduled
 
 
@@ -23,9 +26,6 @@ def pack_func(shape, dtype: str, padding=(0, 0, 0, 0), extra_channels: int = 0,
 
     padding: (top, left, bottom, right), as Relax's conv2d orders it.
     """
-    from tvm import tirx
-    from tvm.script import tirx as T
-
     n_, c_, h_, w_ = (int(d) for d in shape)
     top, left, bottom, right = (int(p) for p in padding)
     c4, hp, wp = (c_ + extra_channels) // IC_BLOCK, h_ + top + bottom, w_ + left + right

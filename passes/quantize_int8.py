@@ -29,7 +29,7 @@ import numpy as np
 from edgec.compiler.tvm_compat import relax, tvm
 from edgec.passes.int8_kernels import (DotKernel, emit_packed_conv, emit_packed_matmul,
                                        emit_taps_conv, packable, pad_nchw, taps_packable)
-from edgec.passes.int8_layers import PASSTHROUGH_OPS, op_name, block_of, users
+from edgec.passes.int8_layers import PASSTHROUGH_OPS, block_of, find_layers, op_name, users
 from edgec.passes.kernels.int8_depthwise import emit_depthwise_conv, is_depthwise
 from edgec.passes.quant_scheme import QuantPlan
 from edgec.passes.graph import substitute
@@ -260,8 +260,6 @@ class _Realizer:
 
 def QuantizeInt8(plan: QuantPlan, names=None, kernel=None):  # noqa: N802  (TVM's naming)
     """The pass form: ``QuantizeInt8(plan, layer_names)(prepared_module)``."""
-    from edgec.passes.int8_layers import find_layers
-
     @tvm.ir.transform.module_pass(opt_level=0, name="edgec.QuantizeInt8")
     def pass_fn(mod, _ctx):
         return quantize(mod, find_layers(mod, names), plan, kernel)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from tvm import te, tirx
 
 from edgec.compiler.tvm_compat import relax
 
@@ -60,8 +61,6 @@ class Requant:
     def te_form(self, acc, c, bias, scale):
         """The requantize of one accumulator ``acc`` of channel ``c`` as a TE expression;
         ``bias``/``scale`` are the kernel's (C,) int32/float32 placeholders."""
-        from tvm import te, tirx
-
         f32 = "float32"
         y = (acc + bias[c]).astype(f32) * scale[c]
         if not self.quantized:

@@ -15,8 +15,9 @@ and weights blocked ``[.., 8 oc, 4 ic]``. ``vpmaddubsw`` saturates when
 """
 from __future__ import annotations
 
-from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
+
+from edgec.compiler.tvm_compat import s_tir
 
 AVX2_DOT_8x4 = "dot_8x4_avx2"
 
@@ -59,5 +60,5 @@ def dot_8x4_avx2_impl(
 
 def register(override: bool = True) -> str:
     """Register ``dot_8x4_avx2`` (idempotent); returns its name."""
-    TensorIntrin.register(AVX2_DOT_8x4, dot_8x4_desc, dot_8x4_avx2_impl, override=override)
+    s_tir().TensorIntrin.register(AVX2_DOT_8x4, dot_8x4_desc, dot_8x4_avx2_impl, override=override)
     return AVX2_DOT_8x4

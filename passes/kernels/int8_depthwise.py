@@ -26,7 +26,10 @@ import math
 
 import numpy as np
 
-from edgec.compiler.tvm_compat import relax
+from tvm import te
+from tvm.script import tirx as T
+
+from edgec.compiler.tvm_compat import relax, s_tir
 from edgec.passes.kernels.common import MACS_ATTR, add_kernel, hand_scheduled
 
 # Below this many multiply-accumulates the kernel runs on one thread (waking the pool
@@ -66,8 +69,6 @@ def pad_split_func(shape, dtype: str, padding, stride: int, pad_value: int, flat
     Stride 2 on even widths reads column pairs as uint16 words (96x112x112: 0.44 ms as a
     byte gather).
     """
-    from tvm.script import tirx as T
-
     if stride not in STRIDES:
         raise ValueError(f"pad_split: stride {stride} (supported: {STRIDES})")
     n_, c_, h_, w_ = (int(d) for d in shape)
@@ -127,8 +128,6 @@ def dw_compute(split_shape, w_shape, stride, dilation, data_dtype, out_hw, requa
     """TE PrimFunc: phase-split data (N, C, HP, S, WK) x weight (C, KH, KW) -> NCHW
     (N, C, HO, WO): int32, or requantized by ``requant`` (then it also takes its (C,)
     bias and scale)."""
-    from tvm import te
-
     n, c, _, s, _ = split_shape
     _, kh, kw = w_shape
     dh, dw = dilation
@@ -166,8 +165,6 @@ def plane_compute(flat_shape, w_shape, dilation, data_dtype, out_hw, wp, requant
     ``dw[y, x]`` for x < WP reads the taps at (y + i * dh) * WP + x + j * dw: with (y, x)
     fused, every tap is one contiguous load; the columns x >= WO are computed and
     dropped."""
-    from tvm import te
-
     n, c, _ = flat_shape
     _, kh, kw = w_shape
     dh, dw = dilation
@@ -200,9 +197,7 @@ def plane_compute(flat_shape, w_shape, dilation, data_dtype, out_hw, wp, requant
 def scheduled_plane(flat_shape, w_shape, dilation, data_dtype, out_hw, wp, requant=None):
     """Channels in parallel (when it pays); per channel the plane (HO x WP) in vectors of
     32 or 16 lanes where they divide it, then each output row copied out."""
-    from tvm import s_tir
-
-    sch = s_tir.Schedule(plane_compute(flat_shape, w_shape, dilation, data_dtype, out_hw, wp,
+    sch = s_tir().Schedule(plane_compute(flat_shape, w_shape, dilation, data_dtype, out_hw, wp,
                                        requant))
     block = sch.get_sblock("dw")
     n, c, y, x = sch.get_loops(block)
@@ -234,9 +229,7 @@ def _lanes(total: int, most: int, prefer=()) -> int:
 def scheduled_dw(split_shape, w_shape, stride, dilation, data_dtype, out_hw, requant=None):
     """The hand-scheduled depthwise PrimFunc: output rows in parallel (when it pays), each
     row's pixels in vector lanes."""
-    from tvm import s_tir
-
-    sch = s_tir.Schedule(dw_compute(split_shape, w_shape, stride, dilation, data_dtype,
+    sch = s_tir().Schedule(dw_compute(split_shape, w_shape, stride, dilation, data_dtype,
                                     out_hw, requant))
     block = sch.get_sblock("dw")
     n, c, y, x = sch.get_loops(block)
