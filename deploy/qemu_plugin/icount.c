@@ -76,11 +76,16 @@ static int is_load(uint32_t op)
     if ((op & 0x3A000000) == 0x28000000) {         /* pairs: L is bit 22 */
         return (op >> 22) & 1;
     }
+    if ((op & 0x3B200C00) == 0x38200000) {         /* atomics (LDADD, SWP, ...) read */
+        return 1;
+    }
     if ((op & 0x3B000000) == 0x38000000 || (op & 0x3B000000) == 0x39000000) {
-        /* single register: opc (23:22) 00 store; V=1 opc 10 is a 128-bit store;
-           atomic memory operations (LDADD, SWP, ...) read: load */
+        /* single register: opc (23:22) 00 store; V=1 opc 10 is a 128-bit store */
         uint32_t opc = (op >> 22) & 3, v = (op >> 26) & 1;
         return opc != 0 && !(v && opc == 2);
+    }
+    if ((op & 0x3FA00000) == 0x08A00000) {         /* CAS, CASA, CASL, ... read */
+        return 1;
     }
     return (op >> 22) & 1;                          /* SIMD structures, exclusives: L */
 }
