@@ -6,12 +6,15 @@ import time
 
 from edgec import compiler as _pkg
 from edgec.compiler.deploy.artifact import (atomic_path, elf_machine, embed_manifest, file_digest,
-                                     manifest_path, write_json_atomic)
+                                            manifest_path, write_json_atomic)
 from edgec.compiler.errors import BuildError
-from edgec.compiler.toolchain import check_cross_compiler
-from edgec.passes.graph import RelaxModel, constant_bytes
+from edgec.compiler.outputs import check_writable
 from edgec.compiler.pipeline import run
+from edgec.compiler.toolchain import check_cross_compiler
 from edgec.compiler.tvm_compat import cross_compiler, tvm_version
+from edgec.passes.graph import RelaxModel, constant_bytes
+from edgec.targets import get_target
+
 
 def build(model: RelaxModel, config, output: str, calib_data=None) -> dict:
     """Compile ``model`` with ``config`` into ``output`` (.so) plus its .json manifest.
@@ -25,13 +28,10 @@ def build(model: RelaxModel, config, output: str, calib_data=None) -> dict:
 def build_result(model: RelaxModel, config, output: str, calib_data=None) -> tuple:
     """``build``, also returning the PipelineResult (its ``model`` is the graph after
     the compression passes, for counting what the artifact computes)."""
-    from edgec.targets import get_target
-
     if not output.endswith(".so"):
         raise BuildError(f"output must end in .so, got {output!r}")
     target = get_target(config.target)
     check_cross_compiler(target)
-    from edgec.compiler.outputs import check_writable
 
     check_writable(output)  # before the long work, not after it
     start = time.perf_counter()

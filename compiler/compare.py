@@ -14,19 +14,18 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from edgec.targets import cpu_flags
+
 
 @dataclass(frozen=True)
 class Engine:
     """A named callable that runs one inference (inputs bound beforehand)."""
-
     name: str
     run: object
 
 
 def machine_info() -> dict:
     """CPU model, the SIMD flags that matter, core count and load (for every result file)."""
-    from edgec.targets import cpu_flags
-
     model = "unknown"
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:

@@ -88,15 +88,21 @@ def mnist(seed: int = 0) -> Dataset:
     return split_arrays("mnist", x, y.astype(np.int64), seed=seed)
 
 
+def read_arrays(path: str, what: str):
+    """``np.load`` of a .npy or .npz file, never unpickling; a missing or unreadable file
+    is one DataError line naming ``what`` it was for."""
+    if not os.path.isfile(path):
+        raise DataError(f"{what} file not found: {path}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise DataError(f"cannot read {path}: {e}") from e
+
+
 def from_npz(path: str, seed: int = 0) -> Dataset:
     """An ``.npz`` with ``x`` and ``y`` (split here), or ``x_train``/``y_train``,
     ``x_val``/``y_val``, ``x_test``/``y_test``."""
-    if not os.path.isfile(path):
-        raise DataError(f"data file not found: {path}")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise DataError(f"cannot read {path} as .npz: {e}") from e
+    data = read_arrays(path, "data")
     keys = set(data.files)
     if {"x", "y"} <= keys:
         return split_arrays(os.path.basename(path), data["x"].astype(np.float32), data["y"], seed=seed)
@@ -158,12 +164,7 @@ def load_calib_data(spec: str, samples: int | None = None) -> np.ndarray:
     if spec == "mnist":
         arr = mnist().train.x
     elif spec.endswith((".npy", ".npz")):
-        if not os.path.isfile(spec):
-            raise DataError(f"calibration data file not found: {spec}")
-        try:
-            data = np.load(spec, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise DataError(f"cannot read {spec}: {e}") from e
+        data = read_arrays(spec, "calibration data")
         if spec.endswith(".npz"):
             keys = [k for k in ("x", "x_train") if k in data.files] or \
                 (data.files if len(data.files) == 1 else [])

@@ -12,9 +12,10 @@ import numpy as np
 
 from edgec.compiler import onnx_prepare
 from edgec.compiler.errors import FrontendError, UnsupportedOperatorError
-from edgec.passes.graph import RelaxModel, TensorSpec, substitute
 from edgec.compiler.phases import native_output_captured, phase
+from edgec.compiler.pt2_check import check_pt2
 from edgec.compiler.tvm_compat import detach_params, onnx_frontend, relax, torch_frontend
+from edgec.passes.graph import RelaxModel, TensorSpec, substitute
 
 FORMATS = (".pt2", ".onnx")
 
@@ -61,7 +62,6 @@ def _from_pt2(path, input_specs):
 
     import torch
 
-    from edgec.compiler.pt2_check import check_pt2
 
     check_pt2(path)  # refuses a file that would unpickle (run code) unless trusted
     # torch logs a traceback of its own before failing and warns (FutureWarning) about its

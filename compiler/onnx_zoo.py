@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgec.compiler.zoo import mnist_cnn
+
 CASES = ("legacy_zoo", "shape_subgraph", "computed_resize")
 
 
@@ -35,7 +37,6 @@ def legacy_zoo_file(path: str, seed: int = 0) -> dict:
     import torch
 
     onnx, _, _, _ = _onnx()
-    from edgec.compiler.zoo import mnist_cnn
 
     model = mnist_cnn(seed=seed, c1=8, c2=16, hidden=32)
     x = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(seed))

@@ -7,6 +7,9 @@ import tempfile
 import numpy as np
 import torch
 
+from edgec.compiler.deploy.runtime import check_inputs, load
+from edgec.compiler.tvm_compat import tensor
+
 
 def torch_eager(model, inputs, threads: int | None = None):
     """A no-arg callable running ``model`` eagerly under no_grad."""
@@ -47,9 +50,6 @@ def onnxruntime_session(onnx_path: str, inputs, threads: int | None = None):
 
 def edgec_runner(so_path: str, inputs):
     """A no-arg callable running a compiled edgec artifact (inputs converted once)."""
-    from edgec.compiler.deploy.runtime import check_inputs, load
-    from edgec.compiler.tvm_compat import tensor
-
     model = load(so_path)
     args = [tensor(a) for a in check_inputs(model.manifest, tuple(inputs), {})]
     fn = model._vm["main"]

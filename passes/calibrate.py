@@ -20,6 +20,8 @@ from tqdm import tqdm
 from edgec.compiler.errors import EdgecError
 from edgec.compiler.tvm_compat import VirtualMachine, relax, tensor, tvm
 from edgec.passes.int8_layers import block_of
+from edgec.passes.quant_scheme import QuantPlan
+from edgec.targets import get_target
 
 BINS = 2048
 
@@ -61,8 +63,6 @@ def probe_module(mod, tensors) -> tvm.IRModule:
 
 
 def _compile(mod):
-    from edgec.targets import get_target
-
     target = get_target("host").tvm_target()
     with target:
         mod = relax.get_pipeline("zero")(mod)
@@ -187,8 +187,6 @@ def _kl(p, q):
 
 def calibration_plan(mod, layers, data, input_spec, scheme, quiet=True):
     """A ``QuantPlan`` whose ranges come from calibrating ``layers``' inputs on ``data``."""
-    from edgec.passes.quant_scheme import QuantPlan
-
     ranges = calibrate(mod, {layer.name: layer.input for layer in layers}, data, input_spec,
                        scheme.calib_method, scheme.percentile, quiet,
                        symmetric=scheme.activation_dtype == "int8")

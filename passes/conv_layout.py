@@ -24,6 +24,7 @@ import re
 
 from edgec.compiler.errors import EdgecError
 from edgec.compiler.tvm_compat import legalize_conv2d_default, relax, structural_hash, tvm
+from edgec.passes.clip_min_max import ClipAsMinMax
 from edgec.passes.dw_pw_fuse import fuse_dw_pw
 from edgec.passes.layout_names import CONV_LAYOUTS as LAYOUTS
 from edgec.passes.kernels.conv2d_nchwc import conv2d_nchw_stem, conv2d_nchwc, conv_params
@@ -105,7 +106,7 @@ def convert_conv_layout(mod: tvm.IRModule, block: int, winograd: bool = True,
     if block is None or block <= 1:
         return mod
     # clip as max/min; channel splits, slices and mixed-block concats plain
-    mod = _BeforeConvertLayout(mod, block).rewrite()
+    mod = _BeforeConvertLayout(ClipAsMinMax()(mod), block).rewrite()
     mod = relax.transform.ConvertLayout({}, layout_cb=_layouts(block, exclude))(mod)
     # ConvertLayout transforms a tensor once per consumer (resnet18's stem output: for the
     # first conv and again for its residual add); one transform serves them all
@@ -121,19 +122,15 @@ def convert_conv_layout(mod: tvm.IRModule, block: int, winograd: bool = True,
 
 @relax.expr_functor.mutator
 class _BeforeConvertLayout(relax.PyExprMutator):
-    """Two rewrites of single calls that ConvertLayout needs, in one walk:
-
-    - clip(x, lo, hi) -> minimum(maximum(x, lo), hi): elementwise binary ops, whose
-      layout ConvertLayout infers (it has no rule for clip, and would unblock around every
-      ReLU6);
-    - channel splits and slices, and channel concats whose inputs would take another
-      block than their output, become their TIR compute (``call_tir``), so ConvertLayout
-      hands them NCHW tensors. TVM 0.27's layout rules for them go wrong on a blocked
-      channel axis: split keeps its channel indices (a split at 48 of NCHW16c data cuts at
-      block 48: mixed-kernel grouped convs, "data channel size 96"); strided_slice and such
-      a concat (ghost modules: two 8-channel halves into a 16-channel conv) ask for a "16b"
-      axis ("Invalid layout axis 16b"). A transform around each costs less than the convs
-      left plain.
+    """A rewrite ConvertLayout needs (after ``ClipAsMinMax``, the other one):
+    channel splits and slices, and channel concats whose inputs would take another
+    block than their output, become their TIR compute (``call_tir``), so ConvertLayout
+    hands them NCHW tensors. TVM 0.27's layout rules for them go wrong on a blocked
+    channel axis: split keeps its channel indices (a split at 48 of NCHW16c data cuts at
+    block 48: mixed-kernel grouped convs, "data channel size 96"); strided_slice and such
+    a concat (ghost modules: two 8-channel halves into a 16-channel conv) ask for a "16b"
+    axis ("Invalid layout axis 16b"). A transform around each costs less than the convs
+    left plain.
     """
 
     def __init__(self, mod, lanes):
@@ -148,22 +145,9 @@ class _BeforeConvertLayout(relax.PyExprMutator):
 
     def visit_call_(self, op):
         call = super().visit_call_(op)
-        if getattr(call.op, "name", "") == "relax.clip":
-            return _clip_as_min_max(call)
         if _is_channel_slice(call, self.lanes):
             return tvm.ir.Op.get(call.op.name).get_attr("FLegalize")(self.builder_, call)
         return call
-
-
-def _clip_as_min_max(call):
-    x, lo, hi = call.args
-    dtype = str(x.ty.dtype)
-
-    def const(bound):  # a PrimValue; its value is a number or an IntImm/FloatImm
-        value = getattr(bound.value, "value", bound.value)
-        return relax.const(float(value) if "float" in dtype else int(value), dtype)
-
-    return relax.op.minimum(relax.op.maximum(x, const(lo)), const(hi))
 
 
 def _is_channel_slice(call, lanes: int) -> bool:

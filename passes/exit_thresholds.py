@@ -13,13 +13,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from edgec.compiler.tvm_compat import relax
+from edgec.passes.count_macs import call_macs
 from edgec.passes.exit_plan import CRITERIA, ExitPlanError
+from edgec.passes.split_early_exits import stage_names
 
 
 @dataclass(frozen=True)
 class Calibration:
     """Chosen thresholds and what they give on the calibration data."""
-
     thresholds: tuple
     criterion: str
     exit_rates: tuple  # fraction of samples leaving at each exit, final last
@@ -113,31 +115,17 @@ def _candidates(score, grid: int) -> np.ndarray:
 
 def stage_macs(mod) -> list:
     """Multiply-accumulates of each stage function (conv2d and matmul; other ops are cheap)."""
-    from edgec.compiler.tvm_compat import relax
-    from edgec.passes.split_early_exits import stage_names
-
     out = []
     for name in stage_names(mod):
         total = [0]
 
         def visit(e, total=total):
             if isinstance(e, relax.Call) and hasattr(e.op, "name"):
-                total[0] += _call_macs(e)
+                total[0] += call_macs(e)
 
         relax.analysis.post_order_visit(mod[name], visit)
         out.append(total[0])
     return out
-
-
-def _call_macs(call) -> int:
-    op = call.op.name
-    if "conv2d" not in op and "matmul" not in op:
-        return 0
-    out_shape = [int(d) for d in call.ty.shape.values]
-    w_shape = [int(d) for d in call.args[1].ty.shape.values]
-    if "conv2d" in op:  # OIHW weights: each output element reads I/groups * kh * kw
-        return int(np.prod(out_shape)) * int(np.prod(w_shape[1:]))
-    return int(np.prod(out_shape)) * w_shape[-2]
 
 
 def exit_macs(mod) -> list:

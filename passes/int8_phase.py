@@ -2,6 +2,8 @@
 helpers and the tests; the pipeline's step is ``compiler/compress.quantize``."""
 from __future__ import annotations
 
+from edgec.passes.calibrate import calibration_plan
+from edgec.passes.int8_layers import find_layers, layer_names, prepare
 from edgec.passes.quantize_int8 import quantize
 
 
@@ -12,9 +14,6 @@ def quantize_model(model, scheme, calib_data=None, plan=None, keep_fp32=(), quie
     The plan comes from ``plan`` (a scale table, e.g. from QAT) or, without one,
     from calibrating on ``calib_data``. ``keep_fp32`` names layers left in FP32.
     """
-    from edgec.passes.calibrate import calibration_plan
-    from edgec.passes.int8_layers import find_layers, layer_names, prepare
-
     mod = prepare(model)
     layers = find_layers(mod, layer_names(model))
     if plan is None:

@@ -12,6 +12,7 @@ block leaves the registers. Like the blocked convs' heuristic tile
 from __future__ import annotations
 
 from edgec.compiler.tvm_compat import tvm
+from edgec.passes.nchwc_schedule import consumer_chain
 
 # Below this many multiply-accumulates the columns run on one thread (waking the pool
 # costs more than it saves: see ``int8_kernels.PARALLEL_MACS``).
@@ -34,7 +35,6 @@ def schedule_matmul(func, lanes: int):
     columns divide by 4 or more lanes; otherwise ``func`` as it is."""
     from tvm import s_tir
 
-    from edgec.passes.nchwc_schedule import consumer_chain
 
     if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
         return func

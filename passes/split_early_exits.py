@@ -19,9 +19,9 @@ from __future__ import annotations
 import math
 
 from edgec.compiler.errors import EdgecError
-from edgec.passes.graph import substitute
 from edgec.compiler.tvm_compat import relax, tvm
 from edgec.passes.exit_plan import THRESHOLDS_INPUT, ExitPlan, ExitPlanError
+from edgec.passes.graph import TensorSpec, bind, substitute
 
 
 class SplitError(EdgecError):
@@ -113,7 +113,6 @@ def _emit_stage(bb, name, own, reads, exports, out, criterion):
 
 class _MainBuilder:
     """Builds ``main``: nested ``If``s over the stage calls."""
-
     def __init__(self, mod, plan, n_stages, thr_param):
         self.bb, self.mod, self.plan = relax.BlockBuilder(mod), mod, plan
         self.n, self.thr = n_stages, thr_param
@@ -207,7 +206,6 @@ def split_model(model, plan: ExitPlan):
     """
     from dataclasses import replace
 
-    from edgec.passes.graph import TensorSpec, bind
 
     mod = split_early_exits(bind(model), plan)
     ret = model.mod["main"].ret_ty
@@ -224,7 +222,6 @@ def split_model(model, plan: ExitPlan):
 @tvm.ir.transform.module_pass(opt_level=0, name="SplitEarlyExits")
 class SplitEarlyExits:
     """The split as a module pass (``SplitEarlyExits(plan)(mod)``)."""
-
     def __init__(self, plan: ExitPlan):
         self.plan = plan
 

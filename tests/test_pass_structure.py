@@ -13,6 +13,7 @@ from tvm.script import relax as R
 from conftest import seeded
 from edgec.compiler.frontend import import_model
 from edgec.compiler.tvm_compat import relax, tvm
+from edgec.passes.clip_min_max import ClipAsMinMax
 from edgec.passes.conv_layout import convert_conv_layout, legalize_blocked_conv
 from edgec.passes.dw_pw_fuse import FuseDwPw
 from edgec.passes.graph import RelaxModel, TensorSpec, bind
@@ -282,3 +283,57 @@ def test_pad_channels():
     np.testing.assert_array_equal(after.params["w2"][:, :6], params["w2"])
     assert not after.params["w1"][6:].any() and not after.params["w2"][:, 6:].any()
     assert record["channels"] == [[6, 8]]
+
+
+@I.ir_module
+class Convs:
+    @R.function
+    def main(x: R.Tensor((1, 2, 8, 8, 8), "float32"), w: R.Tensor((2, 16, 3, 3, 8), "float32"),
+             v: R.Tensor((1, 16, 8, 8), "float32"), u: R.Tensor((16, 16, 3, 3), "float32"),
+             d: R.Tensor((16, 1, 3, 3), "float32"), a: R.Tensor((1, 32), "float32"),
+             b: R.Tensor((32, 10), "float32")):
+        with R.dataflow():
+            blocked = R.nn.conv2d(x, w, padding=[1, 1, 1, 1], data_layout="NCHW8c",
+                                  kernel_layout="OIHW8o", out_layout="NCHW8c")
+            plain = R.nn.conv2d(v, u, padding=[1, 1, 1, 1])
+            depthwise = R.nn.conv2d(v, d, padding=[1, 1, 1, 1], groups=16)
+            fc = R.matmul(a, b)
+            R.output(blocked, plain, depthwise, fc)
+        return (blocked, plain, depthwise, fc)
+
+
+def test_one_mac_counter_reads_the_kernel_layout():
+    """The same conv counts the same MACs plain (OIHW) and blocked (OIHW8o); a depthwise
+    conv reads one input channel per output; a matmul its inner dimension."""
+    from edgec.passes.count_macs import call_macs, count_macs
+
+    calls = [b.value for b in Convs["main"].body.blocks[0].bindings]
+    conv = 16 * 8 * 8 * 16 * 9
+    assert [call_macs(c) for c in calls] == [conv, conv, 16 * 8 * 8 * 9, 32 * 10]
+    assert count_macs(Convs) == 2 * conv + 16 * 8 * 8 * 9 + 320
+
+
+@I.ir_module
+class ClipBefore:
+    @R.function
+    def main(x: R.Tensor((1, 8), "float32")):
+        with R.dataflow():
+            y = R.clip(x, 0.0, 6.0)
+            R.output(y)
+        return y
+
+
+@I.ir_module
+class ClipExpected:
+    @R.function
+    def main(x: R.Tensor((1, 8), "float32")):
+        with R.dataflow():
+            lo = R.maximum(x, R.const(0.0, "float32"))
+            y = R.minimum(lo, R.const(6.0, "float32"))
+            R.output(y)
+        return y
+
+
+def test_clip_as_min_max():
+    """ReLU6 as two elementwise ops ConvertLayout can move (the dpl rewrite)."""
+    tvm.ir.assert_structural_equal(ClipAsMinMax()(ClipBefore), ClipExpected)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 from edgec.compiler.errors import EdgecError
-from edgec.compiler.exit_calibration import calibrate_relax_model
 
 
 def add_exit_flags(p) -> None:
@@ -47,6 +46,7 @@ def exit_config(args, config, model, example, specs, quiet: bool = False):
     if args.calibrate_exits:
         from edgec.compiler.frontend import import_model
         from edgec.compiler.data import load_dataset
+        from edgec.compiler.exit_calibration import calibrate_relax_model  # (loads TVM)
 
         relax_model = import_model(model, example, specs)
         data = load_dataset(args.calibrate_exits)

@@ -15,7 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from edgec.compiler.build import build_result
+from edgec.compiler.compare import Engine
+from edgec.compiler.demo.power import power_per_stage
+from edgec.compiler.deploy.bench import RemoteModel
+from edgec.compiler.deploy.bench_data import DataRunner, time_all
+from edgec.compiler.deploy.rpc_session import connect
+from edgec.compiler.deploy.runtime import with_default_thresholds
 from edgec.compiler.errors import EdgecError
+from edgec.targets import get_target
 
 BOARD_IMAGES = 32  # test images each stage cycles through while timed on the board
 BOARD_NUMBER = 3  # runs averaged per image, on the device
@@ -24,7 +32,6 @@ BOARD_NUMBER = 3  # runs averaged per image, on the device
 @dataclass(frozen=True)
 class Board:
     """A board at a tracker, as the demo first found it (``info``: session.describe())."""
-
     tracker: str
     key: str
     timeout: float = 120.0
@@ -35,15 +42,11 @@ class Board:
         return dict(self.info)
 
     def session(self):
-        from edgec.compiler.deploy.rpc_session import connect
-
         return connect(tracker=self.tracker, key=self.key, timeout=self.timeout)
 
 
 def open_board(tracker: str, key: str, target_name: str, timeout: float = 120.0) -> Board:
     """Reach the board once before any training: it must answer and match the target."""
-    from edgec.targets import get_target
-
     target = get_target(target_name)
     board = Board(tracker, key, timeout)
     session = board.session()
@@ -61,9 +64,6 @@ def open_board(tracker: str, key: str, target_name: str, timeout: float = 120.0)
 def board_outputs(board: Board, so_path: str, x: np.ndarray, desc: str = "on the board",
                   quiet: bool = True) -> list:
     """Every output of the artifact for each sample of ``x`` (batch 1), run on the board."""
-    from edgec.compiler.deploy.bench import RemoteModel
-    from edgec.compiler.deploy.runtime import with_default_thresholds
-
     session = board.session()
     try:
         model = RemoteModel(session, so_path)
@@ -79,8 +79,6 @@ def board_outputs(board: Board, so_path: str, x: np.ndarray, desc: str = "on the
 
 def build_and_run(board: Board, relax_model, config, calib_data, x, path: str) -> list:
     """Compile ``relax_model`` for the board into ``path`` and return its outputs on ``x``."""
-    from edgec.compiler.build import build_result
-
     build_result(relax_model, config, path, calib_data)
     return board_outputs(board, path, x, desc="calibration outputs (board)")
 
@@ -102,8 +100,6 @@ def board_benchmark(board: Board, stages: list, images: np.ndarray, rounds: int,
     images (the image mix, as the host benchmark's samples are). Returns the
     ``compare``-shaped result (median / min / mean over rounds, in ms).
     """
-    from edgec.compiler.deploy.bench_data import DataRunner, time_all
-
     session = board.session()
     try:
         runners = [DataRunner(session, path, BOARD_NUMBER) for _, path in stages]
@@ -130,8 +126,5 @@ def board_benchmark(board: Board, stages: list, images: np.ndarray, rounds: int,
 
 def power_on_board(stages, runners, cmd: str) -> list:
     """Each stage alone on the board between two readings of ``--power-cmd``."""
-    from edgec.compiler.compare import Engine
-    from edgec.compiler.demo.power import power_per_stage
-
     return power_per_stage([Engine(name, lambda r=r: r.model.warm(1))
                             for (name, _), r in zip(stages, runners)], cmd)

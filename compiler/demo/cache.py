@@ -19,8 +19,13 @@ import sys
 import tempfile
 import time
 
+from edgec.compiler import __version__
+from edgec.compiler.demo.context import (NOT_AVAILABLE, OVER_BUDGET, SKIPPED, Context, Stage,
+                                         StageRecord)
+from edgec.compiler.demo.measure import budget_violation, measure
 from edgec.compiler.deploy.artifact import write_json_atomic
-from edgec.compiler.demo.context import NOT_AVAILABLE, OVER_BUDGET, SKIPPED, Context, Stage, StageRecord
+from edgec.compiler.safe_load import CacheEntryError, load_module
+from edgec.compiler.tvm_compat import tvm_version
 
 
 def source_digest(modules) -> str:
@@ -42,8 +47,6 @@ def stage_key(stage: Stage, ctx: Context) -> str:
     """The content key of ``stage`` in this run (changes whenever its result could)."""
     import torch
 
-    from edgec.compiler import __version__
-    from edgec.compiler.tvm_compat import tvm_version
 
     parts = {"stage": stage.slug, "params": [list(p) for p in stage.params],
              "seed": ctx.config.seed, "data": ctx.digests.get("data"),
@@ -56,8 +59,6 @@ def stage_key(stage: Stage, ctx: Context) -> str:
 
 def run_stages(stages, ctx: Context) -> str | None:
     """Run ``stages`` in order; returns why the run stopped early (None: it did not)."""
-    from edgec.compiler.demo.measure import budget_violation
-
     stop = None
     for stage in stages:
         if stop:
@@ -99,8 +100,6 @@ def _run_one(stage: Stage, ctx: Context) -> StageRecord:
 
 def _build_into(stage, ctx, rec, final) -> None:
     """Run the stage in a temp folder, move it into the cache, then measure it."""
-    from edgec.compiler.demo.measure import measure
-
     made = not os.path.isdir(ctx.cache_dir)
     os.makedirs(ctx.cache_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{stage.slug}-", dir=ctx.cache_dir)
@@ -134,8 +133,6 @@ def _build_into(stage, ctx, rec, final) -> None:
 
 
 def _load_record(stage, key, final, ctx) -> StageRecord:
-    from edgec.compiler.safe_load import CacheEntryError, load_module
-
     path = os.path.join(final, "stage.json")
     try:
         with open(path, encoding="utf-8") as f:

@@ -11,8 +11,22 @@ from __future__ import annotations
 import copy
 import os
 
-from edgec.compiler.deploy.artifact import write_json_atomic
+from edgec.compiler.config import PipelineConfig
+from edgec.compiler.demo.build import compile_stage
 from edgec.compiler.demo.context import STAGE_EAGER, DemoError, Outcome
+from edgec.compiler.demo.measure import artifact_logits
+from edgec.compiler.deploy.artifact import write_json_atomic
+from edgec.compiler.frontend import import_model
+from edgec.compiler.train.fit import accuracy, evaluate, fit
+from edgec.compiler.train.prune_finetune import (distillation_loss, masked_copy, prune_finetune,
+                                                 shrink_torch)
+from edgec.compiler.train.qat import prepare_qat
+from edgec.passes.calibrate import calibration_plan
+from edgec.passes.int8_layers import find_layers, layer_names, prepare
+from edgec.passes.prune_plan import make_plan
+from edgec.passes.quant_scheme import QuantPlan, scheme_for_target
+from edgec.passes.sensitivity import layer_sensitivity
+from edgec.targets import get_target
 
 CALIB_SAMPLES = 256  # train images for INT8 observers / calibration
 SENS_RATIOS = (0.25, 0.5, 0.75)  # per-layer pruning sensitivity is measured at these
@@ -28,8 +42,6 @@ def _epochs(ctx, full: int) -> int:
 
 
 def target_of(ctx):
-    from edgec.targets import get_target
-
     return get_target(ctx.config.target)
 
 
@@ -44,12 +56,6 @@ def prune_ratio(ctx) -> float:
 
 def prune(ctx, workdir, after: str = STAGE_EAGER) -> Outcome:
     """Plan (L1, dependency-aware), fine-tune distilled from the teacher, compile pruned."""
-    from edgec.compiler.config import PipelineConfig
-    from edgec.compiler.demo.build import compile_stage
-    from edgec.compiler.frontend import import_model
-    from edgec.compiler.train.prune_finetune import prune_finetune, shrink_torch
-    from edgec.passes.prune_plan import make_plan
-
     teacher = ctx.model(after).eval()
     relax_model = import_model(teacher, (ctx.example(),))
     plan = make_plan(relax_model, prune_ratio(ctx), "l1", target=ctx.config.target)
@@ -77,9 +83,6 @@ def prune_sensitivity(model, relax_model, ctx) -> dict:
     """{group: {ratio: val top-1 %}}: each group pruned alone (L1), no fine-tuning."""
     from dataclasses import replace
 
-    from edgec.compiler.train.fit import evaluate
-    from edgec.compiler.train.prune_finetune import masked_copy
-    from edgec.passes.prune_plan import make_plan
 
     out: dict = {}
     for ratio in SENS_RATIOS:
@@ -94,13 +97,6 @@ def prune_sensitivity(model, relax_model, ctx) -> dict:
 
 def int8(ctx, workdir, after: str) -> Outcome:
     """QAT (distilled from the teacher) and PTQ, both compiled; keeps the better on val."""
-    from edgec.compiler.config import PipelineConfig
-    from edgec.compiler.demo.build import compile_stage
-    from edgec.compiler.train.fit import fit
-    from edgec.compiler.train.prune_finetune import distillation_loss
-    from edgec.compiler.train.qat import prepare_qat
-    from edgec.passes.quant_scheme import scheme_for_target
-
     base, teacher = ctx.model(after).eval(), ctx.model(STAGE_EAGER).eval()
     calib = ctx.data.train.x[:CALIB_SAMPLES]
     student = copy.deepcopy(base)
@@ -136,21 +132,12 @@ def int8(ctx, workdir, after: str) -> Outcome:
 
 
 def _val_top1(so_path, ctx) -> float:
-    from edgec.compiler.demo.measure import artifact_logits
-    from edgec.compiler.train.fit import accuracy
-
     logits = artifact_logits(so_path, ctx.data.val, board=ctx.board)
     return round(accuracy(logits, ctx.data.val.y), 2)
 
 
 def int8_sensitivity(model, ctx, scales=None, samples: int = 200) -> dict:
     """{layer: SQNR (dB) of the logits on val with only that layer in INT8}."""
-    from edgec.compiler.frontend import import_model
-    from edgec.passes.int8_layers import find_layers, layer_names, prepare
-    from edgec.passes.quant_scheme import QuantPlan, scheme_for_target
-    from edgec.passes.calibrate import calibration_plan
-    from edgec.passes.sensitivity import layer_sensitivity
-
     relax_model = import_model(model.eval(), (ctx.example(),))
     spec = relax_model.inputs[0]
     mod = prepare(relax_model)

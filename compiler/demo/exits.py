@@ -16,10 +16,23 @@ import os
 import numpy as np
 import torch
 
-from edgec.compiler.demo.context import STAGE_EAGER, DemoError, Outcome
+from edgec.compiler.build import build
+from edgec.compiler.config import PipelineConfig
+from edgec.compiler.demo.board import BOARD_NUMBER, board_benchmark
+from edgec.compiler.demo.build import compile_stage
 from edgec.compiler.demo.compress import CALIB_SAMPLES, EXIT_SHARE, budget_of, target_of
-from edgec.compiler.train.exits import exit_head, output_shapes
-
+from edgec.compiler.demo.context import STAGE_EAGER, DemoError, Outcome
+from edgec.compiler.demo.exit_pricing import decide, path_latencies, verdict
+from edgec.compiler.demo.power import stage_proxies
+from edgec.compiler.deploy.runtime import load
+from edgec.compiler.exit_calibration import all_output_logits
+from edgec.compiler.frontend import import_model
+from edgec.compiler.train.exits import add_exits, exit_head, output_shapes, train_exits
+from edgec.compiler.train.fit import evaluate
+from edgec.passes.exit_plan import ExitPlan
+from edgec.passes.exit_thresholds import calibrate, exit_macs
+from edgec.passes.graph import bind
+from edgec.passes.split_early_exits import split_early_exits
 
 # The heads: ReLU, 7x7 average pool, 64 hidden, linear. On the demo's pruned MNIST CNN
 # (exit after bn1) the default 4x4 linear head exited 15% of val images within a
@@ -55,10 +68,6 @@ def exit_points(model, example, most: int = 2) -> list:
 
 def exits(ctx, workdir, after: str) -> Outcome:
     """Attach, train, quantize, calibrate and compile the early-exit model."""
-    from edgec.compiler.config import PipelineConfig
-    from edgec.compiler.demo.build import compile_stage
-    from edgec.compiler.train.exits import add_exits, train_exits
-
     int8_info = (ctx.records[after].meta.get("info") or {}).get("int8")
     method = int8_info["method"] if int8_info else None  # None: the model before is FP32
     base = copy.deepcopy(ctx.model(after)).eval()
@@ -115,14 +124,6 @@ def _calibrate(ctx, model, int8_config, calib, workdir, after):
     board (``exit_pricing``): the thresholds minimise expected latency, and the returned
     pricing says whether the exit pays. Where latency cannot be measured (an emulated board,
     no compiled stage before) the paths are priced by MACs and pricing says why."""
-    from edgec.compiler.exit_calibration import all_output_logits
-    from edgec.compiler.frontend import import_model
-    from edgec.passes.graph import bind
-    from edgec.compiler.train.fit import evaluate
-    from edgec.passes.exit_plan import ExitPlan
-    from edgec.passes.exit_thresholds import calibrate, exit_macs
-    from edgec.passes.split_early_exits import split_early_exits
-
     val = ctx.data.val
     relax_model = import_model(model, (ctx.example(),))
     costs = exit_macs(split_early_exits(bind(relax_model), ExitPlan(thresholds_as_input=True)))
@@ -145,7 +146,6 @@ def _calibrate(ctx, model, int8_config, calib, workdir, after):
     measure = _measure_paths if ctx.board is None else _measure_paths_on_board
     measured = measure(ctx, relax_model, int8_config, calib, workdir, after, len(costs) - 1)
     cal = calibrate(logits, labels, measured["path_s"], allowed, "max_prob", cost_unit="s")
-    from edgec.compiler.demo.exit_pricing import decide, verdict
 
     pricing = decide(cal, measured)
     pricing.update(priced_by="latency", verdict=verdict(pricing),
@@ -168,9 +168,6 @@ def _measure_paths(ctx, relax_model, int8_config, calib, workdir, after, exits) 
     """Latency of each exit path of the split library and of the stage before, here."""
     from dataclasses import replace
 
-    from edgec.compiler.build import build
-    from edgec.compiler.demo.exit_pricing import path_latencies
-    from edgec.compiler.deploy.runtime import load
 
     path = os.path.join(workdir, "pricing", "model.so")
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -193,8 +190,6 @@ def _measure_paths_on_board(ctx, relax_model, int8_config, calib, workdir, after
     an exit, 1 never does), timed on the device with the stage before, interleaved."""
     from dataclasses import replace
 
-    from edgec.compiler.build import build
-    from edgec.compiler.demo.board import BOARD_NUMBER, board_benchmark
 
     stages = []
     for e in range(exits + 1):
@@ -219,8 +214,6 @@ def _measure_paths_on_board(ctx, relax_model, int8_config, calib, workdir, after
 def exit_distribution(so_path: str, split, num_exits: int, board=None) -> dict:
     """{exit name: fraction of ``split`` leaving there}, run by the compiled library
     (here, or on ``board``)."""
-    from edgec.compiler.deploy.runtime import load
-
     taken = np.zeros(num_exits + 1)
     if board is not None:
         from edgec.compiler.demo.board import board_outputs
@@ -239,8 +232,6 @@ def exit_distribution(so_path: str, split, num_exits: int, board=None) -> dict:
 def weighted_proxy(proxy: dict, compiled, target: str, dist: dict) -> dict:
     """The power proxy averaged over the measured exit distribution (the full count,
     every stage run, is kept as ``worst_case``). ``compiled``: the split model."""
-    from edgec.compiler.demo.power import stage_proxies
-
     stages = stage_proxies(compiled, target)
     keys = ("macs", "weight_bytes", "activation_bytes")
     cum = np.cumsum([[getattr(s, k) for k in keys] for s in stages], axis=0)

@@ -17,7 +17,12 @@ from tqdm import tqdm
 from edgec.compiler.compare import Engine, compare, machine_info
 from edgec.compiler.demo import board as demo_board
 from edgec.compiler.demo.context import STAGE_DENSE, STAGE_EAGER
-from edgec.compiler.demo.power import power_per_stage
+from edgec.compiler.demo.model import ExportedModule
+from edgec.compiler.demo.power import power_per_stage, proxy_of
+from edgec.compiler.deploy.artifact import read_manifest
+from edgec.compiler.deploy.runtime import load
+from edgec.compiler.frontend import import_model
+from edgec.compiler.train.fit import accuracy, predict
 
 BENCH_IMAGES = 64  # test images each engine cycles through while timed
 
@@ -25,8 +30,6 @@ BENCH_IMAGES = 64  # test images each engine cycles through while timed
 def artifact_logits(so_path: str, split, quiet: bool = True, board=None) -> np.ndarray:
     """Output 0 of the compiled artifact for every sample of ``split`` (batch 1), run
     here or, given a ``demo_board.Board``, on the board."""
-    from edgec.compiler.deploy.runtime import load
-
     if board is not None:
         return demo_board.board_outputs(board, so_path, split.x, "accuracy (artifact, on the board)", quiet)[0]
     model = load(so_path)
@@ -38,18 +41,12 @@ def artifact_logits(so_path: str, split, quiet: bool = True, board=None) -> np.n
 
 def torch_logits(model, split) -> np.ndarray:
     """Output 0 of a torch model; exported programs have a fixed batch, so run those one by one."""
-    from edgec.compiler.demo.model import ExportedModule
-    from edgec.compiler.train.fit import predict
-
     batch = 1 if isinstance(model, ExportedModule) else 256
     return predict(model, split, batch_size=batch)
 
 
 def measure(rec, ctx) -> dict:
     """Size, test accuracy and power proxy of one stage (cached with it)."""
-    from edgec.compiler.deploy.artifact import read_manifest
-    from edgec.compiler.train.fit import accuracy
-
     test, quiet = ctx.data.test, ctx.config.quiet
     if rec.artifact:
         manifest = read_manifest(rec.artifact)
@@ -79,9 +76,6 @@ def _state_bytes(model) -> int:
 
 
 def _torch_proxy(model, ctx) -> dict:
-    from edgec.compiler.frontend import import_model
-    from edgec.compiler.demo.power import proxy_of
-
     return proxy_of(import_model(model, (ctx.example(),)), ctx.config.target).to_json()
 
 

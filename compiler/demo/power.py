@@ -22,7 +22,11 @@ from dataclasses import asdict, dataclass, field
 
 from edgec.compiler.errors import EdgecError
 from edgec.compiler.tvm_compat import Constant, relax, tvm
+from edgec.passes.count_macs import call_macs
+from edgec.passes.graph import RelaxModel, bind
 from edgec.passes.int8_kernels import MACS_ATTR
+from edgec.passes.split_early_exits import stage_names
+from edgec.targets import get_target
 
 PROXY_LABEL = ("power proxy, not a measurement: MACs (conv/matmul, from shapes) and bytes "
                "moved per inference (weights read + activations read/written by each fused kernel)")
@@ -34,7 +38,6 @@ VIEW_OPS = ("relax.reshape", "relax.expand_dims", "relax.squeeze", "relax.flatte
 @dataclass
 class OpCount:
     """One operator's (or fused kernel's) share of the work."""
-
     op: str
     macs: int
     weight_bytes: int
@@ -44,7 +47,6 @@ class OpCount:
 @dataclass
 class PowerProxy:
     """Work per inference; ``ops`` lists each operator or kernel, ``functions`` each callee."""
-
     macs: int = 0
     weight_bytes: int = 0
     activation_bytes: int = 0
@@ -84,21 +86,11 @@ def _shape(expr) -> list:
     return [int(d) for d in expr.ty.shape.values]
 
 
-def _macs(call) -> int:
-    out = _shape(call)
-    if call.op.name == "relax.matmul":
-        return math.prod(out) * _shape(call.args[0])[-1]
-    weight = _shape(call.args[1])
-    layout = str(call.attrs.kernel_layout)
-    reduce_dims = [d for axis, d in zip(layout, weight) if axis != "O"]
-    return math.prod(out) * math.prod(reduce_dims)  # (Cin/groups) * kernel window
-
-
 def _count_call(call, mod) -> OpCount | None:
     if not isinstance(call.op, tvm.ir.Op) or call.op.name in VIEW_OPS:
         return None
     name, args = call.op.name.replace("relax.", ""), list(call.args)
-    macs = _macs(call) if call.op.name in MAC_OPS else 0
+    macs = call_macs(call) if call.op.name in MAC_OPS else 0
     if call.op.name == "relax.call_tir":  # a compiled kernel: its arguments are a tuple
         name, args = args[0].name_hint, list(args[1].fields)
         attrs = mod[call.args[0]].attrs  # edgec's hand-written kernels say their MACs
@@ -146,9 +138,6 @@ def simplify_for_count(mod):
 
 def _graph_and_fused(model, target):
     """(simplified graph, the same after legalize + fusion) of a RelaxModel or bound module."""
-    from edgec.passes.graph import RelaxModel, bind
-    from edgec.targets import get_target
-
     mod = simplify_for_count(bind(model) if isinstance(model, RelaxModel) else model)
     with get_target(target).tvm_target():  # legalization needs a target
         return mod, relax.get_pipeline("zero")(mod)
@@ -170,8 +159,6 @@ def proxy_of(model, target="host") -> PowerProxy:
 
 def stage_proxies(model, target="host") -> list:
     """One PowerProxy per stage function of an early-exit model (``stage0``, ...), in order."""
-    from edgec.passes.split_early_exits import stage_names
-
     mod, fused = _graph_and_fused(model, target)
     out = []
     for name in stage_names(mod):

@@ -11,10 +11,15 @@ import os
 import time
 from dataclasses import asdict
 
-from edgec.compiler.deploy.artifact import atomic_path, write_json_atomic
+from edgec.compiler import __version__
+from edgec.compiler.compare import machine_info
 from edgec.compiler.demo.context import STAGE_DENSE, STAGE_EAGER
+from edgec.compiler.demo.measure import dropped
+from edgec.compiler.demo.plots import make_plots
 from edgec.compiler.demo.power import PROXY_LABEL
 from edgec.compiler.demo.report_md import board_note, markdown
+from edgec.compiler.deploy.artifact import atomic_path, write_json_atomic
+from edgec.compiler.tvm_compat import tvm_version
 
 GOAL_SIZE, GOAL_SPEEDUP, GOAL_ACC, GOAL_ACC_DROP = 0.30, 3.0, 90.0, 1.0
 
@@ -23,9 +28,6 @@ def build_report(run) -> dict:
     """The JSON report of a finished ``DemoRun``."""
     import torch
 
-    from edgec.compiler import __version__
-    from edgec.compiler.compare import machine_info
-    from edgec.compiler.tvm_compat import tvm_version
 
     bench = run.benchmark or {}
     stages = [_stage_entry(r, bench) for r in run.records]
@@ -98,7 +100,6 @@ def goals(stages, device: dict | None = None) -> dict:
     the board the latencies were measured on, if any)."""
     measured = _measured(stages)
     dense = next((s for s in measured if s["name"] == STAGE_DENSE), None)
-    from edgec.compiler.demo.measure import dropped
 
     final = next((s for s in reversed(measured) if s["engine"] == "edgec"
                   and not dropped(s.get("info"))), None)
@@ -141,7 +142,6 @@ def _mb(n) -> str:
 
 def write(report: dict, out: str) -> tuple:
     """Write report.json and report.md into ``out``; returns their paths."""
-
     json_path, md_path = os.path.join(out, "report.json"), os.path.join(out, "report.md")
     write_json_atomic(json_path, report)
     with atomic_path(md_path) as tmp:
@@ -152,8 +152,6 @@ def write(report: dict, out: str) -> tuple:
 
 def publish(run) -> dict:
     """Build the report of ``run``, draw its plots, write report.json and report.md."""
-    from edgec.compiler.demo.plots import make_plots
-
     report = build_report(run)
     report["plots"] = make_plots(report, os.path.join(run.config.out, "plots"))
     report["files"] = {"json": os.path.join(run.config.out, "report.json"),

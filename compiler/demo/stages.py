@@ -18,10 +18,12 @@ import torch
 
 from edgec.compiler.demo.build import compile_dense
 from edgec.compiler.demo.compress import int8, prune
-from edgec.compiler.demo.context import (BUILD_CODE, STAGE_DENSE, STAGE_EAGER, STAGE_EXITS, STAGE_INT8,
-                                         STAGE_PRUNED, TRAIN_CODE, DemoError, Outcome, Stage)
+from edgec.compiler.demo.context import (BUILD_CODE, STAGE_DENSE, STAGE_EAGER, STAGE_EXITS,
+                                         STAGE_INT8, STAGE_PRUNED, TRAIN_CODE, DemoError, Outcome,
+                                         Stage)
 from edgec.compiler.demo.exits import exits
 from edgec.compiler.demo.model import ExportedModule, make_model
+from edgec.compiler.train.fit import evaluate, fit
 
 # What each compression stage needs from other parts of edgec (their passes and training).
 NEEDS = {
@@ -50,8 +52,6 @@ def check_fits(model, ctx) -> None:
 
 def train_dense(ctx, workdir) -> Outcome:
     """The dense FP32 baseline (the teacher): trained on the train split, or taken as given."""
-    from edgec.compiler.train.fit import evaluate, fit
-
     cfg = ctx.config
     model = make_model(cfg.model, cfg.seed)
     check_fits(model, ctx)

@@ -27,13 +27,14 @@ from edgec.compiler.demo import stages as demo_stages
 from edgec.compiler.demo.cache import run_stages
 from edgec.compiler.demo.context import Context, DemoError, DemoRun, RunConfig, module_exists
 from edgec.compiler.demo.measure import benchmark, best_artifact
+from edgec.compiler.deploy.artifact import file_digest
+from edgec.compiler.deploy.runtime import host_arch
+from edgec.targets import cpu_flags, get_target
+
 
 def check_target(name: str, board: bool = False) -> None:
     """The demo runs what it builds: without a board (``--tracker``), the target must be
     this machine's architecture and ISA."""
-    from edgec.compiler.deploy.runtime import host_arch
-    from edgec.targets import cpu_flags, get_target
-
     target = get_target(name)  # unknown names: UnknownTargetError listing the known ones
     if board:
         return  # the board's architecture is checked when it is first reached
@@ -59,8 +60,6 @@ def data_digest(data) -> str:
 
 def model_digest(spec: str | None) -> str:
     """What identifies the dense model: its .pt2 bytes or its factory's module source."""
-    from edgec.compiler.deploy.artifact import file_digest
-
     if spec is None:
         return "MnistCNN"
     if spec.endswith(".pt2"):

@@ -15,8 +15,9 @@ import numpy as np
 from tqdm import tqdm
 
 from edgec.compiler.deploy.artifact import elf_machine, file_digest, read_manifest, verify_library
-from edgec.compiler.errors import ArtifactError, EdgecError
 from edgec.compiler.deploy.runtime import check_inputs, flatten_outputs
+from edgec.compiler.errors import ArtifactError, EdgecError
+from edgec.compiler.tvm_compat import VirtualMachine, tensor
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,6 @@ def check_arch(path: str, session) -> str:
 
 class RemoteModel:
     """An artifact loaded into a Relax VM on the session's CPU (remote or local)."""
-
     def __init__(self, session, path: str):
         self.path, self.session = path, session
         self.manifest = read_manifest(path)
@@ -69,14 +69,11 @@ class RemoteModel:
             call(f"uploading {os.path.basename(path)}", sess.upload, path, name)
             lib = session.modules[digest] = call("loading the library", sess.load_module, name)
         self.dev = sess.cpu()
-        from edgec.compiler.tvm_compat import VirtualMachine
 
         self.vm = call("creating the Relax VM", VirtualMachine, lib, self.dev)
 
     def set_inputs(self, *args, **kwargs) -> None:
         """Copy checked inputs to the device (kept there for timing)."""
-        from edgec.compiler.tvm_compat import tensor
-
         arrays = check_inputs(self.manifest, args, kwargs)
         self.session.call("sending inputs",
                           lambda: self.vm.set_input("main", *[tensor(a, self.dev) for a in arrays]))

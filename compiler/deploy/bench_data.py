@@ -16,10 +16,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm import tqdm
 
+from edgec.compiler.data import load_dataset
+from edgec.compiler.deploy.artifact import read_manifest
 from edgec.compiler.deploy.bench import RemoteModel, check_arch
-from edgec.compiler.errors import EdgecError, InputError
 from edgec.compiler.deploy.exit_bench import summarize
 from edgec.compiler.deploy.runtime import with_default_thresholds
+from edgec.compiler.errors import EdgecError, InputError
 
 SPLITS = ("train", "val", "test")
 
@@ -53,8 +55,6 @@ class DataBenchConfig:
 
 def load_split(config: DataBenchConfig):
     """(data set name, the split's first ``samples`` samples)."""
-    from edgec.compiler.data import load_dataset
-
     data = load_dataset(config.data)
     part = getattr(data, config.split)
     return data.name, part.head(config.samples) if config.samples else part
@@ -79,7 +79,6 @@ def check_data(manifest: dict, path: str, split) -> int:
 
 class DataRunner:
     """One artifact on the session's device: feed a batch, time it there, read its outputs."""
-
     def __init__(self, session, path: str, number: int):
         self.model = RemoteModel(session, path)
         self.manifest = self.model.manifest
@@ -101,8 +100,6 @@ class DataRunner:
 def prepare(paths: list, config: DataBenchConfig) -> tuple:
     """(data set name, split, batch): the data loaded and checked against every manifest,
     before any connection or upload."""
-    from edgec.compiler.deploy.artifact import read_manifest
-
     name, split = load_split(config)
     batches = {check_data(read_manifest(p), p, split) for p in paths}
     if len(batches) != 1:

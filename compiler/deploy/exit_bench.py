@@ -12,14 +12,15 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from edgec.compiler.data import Split, load_dataset
+from edgec.compiler.deploy.runtime import (check_inputs, flatten_outputs, load,
+                                           with_default_thresholds)
 from edgec.compiler.errors import InputError
-from edgec.compiler.deploy.runtime import check_inputs, flatten_outputs, load, with_default_thresholds
+from edgec.compiler.tvm_compat import tensor
 
 
 def _prepare(model, x):
     """Inputs of ``model`` for one batch ``x`` as VM tensors (checked once, up front)."""
-    from edgec.compiler.tvm_compat import tensor
-
     args, kwargs = with_default_thresholds(model.manifest, (x,), {})
     return [tensor(a) for a in check_inputs(model.manifest, args, kwargs)]
 
@@ -86,8 +87,6 @@ def bench_artifacts(paths: dict, data: str, split: str = "test", samples: int | 
 
     data: ``mnist``, a ``.npz`` or an image folder (``train.data.load_dataset``).
     """
-    from edgec.compiler.data import Split, load_dataset
-
     if split not in ("train", "val", "test"):
         raise InputError(f"unknown split {split!r}; valid: train, val, test")
     part = getattr(load_dataset(data), split)

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 from edgec.compiler.deploy.artifact import ELF_MACHINES
 from edgec.compiler.deploy.rpc import (EMULATED_MARKER, RpcError, is_loopback, parse_addr,
-                                request_server)
+                                       request_server)
 from edgec.compiler.deploy.runtime import host_arch
+from edgec.compiler.tvm_compat import rpc as tvm_rpc
 
 EMULATED_NOTE = ("EMULATED board (qemu-user on this machine): timings are meaningless, "
                  "only outputs count")
@@ -105,7 +106,6 @@ def last_line(error) -> str:
 @dataclass
 class Session:
     """A live session: ``sess`` is a TVM RPCSession; every call goes through ``call``."""
-
     sess: object
     where: str
     host: str | None
@@ -146,8 +146,6 @@ class Session:
 def connect(rpc: str | None = None, tracker: str | None = None, key: str | None = None,
             timeout: float = 30, progress=None) -> Session:
     """Open a session: ``rpc`` HOST:PORT, or ``tracker`` HOST:PORT with ``key``, or local."""
-    from edgec.compiler.tvm_compat import rpc as tvm_rpc
-
     if rpc and tracker:
         raise RpcError("give either --rpc HOST:PORT or --tracker HOST:PORT --key KEY, not both")
     if tracker:

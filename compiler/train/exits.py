@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from edgec.compiler.errors import EdgecError
+from edgec.compiler.train.distill import kd_loss
 from edgec.compiler.train.fit import fit
 
 
@@ -46,7 +47,6 @@ class FeatureTap:
 
 class ExitModel(nn.Module):
     """A backbone plus exit heads; forward returns ``(exit logits..., final logits)``."""
-
     def __init__(self, backbone: nn.Module, after: list, heads: list):
         super().__init__()
         self.backbone = backbone
@@ -129,8 +129,6 @@ def exit_loss(weights=None, temperature: float = 3.0, distill: float = 0.5):
     Each exit also matches the final head's softened distribution (KL * T^2, the
     final logits detached), weighted by ``distill``; the final head gets plain CE.
     """
-    from edgec.compiler.train.distill import kd_loss
-
     def loss_fn(model, x, y):
         outs = model(x)
         w = weights or [1.0] * len(outs)

@@ -22,9 +22,10 @@ import os
 import time
 import warnings
 
-from edgec.compiler.file_lock import locked as lock_file
-from edgec.compiler.deploy.artifact import write_json_atomic
+from edgec.compiler.deploy.artifact import file_digest, write_json_atomic
 from edgec.compiler.errors import EdgecError
+from edgec.compiler.file_lock import locked as lock_file
+from edgec.compiler.tvm_compat import meta_schedule
 from edgec.targets import AMD_ONLY
 
 WORKLOADS = "database_workload.json"
@@ -196,8 +197,6 @@ def open_database(path: str, target, create: bool = False):
     ``tuning_lock.SharedLog``, never through this database: it is opened on a clean copy
     when the log ends in a torn line, so reading never changes the log.
     """
-    from edgec.compiler.tvm_compat import meta_schedule
-
     if not os.path.isdir(path) and not create:
         return None
     meta = validate(path, target)
@@ -225,8 +224,6 @@ def open_subset(path: str, target, hashes: set, scratch: str):
     needs only its own workloads. The subset is written to ``scratch`` and opened there.
     Returns (database or None when nothing matches, number of records).
     """
-    from edgec.compiler.tvm_compat import meta_schedule
-
     validate(path, target)
     workloads = read_rows(os.path.join(path, WORKLOADS), "workload")
     keep = {i: n for n, i in enumerate(i for i, w in enumerate(workloads) if w[0] in hashes)}
@@ -253,8 +250,6 @@ def open_subset(path: str, target, hashes: set, scratch: str):
 
 def replayable(workloads: list, records: list) -> list:
     """The records whose trace replays on their workload (TVM refuses a file with any other)."""
-    from edgec.compiler.tvm_compat import meta_schedule
-
     db = meta_schedule().database
     parsed, good = {}, []
     for r in records:
@@ -276,8 +271,6 @@ def as_logged(tasks, db) -> list:
     task's copy names its blocks, and filed under the logged workload it replays nowhere
     (TVM then refuses to open the whole log). Tuning the logged copy keeps them in step.
     """
-    from edgec.compiler.tvm_compat import meta_schedule
-
     ms = meta_schedule()
     out = []
     for t in tasks:
@@ -305,8 +298,6 @@ def write_meta(path: str, meta: dict) -> None:
 
 def digest(path: str) -> str:
     """A short content digest of a log's records (goes into the build manifest)."""
-    from edgec.compiler.deploy.artifact import file_digest
-
     rec = os.path.join(path, RECORDS)
     return file_digest(rec) if os.path.exists(rec) else ""
 

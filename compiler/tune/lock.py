@@ -24,17 +24,15 @@ import time
 
 from edgec.compiler.file_lock import whole_lines
 from edgec.compiler.tune.database import (RECORDS, WORKLOADS, locked, read_meta, settled, validate,
-                                      write_meta)
+                                          write_meta)
+from edgec.compiler.tvm_compat import meta_schedule
 
 _NOW = lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # noqa: E731
 
 
 class SharedLog:
     """The log at ``path`` opened for tuning: ``db`` is TVM's database on a private copy."""
-
     def __init__(self, path: str, target):
-        from edgec.compiler.tvm_compat import meta_schedule
-
         meta = validate(path, target)  # never writes to a bad log
         self.path, self.work = path, tempfile.mkdtemp(prefix="edgec-log-")
         with locked(path):

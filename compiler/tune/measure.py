@@ -15,8 +15,12 @@ import time
 
 from tqdm import tqdm
 
-from edgec.compiler.tvm_compat import (derived_object, cross_compiler, fast_inspect_initializer, fix_vnni_intrinsic,
-                                       has_vnni, meta_schedule)
+from edgec.compiler.toolchain import check_cross_compiler
+from edgec.compiler.tune.spec import TuneError, parse_tracker
+from edgec.compiler.tvm_compat import (cross_compiler, derived_object, fast_inspect_initializer,
+                                       fix_vnni_intrinsic, has_vnni, kill_child_processes,
+                                       meta_schedule)
+from edgec.passes.nchwc_schedule import register_rule
 
 ms = meta_schedule()
 # Set by the first Ctrl-C of ``edgec tune``: every task's search then reports itself done.
@@ -66,8 +70,6 @@ def measure_threads(target) -> int:
 
 def make_builder(target, spec):
     """A LocalBuilder (cross-compiling for boards) whose workers parse TVMScript cheaply."""
-    from edgec.compiler.toolchain import check_cross_compiler
-
     check_cross_compiler(target)
     f_export = export_aarch64 if target.arch == "aarch64" else None
     return ms.builder.LocalBuilder(max_workers=max(1, target.num_cores if target.arch == "x86_64"
@@ -78,8 +80,6 @@ def make_builder(target, spec):
 
 def make_runner(target, spec):
     """LocalRunner on this machine, or RPCRunner via ``spec.tracker`` for a board."""
-    from edgec.compiler.tune.spec import TuneError, parse_tracker
-
     config = ms.runner.EvaluatorConfig(**EVALUATOR)
     if spec.tracker is None:
         if target.arch != "x86_64":
@@ -163,8 +163,6 @@ def _kill_workers(pool) -> None:
     the board): the reading thread then sees EOF, finds no more work and ends, so the
     interpreter can exit. Not ``pool.shutdown()``: it closes the pipe the blocked thread is
     reading, and waits on that thread's lock forever."""
-    from edgec.compiler.tvm_compat import kill_child_processes
-
     threads = getattr(pool, "_threadpool", None)
     if threads is not None:
         threads.shutdown(wait=False, cancel_futures=True)
@@ -178,7 +176,6 @@ def _kill_workers(pool) -> None:
 @derived_object
 class BoundedFuture(ms.runner.PyRunnerFuture):
     """A candidate's result, or a failure once its runner gave the board up."""
-
     def __init__(self, inner, owner: BoundedRunner):
         super().__init__()
         self.inner, self.owner = inner, owner
@@ -198,7 +195,6 @@ class BoundedFuture(ms.runner.PyRunnerFuture):
 @derived_object
 class LogSync(ms.measure_callback.PyMeasureCallback):
     """After each batch: move the new records into the shared log (``tuning_lock``)."""
-
     def __init__(self, log):
         super().__init__()
         self.log = log
@@ -210,7 +206,6 @@ class LogSync(ms.measure_callback.PyMeasureCallback):
 @derived_object
 class Progress(ms.measure_callback.PyMeasureCallback):
     """tqdm over trials, with the best end-to-end estimate and the failure count."""
-
     def __init__(self, total: int, before: list, quiet: bool):
         super().__init__()
         self.best = {r["task"]: r["best_ms"] for r in before}
@@ -397,8 +392,6 @@ def quiet_metaschedule_logs(ms) -> None:
 
 def prepare(tvm_target) -> None:
     """Process-wide set-up for MetaSchedule (cheap TVMScript parsing, VNNI, blocked-conv rule)."""
-    from edgec.passes.nchwc_schedule import register_rule
-
     fast_inspect_initializer()
     register_rule()
     if has_vnni(tvm_target):

@@ -13,13 +13,20 @@ import shutil
 import tempfile
 import time
 
+from edgec.compiler.config import PipelineConfig
+from edgec.compiler.deploy.rpc_session import connect
+from edgec.compiler.pipeline import run
 from edgec.compiler.tune.apply import is_hand_scheduled
-from edgec.compiler.tune.database import as_logged, count_records, digest, log_dir_for, mean_run_secs
+from edgec.compiler.tune.database import (as_logged, count_records, digest, log_dir_for,
+                                          mean_run_secs)
 from edgec.compiler.tune.lock import SharedLog
-from edgec.compiler.tune.measure import measure_threads, prepare
+from edgec.compiler.tune.measure import (CtrlC, LogSync, NoRepeatSearch, Progress, make_builder,
+                                         make_runner, measure_threads, prepare,
+                                         quiet_metaschedule_logs)
 from edgec.compiler.tune.spec import TuneError, TuneSpec
 from edgec.compiler.tune.transfer import donors_of
 from edgec.compiler.tvm_compat import meta_schedule
+from edgec.targets import get_target
 
 RUN_KEYS = ("model", "target", "tasks", "trials", "wall_s", "trials_per_min", "interrupted",
             "measure_threads")  # what the log's run history keeps of each tune
@@ -29,9 +36,6 @@ def lowered_module(model, target_name: str, **kernels):
     """The fused module the build applies records to (the pipeline's own lowering);
     ``kernels``: the PipelineConfig fields that shape kernels (prepack_weights, conv_layout,
     winograd, pad_channels)."""
-    from edgec.compiler.config import PipelineConfig
-    from edgec.compiler.pipeline import run
-
     config = PipelineConfig(target=target_name, tuning_logs=None, **kernels)
     return run(model, config, lower_only=True).lowered
 
@@ -84,8 +88,6 @@ def tune(model, spec: TuneSpec) -> dict:
     share it): Ctrl-C or a crash keeps every record measured so far, and re-running
     continues from them.
     """
-    from edgec.targets import get_target
-
     target = get_target(spec.target)
     if spec.tracker:
         check_board(spec, target)  # a missing, stuck or foreign board fails before the search
@@ -100,8 +102,6 @@ def tune(model, spec: TuneSpec) -> dict:
 def check_board(spec, target) -> None:
     """Open one session to the tracker's board (within ``run_timeout``) and check its
     architecture is the target's."""
-    from edgec.compiler.deploy.rpc_session import connect
-
     key = spec.rpc_key or target.rpc_key
     session = connect(tracker=spec.tracker, key=key, timeout=spec.run_timeout)
     try:
@@ -160,7 +160,6 @@ def _tune_into(model, spec, target, log) -> dict:
 def _search_guarded(tasks, log, spec, target, budget, before, donors=None):
     """Run the search unless the budget is spent; returns (progress, interrupted, wall s)."""
     start, progress = time.perf_counter(), None
-    from edgec.compiler.tune.measure import CtrlC
 
     with CtrlC() as ctrl_c:
         if budget > 0:
@@ -180,9 +179,6 @@ def _run_stats(ran, wall, progress) -> dict:
 
 
 def _run_search(tasks, log, spec, target, budget, before, donors=None):
-    from edgec.compiler.tune.measure import (LogSync, NoRepeatSearch, Progress, make_builder,
-                                             make_runner, quiet_metaschedule_logs)
-
     ms = meta_schedule()
     quiet_metaschedule_logs(ms)
     work_dir = tempfile.mkdtemp(prefix="edgec-tune-")

@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 import os
 
-
 from edgec.compiler.tune.database import RECORDS, WORKLOADS, mean_run_secs, read_rows
 from edgec.compiler.tvm_compat import meta_schedule, structural_equal, structural_hash, tvm
+from edgec.passes.nchwc_schedule import CONV_BLOCKS
 
 
 def _best_records(path: str) -> dict:
@@ -66,7 +66,6 @@ def distance(a, b) -> float:
 
 class Donors:
     """The best valid record of every workload in a log, with its function and signature."""
-
     def __init__(self, path: str):
         ms = meta_schedule()
         rows = read_rows(os.path.join(path, WORKLOADS), "workload")
@@ -96,8 +95,6 @@ class Donors:
         run on every call. A plain trace fits both. A blocked conv gets none: its tile is
         sampled from candidates of its own shape, and without a record it takes the
         heuristic tile (``nchwc_schedule``), not another shape's."""
-        from edgec.passes.nchwc_schedule import CONV_BLOCKS
-
         sig, packs = signature(func), _prepacks(func)
         if set(CONV_BLOCKS) & set(sig[0]):
             return []
