@@ -3,7 +3,7 @@
     python benchmarks/bench_emulated.py --models resnet18 mobilenet_v2 mnist_cnn \\
         --targets rpi4 rpi5 [--n 1] [--json]
 
-Instruction counts under qemu-user, not time (compiler/icount.py, deploy/qemu_plugin):
+Instruction counts under qemu-user, not time (compiler/deploy/icount.py, deploy/qemu_plugin):
 no caches, no memory stalls, no frequency. Per target, qemu emulates the board's core
 (rpi4: -cpu cortex-a72, no dot product; rpi5: cortex-a76 with SDOT/UDOT), so both engines'
 run-time dispatch sees the board's features. Each engine runs one thread; a program runs
@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import (NAMES, RESULTS, edgec_build, model_and_input, scratch,
                                write_results)
-from edgec.compiler import icount
+from edgec.compiler.deploy import icount
 from edgec.compiler.deploy import board
 from edgec.targets import get_target
 
@@ -48,7 +48,7 @@ import numpy as np
 import onnxruntime as ort
 
 
-def mark(m):  # the plugin's counting window (compiler/icount.py); lseek fails: EBADF
+def mark(m):  # the plugin's counting window (compiler/deploy/icount.py); lseek fails: EBADF
     try:
         os.lseek(-1, m, 0)
     except OSError:

@@ -1,4 +1,4 @@
-"""compiler/icount.py and deploy/qemu_plugin: exact instruction counts under qemu-user.
+"""compiler/deploy/icount.py and deploy/qemu_plugin: exact instruction counts under qemu-user.
 
 A static aarch64 loop of known instructions is counted exactly (the difference between
 two loop lengths is the loop body, class by class); a one-conv edgec model built for
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgec.compiler import icount
+from edgec.compiler.deploy import icount
 
 # (instruction, class the plugin must give it): the loop body of the test program
 BODY = [
