@@ -156,8 +156,9 @@ def main(argv=None):
 
     args = parse_args(__doc__, argv, extra)
     args.models = [m for m in args.models if m != "mnist_cnn"] or ["mobilenet_v2"]
-    folder = scratch()
-    rows = [run_model(m, args, folder) for m in args.models]
+    # a folder per model: a library path loads once per process (dlopen hands back the
+    # first model's library for a second file at the same path)
+    rows = [run_model(m, args, scratch()) for m in args.models]
     m = machine_info()
     md = [markdown(r) for r in rows]
     md.append(f"Machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['flags'])}; load "
