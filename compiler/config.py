@@ -18,6 +18,21 @@ class ConfigError(EdgecError):
 
 
 @dataclass(frozen=True)
+class KernelOptions:
+    """What shapes the kernels a model compiles to (see PipelineConfig's fields of the same
+    names): the tuner tunes with the same options the build uses, so its records match."""
+
+    conv_layout: str = "NCHWc"
+    winograd: bool = True
+    pad_channels: bool = True
+    prepack_weights: bool = False
+
+    def __post_init__(self):
+        if self.conv_layout not in CONV_LAYOUTS:
+            raise ConfigError(f"unknown conv_layout {self.conv_layout!r}; valid: {', '.join(CONV_LAYOUTS)}")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """What the pipeline does, phase by phase.
 
@@ -46,7 +61,7 @@ class PipelineConfig:
     exit_criterion: "max_prob" or "entropy" (see ``edgec.passes.exit_plan``).
     thresholds_as_input: the library takes an ``exit_thresholds`` input at run time.
     transfer_schedules: a task with no record of its own borrows the best schedule of a
-      similar logged workload (same operators, other shapes; see ``tune_transfer``).
+      similar logged workload (same operators, other shapes; see ``tune.transfer``).
     prepack_weights: CPU weight prepacking: the weights of every fused kernel are marked
       layout-free, so a tuned schedule may store them in the layout it reads best
       (MetaSchedule's RewriteLayout); the rewrite runs once, at compile time, on the bound
@@ -151,6 +166,12 @@ class PipelineConfig:
             self.exit_plan()  # raises ExitPlanError naming the valid range / criteria
         elif self.exit_thresholds is not None or self.thresholds_as_input:
             raise ConfigError("exit thresholds are set but early_exit is off; enable early_exit")
+
+    @property
+    def kernels(self) -> KernelOptions:
+        """The kernel-shaping fields as one group (what ``edgec tune`` must match)."""
+        return KernelOptions(self.conv_layout, self.winograd, self.pad_channels,
+                             self.prepack_weights)
 
     def exit_plan(self):
         """The ExitPlan these fields describe (exit points are found in the model)."""

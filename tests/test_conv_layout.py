@@ -7,7 +7,7 @@ from torch import nn
 
 from conftest import compile_nchwc
 from edgec.compiler import PipelineConfig, load
-from edgec.compiler.config import ConfigError
+from edgec.compiler.config import ConfigError, KernelOptions
 from edgec.compiler.frontend import import_model
 from edgec.compiler.pipeline import run
 from edgec.compiler.tvm_compat import relax, tvm
@@ -174,7 +174,7 @@ def test_tuning_samples_the_register_tile_and_the_build_replays_it(tmp_path):
     log = str(tmp_path / "x86-avx2")
     summary = tune(import_model(model, (x,)), TuneSpec(
         target="x86-avx2", trials=12, log_dir=log, trials_per_iter=8, quiet=True,
-        conv_layout="NCHWc"))
+        kernels=KernelOptions(conv_layout="NCHWc")))
     conv = next(r for r in summary["per_task"] if "conv2d_nchwc" in r["task"])
     assert conv["trials"] >= 2 and summary["failed"] == 0
     db = open_database(log, get_target("x86-avx2"))

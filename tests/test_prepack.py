@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from edgec.compiler import PipelineConfig, compile, load
+from edgec.compiler.config import KernelOptions
 from edgec.compiler.frontend import import_model
 from edgec.compiler.tune.search import tune
 from edgec.compiler.tune.spec import TuneSpec
@@ -24,8 +25,9 @@ def test_prepacked_build_rewrites_weights_at_compile_time(tmp_path):
     log = str(tmp_path / TARGET)
     summary = tune(import_model(model, (x,)), TuneSpec(target=TARGET, trials=8, log_dir=log,
                                                        trials_per_iter=8, quiet=True,
-                                                       prepack_weights=True,
-                                                       conv_layout="NCHW"))
+                                                       kernels=KernelOptions(
+                                                           conv_layout="NCHW",
+                                                           prepack_weights=True)))
     assert summary["trials"] >= 1 and summary["failed"] == 0
     with torch.no_grad():
         ref = model(x).numpy()
@@ -55,12 +57,12 @@ def test_a_prepacking_schedule_is_not_transferred_to_a_plain_kernel(tmp_path):
     log = str(tmp_path / TARGET)
     tune(import_model(small, (torch.randn(1, 8, 16, 16),)),
          TuneSpec(target=TARGET, trials=4, log_dir=log, trials_per_iter=4, quiet=True,
-                  prepack_weights=True, conv_layout="NCHW"))
+                  kernels=KernelOptions(conv_layout="NCHW", prepack_weights=True)))
     wide = nn.Sequential(nn.Conv2d(8, 24, 3, padding=1), nn.ReLU()).eval()
     model = import_model(wide, (torch.randn(1, 8, 16, 16),))
 
     def conv(prepack):
-        mod = lowered_module(model, TARGET, prepack_weights=prepack, conv_layout="NCHW")
+        mod = lowered_module(model, TARGET, KernelOptions(conv_layout="NCHW", prepack_weights=prepack))
         return next(f for gv, f in mod.functions.items() if "conv2d" in gv.name_hint)
 
     donors = Donors(log)

@@ -7,6 +7,7 @@ from torch import nn
 
 from conftest import compile_nchwc
 from edgec.compiler import PipelineConfig, load
+from edgec.compiler.config import KernelOptions
 from edgec.compiler.frontend import import_model
 from edgec.compiler.pipeline import run
 from edgec.compiler.tvm_compat import tvm
@@ -139,7 +140,7 @@ def test_tuning_samples_the_winograd_tile_and_the_build_replays_it(tmp_path):
     log = str(tmp_path / "x86-avx2")
     summary = tune(import_model(model, (x,)), TuneSpec(
         target="x86-avx2", trials=6, log_dir=log, trials_per_iter=6, quiet=True,
-        conv_layout="NCHWc"))
+        kernels=KernelOptions(conv_layout="NCHWc")))
     task = next(r for r in summary["per_task"] if "winograd" in r["task"])
     assert task["trials"] >= 2 and summary["failed"] == 0
     out = str(tmp_path / "tuned.so")

@@ -17,9 +17,9 @@ def load_relax_model(model: str, inputs):
 
 
 def status(model, target_name: str, log_dir: str | None, label: str | None = None,
-           **kernels) -> dict:
+           kernels=None) -> dict:
     """Per-task trials and best latency of ``model`` in the target's log (read-only);
-    ``kernels``: as ``tune.lowered_module``."""
+    ``kernels``: the KernelOptions it is built with."""
     from edgec.compiler.tune.search import estimate_ms, extract_tasks, lowered_module, task_status
     from edgec.compiler.tune.database import count_records, log_dir_for, open_database, read_meta
     from edgec.targets import get_target
@@ -27,7 +27,7 @@ def status(model, target_name: str, log_dir: str | None, label: str | None = Non
     target = get_target(target_name)
     path = log_dir or log_dir_for(target)
     db = open_database(path, target)
-    tasks = extract_tasks(lowered_module(model, target_name, **kernels), target.tvm_target())
+    tasks = extract_tasks(lowered_module(model, target_name, kernels), target.tvm_target())
     rows = task_status(tasks, db)
     runs = (read_meta(path) or {}).get("runs", []) if db is not None else []
     return {"model": label or model.source, "target": target.name, "log_dir": path,
@@ -85,18 +85,14 @@ def cmd_tune(args):
     with trusting(args.trust_model):
         model, label = compressed(args, load_relax_model(args.model, args.input))
     if args.status:
-        s = status(model, args.target, args.log_dir, label, prepack_weights=args.prepack_weights,
-                   conv_layout=args.conv_layout, winograd=args.winograd,
-                   pad_channels=args.pad_channels)
+        s = status(model, args.target, args.log_dir, label, _kernels(args))
         emit(args, s, _status_text(s))
         return 0
     spec = TuneSpec(target=args.target, trials=args.trials, log_dir=args.log_dir,
                     resume=args.resume, tracker=args.tracker, rpc_key=args.key,
                     run_timeout=args.timeout, exit_when_stuck=True,
                     seed=args.seed, quiet=args.quiet or args.json, label=label,
-                    warm_start=not args.no_warm_start, prepack_weights=args.prepack_weights,
-                    conv_layout=args.conv_layout, winograd=args.winograd,
-                    pad_channels=args.pad_channels)
+                    warm_start=not args.no_warm_start, kernels=_kernels(args))
     s = tune(model, spec)
     est = "-" if s["estimate_ms"] is None else f"{s['estimate_ms']:.3f} ms"
     emit(args, s, f"tuned {s['tasks']} tasks of {s['model']} for {s['target']}: {s['trials']} "
@@ -135,3 +131,9 @@ def _flags(p):
 
 
 cmd_tune.configure = _flags
+
+
+def _kernels(args):
+    from edgec.compiler.config import KernelOptions
+
+    return KernelOptions(args.conv_layout, args.winograd, args.pad_channels, args.prepack_weights)

@@ -130,7 +130,7 @@ class Context:
     data: object
     records: dict = field(default_factory=dict)
     digests: dict = field(default_factory=dict)
-    board: object = None  # a demo_board.Board: artifacts run there, not here
+    board: object = None  # a demo.board.Board: artifacts run there, not here
 
     @property
     def cache_dir(self) -> str:

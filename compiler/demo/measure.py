@@ -29,7 +29,7 @@ BENCH_IMAGES = 64  # test images each engine cycles through while timed
 
 def artifact_logits(so_path: str, split, quiet: bool = True, board=None) -> np.ndarray:
     """Output 0 of the compiled artifact for every sample of ``split`` (batch 1), run
-    here or, given a ``demo_board.Board``, on the board."""
+    here or, given a ``demo.board.Board``, on the board."""
     if board is not None:
         return demo_board.board_outputs(board, so_path, split.x, "accuracy (artifact, on the board)", quiet)[0]
     model = load(so_path)

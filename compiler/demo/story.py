@@ -6,10 +6,10 @@ stage under ``OUT/cache/<slug>-<key>``; the key hashes the stage's parameters,
 the data, the seed, the source of the code it runs, the versions, and the keys
 of the stages it builds on, so a second run reuses trained models and built
 libraries (``cache_hit``) unless ``fresh``. Every stage is then measured the same
-way (``demo_measure``): size, test accuracy (by running the compiled artifact
+way (``measure``): size, test accuracy (by running the compiled artifact
 when there is one), the power proxy, and latency in one interleaved benchmark.
 
-The driver is ``demo_cache``, the stages ``demo_stages``. A compression stage
+The driver is ``cache``, the stages ``stages``. A compression stage
 plugs in as one function there. Until its pass and
 training code exist in this build it is reported as "not available in this
 build", with the modules it needs, and no numbers.

@@ -17,7 +17,7 @@ def apply_tuning(mod, target, logs: str, transfer: bool = True):
     """The pipeline's tuning phase: apply every matching record of the target's log.
 
     logs: "auto" (``tuning_logs/<tuning_key>``, skipped if absent) or a log directory.
-    transfer: tasks with no record borrow a similar workload's schedule (``tune_transfer``).
+    transfer: tasks with no record borrow a similar workload's schedule (``tune.transfer``).
     Returns (module, manifest dict: logs used, records, tasks tuned / transferred / left
     on defaults).
     """

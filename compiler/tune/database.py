@@ -10,7 +10,7 @@ A log directory holds TVM's two append-only JSON-lines files plus ``edgec-log.js
 Records are keyed by workload (the structural hash of a fused TIR function), not by
 model, so every model that shares a layer with a tuned one reuses its records. Files are
 validated before TVM opens them: a corrupt or foreign log raises ``TuningLogError`` and
-is never written to. A tune appends whole lines under a lock (``tuning_lock``), so an
+is never written to. A tune appends whole lines under a lock (``tune.lock``), so an
 interrupted tune leaves every finished record readable; a torn last line (a kill during
 the write) is the only damage possible: readers skip it and never write, and the next
 tune cuts it off under the lock.
@@ -194,7 +194,7 @@ def open_database(path: str, target, create: bool = False):
 
     A missing log returns None (compiling without tuning records); create: make the
     directory and its meta file when missing. Tuning writes through
-    ``tuning_lock.SharedLog``, never through this database: it is opened on a clean copy
+    ``tune.lock.SharedLog``, never through this database: it is opened on a clean copy
     when the log ends in a torn line, so reading never changes the log.
     """
     if not os.path.isdir(path) and not create:

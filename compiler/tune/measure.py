@@ -194,7 +194,7 @@ class BoundedFuture(ms.runner.PyRunnerFuture):
 
 @derived_object
 class LogSync(ms.measure_callback.PyMeasureCallback):
-    """After each batch: move the new records into the shared log (``tuning_lock``)."""
+    """After each batch: move the new records into the shared log (``tune.lock``)."""
     def __init__(self, log):
         super().__init__()
         self.log = log
@@ -269,7 +269,7 @@ class NoRepeatSearch(ms.search_strategy.PySearchStrategy):
 
     Warm start: a task with no record of its own (a pruned or otherwise reshaped layer)
     first measures the schedules of its nearest logged workloads of the same operators,
-    replayed on its shapes (``tune_transfer.seed_schedules``). Once measured they are in
+    replayed on its shapes (``tune.transfer.seed_schedules``). Once measured they are in
     the database, and TVM's evolutionary search draws part of every population from the
     database's best records, so it mutates the borrowed schedules instead of starting
     from random samples.
@@ -337,7 +337,7 @@ class NoRepeatSearch(ms.search_strategy.PySearchStrategy):
 
 class CtrlC:
     """Ctrl-C during the search: the first press asks the search to stop after the
-    candidates being measured (``tune_measure.STOP``: every task's search then reports
+    candidates being measured (``tune.measure.STOP``: every task's search then reports
     itself finished, so MetaSchedule returns normally with its records committed); a
     second press aborts at once. Raising from the first press is not reliable: it lands
     inside whatever Python callback MetaSchedule's C++ loop is running, and some of

@@ -2,7 +2,7 @@
 
 The tuner tunes exactly the module the build applies records to: the pipeline's own
 lowering (``pipeline.run(..., lower_only=True)``), so workloads match. Records go to the
-target's log (``tuning_logs/<tuning_key>/``, see ``tuning_db``), shared by every model.
+target's log (``tuning_logs/<tuning_key>/``, see ``tune.database``), shared by every model.
 Trials are shared across tasks by weight (gradient task scheduler, 16 trials a round so
 every task gets a first round early). Builders run locally (cross-compiling for boards);
 candidates run on this machine (LocalRunner) or on a board over an RPC tracker.
@@ -12,8 +12,9 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from dataclasses import asdict
 
-from edgec.compiler.config import PipelineConfig
+from edgec.compiler.config import KernelOptions, PipelineConfig
 from edgec.compiler.deploy.rpc_session import connect
 from edgec.compiler.pipeline import run
 from edgec.compiler.tune.apply import is_hand_scheduled
@@ -32,11 +33,10 @@ RUN_KEYS = ("model", "target", "tasks", "trials", "wall_s", "trials_per_min", "i
             "measure_threads")  # what the log's run history keeps of each tune
 
 
-def lowered_module(model, target_name: str, **kernels):
-    """The fused module the build applies records to (the pipeline's own lowering);
-    ``kernels``: the PipelineConfig fields that shape kernels (prepack_weights, conv_layout,
-    winograd, pad_channels)."""
-    config = PipelineConfig(target=target_name, tuning_logs=None, **kernels)
+def lowered_module(model, target_name: str, kernels: KernelOptions = KernelOptions()):
+    """The fused module the build applies records to (the pipeline's own lowering, with
+    the kernel options the build will use)."""
+    config = PipelineConfig(target=target_name, tuning_logs=None, **asdict(kernels))
     return run(model, config, lower_only=True).lowered
 
 
@@ -115,9 +115,7 @@ def check_board(spec, target) -> None:
 
 def _tune_into(model, spec, target, log) -> dict:
     tvm_target, log_dir, db = target.tvm_target(), log.path, log.db
-    mod = lowered_module(model, spec.target, prepack_weights=spec.prepack_weights,
-                         conv_layout=spec.conv_layout, winograd=spec.winograd,
-                         pad_channels=spec.pad_channels)
+    mod = lowered_module(model, spec.target, spec.kernels)
     tasks = as_logged(extract_tasks(mod, tvm_target), db)
     if not tasks:
         raise TuneError("the model has no tunable operators (no fused PrimFuncs)")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgec.compiler.config import KernelOptions
 from edgec.compiler.errors import EdgecError
 
 
@@ -20,9 +21,9 @@ class TuneSpec:
     on this machine) with ``rpc_key`` the board key (default: the target's); label:
     the model's name in the log's run history (default: its source); warm_start: a
     workload with no record first measures the log's schedules of its nearest similar
-    workloads (``tune_measure.NoRepeatSearch``), so the search starts from them;
-    prepack_weights, conv_layout, winograd, pad_channels: tune the kernels of a
-    ``PipelineConfig`` with these.
+    workloads (``tune.measure.NoRepeatSearch``), so the search starts from them;
+    kernels: tune the kernels a ``PipelineConfig`` with these options builds
+    (``config.kernels``).
     """
 
     target: str = "host"
@@ -35,14 +36,11 @@ class TuneSpec:
     seed: int = 0
     build_timeout: float = 60.0
     run_timeout: float = 60.0
-    exit_when_stuck: bool = False  # CLI: a stuck board ends the process (tune_measure.BoundedRunner)
+    exit_when_stuck: bool = False  # CLI: a stuck board ends the process (tune.measure.BoundedRunner)
     quiet: bool = False
     label: str | None = None
     warm_start: bool = True
-    prepack_weights: bool = False
-    conv_layout: str = "NCHWc"
-    winograd: bool = True
-    pad_channels: bool = True
+    kernels: KernelOptions = KernelOptions()
 
     def __post_init__(self):
         if not isinstance(self.trials, int) or self.trials < 0:
