@@ -58,6 +58,10 @@ CASES = [  # channels, height, width, kernel, stride, padding, dilation, zp, dty
     (12, 8, 8, 3, 2, (0, 0, 1, 1), 1, 4, "uint8", "relu6"),   # asymmetric (TF 'same') pad
     (20, 9, 9, 3, 1, (2, 2, 2, 2), 2, 0, "int8", "clip"),     # dilation 2, int8 data (ARM)
     (6, 6, 6, 3, 1, (1, 1, 1, 1), 1, 2, "uint8", None),       # int32 accumulator out
+    # the last stages of a network run at 32x32 (shufflenet, mnasnet): 1x1 and 2x2 maps
+    (24, 1, 1, 3, 1, (1, 1, 1, 1), 1, 3, "uint8", "relu6"),   # a 1-wide row: no vector
+    (24, 1, 1, 3, 2, (1, 1, 1, 1), 1, 3, "uint8", "relu6"),   # a phase with no interior
+    (24, 2, 2, 3, 2, (1, 1, 1, 1), 1, 3, "uint8", "clip"),
 ]
 
 

@@ -91,13 +91,13 @@ def pad_split_func(shape, dtype: str, padding, stride: int, pad_value: int, flat
         if h >= 0 and h < h_:
             for k in range(lo):
                 y[n, c, h + top, p, k] = pad
-            if pairs:  # stride 2, even rows: two columns per uint16, no byte gather
+            if pairs and hi > lo:  # stride 2, even rows: two columns per uint16, no gather
                 for k in T.vectorized(hi - lo):
                     y[n, c, h + top, p, k + lo] = T.Cast(dtype, x16[
                         ((n * c_ + c) * h_ + h) * (w_ // 2) + k + lo + (p - left) // 2]
                         >> T.uint16(8 * ((p - left) % 2)))
-            else:
-                for k in T.vectorized(hi - lo):
+            if not pairs and hi > lo:  # (Python bools: a phase with no interior column,
+                for k in T.vectorized(hi - lo):  # e.g. a 1x1 map's, has no loop at all)
                     y[n, c, h + top, p, k + lo] = x[n, c, h, (k + lo) * s + p - left]
             for k in range(wk - hi):
                 y[n, c, h + top, p, k + hi] = pad
@@ -209,7 +209,8 @@ def scheduled_plane(flat_shape, w_shape, dilation, data_dtype, out_hw, wp, requa
     sch.vectorize(pi)
     unpack = sch.get_sblock("unpack")
     sch.reverse_compute_at(unpack, chan)
-    sch.vectorize(sch.get_loops(unpack)[-1])
+    if out_hw[1] > 1:  # a 1-wide row: TVM 0.27 cannot lower an extent-1 vectorized loop
+        sch.vectorize(sch.get_loops(unpack)[-1])  # here ("VectorizeLoop before LiftStorageAlloc")
     return hand_scheduled(sch.mod["main"])
 
 
