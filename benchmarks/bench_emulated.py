@@ -92,36 +92,16 @@ def ort_wheel(py: str) -> str:
     return folder
 
 
-def ort_int8(fp32: str, calib: np.ndarray, out: str) -> str:
-    """ONNX Runtime's static QDQ INT8: pre-processed, per-channel S8 weights, U8 activations."""
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"input0": calib[i:i + 1]} for i in range(len(calib))])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    pre = out.replace(".onnx", "-pre.onnx")
-    quant_pre_process(fp32, pre)
-    quantize_static(pre, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    return out
-
-
 def build(name: str, targets, folder: str) -> dict:
     """Every artifact of one model: edgec FP32/INT8 per target, ORT FP32/INT8 once."""
-    from edgec.compiler.peers import export_onnx  # torch: only where models are built
+    from edgec.compiler.peers import export_onnx, onnxruntime_qdq  # torch: only where models are built
 
     model, x = model_and_input(name)
     calib = np.random.default_rng(1).standard_normal((16, *x.shape[1:])).astype("float32")
     np.save(os.path.join(folder, "x.npy"), x)
     onnx32 = export_onnx(model, [x], os.path.join(folder, "model.onnx"))
     files = {"x": os.path.join(folder, "x.npy"), "shape": list(x.shape),
-             "ort_fp32": onnx32, "ort_int8": ort_int8(onnx32, calib, os.path.join(folder, "q.onnx"))}
+             "ort_fp32": onnx32, "ort_int8": onnxruntime_qdq(onnx32, calib, os.path.join(folder, "q.onnx"))}
     for t in targets:
         for tag, extra in (("fp32", {}), ("int8", {"calib_data": calib, "int8": True,
                                                     "calib_samples": len(calib)})):

@@ -22,26 +22,10 @@ import torch
 from edgec.compiler.api import compile as compile_model
 from edgec.compiler.compare import Engine, compare, machine_info, markdown_table
 from edgec.compiler.config import PipelineConfig
-from edgec.compiler.peers import edgec_runner, export_onnx, onnxruntime_session, torch_eager
+from edgec.compiler.peers import (edgec_runner, export_onnx, onnxruntime_qdq,
+                                  onnxruntime_session, torch_eager)
 from edgec.compiler.deploy.runtime import load
 from edgec.passes.sensitivity import sqnr_db
-
-
-def ort_qdq(fp32_onnx, calib, path, reduce_range):
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"input0": calib[i:i + 1]} for i in range(len(calib))])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    quantize_static(fp32_onnx, path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    reduce_range=reduce_range)
-    return path
 
 
 def logits(so, xs):
@@ -90,7 +74,8 @@ def speed(model, x, calib, work, rounds):
                       output=f"{work}/int8.so", calib_data=calib)
     onnx_fp32 = export_onnx(model, [x], f"{work}/fp32.onnx")
     vnni = get_target("host").int8 == "vnni"
-    onnx_q = ort_qdq(onnx_fp32, calib, f"{work}/qdq.onnx", reduce_range=not vnni)
+    onnx_q = onnxruntime_qdq(onnx_fp32, calib, f"{work}/qdq.onnx", reduce_range=not vnni,
+                             pre_process=False)  # (as this benchmark's committed results)
     qdq = compile_model(onnx_q, config=PipelineConfig(), output=f"{work}/qdq.so")
     engines = [Engine("edgec fp32 (untuned)", edgec_runner(f"{work}/fp32.so", [x])),
                Engine("edgec int8 (untuned)", edgec_runner(f"{work}/int8.so", [x])),

@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from benchmarks.common import model_and_input, parse_args, scratch, write_results
 from edgec.compiler.compare import Engine, compare, machine_info
-from edgec.compiler.peers import edgec_runner, export_onnx, onnxruntime_session
+from edgec.compiler.peers import edgec_runner, export_onnx, onnxruntime_qdq, onnxruntime_session
 from edgec.compiler.tvm_compat import VirtualMachine, tensor, tvm
 from edgec.passes.sensitivity import sqnr_db
 
@@ -65,27 +65,6 @@ def build(model, x, folder, tag, calib=None, env=None):
                 os.environ[k] = v
 
 
-def ort_qdq(fp32_onnx, calib, folder, reduce_range):
-    """ONNX Runtime's static QDQ model, prepared with quant_pre_process as its docs ask."""
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"input0": calib[i:i + 1]} for i in range(len(calib))])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    pre, out = os.path.join(folder, "pre.onnx"), os.path.join(folder, "qdq.onnx")
-    quant_pre_process(fp32_onnx, pre)
-    quantize_static(pre, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    reduce_range=reduce_range)
-    return out
-
-
 def edgec_outputs(so, xs):
     vm = VirtualMachine(tvm.runtime.load_module(so), tvm.cpu())
     outs = []
@@ -114,7 +93,8 @@ def run_model(name, args, folder):
         builds[tag] = build(model, x, folder, tag.split(" (")[0].replace(" ", "_"), calib, env)
     onnx_fp32 = export_onnx(model, [x], os.path.join(folder, "fp32.onnx"))
     vnni = get_target("host").int8 == "vnni"
-    onnx_q = ort_qdq(onnx_fp32, calib, folder, reduce_range=not vnni)
+    onnx_q = onnxruntime_qdq(onnx_fp32, calib, os.path.join(folder, "qdq.onnx"),
+                             reduce_range=not vnni)
     engines = [Engine(tag, edgec_runner(so, [x])) for tag, (so, _) in builds.items()]
     engines += [Engine("ORT fp32", onnxruntime_session(onnx_fp32, [x], args.threads)),
                 Engine("ORT int8 QDQ", onnxruntime_session(onnx_q, [x], args.threads))]

@@ -19,7 +19,6 @@ import numpy as np
 
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.bench_int8 import ort_qdq
 from benchmarks.common import (Engine, edgec_build, edgec_runner, model_and_input, parse_args,
                                peer_engines, ratios, report_models, run_compare, scratch)
 
@@ -34,7 +33,7 @@ def _sqnr(fp32_so, int8_so, xs) -> float:
 
 
 def bench_model(name: str, args) -> dict:
-    from edgec.compiler.peers import onnxruntime_session
+    from edgec.compiler.peers import onnxruntime_qdq, onnxruntime_session
     from edgec.compiler.tune.database import log_dir_for
     from edgec.targets import get_target
 
@@ -47,8 +46,9 @@ def bench_model(name: str, args) -> dict:
     int8, q_manifest, _ = edgec_build(model, x, folder, "int8", log_dir, calib_data=calib,
                                       int8=True, calib_samples=len(calib))
     engines = peer_engines(model, x, args.threads, folder)
-    qdq = ort_qdq(os.path.join(folder, "model.onnx"), calib, os.path.join(folder, "qdq.onnx"),
-                  reduce_range=host.int8 != "vnni")
+    qdq = onnxruntime_qdq(os.path.join(folder, "model.onnx"), calib,
+                          os.path.join(folder, "qdq.onnx"), reduce_range=host.int8 != "vnni",
+                          pre_process=False)  # (as this benchmark's committed results)
     engines += [Engine("onnxruntime_int8", onnxruntime_session(qdq, [x], args.threads)),
                 Engine("edgec_fp32", edgec_runner(fp32, [x])),
                 Engine("edgec_int8", edgec_runner(int8, [x]))]

@@ -54,3 +54,32 @@ def edgec_runner(so_path: str, inputs):
     args = [tensor(a) for a in check_inputs(model.manifest, tuple(inputs), {})]
     fn = model._vm["main"]
     return lambda: fn(*args)
+
+
+def onnxruntime_qdq(fp32_onnx: str, calib: np.ndarray, out: str, reduce_range: bool = False,
+                    pre_process: bool = True) -> str:
+    """ONNX Runtime's static QDQ INT8 of ``fp32_onnx`` (its fastest INT8 on these CPUs):
+    ``quant_pre_process`` first, as its docs ask (``pre_process``), then per-channel S8
+    weights and U8 activations calibrated on ``calib``, one sample at a time. Returns ``out``."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    name = onnx.load(fp32_onnx, load_external_data=False).graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{name: calib[i:i + 1]} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    source = fp32_onnx
+    if pre_process:
+        source = os.path.splitext(out)[0] + "-pre.onnx"
+        quant_pre_process(fp32_onnx, source)
+    quantize_static(source, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    reduce_range=reduce_range)
+    return out
