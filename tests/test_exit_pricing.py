@@ -108,7 +108,6 @@ def test_goals_are_measured_on_the_stage_before_a_dropped_exit():
 def test_board_paths_are_one_forced_library_each(monkeypatch, tmp_path):
     """On a (real) board every path gets a library with thresholds baked to force it, timed
     with the stage before by the board benchmark; an emulated board is priced by MACs."""
-    from edgec.compiler import build as build_module
     from edgec.compiler.demo import board as demo_board
     from edgec.compiler.demo import exits as demo_exits
     from edgec.compiler.demo.context import Context, RunConfig
@@ -123,8 +122,8 @@ def test_board_paths_are_one_forced_library_each(monkeypatch, tmp_path):
         ms = {"path 0": 0.02, "path 1": 0.03, "path 2": 0.05, "without exits": 0.04}
         return {"engines": {name: {"median_ms": ms[name]} for name, _ in stages}}
 
-    monkeypatch.setattr(build_module, "build", fake_build)
-    monkeypatch.setattr(demo_board, "board_benchmark", fake_bench)
+    monkeypatch.setattr(demo_exits, "build", fake_build)  # what the exits stage calls
+    monkeypatch.setattr(demo_exits, "board_benchmark", fake_bench)
 
     class Data:
         val = type("Split", (), {"x": np.zeros((20, 1, 28, 28), "float32")})()
