@@ -129,34 +129,16 @@ def dw_compute(split_shape, w_shape, stride, dilation, data_dtype, out_hw, requa
     (N, C, HO, WO): int32, or requantized by ``requant`` (then it also takes its (C,)
     bias and scale)."""
     n, c, _, s, _ = split_shape
-    _, kh, kw = w_shape
     dh, dw = dilation
     ho, wo = out_hw
     x = te.placeholder(split_shape, data_dtype, name="data")
     w = te.placeholder(w_shape, "int8", name="weight")
 
-    def acc(b, ch, y, xx):
-        # the KH*KW taps written out (no reduction axis): the block stays data parallel,
-        # its pixel loop vectorizes and the sum stays in registers. Column xx*s + j*dw of
-        # the padded row is phase (j*dw) % s, index xx + (j*dw) // s.
-        total = None
-        for i in range(kh):
-            for j in range(kw):
-                t = (x[b, ch, y * stride[0] + i * dh, (j * dw) % s, xx + (j * dw) // s]
-                     .astype("int32") * w[ch, i, j].astype("int32"))
-                total = t if total is None else total + t
-        return total
+    def tap(b, ch, y, xx, i, j):  # column xx*s + j*dw of the padded row: phase (j*dw) % s
+        return x[b, ch, y * stride[0] + i * dh, (j * dw) % s, xx + (j * dw) // s]
 
-    args = [x, w]
-    if requant is None:
-        out = te.compute((n, c, ho, wo), acc, name="dw")
-    else:
-        bias = te.placeholder((c,), "int32", name="bias")
-        scale = te.placeholder((c,), "float32", name="scale")
-        out = te.compute((n, c, ho, wo), lambda b, ch, y, xx: requant.te_form(
-            acc(b, ch, y, xx), ch, bias, scale), name="dw")
-        args += [bias, scale]
-    return te.create_prim_func([*args, out])
+    out, args = _taps_and_epilogue((n, c, ho, wo), tap, w, requant)
+    return te.create_prim_func([x, *args, out])
 
 
 def plane_compute(flat_shape, w_shape, dilation, data_dtype, out_hw, wp, requant=None):
@@ -166,32 +148,41 @@ def plane_compute(flat_shape, w_shape, dilation, data_dtype, out_hw, wp, requant
     fused, every tap is one contiguous load; the columns x >= WO are computed and
     dropped."""
     n, c, _ = flat_shape
-    _, kh, kw = w_shape
     dh, dw = dilation
     ho, wo = out_hw
     x = te.placeholder(flat_shape, data_dtype, name="data")
     w = te.placeholder(w_shape, "int8", name="weight")
 
+    def tap(b, ch, y, xx, i, j):
+        return x[b, ch, (y + i * dh) * wp + xx + j * dw]
+
+    plane, args = _taps_and_epilogue((n, c, ho, wp), tap, w, requant)
+    out = te.compute((n, c, ho, wo), lambda b, ch, y, xx: plane[b, ch, y, xx], name="unpack")
+    return te.create_prim_func([x, *args, out])
+
+
+def _taps_and_epilogue(shape, tap, w, requant):
+    """The ``dw`` block of both computes: per output pixel the KH*KW taps written out
+    (no reduction axis: the block stays data parallel, its pixel loop vectorizes and the
+    sum stays in registers), int32, then ``requant``'s epilogue if given. Returns (the
+    block's tensor, its inputs after the data: weight [, bias, scale])."""
+    _, kh, kw = (int(d) for d in w.shape)
+
     def acc(b, ch, y, xx):
         total = None
         for i in range(kh):
             for j in range(kw):
-                t = (x[b, ch, (y + i * dh) * wp + xx + j * dw].astype("int32")
-                     * w[ch, i, j].astype("int32"))
+                t = tap(b, ch, y, xx, i, j).astype("int32") * w[ch, i, j].astype("int32")
                 total = t if total is None else total + t
         return total
 
-    args = [x, w]
     if requant is None:
-        plane = te.compute((n, c, ho, wp), acc, name="dw")
-    else:
-        bias = te.placeholder((c,), "int32", name="bias")
-        scale = te.placeholder((c,), "float32", name="scale")
-        plane = te.compute((n, c, ho, wp), lambda b, ch, y, xx: requant.te_form(
-            acc(b, ch, y, xx), ch, bias, scale), name="dw")
-        args += [bias, scale]
-    out = te.compute((n, c, ho, wo), lambda b, ch, y, xx: plane[b, ch, y, xx], name="unpack")
-    return te.create_prim_func([*args, out])
+        return te.compute(shape, acc, name="dw"), [w]
+    bias = te.placeholder((shape[1],), "int32", name="bias")
+    scale = te.placeholder((shape[1],), "float32", name="scale")
+    out = te.compute(shape, lambda b, ch, y, xx: requant.te_form(
+        acc(b, ch, y, xx), ch, bias, scale), name="dw")
+    return out, [w, bias, scale]
 
 
 def scheduled_plane(flat_shape, w_shape, dilation, data_dtype, out_hw, wp, requant=None):
