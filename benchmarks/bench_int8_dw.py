@@ -5,10 +5,10 @@ depthwise kernel and output-channel padding, and ONNX Runtime FP32 / static QDQ 
 
 Engines (batch 1, random weights and inputs, seeded; ``--threads`` threads each):
 - edgec FP32 (untuned: no tuning logs applied);
-- edgec INT8 "plain" (``EDGEC_INT8_DW=plain EDGEC_INT8_OC_PAD=off``: depthwise convs and
+- edgec INT8 "plain" (``int8_depthwise="plain", int8_pad_out=False``: depthwise convs and
   convs whose output channels do not divide the dot-product block on Relax's plain int8
   conv, the path before issue #24's kernels);
-- edgec INT8 "oc-pad" (``EDGEC_INT8_DW=plain``: output channels padded, depthwise plain);
+- edgec INT8 "oc-pad" (``int8_depthwise="plain"``: output channels padded, depthwise plain);
 - edgec INT8 (both: the default);
 - ONNX Runtime FP32 and ONNX Runtime static QDQ INT8 (``quant_pre_process`` first, then
   ``quantize_static``: QDQ, per-channel S8 weights, U8 activations, reduce_range on CPUs
@@ -34,35 +34,26 @@ from edgec.compiler.peers import edgec_runner, export_onnx, onnxruntime_qdq, onn
 from edgec.compiler.tvm_compat import VirtualMachine, tensor, tvm
 from edgec.passes.sensitivity import sqnr_db
 
-# edgec INT8 variants: name -> environment of its build
+# edgec INT8 variants: name -> the PipelineConfig fields of its build
 VARIANTS = {
-    "edgec int8 plain (before)": {"EDGEC_INT8_DW": "plain", "EDGEC_INT8_OC_PAD": "off"},
-    "edgec int8 oc-pad": {"EDGEC_INT8_DW": "plain", "EDGEC_INT8_OC_PAD": "on"},
-    "edgec int8 (after)": {"EDGEC_INT8_DW": "kernel", "EDGEC_INT8_OC_PAD": "on"},
+    "edgec int8 plain (before)": {"int8_depthwise": "plain", "int8_pad_out": False},
+    "edgec int8 oc-pad": {"int8_depthwise": "plain", "int8_pad_out": True},
+    "edgec int8 (after)": {"int8_depthwise": "kernel", "int8_pad_out": True},
 }
 
 
-def build(model, x, folder, tag, calib=None, env=None):
-    """An untuned edgec build with ``env`` set while it compiles; (so path, seconds)."""
+def build(model, x, folder, tag, calib=None, fields=None):
+    """An untuned edgec build with PipelineConfig ``fields``; (so path, seconds)."""
     import torch
 
     from edgec.compiler import PipelineConfig, compile
 
-    old = {k: os.environ.get(k) for k in (env or {})}
-    os.environ.update(env or {})
-    try:
-        out = os.path.join(folder, f"{tag}.so")
-        start = time.perf_counter()
-        config = PipelineConfig(target="host", int8=calib is not None,
-                                **({"calib_samples": len(calib)} if calib is not None else {}))
-        compile(model, (torch.from_numpy(x),), output=out, calib_data=calib, config=config)
-        return out, time.perf_counter() - start
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    out = os.path.join(folder, f"{tag}.so")
+    start = time.perf_counter()
+    config = PipelineConfig(target="host", int8=calib is not None, **(fields or {}),
+                            **({"calib_samples": len(calib)} if calib is not None else {}))
+    compile(model, (torch.from_numpy(x),), output=out, calib_data=calib, config=config)
+    return out, time.perf_counter() - start
 
 
 def edgec_outputs(so, xs):
@@ -89,8 +80,8 @@ def run_model(name, args, folder):
     calib = rng.standard_normal((args.calib, *x.shape[1:])).astype("float32")
     held = rng.standard_normal((4, *x.shape[1:])).astype("float32")
     builds = {"edgec fp32": build(model, x, folder, "fp32")}
-    for tag, env in VARIANTS.items():
-        builds[tag] = build(model, x, folder, tag.split(" (")[0].replace(" ", "_"), calib, env)
+    for tag, fields in VARIANTS.items():
+        builds[tag] = build(model, x, folder, tag.split(" (")[0].replace(" ", "_"), calib, fields)
     onnx_fp32 = export_onnx(model, [x], os.path.join(folder, "fp32.onnx"))
     vnni = get_target("host").int8 == "vnni"
     onnx_q = onnxruntime_qdq(onnx_fp32, calib, os.path.join(folder, "qdq.onnx"),

@@ -60,10 +60,14 @@ def quantize(state) -> None:
         keep = tuple(r["layer"] for r in rows[:keep])
     plan = plan.with_keep_fp32(() if isinstance(keep, int) else keep)
     kernel = kernel_for(state.target, scheme) if c.int8_kernel == "auto" else None
-    state.model = model.with_module(quantize_layers(mod, layers, plan, kernel), params={})
+    state.model = model.with_module(
+        quantize_layers(mod, layers, plan, kernel, depthwise=c.int8_depthwise == "kernel",
+                        pad_out=c.int8_pad_out), params={})
     state.passes.append({"name": "quantize_int8", **plan.summary(),
                          "layers": [layer.name for layer in layers], "sensitivity": rows,
                          "kernel": f"packed-{kernel.name}" if kernel else "nchw",
+                         "depthwise": c.int8_depthwise if kernel else "plain",
+                         "pad_out": bool(c.int8_pad_out and kernel),
                          "fp32_ops": fp32_ops(mod, layers)})
 
 

@@ -55,6 +55,10 @@ class PipelineConfig:
     int8_activation: auto | uint8 | int8; int8_reduce_range: auto | on | off (7-bit weights).
     int8_kernel: auto (packed dot-product convs where the target has one: vpmaddubsw on AVX2,
       vpdpbusd on VNNI, sdot on ARM dotprod, smull + saddlp on ARM NEON) | nchw (plain convs).
+    int8_depthwise: with packed kernels, depthwise convs run edgec's int8 depthwise kernel
+      ("kernel") or Relax's plain grouped int8 conv ("plain", the path before that kernel).
+    int8_pad_out: with packed kernels, convs/matmuls whose output channels do not fill the
+      kernel's block are padded to it (False: they take plain int8 ops, as before).
     early_exit: split a multi-exit model (outputs: exit logits..., final logits)
       into stages with a ``main`` that returns at the first confident exit.
     exit_thresholds: one value in [0, 1] per exit (baked, or the defaults of the input).
@@ -95,6 +99,8 @@ class PipelineConfig:
     int8_activation: str = "auto"
     int8_reduce_range: str = "auto"
     int8_kernel: str = "auto"
+    int8_depthwise: str = "kernel"
+    int8_pad_out: bool = True
     early_exit: bool = False
     exit_thresholds: tuple | None = None
     exit_criterion: str = "max_prob"
@@ -110,7 +116,7 @@ class PipelineConfig:
 
         get_target(self.target)  # raises UnknownTargetError listing known targets
         for flag in ("fold_batchnorm", "fuse", "transfer_schedules", "prepack_weights",
-                     "winograd", "pad_channels"):
+                     "winograd", "pad_channels", "int8_pad_out"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.conv_layout not in CONV_LAYOUTS:
@@ -142,7 +148,8 @@ class PipelineConfig:
     def _check_int8(self):
         choices = {"calib_method": ("minmax", "percentile", "entropy"),
                    "int8_activation": ("auto", "uint8", "int8"),
-                   "int8_reduce_range": ("auto", "on", "off"), "int8_kernel": ("auto", "nchw")}
+                   "int8_reduce_range": ("auto", "on", "off"), "int8_kernel": ("auto", "nchw"),
+                   "int8_depthwise": ("kernel", "plain")}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ConfigError(f"{name} {getattr(self, name)!r} is not valid; "

@@ -21,7 +21,6 @@ chain with no quantized consumer dequantizes straight from its int32 accumulator
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,36 +45,22 @@ class QValue:
     dtype: str
 
 
-def quantize(mod, layers, plan: QuantPlan, kernel: DotKernel | None = None) -> tvm.IRModule:
+def quantize(mod, layers, plan: QuantPlan, kernel: DotKernel | None = None, *,
+             depthwise: bool = True, pad_out: bool = True) -> tvm.IRModule:
     """Rewrite ``mod`` (a prepared module) so ``plan``'s layers run in int8.
 
     kernel: convs and matmuls use this packed dot-product kernel (``int8_kernels``,
-    ``kernel_for(target, scheme)``) where their channels allow it, and depthwise convs
-    edgec's depthwise kernel (``kernels.int8_depthwise``); None: plain ops.
+    ``kernel_for(target, scheme)``) where their channels allow it; None: plain ops.
+    depthwise: with a kernel, depthwise convs run edgec's depthwise kernel
+    (``kernels.int8_depthwise``); False: Relax's plain grouped int8 conv.
+    pad_out: with a kernel, a conv or matmul whose output channels do not fill the
+    kernel's block is padded to it; False: such layers take the plain int8 ops.
+    (The two False paths are the ones before those kernels, kept so benchmarks and tests
+    can compare against them: ``PipelineConfig.int8_depthwise`` / ``int8_pad_out``.)
     """
     plan.check_layers([layer.name for layer in layers])
     active = [layer for layer in layers if layer.name not in plan.keep_fp32]
-    return _Realizer(mod, active, plan, kernel).run()
-
-
-def _switch(name: str, on: str, off: str) -> bool:
-    value = os.environ.get(name, on)
-    if value not in (on, off):
-        raise ValueError(f"{name}={value!r}; valid: {on}, {off}")
-    return value == on
-
-
-def depthwise_kernel_enabled() -> bool:
-    """Depthwise convs run edgec's vectorized kernel (``kernels.int8_depthwise``) with the
-    packed kernels, unless ``EDGEC_INT8_DW=plain`` asks for Relax's plain int8 conv (the
-    path before that kernel, kept so benchmarks can compare against it)."""
-    return _switch("EDGEC_INT8_DW", "kernel", "plain")
-
-
-def out_channel_padding_enabled() -> bool:
-    """Packed convs pad their output channels to the kernel's block, unless
-    ``EDGEC_INT8_OC_PAD=off`` (those convs then take Relax's plain int8 conv, as before)."""
-    return _switch("EDGEC_INT8_OC_PAD", "on", "off")
+    return _Realizer(mod, active, plan, kernel, depthwise, pad_out).run()
 
 
 def _const(value, dtype):
@@ -105,8 +90,9 @@ def int_avg_pool(bb, qv: QValue, call, name: str):
 
 
 class _Realizer:
-    def __init__(self, mod, layers, plan, kernel=None):
+    def __init__(self, mod, layers, plan, kernel=None, depthwise=True, pad_out=True):
         self.mod, self.plan, self.scheme, self.kernel = mod, plan, plan.scheme, kernel
+        self.depthwise, self.pad_out = depthwise, pad_out
         self.block = block_of(mod)
         self.uses = users(self.block, mod["main"].body.body)
         self.defs = {b.var: b.value for b in self.block.bindings}
@@ -223,13 +209,13 @@ class _Realizer:
         already (the packed conv does it in its epilogue)."""
         x, w = qin.var, _const(wq, "int8")
         if layer.kind == "matmul":
-            if self.kernel and packable(wq, self.kernel, pad_out=out_channel_padding_enabled()):
+            if self.kernel and packable(wq, self.kernel, pad_out=self.pad_out):
                 return emit_packed_matmul(self.bb, x, wq, self.kernel)
             return self.bb.emit(relax.op.matmul(x, w, out_dtype="int32"))
         a = layer.attrs
         padding = [int(p) for p in a.padding]
         if self.kernel is not None and packable(wq, self.kernel, int(a.groups),
-                                                out_channel_padding_enabled()):
+                                                self.pad_out):
             # padded with the zero point (the image of 0.0) as it is packed; the extra
             # channels up to a multiple of 4 meet zero weights
             return emit_packed_conv(self.bb, x, wq, a.strides, a.dilation, self.kernel, rq,
@@ -237,7 +223,7 @@ class _Realizer:
         if self.kernel is not None and taps_packable(wq, self.kernel, int(a.groups)):
             return emit_taps_conv(self.bb, x, wq, a.strides, a.dilation, self.kernel, rq,
                                   padding, qin.zp)
-        if (self.kernel is not None and depthwise_kernel_enabled()
+        if (self.kernel is not None and self.depthwise
                 and is_depthwise(wq, int(a.groups), a.strides)):
             return emit_depthwise_conv(self.bb, x, wq, a.strides, a.dilation, rq, padding,
                                        qin.zp)

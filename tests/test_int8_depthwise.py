@@ -136,10 +136,10 @@ def block(request):
     return rm, data, plan, request.param
 
 
-def _quantized(block, monkeypatch, dw_env):
+def _quantized(block, depthwise, pad_out=True):
     rm, _, plan, _ = block
-    monkeypatch.setenv("EDGEC_INT8_DW", dw_env)
-    return quantize_model(rm, SCHEME, plan=plan, kernel=KERNELS["avx2"])[0]
+    return quantize_model(rm, SCHEME, plan=plan, kernel=KERNELS["avx2"],
+                          depthwise=depthwise == "kernel", pad_out=pad_out)[0]
 
 
 def _ops(mod):
@@ -155,13 +155,13 @@ def _ops(mod):
     return out
 
 
-def test_quantize_pass_emits_the_depthwise_kernel(block, monkeypatch):
+def test_quantize_pass_emits_the_depthwise_kernel(block):
     """Before (plain): the depthwise conv is Relax's grouped int8 conv2d followed by the
     requantize ops; after: the pad (a padded plane for stride 1, split by column phase for
     stride 2) + the depthwise kernel with the requantize inside.
     Everything around it (the packed 1x1 convs) is the same."""
     stride = block[3]
-    before, after = _quantized(block, monkeypatch, "plain"), _quantized(block, monkeypatch, "kernel")
+    before, after = _quantized(block, "plain"), _quantized(block, "kernel")
     ops_before, ops_after = _ops(before), _ops(after)
     dw_before = [i for i, op in enumerate(ops_before) if op == "relax.nn.conv2d"]
     assert len(dw_before) == 1
@@ -184,14 +184,13 @@ def test_quantize_pass_emits_the_depthwise_kernel(block, monkeypatch):
     assert [str(p.dtype) for p in kernel.params] == ["uint8", "int8", "int32", "float32", "uint8"]
 
 
-def test_quantized_block_is_bit_exact_against_the_plain_path(block, monkeypatch):
+def test_quantized_block_is_bit_exact_against_the_plain_path(block):
     """A whole inverted-residual block, built: the kernel path's outputs equal the plain
     path's (depthwise and output channels plain) bit for bit: same plan, same int32
     accumulators, same requantize."""
     rm, data, _, stride = block
-    kernel_mod = _quantized(block, monkeypatch, "kernel")
-    monkeypatch.setenv("EDGEC_INT8_OC_PAD", "off")
-    plain_mod = _quantized(block, monkeypatch, "plain")
+    kernel_mod = _quantized(block, "kernel")
+    plain_mod = _quantized(block, "plain", pad_out=False)
     assert "relax.nn.conv2d" in _ops(plain_mod)
     assert f"dwconv2d_int8_1x24x10x10_3x3s{stride}_requant" in _ops(kernel_mod)
     got = run_outputs(kernel_mod, data[16:], rm.inputs[0])

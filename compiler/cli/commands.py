@@ -141,6 +141,15 @@ def int8_flags(p):
                    help="keep the N most sensitive layers in FP32, or comma-separated layer names")
     g.add_argument("--int8-activation", default="auto", help="auto | uint8 | int8")
     g.add_argument("--reduce-range", default="auto", help="7-bit weights: auto | on | off")
+    g.add_argument("--int8-kernel", default="auto", choices=("auto", "nchw"),
+                   help="auto: packed dot-product convs where the target has them (VNNI, "
+                        "AVX2, ARM dotprod/NEON); nchw: Relax's plain int8 convs")
+    g.add_argument("--int8-depthwise", default="kernel", choices=("kernel", "plain"),
+                   help="with packed kernels: depthwise convs in edgec's int8 depthwise kernel "
+                        "(default) or Relax's plain grouped int8 conv")
+    g.add_argument("--no-int8-pad-out", dest="int8_pad_out", action="store_false",
+                   help="with packed kernels: do not pad output channels to the kernel's "
+                        "block (such convs then take plain int8 ops)")
 
 
 def compression_config(args, **fields):
@@ -157,7 +166,9 @@ def _int8_config(args) -> dict:
     keep = int(keep) if keep.isdigit() else tuple(k for k in keep.split(",") if k)
     return dict(int8=args.int8 or bool(args.scales), calib_method=args.calib_method, calib_samples=args.calib_samples,
                 int8_scales=args.scales, int8_keep_fp32=keep,
-                int8_activation=args.int8_activation, int8_reduce_range=args.reduce_range)
+                int8_activation=args.int8_activation, int8_reduce_range=args.reduce_range,
+                int8_kernel=args.int8_kernel, int8_depthwise=args.int8_depthwise,
+                int8_pad_out=args.int8_pad_out)
 
 
 def calib_data(args, config):
