@@ -60,7 +60,9 @@ def conv_tiles(state) -> None:
 def matmul_tiles(state) -> None:
     """So do 2-D matmuls (a classifier): vector-wide column blocks, weights read by rows."""
     lanes = state.target.vector_bits // 32
-    state.mod, state.tuning["default_matmuls"] = apply_default_matmuls(state.mod, lanes)
+    state.mod, state.tuning["default_matmuls"], skipped = apply_default_matmuls(state.mod, lanes)
+    if skipped:
+        state.tuning["default_matmuls_skipped"] = skipped
 
 
 def prepack(state) -> None:

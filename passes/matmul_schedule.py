@@ -69,16 +69,22 @@ def schedule_matmul(func, lanes: int):
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-def apply_default_matmuls(mod: tvm.IRModule, lanes: int) -> tuple[tvm.IRModule, int]:
-    """Schedule every 2-D matmul kernel tuning left unscheduled; returns the count."""
-    done = 0
+def apply_default_matmuls(mod: tvm.IRModule, lanes: int) -> tuple[tvm.IRModule, int, list]:
+    """Schedule every 2-D matmul kernel tuning left unscheduled; returns (module, the count,
+    the kernels the schedule could not take, each with TVM's reason: they keep TVM's
+    default schedule, slow but correct, and the manifest lists them)."""
+    done, skipped = 0, []
     for gv, func in list(mod.functions.items()):
         if isinstance(func, tvm.tirx.PrimFunc):
             try:
                 new = schedule_matmul(func, lanes)
-            except Exception:  # noqa: BLE001 - a fused epilogue that does not inline
-                continue  # (a broadcast into a larger tensor): TVM's default stays
+            except Exception as e:  # noqa: BLE001 - e.g. a fused epilogue that does not
+                # inline (a broadcast into a larger tensor): TVM's default stays, said so
+                reason = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+                skipped.append({"kernel": gv.name_hint, "reason": f"{type(e).__name__}: "
+                                                                  f"{reason[:200]}"})
+                continue
             if not new.same_as(func):
                 mod[gv] = new
                 done += 1
-    return mod, done
+    return mod, done, skipped

@@ -11,6 +11,7 @@ from edgec.compiler.config import PipelineConfig
 from edgec.compiler.frontend import import_model
 from edgec.compiler.deploy.runtime import load
 from edgec.compiler.tune.search import lowered_module
+from edgec.compiler.tvm_compat import tvm
 from edgec.passes.matmul_schedule import schedule_matmul
 
 TARGET = "x86-avx2"
@@ -74,3 +75,22 @@ def test_large_gemv_runs_parallel_and_equals_torch(tmp_path):
     with torch.no_grad():
         ref = model(x).numpy()
     np.testing.assert_allclose(load(out)(x.numpy())[0], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_a_kernel_the_schedule_cannot_take_is_listed(monkeypatch):
+    """A matmul the heuristic fails on keeps TVM's default schedule, and apply_default_matmuls
+    names it with TVM's reason (the manifest's tuning.default_matmuls_skipped) instead of
+    hiding it."""
+    from edgec.passes import matmul_schedule
+
+    mod = lowered_module(import_model(classifier(), (torch.randn(1, 96),)), TARGET)
+
+    def refuses(func, lanes):
+        raise ValueError("The loop cannot be parallelized\nmore detail")
+
+    monkeypatch.setattr(matmul_schedule, "schedule_matmul", refuses)
+    _, done, skipped = matmul_schedule.apply_default_matmuls(mod, 8)
+    names = sorted(gv.name_hint for gv, f in mod.functions.items()
+                   if isinstance(f, tvm.tirx.PrimFunc))
+    assert done == 0 and sorted(s["kernel"] for s in skipped) == names
+    assert skipped[0]["reason"] == "ValueError: The loop cannot be parallelized"
