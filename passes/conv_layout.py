@@ -11,9 +11,11 @@ Relax's ``ConvertLayout`` moves the layouts: each conv gets blocked data/weights
 the elementwise ops, pools and reductions between convs follow, so only the graph's
 edges transform activations; the weights' transforms are folded at compile time.
 Relax cannot legalize a conv with a blocked layout ("channel chunk ... cannot be
-legalized by TOPI"), so ``legalize_blocked_conv`` supplies the compute: groups == 1 and
-depthwise directly in the blocked layout; any other grouped conv unblocks, convolves in
-NCHW and blocks again (correct, not fast); 3x3 stride-1 convs that gain run as Winograd
+legalized by TOPI"), so ``legalize_blocked_conv`` supplies the compute: groups == 1,
+depthwise and grouped convs directly in the blocked layout (groups of whole blocks as
+they are; several groups within one block with a block-diagonal weight, folded at compile
+time); any other grouped conv unblocks, convolves in NCHW and blocks again (correct, not
+fast); 3x3 stride-1 convs that gain run as Winograd
 F(2x2, 3x3) (``edgec.passes.winograd``). ``channel_block`` gives a tensor whose channels
 do not divide by the target's lanes a narrower block (the conv between converts).
 """
@@ -27,7 +29,8 @@ from edgec.compiler.tvm_compat import legalize_conv2d_default, relax, structural
 from edgec.passes.clip_min_max import ClipAsMinMax
 from edgec.passes.dw_pw_fuse import fuse_dw_pw
 from edgec.passes.layout_names import CONV_LAYOUTS as LAYOUTS
-from edgec.passes.kernels.conv2d_nchwc import conv2d_nchw_stem, conv2d_nchwc, conv_params
+from edgec.passes.kernels.conv2d_nchwc import (block_diagonal_groups, block_diagonal_weight,
+                                               conv2d_nchw_stem, conv2d_nchwc, conv_params)
 from edgec.passes.stem_layout import SinkStemTransforms
 from edgec.passes.winograd import conv2d_nchwc_winograd, use_winograd, weight_transform
 
@@ -199,6 +202,11 @@ def legalize_blocked_conv(bb: relax.BlockBuilder, call: relax.Call, block: int =
         weight = bb.emit_te(weight_transform, kernel, primfunc_name_hint="winograd_weight")
         return bb.call_te(conv2d_nchwc_winograd, data, weight, params["padding"], "float32",
                           primfunc_name_hint="conv2d_nchwc_winograd")
+    groups = block_diagonal_groups(data.ty.shape, kernel.ty.shape, params["groups"])
+    if groups:  # several groups within one block: a block-diagonal weight, folded now
+        kernel = bb.emit_te(block_diagonal_weight, kernel, params["groups"],
+                            primfunc_name_hint="block_diagonal_weight")
+        params = dict(params, groups=groups)
     return bb.call_te(conv2d_nchwc, data, kernel, primfunc_name_hint="conv2d_nchwc", **params)
 
 

@@ -100,8 +100,8 @@ def test_a_tensor_whose_channels_do_not_divide_takes_a_narrower_block():
 def test_blocked_layout_structure():
     """Every conv is a blocked kernel: the stem (3 channels) NCHW in -> blocked out (its
     layout transform moved into it, so its batch norm and ReLU run blocked), body and
-    depthwise directly, the grouped conv through its unblocked
-    fallback; no conv2d op is left to the default legalizer, ReLU6 is fused (no layout
+    depthwise directly, the grouped conv (two 8-wide groups: whole AVX2 blocks) directly
+    too; no conv2d op is left to the default legalizer, ReLU6 is fused (no layout
     transform around it), and activations change layout only at the graph's edges."""
     x = torch.randn(1, 3, 32, 32)
     res = run(import_model(_model(), (x,)), PipelineConfig(
@@ -114,10 +114,10 @@ def test_blocked_layout_structure():
                if isinstance(f, tvm.tirx.PrimFunc)}
     convs = [k for k, text in kernels.items() if "conv2d" in text]
     blocked = [k for k in convs if 'T.sblock("conv2d_nchwc")' in kernels[k]]
-    assert len(blocked) == 2, convs  # stem, body (the grouped fallback computes plain)
+    assert len(blocked) == 3, convs  # stem, body, grouped
     assert sum('T.sblock("depthwise_conv2d_nchwc")' in kernels[k] for k in convs) == 1
     assert not any('T.sblock("unblock_out")' in kernels[k] for k in blocked)
-    assert sum('T.sblock("group_conv2d_nchw")' in kernels[k] for k in convs) == 1
+    assert not any('T.sblock("group_conv2d_nchw")' in kernels[k] for k in convs)
     assert any("minimum" in k for k in convs)  # ReLU6 fused into the depthwise kernel
     calls = []  # one activation transform is left: out of the blocked layout before fc
     relax.analysis.post_order_visit(mod["main"].body, lambda e: calls.append(
@@ -140,7 +140,9 @@ def test_blocked_layout_matches_torch(tmp_path, target):
     manifest, record = compile_nchwc(model, x, out, target)
     block = get_target(target).vector_bits // 32
     assert record["layout"] == f"NCHW{block}c"
-    assert record["default_tiles"] == 3  # stem, body, depthwise: register tiles
+    # stem, body, depthwise, and the grouped conv where its 8-wide groups are whole blocks
+    # (AVX2, NEON); on AVX-512 (b = 16, 8 inputs and 16 outputs a group) it runs unblocked
+    assert record["default_tiles"] == (3 if block == 16 else 4)
     if target == "rpi4":  # cross-compiled; test_emulated_board runs it on an aarch64 board
         assert manifest["arch"] == "aarch64"
         return
@@ -250,3 +252,33 @@ def test_depthwise_pad_per_row_or_whole_map(stride):
             vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
         got = vm["main"](tvm.runtime.tensor(x.numpy()))[0].numpy()
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("width,path", [(8, "blocks"), (16, "blocks"), (4, "block_diagonal"),
+                                        (2, "block_diagonal"), (3, "unblocked")])
+def test_grouped_convs_run_blocked(tmp_path, width, path):
+    """Grouped convs (regnet, resnext) on AVX2 (b = 8): groups of whole blocks read their
+    own input blocks in the conv2d_nchwc tile; groups narrower than a block run it on a
+    block-diagonal weight (made at compile time: no weight transform is left to run);
+    only groups that do not divide the block (3 of 24 channels) take the unblocked
+    NCHW fallback. All equal torch."""
+    torch.manual_seed(0)
+    c = 24 if width == 3 else 32
+    model = nn.Sequential(nn.Conv2d(8, c, 1), nn.ReLU(),
+                          nn.Conv2d(c, c, 3, padding=1, groups=c // width), nn.ReLU(),
+                          nn.Conv2d(c, c, 3, stride=2, padding=1, groups=c // width),
+                          nn.Conv2d(c, 8, 1)).eval()
+    x = torch.randn(1, 8, 12, 12)
+    res = run(import_model(model, (x,)), PipelineConfig(target="x86-avx2", tuning_logs=None,
+                                                         winograd=False), lower_only=True)
+    texts = [f.script() for f in res.lowered.functions.values()
+             if isinstance(f, tvm.tirx.PrimFunc)]
+    assert sum('T.sblock("conv2d_nchwc")' in t for t in texts) == (2 if path == "unblocked" else 4)
+    assert sum('T.sblock("group_conv2d_nchw")' in t for t in texts) == (
+        2 if path == "unblocked" else 0)
+    assert not any("block_diagonal_weight" in t for t in texts)  # folded into constants
+    out = str(tmp_path / "g.so")
+    compile_nchwc(model, x, out, "x86-avx2")
+    with torch.no_grad():
+        ref = model(x).numpy()
+    np.testing.assert_allclose(load(out)(x.numpy())[0], ref, rtol=1e-4, atol=1e-5)
