@@ -26,6 +26,7 @@ class KernelOptions:
     winograd: bool = True
     pad_channels: bool = True
     prepack_weights: bool = False
+    fast_math: bool = True
 
     def __post_init__(self):
         if self.conv_layout not in CONV_LAYOUTS:
@@ -79,6 +80,8 @@ class PipelineConfig:
       (2.25x fewer multiplies; see ``edgec.passes.winograd``); False: all convs direct.
     pad_channels: with NCHWc, channel groups that do not fill the vector width get zero
       channels (24 -> 32 on AVX-512; see ``edgec.passes.pad_channels``); same results.
+    fast_math: exp, sigmoid, tanh, erf (SiLU, GELU, softmax) as vectorizable polynomial
+      approximations (``edgec.passes.fast_math``: within ~1e-6) instead of scalar libm calls.
     """
 
     target: str = "host"
@@ -110,13 +113,14 @@ class PipelineConfig:
     conv_layout: str = "NCHWc"
     winograd: bool = True
     pad_channels: bool = True
+    fast_math: bool = True
 
     def __post_init__(self):
         from edgec.targets import get_target
 
         get_target(self.target)  # raises UnknownTargetError listing known targets
         for flag in ("fold_batchnorm", "fuse", "transfer_schedules", "prepack_weights",
-                     "winograd", "pad_channels", "int8_pad_out"):
+                     "winograd", "pad_channels", "int8_pad_out", "fast_math"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.conv_layout not in CONV_LAYOUTS:
@@ -178,7 +182,7 @@ class PipelineConfig:
     def kernels(self) -> KernelOptions:
         """The kernel-shaping fields as one group (what ``edgec tune`` must match)."""
         return KernelOptions(self.conv_layout, self.winograd, self.pad_channels,
-                             self.prepack_weights)
+                             self.prepack_weights, self.fast_math)
 
     def exit_plan(self):
         """The ExitPlan these fields describe (exit points are found in the model)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from edgec.compiler.tune.apply import apply_tuning
 from edgec.compiler.tvm_compat import relax, tvm
 from edgec.passes.graph import bind as bind_weights
+from edgec.passes.fast_math import legalize_map
 from edgec.passes.layout_fallback import blocked_layout
 from edgec.passes.matmul_schedule import apply_default_matmuls
 from edgec.passes.nchwc_schedule import apply_default_schedules
@@ -28,7 +29,8 @@ def simplify(state) -> None:
 def layout(state) -> None:
     """FP32 convs in the blocked NCHW[b]c layout, their neighbours following; a conv TVM
     cannot block stays NCHW (``layout_fallback``), and the record says which."""
-    state.mod, state.layout = blocked_layout(state.mod, state.block, state.config.winograd)
+    state.mod, state.layout = blocked_layout(state.mod, state.block, state.config.winograd,
+                                             _fast_math(state))
     state.passes.append(state.layout)
 
 
@@ -36,6 +38,9 @@ def fuse(state) -> None:
     """Legalize and fuse (Relax's "zero" pipeline). With prepacking, the kernels' weight
     buffers are marked layout-free, so MetaSchedule's RewriteLayout may give them the
     layout the schedule reads best."""
+    legalize = _fast_math(state)
+    if legalize:  # before the zero pipeline's LegalizeOps, which then finds nothing left
+        state.mod = relax.transform.LegalizeOps(legalize)(state.mod)
     with state.target.tvm_target():
         state.mod = relax.get_pipeline("zero")(state.mod)
     if state.layout is not None:  # distinct Winograd kernels (weights transformed)
@@ -43,6 +48,11 @@ def fuse(state) -> None:
                                                for gv in state.mod.functions)
     if state.config.prepack_weights:
         state.mod = relax.transform.AttachAttrLayoutFreeBuffers()(state.mod)
+
+
+def _fast_math(state) -> dict | None:
+    """The fast-math legalizations (``passes.fast_math``) if the config asks for them."""
+    return legalize_map() if state.config.fast_math else None
 
 
 def tune(state) -> None:

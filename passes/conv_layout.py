@@ -95,7 +95,7 @@ def conv_key(call) -> tuple:
 
 def convert_conv_layout(mod: tvm.IRModule, block: int, winograd: bool = True,
                         blocks: list | None = None, fused: list | None = None,
-                        exclude=()) -> tvm.IRModule:
+                        exclude=(), legalize: dict | None = None) -> tvm.IRModule:
     """Blocks every FP32 conv2d whose channels divide by ``block`` (the target's lanes; see
     ``channel_block`` for the narrower block), then legalizes them (with ``winograd``, the
     3x3 stride-1 ones that gain as Winograd F(2x2, 3x3)). ``blocks``: a list to which each
@@ -105,6 +105,7 @@ def convert_conv_layout(mod: tvm.IRModule, block: int, winograd: bool = True,
     Convs whose channel counts do not divide (a 3-channel RGB stem) stay in NCHW;
     ConvertLayout puts the layout transforms on their edges. So do the convs in
     ``exclude`` (``conv_key``s; ``passes.layout_fallback`` finds those TVM cannot block).
+    legalize: more LegalizeOps functions for the other ops (``fast_math.legalize_map()``).
     """
     if block is None or block <= 1:
         return mod
@@ -120,7 +121,7 @@ def convert_conv_layout(mod: tvm.IRModule, block: int, winograd: bool = True,
         fused.append(pairs)
     hook = functools.partial(legalize_blocked_conv, block=block, winograd=winograd,
                              blocks=blocks)
-    return relax.transform.LegalizeOps({"relax.nn.conv2d": hook})(mod)
+    return relax.transform.LegalizeOps({**(legalize or {}), "relax.nn.conv2d": hook})(mod)
 
 
 @relax.expr_functor.mutator

@@ -19,23 +19,25 @@ from edgec.compiler.tvm_compat import relax, tvm
 from edgec.passes.conv_layout import conv_key, convert_conv_layout
 
 
-def blocked_layout(mod: tvm.IRModule, block: int, winograd: bool = True):
+def blocked_layout(mod: tvm.IRModule, block: int, winograd: bool = True,
+                   legalize: dict | None = None):
     """``mod`` with its FP32 convs in NCHW[block]c where TVM can block them; returns
-    ``(mod, record)`` for the manifest's pass list."""
+    ``(mod, record)`` for the manifest's pass list. legalize: more LegalizeOps functions
+    (``fast_math.legalize_map()``) for the legalization that ends the conversion."""
     convs = conv_keys(mod)
     excluded: list = []
     failure = None
     while True:
-        converted = _try(mod, block, winograd, excluded)
+        converted = _try(mod, block, winograd, excluded, legalize)
         if not isinstance(converted, Exception):
             break
         failure = failure or converted
         remaining = [c for c in convs if c not in excluded]
-        if not remaining or isinstance(_try(mod, block, winograd, convs), Exception):
+        if not remaining or isinstance(_try(mod, block, winograd, convs, legalize), Exception):
             # not a conv's doing (or nothing left to exclude): the model stays NCHW
             return mod, {"name": "conv_layout", "layout": "NCHW", "nchw_convs": len(convs),
                          "fallback_reason": _first_line(failure)}
-        excluded.append(_culprit(mod, block, winograd, excluded, remaining))
+        excluded.append(_culprit(mod, block, winograd, excluded, remaining, legalize))
     out, blocks, fused = converted
     record = {"name": "conv_layout", "layout": f"NCHW{block}c",
               "narrow_convs": sum(b < block for b in blocks), "dw_pw_fused": sum(fused)}
@@ -61,24 +63,25 @@ def conv_keys(mod) -> list:
     return keys
 
 
-def _try(mod, block, winograd, excluded):
+def _try(mod, block, winograd, excluded, legalize=None):
     """(module, blocks, fused) of one conversion, or the exception it raised."""
     blocks, fused = [], []
     try:
-        out = convert_conv_layout(mod, block, winograd, blocks, fused, exclude=set(excluded))
+        out = convert_conv_layout(mod, block, winograd, blocks, fused, exclude=set(excluded),
+                                  legalize=legalize)
     except Exception as e:  # noqa: BLE001 (TVM raises InternalError, ValueError, ...)
         return e
     return out, blocks, fused
 
 
-def _culprit(mod, block, winograd, excluded, remaining):
+def _culprit(mod, block, winograd, excluded, remaining, legalize=None):
     """The first conv (program order) whose blocking makes the conversion fail: blocking
     remaining[:hi] fails and remaining[:lo] does not; halve until they are adjacent."""
     lo, hi = 0, len(remaining)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         trial = excluded + remaining[mid:]
-        if isinstance(_try(mod, block, winograd, trial), Exception):
+        if isinstance(_try(mod, block, winograd, trial, legalize), Exception):
             hi = mid
         else:
             lo = mid

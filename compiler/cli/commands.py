@@ -53,7 +53,7 @@ def _compile(args, specs):
                                 transfer_schedules=not args.no_schedule_transfer,
                                 prepack_weights=args.prepack_weights,
                                 conv_layout=args.conv_layout, winograd=args.winograd,
-                                pad_channels=args.pad_channels)
+                                pad_channels=args.pad_channels, fast_math=args.fast_math)
     calib = calib_data(args, config)
     model, example = args.model, None
     if is_factory(model):
@@ -113,6 +113,9 @@ def layout_flags(p):
     p.add_argument("--no-pad-channels", dest="pad_channels", action="store_false",
                    help="with NCHWc: keep every channel count (default: zero-pad channel groups "
                         "that do not fill the vector width, e.g. 24 -> 32 on AVX-512)")
+    p.add_argument("--no-fast-math", dest="fast_math", action="store_false",
+                   help="exp, sigmoid, tanh, erf (SiLU, GELU, softmax) through libm calls "
+                        "(default: vectorizable polynomial approximations, within ~1e-6)")
     p.add_argument("--prepack-weights", action="store_true",
                    help="let tuned kernels store their weights in the layout they read best "
                         "(rewritten at compile time; tune and compile with the same flag)")

@@ -136,4 +136,5 @@ cmd_tune.configure = _flags
 def _kernels(args):
     from edgec.compiler.config import KernelOptions
 
-    return KernelOptions(args.conv_layout, args.winograd, args.pad_channels, args.prepack_weights)
+    return KernelOptions(args.conv_layout, args.winograd, args.pad_channels, args.prepack_weights,
+                         args.fast_math)
