@@ -15,12 +15,23 @@ from tvm.support import cc  # tvm.contrib.cc is gone in 0.27
 from tvm_ffi import structural_hash  # 0.27: tvm.ir.structural_hash is gone
 
 __all__ = ["tvm", "relax", "R", "Constant", "cc", "detach_params", "tensor", "VirtualMachine",
-           "meta_schedule", "torch_frontend", "onnx_frontend", "cross_compiler", "tvm_version", "structural_hash"]
+           "meta_schedule", "torch_frontend", "onnx_frontend", "cross_compiler", "tvm_version", "structural_hash", "is_tensor_constant"]
 
 VirtualMachine = relax.VirtualMachine
 # 0.27 moved Relax constants to tvm.ir (GenericConst <: tvm.ir.expr.Constant, payload in
 # `.value`), renamed Var.name_hint -> .name and struct_info -> .ty (TensorType, TupleType).
 Constant = tvm.ir.expr.Constant
+
+
+def is_tensor_constant(expr) -> bool:
+    """Whether ``expr`` is a Relax tensor constant (a weight, a BN statistic).
+
+    In 0.27 ``tvm.ir.IntImm``/``FloatImm`` are ``Constant`` subclasses too, with a Python
+    int/float as ``.value`` and a ``PrimType``: a Relax call takes them as attribute-like
+    arguments (``arange``'s bounds, ``slice_scatter``'s axis in Swin's attention mask), and
+    code expecting a tensor payload crashed on them (``'int' object has no attribute 'shape'``).
+    """
+    return isinstance(expr, Constant) and isinstance(expr.ty, relax.TensorType)
 
 
 def tensor(array, device=None):

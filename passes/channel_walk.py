@@ -2,7 +2,7 @@
 family (the rules are in ``channel_ops``)."""
 from __future__ import annotations
 
-from edgec.compiler.tvm_compat import Constant, relax
+from edgec.compiler.tvm_compat import is_tensor_constant, relax
 from edgec.passes.channel_groups import ChannelGroups, Layout, Slice
 from edgec.passes.channel_ops import OpRules, Act, shape_of, View
 
@@ -114,7 +114,7 @@ class Walker(OpRules):
     def info(self, expr):
         if isinstance(expr, relax.Var):
             return self.env.get(expr)
-        if isinstance(expr, Constant):
+        if is_tensor_constant(expr):  # not an IntImm argument (arange, slice_scatter)
             key = self.const_keys.setdefault(expr, f"c{len(self.const_keys)}")
             self.cg.constants[key] = expr
             ndim = len(shape_of(expr) or ())
