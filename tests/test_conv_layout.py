@@ -282,3 +282,30 @@ def test_grouped_convs_run_blocked(tmp_path, width, path):
     with torch.no_grad():
         ref = model(x).numpy()
     np.testing.assert_allclose(load(out)(x.numpy())[0], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_conv_with_odd_outputs_is_padded_and_sliced(tmp_path):
+    """A conv whose output channels no block divides (16 -> 10, shufflenet_v2_x2_0's
+    128 -> 122 before a channel shuffle) but whose inputs do runs blocked with its outputs
+    zero-padded to the lanes, then sliced back to 10 channels (the 10 -> 16 conv after it,
+    inputs not divisible by 4, takes the stem's kernel: NCHW in). No conv is left on TVM's
+    plain NCHW schedule. Equals torch."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 10, 1), nn.ReLU(), nn.Conv2d(10, 16, 3, padding=1)).eval()
+    x = torch.randn(1, 16, 8, 8)
+    res = run(import_model(model, (x,)), PipelineConfig(target="x86-avx2", tuning_logs=None),
+              lower_only=True)
+    texts = {gv.name_hint: f.script() for gv, f in res.lowered.functions.items()
+             if isinstance(f, tvm.tirx.PrimFunc)}
+    blocked = [t for t in texts.values() if 'T.sblock("conv2d_nchwc")' in t]
+    assert len(blocked) == 2
+    # the padded conv: 16 outputs in two blocks of 8, then the slice to 10 channels
+    assert any("T.Buffer((T.int64(1), T.int64(2), T.int64(8), T.int64(8), T.int64(8))" in t
+               and "unblock_out" not in t for t in blocked)
+    assert any("strided_slice" in name for name in texts)
+    assert not any('T.sblock("conv2d_nchw")' in t for t in texts.values())
+    out = str(tmp_path / "o.so")
+    compile_nchwc(model, x, out, "x86-avx2")
+    with torch.no_grad():
+        ref = model(x).numpy()
+    np.testing.assert_allclose(load(out)(x.numpy())[0], ref, rtol=1e-4, atol=1e-5)
