@@ -37,6 +37,24 @@ def test_cnn_parity_fused(tiny_cnn, tmp_path):
     assert times.shape == (3,) and (times > 0).all()
 
 
+def test_recompiled_to_the_same_path_loads_the_new_model(mlp, tmp_path):
+    """Compile, load, change the model, compile to the same path, load again in the same
+    process: the second load runs the new model (the dynamic loader would hand back the
+    library it mapped first under that name)."""
+    model, x = mlp
+    out = str(tmp_path / "m.so")
+    compile(model, (x,), target="host", output=out)
+    first = load(out)
+    np.testing.assert_allclose(first(x.numpy())[0], torch_out(model, x), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(-2.0)
+    compile(model, (x,), target="host", output=out)
+    np.testing.assert_allclose(load(out)(x.numpy())[0], torch_out(model, x), rtol=1e-5,
+                               atol=1e-5)
+    assert not np.allclose(first(x.numpy())[0], torch_out(model, x))  # the first kept its own
+
+
 def test_aarch64_cross_compile(tiny_cnn, tmp_path):
     model, x = tiny_cnn
     out = str(tmp_path / "arm.so")

@@ -5,7 +5,10 @@ names, shapes and dtypes) happens before anything runs.
 """
 from __future__ import annotations
 
+import os
 import platform
+import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -118,6 +121,30 @@ class Model:
         return np.asarray(samples)
 
 
+_LOADED: dict = {}  # real path -> the file's (size, mtime, inode) when this process loaded it
+
+
+def load_library(path: str):
+    """``tvm.runtime.load_module(path)``, fresh even when ``path`` was loaded before in this
+    process and has been rebuilt since: the dynamic loader hands back the library already
+    mapped under that name, so a model recompiled to the same path would run its old code
+    (a notebook's compile -> load -> change -> compile -> load). A changed file is loaded
+    from a private copy, removed once mapped."""
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+    seen = _LOADED.setdefault(real, stamp)
+    if seen == stamp:
+        return tvm.runtime.load_module(path)
+    fd, copy = tempfile.mkstemp(suffix=".so", prefix="edgec-reload-")
+    os.close(fd)
+    try:
+        shutil.copyfile(real, copy)
+        return tvm.runtime.load_module(copy)
+    finally:
+        os.unlink(copy)
+
+
 def load(path: str) -> Model:
     """Load ``path`` (.so) with its manifest, after checking it can run here."""
     manifest = read_manifest(path)
@@ -129,7 +156,7 @@ def load(path: str) -> Model:
                             "'edgec bench --tracker HOST:PORT --key KEY'")
     verify_library(path, manifest)  # a damaged .so can crash the process: check its bytes first
     try:
-        lib = tvm.runtime.load_module(path)
+        lib = load_library(path)
         vm_text = tvm.relax.VMExecutable(lib).as_text()
     except Exception as e:
         raise ArtifactError(f"cannot load {path}: {str(e).strip().splitlines()[-1]}") from e
