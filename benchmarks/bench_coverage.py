@@ -36,6 +36,9 @@ import numpy as np
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 STEPS = ("export", "onnx17", "onnx11", "prune", "int8", "latency")
 SIZES = {"inception_v3": 299}  # default input sizes other than 224
+# models that take only their default size: ViT's position embeddings fix the patch grid,
+# MaxViT's 7x7 windows need 224 (at 112: "shape '[1, 8, 8, 7, 7, 64]' is invalid")
+FIXED_SIZE = {"vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14", "maxvit_t"}
 TOL = 1e-4
 
 
@@ -88,7 +91,7 @@ def run_one(name: str, steps, max_gmacs: float, small: int, folder: str, rounds:
     row["params_m"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
     try:
         macs = _macs(model, x)
-        if macs > max_gmacs * 1e9 and not name.startswith("vit_"):  # ViT fixes its size
+        if macs > max_gmacs * 1e9 and name not in FIXED_SIZE:
             size = small
             x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
             row["reduced_from"] = SIZES.get(name, 224)
@@ -177,8 +180,11 @@ def run_one(name: str, steps, max_gmacs: float, small: int, folder: str, rounds:
         from edgec.compiler.peers import edgec_runner, onnxruntime_session
 
         path = os.path.join(folder, "opset17.onnx")
-        if not os.path.exists(fp32_so) or not os.path.exists(path):
-            return {"ok": None, "note": "needs the export and onnx17 steps"}
+        if not os.path.exists(fp32_so):
+            return {"ok": None, "note": "needs the export step"}
+        if not os.path.exists(path):  # --steps export latency: the file, without its build
+            torch.onnx.export(model, (x,), path, input_names=["x"], opset_version=17,
+                              dynamo=False)
         res = compare([Engine("edgec", edgec_runner(fp32_so, [xn])),
                        Engine("onnxruntime", onnxruntime_session(path, [xn], os.cpu_count()))],
                       rounds=rounds, samples=3, quiet=True)
@@ -262,19 +268,41 @@ def _run_child(name, args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--one", name, "--row-out", out,
            "--steps", *args.steps, "--max-gmacs", str(args.max_gmacs),
            "--small-size", str(args.small_size), "--rounds", str(args.rounds)]
+    from edgec.compiler.compare import machine_info
+
     t0 = time.perf_counter()
+    # Each row says where and under what load it ran: a latency ratio measured while the
+    # machine was busy is not comparable (TVM's thread pool suffers far more than ONNX
+    # Runtime's when a core is taken: alexnet measured 44x at load 3-6, 1.8x quiet).
+    where = {"cpu": machine_info()["cpu"], "load_before": round(os.getloadavg()[0], 2)}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
         if proc.returncode == 0:
             with open(out, encoding="utf-8") as f:
-                return json.load(f)
-        tail = (proc.stderr or "").strip().splitlines()[-1:] or [""]
-        return {"model": name, "steps": {}, "crashed": f"exit {proc.returncode}: {tail[0][:300]}"}
+                row = json.load(f)
+        else:
+            tail = (proc.stderr or "").strip().splitlines()[-1:] or [""]
+            row = {"model": name, "steps": {},
+                   "crashed": f"exit {proc.returncode}: {tail[0][:300]}"}
     except subprocess.TimeoutExpired:
-        return {"model": name, "steps": {}, "crashed": f"timeout after {args.timeout} s"}
+        row = {"model": name, "steps": {}, "crashed": f"timeout after {args.timeout} s"}
     finally:
         os.unlink(out)
         print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    row["ran_on"] = dict(where, load_after=round(os.getloadavg()[0], 2),
+                         date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return row
+
+
+def merge(old: dict | None, new: dict, steps) -> dict:
+    """``new``'s results for ``steps`` over ``old``'s row (--merge); ``ran_on`` per step."""
+    if not old or old.get("crashed") or new.get("crashed"):
+        return new
+    row = dict(old, steps=dict(old.get("steps", {})))
+    for key in steps:
+        if key in new.get("steps", {}):
+            row["steps"][key] = dict(new["steps"][key], ran_on=new.get("ran_on"))
+    return row
 
 
 def summarize(rows: list) -> dict:
@@ -303,7 +331,10 @@ def markdown(rows, summary, machine, total) -> str:
         if s.get("exporter_failed"):
             return "exporter failed"
         if key == "latency" and s.get("ratio"):
-            return f"{s['ratio']:.2f}x ({s['edgec_ms']:.1f} / {s['onnxruntime_ms']:.1f} ms)"
+            ran = s.get("ran_on") or r.get("ran_on") or {}
+            load = f", load {ran['load_before']:.1f}" if "load_before" in ran else ""
+            return (f"{s['ratio']:.2f}x ({s['edgec_ms']:.1f} / {s['onnxruntime_ms']:.1f} ms"
+                    f"{load})")
         mark = "ok" if s.get("ok") else "**FAIL**"
         extra = ""
         if "rel_err" in s:
@@ -334,6 +365,16 @@ def markdown(rows, summary, machine, total) -> str:
                       *lines, "", machine])
 
 
+def _markdown(rows, runs, total, m) -> str:
+    """The table, the machine, and the earlier runs whose rows it holds."""
+    machine = (f"Machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['flags'])}, "
+               f"load average {m['loadavg_1m']:.2f}; untuned edgec builds, batch 1.")
+    history = "\n".join(["Runs whose rows this table holds (each row's `ran_on` in the JSON "
+                         "says which made it):"] + [f"- {r['date_utc']}: `{r['command']}`"
+                                                    for r in runs[:-1]])
+    return markdown(rows, summarize(rows), machine, total) + "\n\n" + history
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="*", help="classifier names (default: all of torchvision's)")
@@ -344,6 +385,10 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=int, default=3600, help="seconds per model")
     p.add_argument("--out", default=os.path.join(RESULTS, "coverage"))
     p.add_argument("--fresh", action="store_true", help="redo models already in --out")
+    p.add_argument("--merge", action="store_true",
+                   help="rerun --steps for models already in --out, keeping their other steps")
+    p.add_argument("--report", action="store_true",
+                   help="rewrite the markdown from the JSON, running nothing")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--row-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -359,23 +404,35 @@ def main(argv=None) -> int:
 
     names = args.models or ([f"onnx:{c}" for c in CASES] + [f"onnx:3p/{f}" for f in FILES]
                             + classifiers())
-    done = {}
+    done, runs, old = {}, [], {}
     if not args.fresh and os.path.exists(args.out + ".json"):
         with open(args.out + ".json", encoding="utf-8") as f:
-            done = {r["model"]: r for r in json.load(f)["rows"]}
-    total = len(names)
+            old = json.load(f)
+        done = {r["model"]: r for r in old["rows"]}
+        runs = old.get("runs") or [{"command": old.get("command"), "date_utc": old.get("date_utc")}]
+    # the table may hold the rows of several runs (resumed, or --merge): each is listed
+    runs = runs + [{"command": "python " + " ".join(sys.argv), "cpu": machine_info()["cpu"],
+                    "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]
+    total = len(set(names) | set(done) | set(
+        [f"onnx:{c}" for c in CASES] + [f"onnx:3p/{f}" for f in FILES] + classifiers()))
+    if args.report:  # only rewrite the markdown from the JSON, as its last run made it
+        rows = [done[n] for n in done]
+        md = _markdown(rows, runs[:-1], total, old.get("machine") or machine_info())
+        with open(args.out + ".md", "w", encoding="utf-8") as f:
+            f.write(f"Made by `{runs[-2]['command']}` on {runs[-2]['date_utc']}.\n\n{md}\n")
+        return 0
     for name in names:
-        if name in done:
+        if name in done and not args.merge:
             continue
-        done[name] = _run_child(name, args)
+        if args.merge and name.startswith("onnx:"):
+            continue
+        row = _run_child(name, args)
+        done[name] = merge(done.get(name), row, args.steps) if args.merge else row
         rows = [done[n] for n in names if n in done] + [r for n, r in done.items()
                                                         if n not in names]
-        summary = summarize(rows)
         m = machine_info()
-        machine = (f"Machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['flags'])}, "
-                   f"load average {m['loadavg_1m']:.2f}; untuned edgec builds, batch 1.")
-        write_results(args.out, {"rows": rows, "summary": summary, "machine": m},
-                      markdown(rows, summary, machine, total))
+        write_results(args.out, {"rows": rows, "summary": summarize(rows), "machine": m,
+                                 "runs": runs}, _markdown(rows, runs, total, m))
     return 0
 
 
