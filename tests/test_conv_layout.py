@@ -309,3 +309,24 @@ def test_conv_with_odd_outputs_is_padded_and_sliced(tmp_path):
     with torch.no_grad():
         ref = model(x).numpy()
     np.testing.assert_allclose(load(out)(x.numpy())[0], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_a_prime_width_gets_a_tile_with_a_tail(tmp_path):
+    """A 13-wide output (squeezenet's classifier conv) in 8-lane blocks: no divisor of 13
+    fits AVX2's 8 accumulators, so the heuristic takes 8 pixels with a tail instead of
+    one pixel at a time (a 4x slower loop); widths with a divisor keep their tiles. The
+    tail (pixels 8..12 of the second tile) computes right: equals torch."""
+    from edgec.passes.nchwc_schedule import default_tile, tile_candidates
+
+    assert (8, 1) in tile_candidates(13, 5, False, 8) and default_tile(13, 5, False, 8) == (8, 1)
+    assert default_tile(56, 4, False, 8) == (4, 2) and default_tile(7, 4, False, 8) == (7, 1)
+    assert all(13 % r == 0 for r, _ in tile_candidates(13, 4, False, 16))  # 13 fits in 28
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 40, 3, padding=1), nn.ReLU()).eval()
+    x = torch.randn(1, 16, 13, 13)
+    out = str(tmp_path / "t.so")
+    _, record = compile_nchwc(model, x, out, "x86-avx2", winograd=False)
+    assert record["default_tiles"] == 1
+    with torch.no_grad():
+        ref = model(x).numpy()
+    np.testing.assert_allclose(load(out)(x.numpy())[0], ref, rtol=1e-4, atol=1e-5)
