@@ -88,6 +88,7 @@ def _manifest(model, config, result, target, output, built, start) -> dict:
         "passes": result.passes,
         "early_exit": _early_exit(result.passes),
         "tuning": result.tuning,
+        "step_seconds": result.seconds,
         "config": config.to_json(),
         "versions": {"edgec": _pkg.__version__, "tvm": tvm_version()},
         "build_seconds": round(time.perf_counter() - start, 2),

@@ -14,6 +14,7 @@ library and its manifest after (``build.build``). The tuner stops after ``fuse``
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -94,6 +95,7 @@ class PipelineResult:
     passes: list = field(default_factory=list)
     tuning: dict = field(default_factory=dict)
     model: RelaxModel | None = None  # the model after the compression passes
+    seconds: dict = field(default_factory=dict)  # wall time of each step that ran
 
 
 def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool = True,
@@ -107,17 +109,21 @@ def run(model: RelaxModel, config: PipelineConfig, calib_data=None, quiet: bool 
     state = State(config, model, calib_data, quiet)
     dump = _dumper(config.dump_ir)
     dump("00_imported", model.mod)
+    seconds = {}
     with native_output_captured():
         for i, step in enumerate(STEPS, 1):
             if step.when(state):
+                start = time.perf_counter()
                 with phase(step.phase, step.hint):
                     step.run(state)
+                seconds[step.name] = round(time.perf_counter() - start, 2)
                 if step.dumps:
                     dump(f"{i:02d}_{step.name}", state.model.mod if state.mod is None else state.mod)
             if lower_only and step.name == LOWERED:
-                return PipelineResult(None, state.mod, state.target, state.passes, {}, state.model)
+                return PipelineResult(None, state.mod, state.target, state.passes, {}, state.model,
+                                      seconds)
     return PipelineResult(state.executable, state.mod, state.target, state.passes, state.tuning,
-                          state.model)
+                          state.model, seconds)
 
 
 def _dumper(directory):

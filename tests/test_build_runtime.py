@@ -19,6 +19,9 @@ def test_mlp_parity_and_manifest(mlp, tmp_path):
     assert manifest["outputs"][0]["shape"] == [2, 4]
     assert manifest["arch"] == "x86_64" and manifest["versions"]["tvm"]
     assert manifest["weights_bytes"] == sum(p.numel() * 4 for p in model.parameters())
+    steps = manifest["step_seconds"]  # where the build's time went, in pipeline order
+    assert {"bind", "fuse", "build"} <= set(steps) and "quantize" not in steps
+    assert all(v >= 0 for v in steps.values()) and list(steps)[-1] == "build"
     y = load(out)(x.numpy())[0]
     np.testing.assert_allclose(y, torch_out(model, x), rtol=1e-5, atol=1e-5)
 
