@@ -155,6 +155,11 @@ class OpRules:
             block = x.layout.block * int(np.prod(ishape[ax + 1:], dtype=np.int64))
             self.cg.reshapes[call] = ax
             return Act(Layout(x.layout.segments, block), ax)
+        if ax == len(ishape) - 1 and oshape and oshape[-1] == ishape[-1]:
+            # channels last, only the leading axes regrouped: a linear layer on tokens or
+            # NHWC pixels (ConvNeXt's and the transformers' MLPs flatten to 2-D and back)
+            self.cg.reshapes[call] = len(oshape) - 1
+            return Act(x.layout, len(oshape) - 1)
         return self.unknown(args, "reshape that splits or merges the channel axis")
 
     def permute(self, var, call, args):

@@ -1,6 +1,8 @@
 """Torchvision families that failed somewhere in edgec (benchmarks/bench_coverage.py), as
 tiny models built from torchvision's own blocks: each case compiles and matches torch
 (issue 22). Seconds each; the full-size models run in the coverage benchmark."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -51,12 +53,67 @@ def test_swin_prune_plan_skips_what_it_cannot_follow(v2):
 
 
 def test_swin_pruned_build_matches_torch(tmp_path):
+    """The whole pipeline on a pruned Swin: equal to torch with the same channels zeroed."""
     model, x = _swin()
+    plan = make_plan(import_model(model, (x,)), 0.3)
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps(plan.to_json()))
     out = str(tmp_path / "swin.so")
     manifest = compile(model, (x,), output=out,
-                       config=PipelineConfig(tuning_logs=None, prune=0.3))
+                       config=PipelineConfig(tuning_logs=None, prune_plan=str(plan_path)))
     record = next(p for p in manifest["passes"] if p["name"] == "prune_channels")
-    assert record["skipped"]
-    # whatever was left unpruned computes as torch does
-    if record["macs_after"] == record["macs_before"]:
-        assert _rel(load(out)(x.numpy())[0], torch_out(model, x)) <= TOL
+    assert record["skipped"] and record["macs_after"] < record["macs_before"]
+    y = load(out)(x.numpy())[0]
+    with torch.no_grad():
+        assert _rel(y, torch_out(_zeroed(model, plan), x)) <= TOL
+
+def _convnext():
+    """Two ConvNeXt stages, 16 and 32 wide: NHWC LayerNorm and a Linear MLP per block."""
+    cn = import_torchvision().models.convnext
+    torch.manual_seed(0)
+    model = cn.ConvNeXt([cn.CNBlockConfig(16, 32, 1), cn.CNBlockConfig(32, None, 1)],
+                        num_classes=10)
+    return model.eval(), torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def _vit():
+    """Two ViT encoder layers, 16 wide; torchvision zero-inits the head: re-seeded."""
+    vt = import_torchvision().models.vision_transformer
+    torch.manual_seed(0)
+    model = vt.VisionTransformer(32, 8, 2, 2, 16, 32, num_classes=10)
+    torch.nn.init.normal_(model.heads.head.weight, std=0.2)
+    return model.eval(), torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def _zeroed(model, plan):
+    """``model`` with each pruned group's dropped output rows (and biases) zeroed."""
+    state = model.state_dict()
+    for g in plan.groups:
+        drop = sorted(set(range(g.channels)) - set(g.keep))
+        for weight in g.producers:
+            state[weight][drop] = 0
+            bias = weight[:-len("weight")] + "bias"
+            if bias in state:
+                state[bias][drop] = 0
+    model.load_state_dict(state)
+    return model
+
+
+@pytest.mark.parametrize("family", ["convnext", "vit"])
+def test_mlp_hidden_channels_prune_like_torch(family):
+    """A Linear on NHWC pixels or tokens flattens to 2-D and back (reshapes that keep the
+    channel axis last): the walk follows them, so each MLP's hidden width is a group
+    (before, every ConvNeXt/ViT/Swin group was skipped: 'nothing prunable')."""
+    from edgec.passes.calibrate import run_outputs
+    from edgec.passes.graph import bind
+    from edgec.passes.prune_channels import prune_channels
+
+    model, x = _convnext() if family == "convnext" else _vit()
+    relax_model = import_model(model, (x,))
+    plan = make_plan(relax_model, 0.5)
+    hidden = [g for g in plan.groups if len(g.keep) < g.channels]
+    assert len(hidden) == 2 and plan.macs_after < plan.macs_before
+    y = run_outputs(bind(prune_channels(relax_model, plan)), x.numpy(), relax_model.inputs[0])
+    with torch.no_grad():
+        ref = torch_out(_zeroed(model, plan), x)
+    assert _rel(y, ref) <= TOL
