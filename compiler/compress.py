@@ -15,7 +15,7 @@ from edgec.passes.pad_channels import pad_channels
 from edgec.passes.prune_channels import prune_channels, prune_summary
 from edgec.passes.prune_plan import PrunePlan, make_plan
 from edgec.passes.quant_scheme import QuantPlan, scheme_for_target
-from edgec.passes.quantize_int8 import quantize as quantize_layers
+from edgec.passes.quantize_int8 import int32_overflows, quantize as quantize_layers
 from edgec.passes.sensitivity import layer_sensitivity
 from edgec.passes.split_early_exits import split_model
 
@@ -59,6 +59,8 @@ def quantize(state) -> None:
         rows = [r.to_json() for r in layer_sensitivity(mod, layers, plan, data, model.inputs[0])]
         keep = tuple(r["layer"] for r in rows[:keep])
     plan = plan.with_keep_fp32(() if isinstance(keep, int) else keep)
+    overflow = int32_overflows(layers, plan)  # their bias would saturate int32: FP32
+    plan = plan.with_keep_fp32(overflow)
     kernel = kernel_for(state.target, scheme) if c.int8_kernel == "auto" else None
     state.model = model.with_module(
         quantize_layers(mod, layers, plan, kernel, depthwise=c.int8_depthwise == "kernel",
@@ -68,7 +70,8 @@ def quantize(state) -> None:
                          "kernel": f"packed-{kernel.name}" if kernel else "nchw",
                          "depthwise": c.int8_depthwise if kernel else "plain",
                          "pad_out": bool(c.int8_pad_out and kernel),
-                         "fp32_ops": fp32_ops(mod, layers)})
+                         "fp32_ops": fp32_ops(mod, layers),
+                         "fp32_int32_overflow": overflow})
 
 
 def _int8_plan(model, config, scheme, calib_data, quiet):

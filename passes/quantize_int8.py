@@ -32,7 +32,7 @@ from edgec.passes.int8_layers import PASSTHROUGH_OPS, block_of, find_layers, op_
 from edgec.passes.kernels.int8_depthwise import emit_depthwise_conv, is_depthwise
 from edgec.passes.quant_scheme import QuantPlan
 from edgec.passes.graph import substitute
-from edgec.passes.requant import Requant
+from edgec.passes.requant import INT32, Requant
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,29 @@ def quantize(mod, layers, plan: QuantPlan, kernel: DotKernel | None = None, *,
     plan.check_layers([layer.name for layer in layers])
     active = [layer for layer in layers if layer.name not in plan.keep_fp32]
     return _Realizer(mod, active, plan, kernel, depthwise, pad_out).run()
+
+
+def int32_overflows(layers, plan: QuantPlan) -> list:
+    """Names of ``layers`` whose int32 accumulator cannot hold their bias at the plan's
+    input scale: ``round(bias / (s_in * s_w))`` plus the largest sum of products passes
+    2^31, and the bias saturated (``Requant.bias_const`` clips): a wrong output, silently.
+    It happens when a layer's input range is tiny next to its bias (inception_v3 with
+    random weights: activations fade to ~1e-9 by the classifier, SQNR 0 dB against
+    FP32). Such layers stay FP32; the manifest lists them."""
+    scheme, out = plan.scheme, []
+    qmin, qmax = scheme.act_qrange
+    for layer in layers:
+        if layer.name in plan.keep_fp32 or layer.name not in plan.ranges:
+            continue
+        scale, zp = scheme.activation_qparams(*plan.ranges[layer.name])
+        axis = 0 if layer.kind == "conv2d" else 1
+        wq, sw = scheme.quantize_weight(layer.weight, axis)
+        other = tuple(d for d in range(wq.ndim) if d != axis)
+        bias = np.round(layer.bias / (scale * sw)) - zp * wq.astype(np.int64).sum(axis=other)
+        acc = np.abs(wq.astype(np.int64)).sum(axis=other) * max(abs(qmax - zp), abs(qmin - zp))
+        if float(np.max(np.abs(bias) + acc)) > INT32[1]:
+            out.append(layer.name)
+    return out
 
 
 def _const(value, dtype):
