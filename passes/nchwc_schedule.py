@@ -158,6 +158,7 @@ def _epilogue(sch, tile, xo) -> None:
     """Inline the fused elementwise ops into the tile's write-back; an op that reads the
     tile in another layout (the stem's unblock to NCHW) runs per tile, the rest inline
     into it."""
+    _inline_epilogue_dag(sch, tile)
     target = tile
     for consumer in consumer_chain(sch, tile):
         try:
@@ -171,6 +172,29 @@ def _epilogue(sch, tile, xo) -> None:
                 return  # whole map: it runs after the conv, as its own loop nest
             sch.annotate(consumer, "schedule_rule", "None")
             target = consumer
+
+
+def _inline_epilogue_dag(sch, tile) -> None:
+    """Inline every elementwise op between the tile and the kernel's output into the ops
+    that read it, so the chain below sees one op. An epilogue that reads the conv's output
+    twice (hardswish: ``y * clip(y + 3, 0, 6) / 6``, after every conv of a MobileNetV3)
+    is a graph, not a chain: its ops were left as separate whole-map loop nests, scalar
+    and on one thread."""
+    order, frontier = [], list(sch.get_consumers(tile))
+    while frontier:
+        block = frontier.pop(0)
+        if any(sch.get(block).same_as(sch.get(b)) for b in order):
+            continue
+        order.append(block)
+        frontier.extend(sch.get_consumers(block))
+    if all(len(sch.get_consumers(b)) <= 1 for b in order):
+        return  # a chain (bias, ReLU, residual add): the loop below inlines it as it is
+    for block in order:
+        if sch.get_consumers(block):  # not the kernel's output
+            try:
+                sch.compute_inline(block)
+            except Exception:  # noqa: BLE001 - not elementwise (a broadcast, a reduction)
+                continue
 
 
 def consumer_chain(sch, block) -> list:
