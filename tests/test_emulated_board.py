@@ -164,7 +164,8 @@ def test_blocked_conv_layout_matches_pytorch_on_board(emulated_board, tmp_path):
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     record, out, expected = _blocked_on_board(emulated_board, _model(), x,
                                               str(tmp_path / "blocked_arm.so"))
-    assert record["layout"] == "NCHW4c" and record["default_tiles"] == 3
+    # stem, conv, depthwise and the grouped conv (8-wide groups: whole NEON blocks)
+    assert record["layout"] == "NCHW4c" and record["default_tiles"] == 4
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
 
 
