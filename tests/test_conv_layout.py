@@ -46,6 +46,16 @@ def _model():
     return m.eval()
 
 
+def _avx2_build_equals_torch(model, x, out, **fields) -> dict:
+    """Build ``model`` blocked for AVX2 (``fields``: more PipelineConfig) and check it
+    against torch; returns the conv_layout record."""
+    _, record = compile_nchwc(model, x, out, "x86-avx2", **fields)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    np.testing.assert_allclose(load(out)(x.numpy())[0], ref, rtol=1e-4, atol=1e-5)
+    return record
+
+
 def _calls(mod, op_name):
     found = []
     for func in mod.functions.values():
@@ -280,10 +290,7 @@ def test_grouped_convs_run_blocked(tmp_path, width, path):
         2 if path == "unblocked" else 0)
     assert not any("block_diagonal_weight" in t for t in texts)  # folded into constants
     out = str(tmp_path / "g.so")
-    compile_nchwc(model, x, out, "x86-avx2")
-    with torch.no_grad():
-        ref = model(x).numpy()
-    np.testing.assert_allclose(load(out)(x.numpy())[0], ref, rtol=1e-4, atol=1e-5)
+    _avx2_build_equals_torch(model, x, out)
 
 
 def test_conv_with_odd_outputs_is_padded_and_sliced(tmp_path):
@@ -307,10 +314,7 @@ def test_conv_with_odd_outputs_is_padded_and_sliced(tmp_path):
     assert any("strided_slice" in name for name in texts)
     assert not any('T.sblock("conv2d_nchw")' in t for t in texts.values())
     out = str(tmp_path / "o.so")
-    compile_nchwc(model, x, out, "x86-avx2")
-    with torch.no_grad():
-        ref = model(x).numpy()
-    np.testing.assert_allclose(load(out)(x.numpy())[0], ref, rtol=1e-4, atol=1e-5)
+    _avx2_build_equals_torch(model, x, out)
 
 
 def test_a_prime_width_gets_a_tile_with_a_tail(tmp_path):
@@ -327,11 +331,7 @@ def test_a_prime_width_gets_a_tile_with_a_tail(tmp_path):
     model = nn.Sequential(nn.Conv2d(16, 40, 3, padding=1), nn.ReLU()).eval()
     x = torch.randn(1, 16, 13, 13)
     out = str(tmp_path / "t.so")
-    _, record = compile_nchwc(model, x, out, "x86-avx2", winograd=False)
-    assert record["default_tiles"] == 1
-    with torch.no_grad():
-        ref = model(x).numpy()
-    np.testing.assert_allclose(load(out)(x.numpy())[0], ref, rtol=1e-4, atol=1e-5)
+    assert _avx2_build_equals_torch(model, x, out, winograd=False)["default_tiles"] == 1
 
 
 def test_an_epilogue_graph_runs_in_the_tile(tmp_path):
@@ -352,7 +352,4 @@ def test_an_epilogue_graph_runs_in_the_tile(tmp_path):
                    for b in blocks), blocks
     assert text.count("T.max(") >= 1 and "T.parallel" in text
     out = str(tmp_path / "h.so")
-    compile_nchwc(model, x, out, "x86-avx2")
-    with torch.no_grad():
-        ref = model(x).numpy()
-    np.testing.assert_allclose(load(out)(x.numpy())[0], ref, rtol=1e-4, atol=1e-5)
+    _avx2_build_equals_torch(model, x, out)
