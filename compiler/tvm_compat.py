@@ -264,6 +264,13 @@ def kill_child_processes(pid: int) -> None:
     kill(pid)
 
 
+def legalize_default(bb, call):
+    """Relax's own legalization of ``call`` (the FLegalize registered on its op): for a
+    rewrite that lowers one call to its TIR compute itself, or a LegalizeOps hook that
+    declines a call."""
+    return tvm.ir.Op.get(call.op.name).get_attr("FLegalize")(bb, call)
+
+
 def legalize_conv2d_default(bb, call):
     """Relax's own legalization of ``relax.nn.conv2d`` (plain layouts), for a LegalizeOps
     hook that declines a conv; TVM keeps it under a private name."""

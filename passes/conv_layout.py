@@ -27,8 +27,8 @@ import re
 import numpy as np
 
 from edgec.compiler.errors import EdgecError
-from edgec.compiler.tvm_compat import (Constant, legalize_conv2d_default, relax, structural_hash,
-                                       tvm)
+from edgec.compiler.tvm_compat import (Constant, legalize_conv2d_default, legalize_default, relax,
+                                       structural_hash, tvm)
 from edgec.passes.clip_min_max import ClipAsMinMax
 from edgec.passes.dw_pw_fuse import fuse_dw_pw
 from edgec.passes.layout_names import CONV_LAYOUTS as LAYOUTS
@@ -153,7 +153,7 @@ class _BeforeConvertLayout(relax.PyExprMutator):
     def visit_call_(self, op):
         call = super().visit_call_(op)
         if _is_channel_slice(call, self.lanes):
-            return tvm.ir.Op.get(call.op.name).get_attr("FLegalize")(self.builder_, call)
+            return legalize_default(self.builder_, call)
         if _odd_outputs(call):
             return self._padded_outputs(call)
         return call
@@ -171,8 +171,7 @@ class _BeforeConvertLayout(relax.PyExprMutator):
             groups=1, data_layout="NCHW", kernel_layout="OIHW", out_layout="NCHW",
             out_dtype=a.out_dtype))
         sliced = relax.op.strided_slice(conv, axes=[1], begin=[0], end=[o])
-        sliced = self.builder_.normalize(sliced)
-        return tvm.ir.Op.get("relax.strided_slice").get_attr("FLegalize")(self.builder_, sliced)
+        return legalize_default(self.builder_, self.builder_.normalize(sliced))
 
 
 def _odd_outputs(call) -> bool:

@@ -15,7 +15,7 @@ libm's float32 in brackets): exp 1.1e-6 relative (6e-8), sigmoid 9e-8 absolute (
 tanh 3.6e-7 (9e-8), erf 3.4e-7 (5e-8), SiLU 1.1e-6 relative (1.7e-7), GELU 1.3e-6
 absolute (4.5e-7): float32 noise next to INT8's, and to the 1e-4 the coverage checks ask.
 
-``LEGALIZE`` is a LegalizeOps map, used where the pipeline legalizes (the blocked-layout
+``legalize_map()`` is a LegalizeOps map, used where the pipeline legalizes (the blocked-layout
 pass and the fuse step) when ``PipelineConfig.fast_math`` is on (the default); float32
 only, other dtypes keep Relax's legalization.
 """
@@ -23,17 +23,12 @@ from __future__ import annotations
 
 import math
 
-from edgec.compiler.tvm_compat import relax, tvm
+from edgec.compiler.tvm_compat import legalize_default, relax
 
 
 def _float32(call) -> bool:
     ty = call.args[0].ty
     return isinstance(ty, relax.TensorType) and str(ty.dtype) == "float32"
-
-
-def _default(bb, call):
-    """Relax's own legalization of ``call`` (registered on its op as FLegalize)."""
-    return tvm.ir.Op.get(call.op.name).get_attr("FLegalize")(bb, call)
 
 
 def _sigmoid_te(x):
@@ -69,7 +64,7 @@ def _gelu_tanh_te(x):
 def _unary(te_fn, name):
     def legalize(bb, call):
         if not _float32(call):
-            return _default(bb, call)
+            return legalize_default(bb, call)
         return bb.call_te(te_fn, call.args[0], primfunc_name_hint=name)
     return legalize
 
@@ -78,7 +73,7 @@ def _softmax(bb, call):
     from tvm import topi
 
     if not _float32(call):
-        return _default(bb, call)
+        return legalize_default(bb, call)
     return bb.call_te(topi.nn.fast_softmax, call.args[0], int(call.attrs.axis),
                       primfunc_name_hint="fast_softmax")
 
