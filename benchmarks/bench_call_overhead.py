@@ -157,48 +157,12 @@ def build_runner(folder: str) -> str:
     return out
 
 
-def kernel_calls(path: str, inputs: list) -> list:
-    """[(module, symbol, args)] of every PrimFunc the VM launches for ``inputs``."""
-    from edgec.compiler.deploy.runtime import load
-
-    model = load(path)
-    calls = []
-
-    def instrument(func, symbol, before, ret, *args):
-        if before and not str(symbol).startswith("vm.builtin."):
-            calls.append((str(symbol), args))
-        return 0
-
-    model._vm.set_instrument(instrument)
-    model._vm["main"](*inputs)
-    model._vm.set_instrument(None)
-    found = [(_kernel_module(path, s), s, a) for s, a in calls]
-    return [k for k in found if k[0] is not None]  # not the Relax functions (stage0, ...)
-
-
-_MODULES: dict = {}
-
-
-def _kernel_module(path: str, symbol: str):
-    """The module of ``path``'s library that implements ``symbol`` (the kernels live in an
-    import of the loaded library, not in the library module itself); None: not a kernel."""
-    from edgec.compiler.tvm_compat import tvm
-
-    lib = _MODULES.setdefault(path, tvm.runtime.load_module(path))
-    todo = [lib]
-    while todo:
-        mod = todo.pop()
-        if mod.implements_function(symbol, False):
-            return mod
-        todo += list(mod.imports)
-    return None
-
-
 class Case:
     """One model and one input, with every engine ready to time ``number`` calls."""
 
     def __init__(self, name: str, path: str, x: np.ndarray, runner: str, folder: str):
         from edgec.compiler.deploy.runtime import with_default_thresholds
+        from edgec.compiler.deploy.kernel_profile import kernel_launches
         from edgec.compiler.deploy.runtime import check_inputs, load
         from edgec.compiler.tvm_compat import tensor, tvm
 
@@ -207,7 +171,7 @@ class Case:
         args, kwargs = with_default_thresholds(self.model.manifest, (x,), {})
         self.tensors = [tensor(a) for a in check_inputs(self.model.manifest, args, kwargs)]
         self.main = self.model._vm["main"]
-        self.kernels = kernel_calls(path, self.tensors)
+        self.kernels = kernel_launches(self.model, self.tensors)
         self.dev = tvm.cpu()
         self.input_file = os.path.join(folder, f"{name.replace(' ', '_')}-input.npy")
         np.save(self.input_file, x)

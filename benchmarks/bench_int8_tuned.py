@@ -1,14 +1,17 @@
-"""Tuned INT8 vs tuned FP32 edgec, ONNX Runtime FP32 and static INT8, PyTorch eager: one run.
+"""INT8 vs FP32 edgec (untuned and tuned), ONNX Runtime FP32 and static INT8, PyTorch eager: one run.
 
-    python benchmarks/bench_int8_tuned.py --models resnet18 mobilenet_v2 --rounds 5 --samples 3
+    python benchmarks/bench_int8_tuned.py --models resnet18 mobilenet_v2 efficientnet_lite0 \
+        --rounds 5 --samples 3
 
-Both edgec builds apply the same tuning log (the host's base target's, or --log-dir):
-the FP32 build its FP32 records, the INT8 build the records of its own non-packed
-kernels (``edgec tune MODEL --int8``); the packed AVX2 int8 kernels carry their own
-schedule. ONNX Runtime's INT8 model is its fastest static configuration for this CPU:
-QDQ, per-channel weights, uint8 activations, reduce_range where there is no VNNI. Both
-INT8 models calibrate on the same random images (the models have random weights).
-Never run it while a tune (or anything heavy) runs.
+edgec_fp32 applies the host base target's tuning log (or --log-dir) where it has records,
+as a user's default build does; edgec_int8_untuned applies none (what most users run);
+edgec_int8 applies the same log's INT8 records (``edgec tune MODEL --int8``); with no INT8
+records in the log it equals the untuned build and is left out. ONNX Runtime's INT8 model
+is its fastest static configuration for this CPU: ``quant_pre_process`` first, as its docs
+ask, then QDQ, per-channel weights, uint8 activations, reduce_range where there is no VNNI.
+Both INT8 models calibrate on the same random images (the models have random weights).
+efficientnet_lite0 needs ``pip install -e '.[bench]'`` (timm). Never run it while a tune
+(or anything heavy) runs.
 """
 from __future__ import annotations
 
@@ -42,36 +45,67 @@ def bench_model(name: str, args) -> dict:
     folder = scratch()
     host = get_target("host")
     log_dir = args.log_dir or log_dir_for(host)
-    fp32, fp_manifest, _ = edgec_build(model, x, folder, "fp32", log_dir)
-    int8, q_manifest, _ = edgec_build(model, x, folder, "int8", log_dir, calib_data=calib,
-                                      int8=True, calib_samples=len(calib))
+    fp32, fp_manifest, fp_s = edgec_build(model, x, folder, "fp32", log_dir)
+    kw = dict(calib_data=calib, int8=True, calib_samples=len(calib))
+    untuned, u_manifest, u_s = edgec_build(model, x, folder, "int8_untuned", None, **kw)
+    int8, q_manifest, q_s = edgec_build(model, x, folder, "int8", log_dir, **kw)
+    tuned = _tuned_tasks(q_manifest) > 0
     engines = peer_engines(model, x, args.threads, folder)
     qdq = onnxruntime_qdq(os.path.join(folder, "model.onnx"), calib,
-                          os.path.join(folder, "qdq.onnx"), reduce_range=host.int8 != "vnni",
-                          pre_process=False)  # (as this benchmark's committed results)
+                          os.path.join(folder, "qdq.onnx"), reduce_range=host.int8 != "vnni")
     engines += [Engine("onnxruntime_int8", onnxruntime_session(qdq, [x], args.threads)),
                 Engine("edgec_fp32", edgec_runner(fp32, [x])),
-                Engine("edgec_int8", edgec_runner(int8, [x]))]
+                Engine("edgec_int8_untuned", edgec_runner(untuned, [x]))]
+    if tuned:
+        engines.append(Engine("edgec_int8", edgec_runner(int8, [x])))
     result = run_compare(engines, args, baseline="edgec_fp32")
-    quant = next(p for p in q_manifest["passes"] if p["name"] == "quantize_int8")
+    quant = next(p for p in u_manifest["passes"] if p["name"] == "quantize_int8")
+    best = "edgec_int8" if tuned else "edgec_int8_untuned"
+    peers = ("edgec_fp32", "onnxruntime_int8", "onnxruntime", "pytorch_eager")
     return {"model": name, "input_shape": list(x.shape), "calib_samples": len(calib),
             "int8_kernel": quant["kernel"], "layers_int8": quant["layers_int8"],
             "tuning": {"fp32": fp_manifest["tuning"]["summary"],
                        "int8": q_manifest["tuning"]["summary"]},
+            "compile_seconds": {"fp32": fp_s, "int8_untuned": u_s, "int8": q_s},
             "weights_bytes": {"fp32": fp_manifest["weights_bytes"],
-                              "int8": q_manifest["weights_bytes"],
-                              "ratio": q_manifest["weights_bytes"] / fp_manifest["weights_bytes"]},
-            "sqnr_db_int8_vs_fp32": _sqnr(fp32, int8, calib[:4]),
-            "ratios": ratios(result, "edgec_int8", peers=(
-                "edgec_fp32", "onnxruntime_int8", "onnxruntime", "pytorch_eager")),
+                              "int8": u_manifest["weights_bytes"],
+                              "ratio": u_manifest["weights_bytes"] / fp_manifest["weights_bytes"]},
+            "sqnr_db_int8_vs_fp32": _sqnr(fp32, untuned, calib[:4]),
+            "sqnr_db_onnxruntime_int8_vs_fp32": _sqnr_onnx(
+                os.path.join(folder, "model.onnx"), qdq, calib[:4]),
+            "ratios": ratios(result, "edgec_int8_untuned", peers=peers),
+            "ratios_tuned": ratios(result, best, peers=peers) if tuned else None,
             "compare": result}
+
+
+def _tuned_tasks(manifest) -> int:
+    """How many of a build's tasks took a schedule from the tuning log."""
+    tuning = manifest["tuning"]
+    return tuning.get("tuned", 0) + tuning.get("transferred", 0)
+
+
+def _sqnr_onnx(fp32_onnx: str, int8_onnx: str, xs) -> float:
+    """ONNX Runtime's INT8 logits against its FP32 logits on the same inputs."""
+    import onnxruntime as ort
+    from edgec.passes.sensitivity import sqnr_db
+
+    fp, q = (ort.InferenceSession(p, providers=["CPUExecutionProvider"])
+             for p in (fp32_onnx, int8_onnx))
+    name = fp.get_inputs()[0].name
+    return sqnr_db(np.concatenate([q.run(None, {name: x[None]})[0] for x in xs]),
+                   np.concatenate([fp.run(None, {name: x[None]})[0] for x in xs]))
 
 
 def _summary(r) -> str:
     w = r["weights_bytes"]
     speed = ", ".join(f"{k} = {v:.2f}" for k, v in r["ratios"].items())
-    return (f"{speed}. Weights {w['fp32']:,} -> {w['int8']:,} bytes ({w['ratio']:.3f}x); "
-            f"SQNR of the INT8 logits vs FP32 {r['sqnr_db_int8_vs_fp32']:.1f} dB "
+    c = r.get("compile_seconds") or {}
+    build = (f" Compile: FP32 {c['fp32']:.0f} s, INT8 {c['int8_untuned']:.0f} s "
+             f"({c['int8_untuned'] / c['fp32']:.2f}x)." if c else "")
+    onnx_sqnr = r.get("sqnr_db_onnxruntime_int8_vs_fp32")
+    onnx_sqnr = f", ONNX Runtime's {onnx_sqnr:.1f} dB" if onnx_sqnr is not None else ""
+    return (f"{speed}.{build} Weights {w['fp32']:,} -> {w['int8']:,} bytes ({w['ratio']:.3f}x); "
+            f"SQNR of the INT8 logits vs FP32 {r['sqnr_db_int8_vs_fp32']:.1f} dB{onnx_sqnr} "
             f"({r['calib_samples']} calibration images, {r['layers_int8']} layers INT8, "
             f"kernels {r['int8_kernel']}). FP32: {r['tuning']['fp32']}. "
             f"INT8: {r['tuning']['int8']}.")

@@ -20,7 +20,7 @@ from edgec.compiler.compare import Engine, compare, markdown_table
 from edgec.compiler.peers import edgec_runner, export_onnx, onnxruntime_session, torch_eager
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-NAMES = ("resnet18", "mobilenet_v2", "mnist_cnn")
+NAMES = ("resnet18", "mobilenet_v2", "mnist_cnn")  # the default set; --models takes any of zoo.MODELS
 
 
 def model_and_input(name: str, seed: int = 0):
@@ -106,7 +106,7 @@ def parse_args(doc: str, argv, extra=None):
     import argparse
 
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=list(NAMES), choices=list(NAMES))
+    p.add_argument("--models", nargs="+", default=list(NAMES), choices=list(zoo.MODELS))
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--samples", type=int, default=5)
     p.add_argument("--threads", type=int, default=os.cpu_count())

@@ -12,6 +12,7 @@ MODELS = {
     "mnist_cnn_pruned": ("mnist_cnn_pruned", (1, 1, 28, 28)),
     "resnet18": ("resnet18", (1, 3, 224, 224)),
     "mobilenet_v2": ("mobilenet_v2", (1, 3, 224, 224)),
+    "efficientnet_lite0": ("efficientnet_lite0", (1, 3, 224, 224)),
 }
 
 
@@ -31,3 +32,15 @@ def resnet18():
 
 def mobilenet_v2():
     return torchvision_model("mobilenet_v2")
+
+
+def efficientnet_lite0():
+    """timm's EfficientNet-Lite0 (ReLU6, no squeeze-excite), random weights, seeded; needs
+    ``pip install -e '.[bench]'``."""
+    import torch
+    try:
+        import timm
+    except ImportError:
+        raise SystemExit("efficientnet_lite0 needs timm: pip install -e '.[bench]'") from None
+    torch.manual_seed(0)
+    return timm.create_model("efficientnet_lite0", pretrained=False).eval()

@@ -152,6 +152,8 @@ def cmd_bench(args):
     bench_data.check_flags(args)
     paths = [args.model] + ([args.compare] if args.compare else [])
     _check_save(args, paths)
+    if args.kernels:
+        return _bench_kernels(args)
     if args.data:
         rounds = 1 if args.repeat is None else args.repeat
         config = bench_data.DataBenchConfig(args.data, args.split, args.samples, args.number,
@@ -175,6 +177,25 @@ def cmd_bench(args):
     emit(args, report, fmt(report))
 
 
+def _bench_kernels(args):
+    """``edgec bench model.so --kernels``: each kernel of one call timed alone, here."""
+    from edgec.compiler.deploy import kernel_profile
+    from edgec.compiler.deploy.artifact import write_json_atomic
+    from edgec.compiler.deploy.bench import BenchConfig
+    from edgec.compiler.errors import EdgecError
+
+    clash = [f for f, v in (("--rpc", args.rpc), ("--tracker", args.tracker), ("--data", args.data),
+                            ("--compare", args.compare)) if v]
+    if clash:
+        raise EdgecError(f"--kernels profiles on this machine, one artifact: drop {', '.join(clash)}")
+    config = BenchConfig(repeat=5 if args.repeat is None else args.repeat, number=args.number,
+                         warmup=args.warmup, timeout=args.timeout)
+    report = kernel_profile.profile(args.model, config)
+    if args.save:
+        write_json_atomic(args.save, report)
+    emit(args, report, kernel_profile.format_profile(report, args.top))
+
+
 def _bench_flags(p):
     p.add_argument("model", help="compiled model.so (model.json beside it)")
     p.add_argument("--rpc", metavar="HOST:PORT", help="an RPC server to run on directly")
@@ -191,6 +212,10 @@ def _bench_flags(p):
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3; with "
                    "--data, untimed samples)")
     p.add_argument("--compare", metavar="OTHER.so", help="time a second artifact interleaved")
+    p.add_argument("--kernels", action="store_true", help="here only: time each kernel of one "
+                   "call alone (the heaviest first, the time by kind, the call beyond the kernels)")
+    p.add_argument("--top", type=int, default=25, metavar="N",
+                   help="with --kernels: list the N heaviest kernels (default 25)")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to wait for a tracker, a free server or any one RPC step")
     p.add_argument("--save", metavar="FILE.json", help="also write the report (atomically)")
