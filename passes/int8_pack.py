@@ -66,3 +66,40 @@ def pack_func(shape, dtype: str, padding=(0, 0, 0, 0), extra_channels: int = 0,
                     y32[row * wp + left + w_ + w] = pad_word
 
     return hand_scheduled(pack)
+
+
+def pad_blocked_func(shape, dtype: str, padding, pad_value: int = 0):
+    """PrimFunc ``(x: (N, CB, H, W, B)) -> (N, CB, H + top + bottom, W + left + right, B)``,
+    the border filled with ``pad_value`` (the zero point): the input of a packed KxK conv
+    whose producer wrote the blocked layout. Each row is copied as 32-bit words (B / 4 a
+    pixel), vectorized; border words are stored whole."""
+    n_, cb_, h_, w_, b_ = (int(d) for d in shape)
+    top, left, bottom, right = (int(p) for p in padding)
+    hp, wp = h_ + top + bottom, w_ + left + right
+    if b_ % IC_BLOCK:
+        raise ValueError(f"pad_blocked: a block of {b_} channels is not whole 32-bit words")
+    words = b_ // IC_BLOCK
+    pad_word = tirx.const((int(pad_value) & 0xFF) * 0x01010101, "uint32")
+
+    @T.prim_func(s_tir=True)
+    def pad_blocked(x: T.Buffer((n_, cb_, h_, w_, b_), dtype),
+                    y: T.Buffer((n_, cb_, hp, wp, b_), dtype)):
+        T.func_attr({"tirx.noalias": True})
+        with T.sblock("root"):
+            x32 = T.decl_buffer((n_ * cb_ * h_ * w_ * words,), "uint32", data=x.data)
+            y32 = T.decl_buffer((n_ * cb_ * hp * wp * words,), "uint32", data=y.data)
+            for row in T.serial(n_ * cb_ * hp):
+                h = row % hp - top
+                plane = row // hp
+                if h >= 0 and h < h_:
+                    for i in T.vectorized(left * words):
+                        y32[row * wp * words + i] = pad_word
+                    for i in T.vectorized(w_ * words):
+                        y32[(row * wp + left) * words + i] = x32[(plane * h_ + h) * w_ * words + i]
+                    for i in T.vectorized(right * words):
+                        y32[(row * wp + left + w_) * words + i] = pad_word
+                else:
+                    for i in T.vectorized(wp * words):
+                        y32[row * wp * words + i] = pad_word
+
+    return hand_scheduled(pad_blocked)
