@@ -3,6 +3,7 @@ against a numpy reference (the conv in int64, the requantize in float32 as Requa
 does it) and against the NCHW kernel of int8_depthwise, for blocks 16/8/4, strides 1/2, with and
 without padding, channels not a multiple of the block, odd widths; marked like edgec's other
 hand-scheduled kernels; block 4 cross-compiles for aarch64."""
+import dataclasses
 import shutil
 
 import numpy as np
@@ -198,6 +199,18 @@ def test_pack_weight_and_is_blocked_depthwise():
     assert not is_blocked_depthwise(np.zeros((16, 1, 3, 3), "int8"), 8, (1, 1))  # multiplier 2
     with pytest.raises(ValueError, match="blocks of 8"):
         _blocked_module(np.zeros((1, 2, 5, 5, 16), "uint8"), w, 8, 1, (1, 1, 1, 1), 1, 0, None)
+
+
+def test_a_fused_residual_is_refused():
+    """The kernel's requantize has no residual input: a Requant carrying one must not be
+    emitted as if it had none."""
+    if "res_scale" not in {f.name for f in dataclasses.fields(Requant)}:
+        pytest.skip("this Requant has no fused residual")
+    rq = dataclasses.replace(_requant("relu6", 8, "uint8", 3, np.random.default_rng(0)),
+                             res_scale=0.5, res_zp=3)
+    w = np.zeros((8, 1, 3, 3), "int8")
+    with pytest.raises(ValueError, match="residual"):
+        _blocked_module(np.zeros((1, 1, 5, 5, 8), "uint8"), w, 8, 1, (1, 1, 1, 1), 1, 3, rq)
 
 
 def test_block4_cross_compiles_for_aarch64(tmp_path):

@@ -18,8 +18,8 @@ blocked pad kernel that needed was 3-57 us a layer (96x112x112 s2: 57 us pad + 1
 conv, 99 us with the border inside; 144x56x56 s1: 13 + 127 us, 127 us).
 
 Against ``int8_depthwise`` (its pad pre-kernel + NCHW kernel) on mobilenet_v2's
-depthwise convs: 1.5-5x faster on one thread, 1.7-9x on two (rows in parallel from
-``PARALLEL_MACS``; 144x56x56 s1: 198 -> 120 us, two threads 114 -> 61 us).
+depthwise convs: 1.5-5x faster on one thread, 1.7-7x on two (rows in parallel from
+``PARALLEL_MACS``; 144x56x56 s1: 198 -> 121 us, two threads 118 -> 63 us).
 
 Integer sums are exact and the requantize is the same expression as ``int8_depthwise``'s
 and the plain path's, so the result is bit-exact against them.
@@ -191,6 +191,8 @@ def emit_blocked_depthwise_conv(bb, x, wq: np.ndarray, strides, dilation, block:
     if b != block or -(-c // block) != cb:
         raise ValueError(f"blocked depthwise: input (N, {cb}, H, W, {b}) does not hold "
                          f"{c} channels in blocks of {block}")
+    if getattr(requant, "residual", False):  # te_form would need the residual's tensor
+        raise ValueError("blocked depthwise: no fused residual in its requantize")
     (sh, sw), (dh, dw) = [int(v) for v in strides], [int(v) for v in dilation]
     top, left, bottom, right = (int(p) for p in padding)
     ho = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1
