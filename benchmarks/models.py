@@ -38,6 +38,10 @@ def efficientnet_lite0():
     """timm's EfficientNet-Lite0 (ReLU6, no squeeze-excite), random weights, seeded; needs
     ``pip install -e '.[bench]'``."""
     import torch
+
+    from edgec.compiler.zoo import import_torchvision
+
+    import_torchvision()  # timm imports torchvision: the CPU-torch workaround first
     try:
         import timm
     except ImportError:

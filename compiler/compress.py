@@ -15,7 +15,7 @@ from edgec.passes.pad_channels import pad_channels
 from edgec.passes.prune_channels import prune_channels, prune_summary
 from edgec.passes.prune_plan import PrunePlan, make_plan
 from edgec.passes.quant_scheme import QuantPlan, scheme_for_target
-from edgec.passes.quantize_int8 import int32_overflows, quantize as quantize_layers
+from edgec.passes.quantize_int8 import BLOCKED_ATTR, int32_overflows, quantize as quantize_layers
 from edgec.passes.sensitivity import layer_sensitivity
 from edgec.passes.split_early_exits import split_model
 
@@ -64,12 +64,15 @@ def quantize(state) -> None:
     kernel = kernel_for(state.target, scheme) if c.int8_kernel == "auto" else None
     state.model = model.with_module(
         quantize_layers(mod, layers, plan, kernel, depthwise=c.int8_depthwise == "kernel",
-                        pad_out=c.int8_pad_out), params={})
+                        pad_out=c.int8_pad_out, blocked=c.int8_blocked), params={})
     state.passes.append({"name": "quantize_int8", **plan.summary(),
                          "layers": [layer.name for layer in layers], "sensitivity": rows,
                          "kernel": f"packed-{kernel.name}" if kernel else "nchw",
                          "depthwise": c.int8_depthwise if kernel else "plain",
                          "pad_out": bool(c.int8_pad_out and kernel),
+                         "blocked": bool(c.int8_blocked and kernel),
+                         "layers_blocked": int(state.model.mod.attrs.get(BLOCKED_ATTR, 0)
+                                               if state.model.mod.attrs else 0),
                          "fp32_ops": fp32_ops(mod, layers),
                          "fp32_int32_overflow": overflow})
 

@@ -60,6 +60,8 @@ class PipelineConfig:
       ("kernel") or Relax's plain grouped int8 conv ("plain", the path before that kernel).
     int8_pad_out: with packed kernels, convs/matmuls whose output channels do not fill the
       kernel's block are padded to it (False: they take plain int8 ops, as before).
+    int8_blocked: with packed kernels, a layer whose consumers are all packed layers writes
+      their blocked layout and they read it as it is (False: NCHW between all layers).
     early_exit: split a multi-exit model (outputs: exit logits..., final logits)
       into stages with a ``main`` that returns at the first confident exit.
     exit_thresholds: one value in [0, 1] per exit (baked, or the defaults of the input).
@@ -104,6 +106,7 @@ class PipelineConfig:
     int8_kernel: str = "auto"
     int8_depthwise: str = "kernel"
     int8_pad_out: bool = True
+    int8_blocked: bool = True
     early_exit: bool = False
     exit_thresholds: tuple | None = None
     exit_criterion: str = "max_prob"
@@ -120,7 +123,7 @@ class PipelineConfig:
 
         get_target(self.target)  # raises UnknownTargetError listing known targets
         for flag in ("fold_batchnorm", "fuse", "transfer_schedules", "prepack_weights",
-                     "winograd", "pad_channels", "int8_pad_out", "fast_math"):
+                     "winograd", "pad_channels", "int8_pad_out", "int8_blocked", "fast_math"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.conv_layout not in CONV_LAYOUTS:

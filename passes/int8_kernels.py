@@ -193,10 +193,17 @@ def _compute(data_shape, w_shape, strides, dilation, data_dtype, requant=None,
         return te.create_prim_func([x, w, out]), (n, oc, ho, wo)
     bias = te.placeholder((cob * ocb,), "int32", name="bias")
     scale = te.placeholder((cob * ocb,), "float32", name="scale")
+    inputs = [x, w, bias, scale]
+    if requant.residual:  # a fused residual add: an int8 tensor in the output's blocks
+        if not blocked_out:
+            raise ValueError("a residual fuses into a packed conv with a blocked output only")
+        res = te.placeholder((n, cob, ho, wo, ocb), requant.dtype, name="residual")
+        inputs.append(res)
     rq = te.compute((n, cob, ho, wo, ocb), lambda b, oc, y, xx, oci: requant.te_form(
-        acc[b, oc, y, xx, oci], oc * ocb + oci, bias, scale), name="requant")
+        acc[b, oc, y, xx, oci], oc * ocb + oci, bias, scale,
+        res[b, oc, y, xx, oci] if requant.residual else None), name="requant")
     if blocked_out:  # what the next packed layer reads: no transpose at all
-        return te.create_prim_func([x, w, bias, scale, rq]), (n, cob, ho, wo, ocb)
+        return te.create_prim_func([*inputs, rq]), (n, cob, ho, wo, ocb)
     out = te.compute((n, oc, ho, wo),
                      lambda b, c, y, xx: rq[b, c // ocb, y, xx, c % ocb], name="unpack")
     return te.create_prim_func([x, w, bias, scale, out]), (n, oc, ho, wo)
@@ -284,7 +291,7 @@ def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel, re
 
 def emit_packed_conv(bb, x, wq: np.ndarray, strides, dilation, kernel: DotKernel,
                      requant=None, padding=(0, 0, 0, 0), pad_value: int = 0,
-                     blocked_out: bool = False):
+                     blocked_out: bool = False, residual=None):
     """Emit the tensorized conv of ``x`` by ``wq`` (OIHW int8), padded by ``padding``
     (top, left, bottom, right) with ``pad_value`` (the zero point).
 
@@ -292,7 +299,8 @@ def emit_packed_conv(bb, x, wq: np.ndarray, strides, dilation, kernel: DotKernel
     ``x`` already blocked, (N, CB, H, W, IB) from a blocked producer, is read as it is
     (only padded, when the conv pads). Returns NCHW: int32, or ``requant``'s dtype when it
     is given (done in the epilogue); ``blocked_out`` (with a requantize): (N, O/B, HO, WO,
-    B) in the kernel's block, the layout the next packed layer reads.
+    B) in the kernel's block, the layout the next packed layer reads. ``residual``: an
+    int8 tensor of that blocked shape added in the epilogue (``requant.residual``).
     """
     dtype = str(x.ty.dtype)
     if len(x.ty.shape.values) == 5:  # blocked already
@@ -328,6 +336,9 @@ def emit_packed_conv(bb, x, wq: np.ndarray, strides, dilation, kernel: DotKernel
     if requant is not None:
         name += "_requant" + ("_blocked" if blocked_out else "")
         args += [requant.bias_const((-1,)), requant.scale_const((-1,))]
+        if requant.residual:
+            name += "_residual"
+            args.append(residual)
     # each output pixel reads all of wp; the MACs done, the padded input and output
     # channels' included: what the power proxy should count
     macs = out_shape[0] * out_shape[2] * out_shape[3] * wp.size

@@ -103,3 +103,25 @@ def pad_blocked_func(shape, dtype: str, padding, pad_value: int = 0):
                         y32[row * wp * words + i] = pad_word
 
     return hand_scheduled(pad_blocked)
+
+
+def unpack_blocked_func(shape, channels: int, dtype: str):
+    """PrimFunc ``(x: (N, CB, H, W, B)) -> (N, channels, H, W)``: a blocked int8 tensor
+    back to NCHW, the padded channels dropped, for a consumer that reads NCHW (a pooling
+    head, a layer the blocks do not suit). One output row at a time, vectorized along it
+    (a strided byte gather: B bytes apart)."""
+    n_, cb_, h_, w_, b_ = (int(d) for d in shape)
+
+    @T.prim_func(s_tir=True)
+    def unpack_blocked(x: T.Buffer((n_, cb_, h_, w_, b_), dtype),
+                       y: T.Buffer((n_, channels, h_, w_), dtype)):
+        T.func_attr({"tirx.noalias": True})
+        with T.sblock("root"):
+            for row in T.serial(n_ * channels * h_):
+                n = row // (channels * h_)
+                c = row // h_ % channels
+                h = row % h_
+                for w in T.vectorized(w_):
+                    y[n, c, h, w] = x[n, c // b_, h, w, c % b_]
+
+    return hand_scheduled(unpack_blocked)

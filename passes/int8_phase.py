@@ -13,7 +13,7 @@ def quantize_model(model, scheme, calib_data=None, plan=None, keep_fp32=(), quie
 
     The plan comes from ``plan`` (a scale table, e.g. from QAT) or, without one,
     from calibrating on ``calib_data``. ``keep_fp32`` names layers left in FP32.
-    ``options``: ``quantize``'s (depthwise, pad_out).
+    ``options``: ``quantize``'s (depthwise, pad_out, blocked).
     """
     mod = prepare(model)
     layers = find_layers(mod, layer_names(model))

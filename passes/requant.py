@@ -10,6 +10,11 @@
 them into one elementwise kernel); ``te_form`` computes it inside a packed conv's
 epilogue, so the int32 accumulator never goes to memory. Both build the same
 expression in the same order, so the two are bit-exact.
+
+A residual add fused into a packed conv's epilogue (``te_form`` with ``res``: an int8
+tensor r with its own scale and zero point) adds ``(r - res_zp) * res_scale`` to y
+before the rounding: ``act(conv + bias + residual)`` requantized once, where the
+unfused path wrote the conv's float output, dequantized r, added and quantized again.
 """
 from __future__ import annotations
 
@@ -34,6 +39,12 @@ class Requant:
     lo: float = 0.0         # clip bounds of the requantized value
     hi: float = 0.0
     act: tuple | None = None  # float32 output: None, ("relu",) or ("clip", lo, hi)
+    res_scale: float = 0.0  # a fused residual: its scale over the output's (0: none)
+    res_zp: int = 0         # ... and its zero point
+
+    @property
+    def residual(self) -> bool:
+        return self.res_scale != 0.0
 
     @property
     def quantized(self) -> bool:
@@ -58,11 +69,17 @@ class Requant:
                           else y, self.lo, self.hi)
         return bb.emit(relax.op.astype(y, self.dtype), name_hint=name_hint)
 
-    def te_form(self, acc, c, bias, scale):
+    def te_form(self, acc, c, bias, scale, res=None):
         """The requantize of one accumulator ``acc`` of channel ``c`` as a TE expression;
-        ``bias``/``scale`` are the kernel's (C,) int32/float32 placeholders."""
+        ``bias``/``scale`` are the kernel's (C,) int32/float32 placeholders; ``res``: the
+        fused residual's int8 value at the same output position (``residual``)."""
         f32 = "float32"
         y = (acc + bias[c]).astype(f32) * scale[c]
+        if res is not None:
+            r = res.astype(f32)
+            if self.res_zp:
+                r = r - tirx.const(float(self.res_zp), f32)
+            y = y + r * tirx.const(float(self.res_scale), f32)
         if not self.quantized:
             if self.act and self.act[0] == "relu":
                 return te.max(y, tirx.const(0, f32))

@@ -89,6 +89,37 @@ def test_int8_packed_arm_kernels_match_plain_int8_on_board(emulated_board, tmp_p
     assert np.abs(outs[0] - ref).max() < 0.1 * np.abs(ref).max()
 
 
+@pytest.mark.parametrize("target", ["rpi5", "rpi4"])
+def test_int8_blocked_arm_kernels_match_nchw_on_board(emulated_board, tmp_path, target):
+    """The blocked int8 path on ARM (block 4: sdot on rpi5, NEON on rpi4): packed convs
+    writing blocks, the blocked depthwise kernel, a residual add in an epilogue, run on the
+    board against the same kernels with NCHW between layers (tests/test_int8_blocked.py's
+    network; the fused add rounds once, see there: SQNR >= 40 dB)."""
+    from edgec.compiler import PipelineConfig
+    from edgec.passes.sensitivity import sqnr_db
+    from test_int8_blocked import Net
+    from conftest import seeded
+
+    torch.manual_seed(0)
+    model, x = seeded(Net()), torch.randn(1, 3, 28, 28)
+    calib = np.random.default_rng(0).standard_normal((16, 3, 28, 28)).astype("float32")
+    outs, records = [], []
+    session = connect(rpc=f"127.0.0.1:{emulated_board.port}", timeout=120)
+    try:
+        for blocked in (True, False):
+            so = str(tmp_path / f"int8_{blocked}.so")
+            manifest = compile(model, (x,), output=so, calib_data=calib, config=PipelineConfig(
+                target=target, int8=True, int8_blocked=blocked))
+            records.append(next(p for p in manifest["passes"] if p["name"] == "quantize_int8"))
+            remote = RemoteModel(session, so)
+            outs.append(np.concatenate([remote(calib[i:i + 1])[0] for i in range(4)]))
+    finally:
+        session.close()
+    assert [r["blocked"] for r in records] == [True, False]
+    assert records[0]["layers_blocked"] >= 8 and records[1]["layers_blocked"] == 0
+    assert sqnr_db(outs[0], outs[1]) >= 40.0 and np.abs(outs[0]).max() > 0
+
+
 def test_x86_artifact_refused_by_aarch64_board(emulated_board, tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(8, 4)).eval()
     so = str(tmp_path / "x86.so")

@@ -136,10 +136,12 @@ def block(request):
     return rm, data, plan, request.param
 
 
-def _quantized(block, depthwise, pad_out=True):
+def _quantized(block, depthwise, pad_out=True, blocked=False):
+    """NCHW between layers unless ``blocked`` (tests/test_int8_blocked.py covers that:
+    there the depthwise conv reads and writes blocks instead)."""
     rm, _, plan, _ = block
     return quantize_model(rm, SCHEME, plan=plan, kernel=KERNELS["avx2"],
-                          depthwise=depthwise == "kernel", pad_out=pad_out)[0]
+                          depthwise=depthwise == "kernel", pad_out=pad_out, blocked=blocked)[0]
 
 
 def _ops(mod):

@@ -241,6 +241,7 @@ def test_compile_int8_artifact(tiny, tmp_path):
                              output=out, calib_data=data[:32])
     names = [p["name"] for p in manifest["passes"]]
     assert names == ["quantize_int8"] and manifest["passes"][0]["layers_int8"] == 3
+    assert manifest["passes"][0]["blocked"] == (manifest["passes"][0]["kernel"] != "nchw")
     assert manifest["weights_bytes"] <= 0.30 * manifest["weights_bytes_imported"]
     got = load(out)(data[40:41])[0]
     with torch.no_grad():
@@ -301,11 +302,13 @@ def test_cli_int8_flags(tmp_path):
     cli = [sys.executable, "-m", "edgec.compiler.cli", "compile", onnx_path, "-o",
            str(tmp_path / "m.so")]
     r = subprocess.run(cli + ["--int8", "--calib-data", str(tmp_path / "calib.npy"),
-                              "--calib-method", "entropy", "--int8-keep-fp32", "1", "--json"],
+                              "--calib-method", "entropy", "--int8-keep-fp32", "1",
+                              "--no-int8-blocked", "--json"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     step = json.loads(r.stdout)["passes"][0]
     assert step["source"] == "calibration:entropy" and len(step["keep_fp32"]) == 1
+    assert step["blocked"] is False and json.loads(r.stdout)["config"]["int8_blocked"] is False
     assert step["keep_fp32"][0] == step["sensitivity"][0]["layer"]  # the worst layer
     r = subprocess.run(cli + ["--int8"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "needs calibration data" in r.stderr

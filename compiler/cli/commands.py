@@ -153,6 +153,9 @@ def int8_flags(p):
     g.add_argument("--no-int8-pad-out", dest="int8_pad_out", action="store_false",
                    help="with packed kernels: do not pad output channels to the kernel's "
                         "block (such convs then take plain int8 ops)")
+    g.add_argument("--no-int8-blocked", dest="int8_blocked", action="store_false",
+                   help="with packed kernels: NCHW between all int8 layers (default: the "
+                        "kernel's blocked layout between packed layers)")
 
 
 def compression_config(args, **fields):
@@ -171,7 +174,7 @@ def _int8_config(args) -> dict:
                 int8_scales=args.scales, int8_keep_fp32=keep,
                 int8_activation=args.int8_activation, int8_reduce_range=args.reduce_range,
                 int8_kernel=args.int8_kernel, int8_depthwise=args.int8_depthwise,
-                int8_pad_out=args.int8_pad_out)
+                int8_pad_out=args.int8_pad_out, int8_blocked=args.int8_blocked)
 
 
 def calib_data(args, config):
