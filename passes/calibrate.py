@@ -20,7 +20,7 @@ from tqdm import tqdm
 from edgec.compiler.errors import EdgecError
 from edgec.compiler.tvm_compat import VirtualMachine, relax, tensor, tvm
 from edgec.passes.fast_math import legalize_map
-from edgec.passes.int8_layers import block_of
+from edgec.passes.int8_layers import block_of, residual_operands
 from edgec.passes.layout_fallback import blocked_layout
 from edgec.passes.matmul_schedule import apply_default_matmuls
 from edgec.passes.nchwc_schedule import apply_default_schedules
@@ -200,12 +200,16 @@ def _kl(p, q):
 
 
 def calibration_plan(mod, layers, data, input_spec, scheme, quiet=True):
-    """A ``QuantPlan`` whose ranges come from calibrating ``layers``' inputs on ``data``."""
-    ranges = calibrate(mod, {layer.name: layer.input for layer in layers}, data, input_spec,
-                       scheme.calib_method, scheme.percentile, quiet,
-                       symmetric=scheme.activation_dtype == "int8")
-    return QuantPlan(scheme, ranges, source=f"calibration:{scheme.calib_method}",
-                     extra={"samples": int(len(check_data(data, input_spec)))})
+    """A ``QuantPlan`` whose ranges come from calibrating ``layers``' inputs on ``data``
+    (and the outputs of ``residual_operands``, as ``out_ranges``)."""
+    tensors = {layer.name: layer.input for layer in layers}
+    outs = {f"{layer.name}\0out": layer.out_var for layer in residual_operands(mod, layers)}
+    found = calibrate(mod, {**tensors, **outs}, data, input_spec, scheme.calib_method,
+                      scheme.percentile, quiet, symmetric=scheme.activation_dtype == "int8")
+    return QuantPlan(scheme, {k: found[k] for k in tensors},
+                     source=f"calibration:{scheme.calib_method}",
+                     extra={"samples": int(len(check_data(data, input_spec)))},
+                     out_ranges={k.split("\0")[0]: found[k] for k in outs})
 
 
 def run_outputs(mod, data, input_spec, quiet=True, desc="run") -> np.ndarray:

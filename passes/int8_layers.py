@@ -180,6 +180,21 @@ def find_layers(mod, names=None) -> list:
     return [Layer(name=n, **layer) for n, layer in zip(names, found)]
 
 
+def residual_operands(mod, layers) -> list:
+    """Layers whose output is one operand of an ``add`` whose other operand is another
+    layer's output: a downsampling residual block's two convs (``conv2 + downsample``).
+    Neither output feeds a quantized layer, so calibration records their own ranges: with
+    one of them in int8, the add fuses into the other's epilogue (``quantize_int8``)."""
+    outs = {layer.out_var: layer for layer in layers}
+    found = []
+    for b in block_of(mod).bindings:
+        if op_name(b.value) == "relax.add" and len(b.value.args) == 2:
+            x, y = b.value.args
+            if x in outs and y in outs and not x.same_as(y):
+                found += [outs[v] for v in (x, y) if all(f is not outs[v] for f in found)]
+    return found
+
+
 def fp32_ops(mod, layers) -> dict:
     """{op: count} of the convs and matmuls in ``mod``'s main that no layer quantizes
     (a matmul of two activations in attention, a conv whose weight is computed): they

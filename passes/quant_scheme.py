@@ -115,6 +115,8 @@ class QuantPlan:
 
     ranges: {layer name: (lo, hi)} of the activation entering that layer.
     keep_fp32: layer names left in FP32. source: "calibration:<method>", "qat", "onnx-qdq".
+    out_ranges: {layer name: (lo, hi)} of a layer's own output, where calibration records
+    it (``int8_layers.residual_operands``: a downsampling block's two convs); optional.
     """
 
     scheme: QuantScheme
@@ -122,6 +124,7 @@ class QuantPlan:
     keep_fp32: tuple = ()
     source: str = "calibration"
     extra: dict = field(default_factory=dict)
+    out_ranges: dict = field(default_factory=dict)
 
     def with_keep_fp32(self, names) -> "QuantPlan":
         return replace(self, keep_fp32=tuple(sorted(set(self.keep_fp32) | set(names))))
@@ -129,7 +132,8 @@ class QuantPlan:
     def check_layers(self, known) -> None:
         """Raise if the plan names layers the model lacks, or lacks a quantized layer."""
         known = list(known)
-        unknown = sorted(set(self.ranges) - set(known)) + sorted(set(self.keep_fp32) - set(known))
+        unknown = sorted((set(self.ranges) | set(self.out_ranges) | set(self.keep_fp32))
+                         - set(known))
         if unknown:
             raise QuantError(f"scale table names unknown layer(s) {unknown}; "
                              f"the model's quantizable layers are {known}")
@@ -143,6 +147,9 @@ class QuantPlan:
                 "scheme": self.scheme.to_json(),
                 "activations": {k: {"min": float(lo), "max": float(hi)}
                                 for k, (lo, hi) in sorted(self.ranges.items())},
+                **({"outputs": {k: {"min": float(lo), "max": float(hi)}
+                                for k, (lo, hi) in sorted(self.out_ranges.items())}}
+                   if self.out_ranges else {}),
                 "keep_fp32": list(self.keep_fp32), **({"extra": self.extra} if self.extra else {})}
 
     @classmethod
@@ -152,13 +159,14 @@ class QuantPlan:
         try:
             scheme = QuantScheme(**d.get("scheme", {}))
             ranges = {k: (float(v["min"]), float(v["max"])) for k, v in d["activations"].items()}
-        except (KeyError, TypeError, ValueError) as e:
+            outs = {k: (float(v["min"]), float(v["max"])) for k, v in d.get("outputs", {}).items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise QuantError(f"malformed scale table: {e}") from e
-        for k, (lo, hi) in ranges.items():
+        for k, (lo, hi) in [*ranges.items(), *outs.items()]:
             if not (np.isfinite(lo) and np.isfinite(hi)) or lo > hi:
                 raise QuantError(f"scale table range of {k!r} is invalid: [{lo}, {hi}]")
         return cls(scheme, ranges, tuple(d.get("keep_fp32", ())), d.get("source", "file"),
-                   d.get("extra", {}))
+                   d.get("extra", {}), outs)
 
     @classmethod
     def load(cls, path: str) -> "QuantPlan":

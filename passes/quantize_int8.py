@@ -179,6 +179,11 @@ class _Realizer:
         self.blocked_layers = self._plan_blocked()
         for name in self.blocked_layers:  # fused adds: realized with their conv
             self.skip.update(self.residuals[name].skip if name in self.residuals else ())
+        # layers whose int8 output only a fused add reads (a downsampling block's conv2):
+        # quantized with their own calibrated range (``QuantPlan.out_ranges``)
+        self.fused_operands = {self.producer[self.residuals[name].other]
+                               for name in self.blocked_layers if name in self.residuals}
+        self.fused_operands &= set(self.plan.out_ranges)
 
     def run(self):
         f = self.mod["main"]
@@ -291,6 +296,8 @@ class _Realizer:
         fused = self.residuals.get(layer.name) if layer.name in self.blocked_layers else None
         out_var = fused.out if fused else layer.out_var
         out = self.out_range(out_var)
+        if out is None and layer.name in self.fused_operands:  # only a fused add reads it
+            out = self.plan.out_ranges[layer.name]
         res = None
         if out is None:  # only FP32 consumers: dequantize the accumulator itself
             rq = Requant(bias, acc_scale, "float32", act=layer.act)
@@ -405,7 +412,8 @@ class _Realizer:
         fused_adds = {r.skip[0]: name for name, r in self.residuals.items()}
         chosen = {name for name, layer in layers.items() if layer.kind == "conv2d"
                   and (self._packed_conv(layer, layer.weight) or self._blocked_depthwise(layer, layer.weight))
-                  and self.out_range(self._out(layer)) is not None}
+                  and (self.out_range(self._out(layer)) is not None
+                       or name in self.plan.out_ranges and name not in self.residuals)}
 
         def reads(i, var, channels):
             if i < 0:

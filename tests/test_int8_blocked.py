@@ -164,15 +164,29 @@ class Basic(nn.Module):
         return torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(x))))) + x)
 
 
+class Down(nn.Module):
+    """resnet's downsampling block: the residual is a strided 1x1 conv of the input."""
+
+    def __init__(self, i, o):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(i, o, 3, 2, 1, bias=False), nn.BatchNorm2d(o)
+        self.c2, self.b2 = nn.Conv2d(o, o, 3, 1, 1, bias=False), nn.BatchNorm2d(o)
+        self.ds = nn.Sequential(nn.Conv2d(i, o, 1, 2, bias=False), nn.BatchNorm2d(o))
+
+    def forward(self, x):
+        return torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(x))))) + self.ds(x))
+
+
 class ResNetLike(nn.Module):
-    """A 7x7 stem and a max pool, two basic blocks, a mean-pool head."""
+    """A 7x7 stem and a max pool, a basic block, a downsampling one, a basic one, a
+    mean-pool head."""
 
     def __init__(self):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 7, 2, 3, bias=False), nn.BatchNorm2d(16),
                                   nn.ReLU(), nn.MaxPool2d(3, 2, 1))
-        self.blocks = nn.Sequential(Basic(16), Basic(16))
-        self.fc = nn.Linear(16, 10)
+        self.blocks = nn.Sequential(Basic(16), Down(16, 32), Basic(32))
+        self.fc = nn.Linear(32, 10)
 
     def forward(self, x):
         return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
@@ -180,9 +194,11 @@ class ResNetLike(nn.Module):
 
 def test_resnet_blocks_pool_and_add_in_blocks(net):
     """The max pool runs on blocks; the first block's residual add and ReLU fuse into its
-    second conv, the stem's pooled output read in blocks; the last block's output, pooled
-    by the head in FP32, is unpacked once, so its add stays as it was (float). Against the
-    NCHW path: the fused add rounds once (see the module doc): SQNR >= 40 dB."""
+    second conv, the stem's pooled output read in blocks; the downsampling block's add
+    fuses into its 1x1 conv, the second 3x3 conv's output in int8 at its own calibrated
+    range (``QuantPlan.out_ranges``); the last block's output, pooled by the head in FP32,
+    is unpacked once, so its add stays as it was (float). Against the NCHW path: a fused
+    add rounds once (see the module doc): SQNR >= 40 dB."""
     from edgec.passes.sensitivity import sqnr_db
 
     torch.manual_seed(0)
@@ -190,6 +206,7 @@ def test_resnet_blocks_pool_and_add_in_blocks(net):
     rm = import_model(model, (torch.randn(1, 3, 32, 32),))
     data = np.random.default_rng(0).standard_normal((24, 3, 32, 32)).astype("float32")
     _, plan = quantize_model(rm, AVX2, data[:16])
+    assert sorted(plan.out_ranges) == ["blocks.1.c2", "blocks.1.ds.0"]
     blocked, nchw = (quantize_model(rm, AVX2, plan=plan, kernel=KERNELS["avx2"], blocked=b)[0]
                      for b in (True, False))
     names = _kernels(blocked)
@@ -198,9 +215,12 @@ def test_resnet_blocks_pool_and_add_in_blocks(net):
         "pad_nchw8c_1x16x10x10", "conv2d_int8_avx2_nchw8c_1x16x10x10_16x3_requant_blocked",
         "pad_nchw8c_1x16x10x10",
         "conv2d_int8_avx2_nchw8c_1x16x10x10_16x3_requant_blocked_residual",
-        "pad_nchw8c_1x16x10x10", "conv2d_int8_avx2_nchw8c_1x16x10x10_16x3_requant_blocked",
-        "pad_nchw8c_1x16x10x10", "conv2d_int8_avx2_nchw8c_1x16x10x10_16x3_requant",
-        "unpack_nchw8c_1x16x8x8"]), names
+        "pad_nchw8c_1x16x10x10", "conv2d_int8_avx2_nchw8c_1x16x10x10_32x3_requant_blocked",
+        "pad_nchw8c_1x32x6x6", "conv2d_int8_avx2_nchw8c_1x32x6x6_32x3_requant_blocked",
+        "conv2d_int8_avx2_nchw8c_1x16x8x8_32x1_requant_blocked_residual",  # the downsample
+        "pad_nchw8c_1x32x6x6", "conv2d_int8_avx2_nchw8c_1x32x6x6_32x3_requant_blocked",
+        "pad_nchw8c_1x32x6x6", "conv2d_int8_avx2_nchw8c_1x32x6x6_32x3_requant",
+        "unpack_nchw8c_1x32x4x4"]), names
     pools = [b.value for b in blocked["main"].body.blocks[0].bindings
              if isinstance(b.value, relax.Call) and getattr(b.value.op, "name", "") == "relax.nn.max_pool2d"]
     assert len(pools) == 1 and str(pools[0].attrs.layout) == "NCHW8c"
@@ -210,3 +230,20 @@ def test_resnet_blocks_pool_and_add_in_blocks(net):
     with torch.no_grad():
         ref = model(torch.from_numpy(xs)).numpy()
     assert sqnr_db(got, ref) >= sqnr_db(want, ref) - 1.0  # as close to FP32 as before
+
+
+def test_output_ranges_round_trip_in_the_scale_table():
+    """``QuantPlan.out_ranges`` is written as "outputs" and read back; tables without it
+    (older ones, QAT's) load with none; an unknown layer in it is refused."""
+    from edgec.passes.quant_scheme import QuantError, QuantPlan
+
+    plan = QuantPlan(AVX2, {"a": (0.0, 1.0)}, out_ranges={"b": (-3.0, 4.0)})
+    data = plan.to_json()
+    assert data["outputs"] == {"b": {"min": -3.0, "max": 4.0}}
+    back = QuantPlan.from_json(data)
+    assert back.out_ranges == {"b": (-3.0, 4.0)} and back.ranges == plan.ranges
+    del data["outputs"]
+    assert QuantPlan.from_json(data).out_ranges == {}
+    with pytest.raises(QuantError, match="unknown layer"):
+        plan.check_layers(["a"])  # out_ranges names "b": not a layer of this model
+    plan.with_keep_fp32(["b"]).check_layers(["a", "b"])
