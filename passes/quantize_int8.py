@@ -399,8 +399,10 @@ class _Realizer:
             return set()
         layers = {layer.name: layer for layer in self.by_op.values()}
         order = {b.var: i for i, b in enumerate(self.block.bindings)}
+        # (a packed conv's epilogue takes a residual; the depthwise kernels' do not)
         found = {layer.name: r for layer in layers.values()
-                 if (r := self._residual(layer)) is not None}
+                 if self._packed_conv(layer, layer.weight)
+                 and (r := self._residual(layer)) is not None}
         self.producer.update({r.out: name for name, r in found.items()})
         for b in self.block.bindings:  # a max pool's or ReLU's output: its input's producer
             if _blocked_passthrough(b.value) and b.value.args[0] in self.producer:

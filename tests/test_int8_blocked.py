@@ -247,3 +247,33 @@ def test_output_ranges_round_trip_in_the_scale_table():
     with pytest.raises(QuantError, match="unknown layer"):
         plan.check_layers(["a"])  # out_ranges names "b": not a layer of this model
     plan.with_keep_fp32(["b"]).check_layers(["a", "b"])
+
+
+class DepthwiseResidual(nn.Module):
+    """A depthwise conv with no activation straight into a residual add: the add cannot
+    fuse into the depthwise kernel (its epilogue takes no residual), so it stays an add."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1), nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16), nn.BatchNorm2d(16))
+        self.pw = nn.Sequential(nn.Conv2d(16, 16, 1), nn.ReLU())
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.pw(x + self.dw(x)).mean((2, 3))
+
+
+def test_a_depthwise_conv_before_an_add_keeps_the_add():
+    from edgec.passes.sensitivity import sqnr_db
+
+    torch.manual_seed(0)
+    model = seeded(DepthwiseResidual())
+    rm = import_model(model, (torch.randn(1, 3, 12, 12),))
+    data = np.random.default_rng(0).standard_normal((20, 3, 12, 12)).astype("float32")
+    _, plan = quantize_model(rm, AVX2, data[:16])
+    blocked, nchw = (quantize_model(rm, AVX2, plan=plan, kernel=KERNELS["avx2"], blocked=b)[0]
+                     for b in (True, False))
+    assert not any("residual" in n for n in _kernels(blocked))
+    got, want = (run_outputs(m, data[16:], rm.inputs[0]) for m in (blocked, nchw))
+    assert sqnr_db(got, want) >= 40.0
