@@ -69,7 +69,7 @@ def test_cli_kernels_json(so, capsys, tmp_path):
     assert out["kernels"] and out["path"] == so
 
 
-@pytest.mark.parametrize("flags", [["--rpc", "127.0.0.1:1"], ["--compare", "x.so"]])
+@pytest.mark.parametrize("flags", [["--rpc", "127.0.0.1:1"], ["--compare", "x.so"], ["--top", "0"]])
 def test_cli_kernels_refuses_remote_and_compare(so, flags, capsys):
     assert main(["bench", so, "--kernels", *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -188,6 +188,8 @@ def _bench_kernels(args):
                             ("--compare", args.compare)) if v]
     if clash:
         raise EdgecError(f"--kernels profiles on this machine, one artifact: drop {', '.join(clash)}")
+    if args.top < 1:
+        raise EdgecError(f"--kernels --top must be a positive number of kernels, got {args.top}")
     config = BenchConfig(repeat=5 if args.repeat is None else args.repeat, number=args.number,
                          warmup=args.warmup, timeout=args.timeout)
     report = kernel_profile.profile(args.model, config)
