@@ -289,6 +289,28 @@ def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel, re
     return hand_scheduled(sch.mod["main"]), out_shape
 
 
+def _packed_input(bb, x, wq: np.ndarray, padding, pad_value: int):
+    """(the conv's padded input in words of 4 channels, its name tag): ``x`` NCHW packed to
+    NCHW[4c] with ``channel_pad(wq)`` channels added; ``x`` already blocked (N, CB, H, W,
+    IB) read as it is, only padded in blocks when the conv pads (tag ``_nchw{IB}c``)."""
+    dtype = str(x.ty.dtype)
+    if len(x.ty.shape.values) == 4:
+        func = pack_func(x.ty.shape.values, dtype, padding, channel_pad(wq), pad_value)
+        n, c4, h, w, _ = (int(d) for d in func.params[1].shape)
+        name, tag = f"pack_nchw4c_{n}x{c4 * IC_BLOCK}x{h}x{w}", ""
+    else:
+        shape = [int(d) for d in x.ty.shape.values]
+        tag = f"_nchw{shape[4]}c"
+        if not any(int(p) for p in padding):
+            return x, tag
+        func = pad_blocked_func(shape, dtype, padding, pad_value)
+        n, cb, h, w, ib = (int(d) for d in func.params[1].shape)
+        name = f"pad_nchw{ib}c_{n}x{cb * ib}x{h}x{w}"
+    gv = add_kernel(bb, func, name)
+    shape = [int(d) for d in func.params[1].shape]
+    return bb.emit(relax.call_tir(gv, [x], relax.TensorType(shape, dtype))), tag
+
+
 def emit_packed_conv(bb, x, wq: np.ndarray, strides, dilation, kernel: DotKernel,
                      requant=None, padding=(0, 0, 0, 0), pad_value: int = 0,
                      blocked_out: bool = False, residual=None):
@@ -302,26 +324,10 @@ def emit_packed_conv(bb, x, wq: np.ndarray, strides, dilation, kernel: DotKernel
     B) in the kernel's block, the layout the next packed layer reads. ``residual``: an
     int8 tensor of that blocked shape added in the epilogue (``requant.residual``).
     """
-    dtype = str(x.ty.dtype)
-    if len(x.ty.shape.values) == 5:  # blocked already
-        n, cb, h, w, ib = (int(d) for d in x.ty.shape.values)
-        data = x
-        if any(int(p) for p in padding):
-            top, left, bottom, right = (int(p) for p in padding)
-            h, w = h + top + bottom, w + left + right
-            pgv = add_kernel(bb, pad_blocked_func((n, cb, h - top - bottom, w - left - right, ib),
-                                                  dtype, padding, pad_value),
-                             f"pad_nchw{ib}c_{n}x{cb * ib}x{h}x{w}")
-            data = bb.emit(relax.call_tir(pgv, [x], relax.TensorType((n, cb, h, w, ib), dtype)))
-        wp = pack_weight(wq, kernel.oc_block, in_channels=cb * ib)
-        data_shape, c_in = (n, cb, h, w, ib), cb * ib
-    else:
-        pack = pack_func(x.ty.shape.values, dtype, padding, channel_pad(wq), pad_value)
-        n, c4, h, w, _ = (int(d) for d in pack.params[1].shape)
-        pgv = add_kernel(bb, pack, f"pack_nchw4c_{n}x{c4 * IC_BLOCK}x{h}x{w}")
-        data = bb.emit(relax.call_tir(pgv, [x], relax.TensorType((n, c4, h, w, IC_BLOCK), dtype)))
-        wp = pack_weight(wq, kernel.oc_block)
-        data_shape, c_in = (n, c4, h, w, IC_BLOCK), c4 * IC_BLOCK
+    data, tag = _packed_input(bb, x, wq, padding, pad_value)
+    n, cb, h, w, ib = (int(d) for d in data.ty.shape.values)
+    data_shape, c_in = (n, cb, h, w, ib), cb * ib
+    wp = pack_weight(wq, kernel.oc_block, in_channels=c_in)
     opad = out_channel_pad(wq.shape[0], kernel.oc_block)
     if requant is not None and opad:  # the padded channels' bias and scale: never written
         requant = replace(requant, bias=np.pad(requant.bias, (0, opad)),  # (or the zero point)
@@ -330,8 +336,7 @@ def emit_packed_conv(bb, x, wq: np.ndarray, strides, dilation, kernel: DotKernel
     func, out_shape = scheduled_conv(data_shape, wp.shape,
                                      [int(s) for s in strides], [int(d) for d in dilation], kernel,
                                      requant, wq.shape[0], blocked_out)
-    name = (f"conv2d_int8_{kernel.name}{'_nchw%dc' % data_shape[4] if len(x.ty.shape.values) == 5 else ''}"
-            f"_{n}x{c_in}x{h}x{w}_{wq.shape[0]}x{wq.shape[2]}")
+    name = f"conv2d_int8_{kernel.name}{tag}_{n}x{c_in}x{h}x{w}_{wq.shape[0]}x{wq.shape[2]}"
     args = [data, relax.const(wp, "int8")]
     if requant is not None:
         name += "_requant" + ("_blocked" if blocked_out else "")
