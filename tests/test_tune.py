@@ -38,6 +38,18 @@ class TinyMLP(nn.Module):
         return torch.relu(self.fc(x))
 
 
+class WideMLP(nn.Module):
+    """A dense layer whose schedule space 400 trials cannot use up (TinyMLP's can run dry
+    on some machines, ending the search before a signal arrives)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(128, 64)
+
+    def forward(self, x):
+        return torch.relu(self.fc(x))
+
+
 def tiny():
     torch.manual_seed(0)
     return TinyMLP().eval(), torch.randn(1, 32)
@@ -214,8 +226,8 @@ def test_torn_last_line_is_dropped(tuned, tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["crash", "ctrl-c"])
 def test_interrupted_tune_leaves_loadable_log(tmp_path, sig):
     log = tmp_path / TARGET
-    cmd = [sys.executable, "-m", "edgec.compiler.cli", "tune", "test_tune:TinyMLP", "--input",
-           "x:1x32", "--target", TARGET, "--trials", "400", "--log-dir", str(log)]
+    cmd = [sys.executable, "-m", "edgec.compiler.cli", "tune", "test_tune:WideMLP", "--input",
+           "x:1x128", "--target", TARGET, "--trials", "400", "--log-dir", str(log)]
     proc = subprocess.Popen(cmd, cwd=os.path.dirname(__file__), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -235,8 +247,9 @@ def test_interrupted_tune_leaves_loadable_log(tmp_path, sig):
     db = open_database(str(log), get_target(TARGET))
     assert len(db.get_all_tuning_records()) >= n - 1
     if sig == signal.SIGINT:  # clean exit: says how to continue, the run is in the history
-        assert proc.returncode == 130 and "Traceback" not in err
-        assert "run the same command" in err and "edgec: interrupted" in err
+        tail = err[-3000:]  # on a failure: what the tune printed
+        assert proc.returncode == 130 and "Traceback" not in err, tail
+        assert "run the same command" in err and "edgec: interrupted" in err, tail
         runs = json.loads((log / META).read_text())["runs"]
         assert runs[-1]["interrupted"] and runs[-1]["trials"] == n
 

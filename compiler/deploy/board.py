@@ -91,15 +91,25 @@ def prepare(root: str, quiet: bool = False) -> dict:
     """Build the board's rootfs in ``root`` unless a current one is there; return its info.
 
     Built in ``root.partial`` and renamed into place, so an interrupted build never
-    leaves a rootfs that looks ready.
+    leaves a rootfs that looks ready. Two processes preparing the same folder at once (two
+    ``edgec rpc board`` commands, or test workers) take turns on ``root.lock``: the second
+    finds the first's rootfs ready instead of deleting its half-built one.
     """
+    import fcntl
+
     check_host()
     info = read_marker(root)
     if info:
         return info
+    os.makedirs(os.path.dirname(os.path.abspath(root)), exist_ok=True)
+    with open(root.rstrip("/") + ".lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return read_marker(root) or _prepare_locked(root, quiet)
+
+
+def _prepare_locked(root: str, quiet: bool) -> dict:
     partial = root.rstrip("/") + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
-    os.makedirs(os.path.dirname(os.path.abspath(root)), exist_ok=True)
     say = (lambda m: None) if quiet else (lambda m: print(f"board: {m}", file=sys.stderr, flush=True))
     try:
         _build(partial, say)
