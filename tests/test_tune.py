@@ -6,7 +6,6 @@ not the speed (speed is benchmarks/bench_tuning.py).
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -254,63 +253,49 @@ def test_interrupted_tune_leaves_loadable_log(tmp_path, sig):
         assert runs[-1]["interrupted"] and runs[-1]["trials"] == n
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_tune_measures_on_every_board_under_the_key_and_survives_one_dropping_out(tmp_path):
+    """Two servers under one key: the runner gets a worker per board, both boards measure,
+    and killing one after the first batch costs at most its in-flight candidates; the
+    other measures the rest of the run."""
+    import threading
 
+    from rpc_helpers import free_port
 
-def _wait_port(port, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+    from edgec.compiler.deploy import rpc
 
-
-@pytest.fixture
-def rpc_tracker():
-    """A real TVM tracker plus one server registered as key 'edgec-test', on 127.0.0.1."""
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
-                               "--port", str(port), "--port-end", str(port + 1)],
-                              start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)]
+    tracker = rpc.start_tracker(free_port())
+    addr = f"127.0.0.1:{tracker.port}"
+    boards = []
     try:
-        _wait_port(port)
-        server = _free_port()
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
-             "--tracker", f"127.0.0.1:{port}", "--key", "edgec-test", "--port", str(server),
-             "--port-end", str(server + 1)],
-            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        _wait_registered(port)
-        yield f"127.0.0.1:{port}"
+        boards = [rpc.start_server(free_port(), tracker=addr, key="edgec-test") for _ in range(2)]
+        log = tmp_path / TARGET
+        killed = {}
+
+        def kill_after_first_batch():
+            deadline = time.time() + 600
+            while count_records(log) < 4 and time.time() < deadline:
+                time.sleep(0.2)
+            killed["at"] = time.time()
+            os.killpg(boards[0].pid, signal.SIGKILL)
+
+        watcher = threading.Thread(target=kill_after_first_batch, daemon=True)
+        watcher.start()
+        s = tune(import_model(*tiny()), spec(log, 12, tracker=addr, rpc_key="edgec-test"))
+        watcher.join(5)
+        logs = [b.log_text() for b in boards]
     finally:
-        for p in reversed(procs):  # by process group: the server's socket is held by a child
-            os.killpg(p.pid, signal.SIGTERM)
-            p.wait()
-
-
-def _wait_registered(port, timeout=120):
-    from edgec.compiler.tvm_compat import rpc
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        summary = rpc().connect_tracker("127.0.0.1", port).summary()
-        if "edgec-test" in str(summary.get("server_info", "")):
-            return
-        time.sleep(1)
-    raise RuntimeError("RPC server did not register with the tracker")
-
-
-def test_rpc_runner_measures_on_a_tracked_server(rpc_tracker, tmp_path):
-    model = import_model(*tiny())
-    s = tune(model, spec(tmp_path / TARGET, 4, tracker=rpc_tracker, rpc_key="edgec-test"))
-    assert s["trials"] == 4 and s["failed"] == 0
+        for p in reversed([tracker, *boards]):
+            p.stop()
+    assert s["boards"] == 2 and "at" in killed
+    assert s["trials"] == 12 and s["failed"] <= 2  # the killed board's in-flight candidates
     assert all(t["best_ms"] > 0 for t in s["per_task"] if t["trials"])
+    assert all("load_module" in text for text in logs)  # both boards measured
+    after = [line for line in logs[1].splitlines() if "load_module" in line
+             and time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) >= int(killed["at"])]
+    # the survivor measured the rest: all but the first batch and the one the kill fell in
+    assert len(after) >= 12 - 4 - 4, logs[1]
+    runs = json.loads((log / META).read_text())["runs"]
+    assert runs[-1]["boards"] == 2
 
 
 def test_bad_tracker_and_board_without_tracker():

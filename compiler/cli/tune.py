@@ -96,7 +96,8 @@ def cmd_tune(args):
     s = tune(model, spec)
     est = "-" if s["estimate_ms"] is None else f"{s['estimate_ms']:.3f} ms"
     emit(args, s, f"tuned {s['tasks']} tasks of {s['model']} for {s['target']}: {s['trials']} "
-         f"trials in {s['wall_s']} s ({s['trials_per_min']} trials/min, {s['failed']} failed); "
+         f"trials in {s['wall_s']} s ({s['trials_per_min']} trials/min, {s['failed']} failed"
+         f"{'' if s.get('boards') is None else ', on %d board(s)' % s['boards']}); "
          f"{s['trials_before'] + s['trials']} trials in the log for this model; "
          f"estimated end to end {est}; log {s['log_dir']}")
     return 0

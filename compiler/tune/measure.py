@@ -78,8 +78,26 @@ def make_builder(target, spec):
                                    initializer=worker_initializer)
 
 
-def make_runner(target, spec):
-    """LocalRunner on this machine, or RPCRunner via ``spec.tracker`` for a board."""
+MAX_BOARDS = 16  # runner workers at most: each holds one board's session at a time
+
+
+def boards_under(spec, target) -> int:
+    """How many boards are registered at ``spec.tracker`` under the tune's key (free or
+    busy); the runner measures on all of them at once."""
+    from edgec.compiler.deploy.rpc import tracker_status
+
+    key = spec.rpc_key or target.rpc_key
+    return tracker_status(spec.tracker, min(spec.run_timeout, 30)).get(key, {}).get("total", 0)
+
+
+def make_runner(target, spec, boards: int = 1):
+    """LocalRunner on this machine, or RPCRunner via ``spec.tracker`` for boards.
+
+    boards: the boards under the key (``boards_under``). TVM's RPCRunner measures one
+    candidate per worker, each worker asking the tracker for a free board per candidate; a
+    worker per board (up to ``MAX_BOARDS``) keeps every board busy, the tracker's queue
+    deciding which board measures what. A board that drops out fails only the candidates
+    it held: the tracker stops handing it out and the other workers go on."""
     config = ms.runner.EvaluatorConfig(**EVALUATOR)
     if spec.tracker is None:
         if target.arch != "x86_64":
@@ -92,7 +110,8 @@ def make_runner(target, spec):
     key = spec.rpc_key or target.rpc_key
     rpc = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
                               session_timeout_sec=int(spec.run_timeout))
-    inner = ms.runner.RPCRunner(rpc_config=rpc, evaluator_config=config, max_workers=1,
+    inner = ms.runner.RPCRunner(rpc_config=rpc, evaluator_config=config,
+                                max_workers=max(1, min(boards, MAX_BOARDS)),
                                 initializer=worker_initializer)
     return BoundedRunner(inner, spec.run_timeout, f"the {key!r} board at tracker {spec.tracker}",
                          exit_when_stuck=spec.exit_when_stuck)

@@ -21,7 +21,8 @@ from edgec.compiler.tune.apply import is_hand_scheduled
 from edgec.compiler.tune.database import (as_logged, count_records, digest, log_dir_for,
                                           mean_run_secs)
 from edgec.compiler.tune.lock import SharedLog
-from edgec.compiler.tune.measure import (CtrlC, LogSync, NoRepeatSearch, Progress, make_builder,
+from edgec.compiler.tune.measure import (CtrlC, LogSync, NoRepeatSearch, Progress, boards_under,
+                                         make_builder,
                                          make_runner, measure_threads, prepare,
                                          quiet_metaschedule_logs)
 from edgec.compiler.tune.spec import TuneError, TuneSpec
@@ -30,7 +31,7 @@ from edgec.compiler.tvm_compat import meta_schedule
 from edgec.targets import get_target
 
 RUN_KEYS = ("model", "target", "tasks", "trials", "wall_s", "trials_per_min", "interrupted",
-            "measure_threads")  # what the log's run history keeps of each tune
+            "measure_threads", "boards")  # what the log's run history keeps of each tune
 
 
 def lowered_module(model, target_name: str, kernels: KernelOptions = KernelOptions()):
@@ -129,14 +130,15 @@ def _tune_into(model, spec, target, log) -> dict:
     budget = max(0, spec.trials - done) if spec.resume else spec.trials
     summary = {"model": spec.label or model.source, "target": target.name, "log_dir": log_dir,
                "tasks": len(tasks), "trials_before": done, "trials_requested": budget,
-               "measure_threads": None if spec.tracker else measure_threads(target)}
+               "measure_threads": None if spec.tracker else measure_threads(target),
+               "boards": boards_under(spec, target) if spec.tracker else None}
     # warm start: new workloads first measure the log's schedules of similar ones
     donors = donors_of(log_dir) if spec.warm_start and budget > 0 else None
     if budget > 0:
         log.begin_run(dict({k: summary[k] for k in RUN_KEYS if k in summary},
                            trials_requested=budget))
     progress, interrupted, wall = _search_guarded(tasks, log, spec, target, budget, before,
-                                                  donors)
+                                                  donors, summary["boards"] or 1)
     log.sync()
     after = task_status(tasks, db)
     ran = sum(r["trials"] for r in after) - done
@@ -155,14 +157,14 @@ def _tune_into(model, spec, target, log) -> dict:
     return summary
 
 
-def _search_guarded(tasks, log, spec, target, budget, before, donors=None):
+def _search_guarded(tasks, log, spec, target, budget, before, donors=None, boards=1):
     """Run the search unless the budget is spent; returns (progress, interrupted, wall s)."""
     start, progress = time.perf_counter(), None
 
     with CtrlC() as ctrl_c:
         if budget > 0:
             try:
-                progress = _run_search(tasks, log, spec, target, budget, before, donors)
+                progress = _run_search(tasks, log, spec, target, budget, before, donors, boards)
             except Exception:
                 if not ctrl_c.pressed:
                     raise
@@ -176,7 +178,7 @@ def _run_stats(ran, wall, progress) -> dict:
             "failed": progress.failed if progress else 0}
 
 
-def _run_search(tasks, log, spec, target, budget, before, donors=None):
+def _run_search(tasks, log, spec, target, budget, before, donors=None, boards=1):
     ms = meta_schedule()
     quiet_metaschedule_logs(ms)
     work_dir = tempfile.mkdtemp(prefix="edgec-tune-")
@@ -190,7 +192,7 @@ def _run_search(tasks, log, spec, target, budget, before, donors=None):
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             tasks, work_dir, strategy=strategy, num_threads=target.num_cores, seed=seed)
         progress = Progress(budget, before, spec.quiet)
-        runner = make_runner(target, spec)
+        runner = make_runner(target, spec, boards)
         # records reach the shared log after each batch (TVM's own callbacks add them to
         # the private copy first)
         callbacks = (ms.measure_callback.MeasureCallback.create("default")
