@@ -236,6 +236,8 @@ def test_bad_arguments_are_one_line_errors(artifacts, capsys):
                    "127.0.0.1:9190"]
     with pytest.raises(EdgecError, match="either --rpc"):
         connect(rpc="127.0.0.1:1", tracker="127.0.0.1:2", key="k")
+    assert main(["rpc", "emulate", "--threads", "0", "--dir", "/nonexistent-board"]) == 2
+    assert capsys.readouterr().err.splitlines() == ["edgec: error: --threads must be >= 1, got 0"]
 
 
 def test_cli_server_warns_loudly_for_open_address(capsys):

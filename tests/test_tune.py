@@ -289,6 +289,7 @@ def test_tune_measures_on_every_board_under_the_key_and_survives_one_dropping_ou
     assert s["boards"] == 2 and "at" in killed
     assert s["trials"] == 12 and s["failed"] <= 2  # the killed board's in-flight candidates
     assert all(t["best_ms"] > 0 for t in s["per_task"] if t["trials"])
+    assert 0 < s["measure_s"] < s["wall_s"]  # the time candidates were out on the boards
     assert all("load_module" in text for text in logs)  # both boards measured
     after = [line for line in logs[1].splitlines() if "load_module" in line
              and time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) >= int(killed["at"])]

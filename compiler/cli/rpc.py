@@ -70,13 +70,16 @@ def _status(args):
 def _emulate(args):
     from edgec.compiler.deploy import board
 
+    if args.threads is not None and args.threads < 1:
+        raise EdgecError(f"--threads must be >= 1, got {args.threads}")
     root = args.dir or board.default_dir()
     info = board.prepare(root, quiet=args.quiet)
     _say(args, f"emulated aarch64 board in {root} ({info['tvm']}); {board.EMULATION_NOTE}")
     if args.prepare_only:
         emit(args, info, f"prepared {root}")
         return 0
-    proc = board.start(root, args.port, tracker=args.tracker, key=args.key, die_with_parent=True)
+    proc = board.start(root, args.port, tracker=args.tracker, key=args.key, die_with_parent=True,
+                       threads=args.threads)
     via = f", registered as {args.key!r} at tracker {args.tracker}" if args.tracker else ""
     return _serve_forever(args, proc, f"emulated aarch64 RPC server on 127.0.0.1:{proc.port}{via}")
 
@@ -105,6 +108,9 @@ def _rpc_flags(p):
     e.add_argument("--tracker", metavar="HOST:PORT", help="register with this tracker")
     e.add_argument("--key", default="aarch64-emulated", help="key when registering with a tracker")
     e.add_argument("--prepare-only", action="store_true", help="build the rootfs, do not serve")
+    e.add_argument("--threads", type=int, metavar="N",
+                   help="the board runtime's threads (default: every CPU of this machine); "
+                        "1 lets several emulated boards measure side by side")
     e.set_defaults(rpc_func=_emulate)
     for sp in (t, s, st, e):
         sp.add_argument("--json", action="store_true", help="machine-readable output")

@@ -153,8 +153,15 @@ def _build(partial: str, say) -> None:
 
 
 def start(root: str, port: int = 9095, tracker: str | None = None, key: str | None = None,
-          timeout: float = 180, die_with_parent: bool = False) -> Process:
-    """Start TVM's RPC server inside the board on 127.0.0.1:``port``; stop() ends it."""
+          timeout: float = 180, die_with_parent: bool = False,
+          threads: int | None = None) -> Process:
+    """Start TVM's RPC server inside the board on 127.0.0.1:``port``; stop() ends it.
+
+    threads: the board runtime's thread pool (TVM_NUM_THREADS); unset, it takes every CPU
+    qemu-user shows, which are this machine's: several boards on one machine then each
+    spread over all its cores. One each lets N boards measure side by side on N cores."""
+    if threads is not None and threads < 1:
+        raise BoardError(f"threads must be >= 1, got {threads}")
     check_host()
     if read_marker(root) is None:
         raise BoardError(f"no prepared board in {root}; run 'edgec rpc emulate --prepare-only'")
@@ -165,6 +172,8 @@ def start(root: str, port: int = 9095, tracker: str | None = None, key: str | No
     prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
               os.path.abspath(root)]
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "TVM_USE_RUNTIME_LIB": "1"}
+    if threads is not None:
+        env["TVM_NUM_THREADS"] = str(threads)
     # runtime-only TVM skips libtvm_runtime_extra, which holds the random fill that
     # MetaSchedule's RPC runner calls on the board: load it into every session
     extra = ["--load-library", f"/{PY_SITE}/tvm/lib/libtvm_runtime_extra.so"]

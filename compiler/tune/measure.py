@@ -137,6 +137,9 @@ class BoundedRunner(ms.runner.PyRunner):
         self.dead = None
         self.pending = []
         self.last = time.monotonic()
+        # seconds with candidates out on the boards: the measuring share of the run (more
+        # boards shorten it; the search and the builds stay on this machine)
+        self.busy_s, self.batch_start = 0.0, None
         if exit_when_stuck:
             threading.Thread(target=self._watch, name="edgec-board-watch", daemon=True).start()
 
@@ -154,7 +157,7 @@ class BoundedRunner(ms.runner.PyRunner):
     def run(self, runner_inputs):
         self.progress()
         if not self.pending:  # the board is idle: its clock starts with this batch
-            self.last = time.monotonic()
+            self.last = self.batch_start = time.monotonic()
         futures = self.inner.run(runner_inputs)
         self.pending += futures
         return [BoundedFuture(f, self) for f in futures]
@@ -164,6 +167,9 @@ class BoundedRunner(ms.runner.PyRunner):
         still = [f for f in self.pending if not f.done()]
         if len(still) < len(self.pending):
             self.last = time.monotonic()
+            if not still and self.batch_start is not None:
+                self.busy_s += self.last - self.batch_start
+                self.batch_start = None
         self.pending = still
 
     def overdue(self) -> bool:

@@ -175,7 +175,9 @@ def _run_stats(ran, wall, progress) -> dict:
     return {"trials": ran, "wall_s": round(wall, 1),
             "trials_per_min": round(60 * ran / wall, 1) if ran and wall else 0.0,
             "overhead_s_per_trial": round(wall / ran, 2) if ran else None,
-            "failed": progress.failed if progress else 0}
+            "failed": progress.failed if progress else 0,
+            "measure_s": round(progress.measure_s, 1) if getattr(progress, "measure_s", None)
+            is not None else None}
 
 
 def _run_search(tasks, log, spec, target, budget, before, donors=None, boards=1):
@@ -205,6 +207,7 @@ def _run_search(tasks, log, spec, target, budget, before, donors=None, boards=1)
                           task_scheduler="gradient")
         finally:
             progress.close()
+        progress.measure_s = getattr(runner, "busy_s", None)  # boards only (BoundedRunner)
         if getattr(runner, "dead", None):  # a board stopped answering: one line, not a hang
             from edgec.compiler.deploy.rpc import RpcError
 
