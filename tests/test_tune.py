@@ -299,6 +299,19 @@ def test_tune_measures_on_every_board_under_the_key_and_survives_one_dropping_ou
     assert runs[-1]["boards"] == 2
 
 
+def test_board_runner_starts_a_worker_per_board_before_the_first_batch():
+    """Lazily started workers (seconds each: they import TVM) left the first batch on one
+    board; every worker process is up once the runner exists."""
+    from edgec.compiler.tune.measure import make_runner
+
+    runner = make_runner(get_target(TARGET), TuneSpec(target=TARGET, tracker="127.0.0.1:9"), 2)
+    try:
+        workers = runner.inner.pool._worker_map.values()  # TVM's PopenPoolExecutor
+        assert len(workers) == 2 and all(w.is_alive() for w in workers)
+    finally:
+        runner.inner.pool.shutdown()
+
+
 def test_bad_tracker_and_board_without_tracker():
     with pytest.raises(EdgecError, match="HOST:PORT"):
         TuneSpec(target=TARGET, tracker="nohost")

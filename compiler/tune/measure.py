@@ -110,9 +110,10 @@ def make_runner(target, spec, boards: int = 1):
     key = spec.rpc_key or target.rpc_key
     rpc = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
                               session_timeout_sec=int(spec.run_timeout))
-    inner = ms.runner.RPCRunner(rpc_config=rpc, evaluator_config=config,
-                                max_workers=max(1, min(boards, MAX_BOARDS)),
+    workers = max(1, min(boards, MAX_BOARDS))
+    inner = ms.runner.RPCRunner(rpc_config=rpc, evaluator_config=config, max_workers=workers,
                                 initializer=worker_initializer)
+    start_workers(inner.pool, workers)
     return BoundedRunner(inner, spec.run_timeout, f"the {key!r} board at tracker {spec.tracker}",
                          exit_when_stuck=spec.exit_when_stuck)
 
@@ -137,9 +138,9 @@ class BoundedRunner(ms.runner.PyRunner):
         self.dead = None
         self.pending = []
         self.last = time.monotonic()
-        # seconds with candidates out on the boards: the measuring share of the run (more
-        # boards shorten it; the search and the builds stay on this machine)
-        self.busy_s, self.batch_start = 0.0, None
+        # [sent, last result in] of each batch: the measuring share of the run (more boards
+        # shorten it; the search and the builds stay on this machine)
+        self.spans = []
         if exit_when_stuck:
             threading.Thread(target=self._watch, name="edgec-board-watch", daemon=True).start()
 
@@ -157,8 +158,12 @@ class BoundedRunner(ms.runner.PyRunner):
     def run(self, runner_inputs):
         self.progress()
         if not self.pending:  # the board is idle: its clock starts with this batch
-            self.last = self.batch_start = time.monotonic()
+            self.last = time.monotonic()
+        span = [time.monotonic()] * 2
+        self.spans.append(span)
         futures = self.inner.run(runner_inputs)
+        for f in futures:  # the pool's own future: done when the board answered
+            f.future.add_done_callback(functools.partial(_answered, span))
         self.pending += futures
         return [BoundedFuture(f, self) for f in futures]
 
@@ -167,10 +172,16 @@ class BoundedRunner(ms.runner.PyRunner):
         still = [f for f in self.pending if not f.done()]
         if len(still) < len(self.pending):
             self.last = time.monotonic()
-            if not still and self.batch_start is not None:
-                self.busy_s += self.last - self.batch_start
-                self.batch_start = None
         self.pending = still
+
+    @property
+    def busy_s(self) -> float:
+        """Seconds with candidates out on the boards (overlapping batches counted once)."""
+        total, end = 0.0, float("-inf")
+        for a, b in sorted(self.spans):
+            total += max(0.0, b - max(a, end))
+            end = max(end, b)
+        return total
 
     def overdue(self) -> bool:
         self.progress()
@@ -181,6 +192,24 @@ class BoundedRunner(ms.runner.PyRunner):
             STOP.set()
             _kill_workers(self.inner.pool)
         return self.dead is not None
+
+
+def _answered(span: list, _future) -> None:
+    span[1] = max(span[1], time.monotonic())
+
+
+def _pause(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def start_workers(pool, n: int) -> None:
+    """Start all ``n`` worker processes of a PopenPoolExecutor now, side by side. The pool
+    starts a worker at its thread's first job, and a worker takes seconds to start (it
+    imports TVM): measured with two emulated boards, the second worker came up after the
+    first had measured 7 of 8 candidates alone, so a batch ran on one board. Jobs that
+    wait briefly make the pool give each its own thread, hence its own worker."""
+    for f in [pool.submit(_pause, 0.5) for _ in range(n)]:
+        f.result()
 
 
 def _kill_workers(pool) -> None:
