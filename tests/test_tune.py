@@ -312,6 +312,21 @@ def test_board_runner_starts_a_worker_per_board_before_the_first_batch():
         runner.inner.pool.shutdown()
 
 
+def test_closing_a_log_that_got_no_record_raises_nothing(tmp_path):
+    """A tune that fails before its first batch closes its log with no records file; that
+    close raised FileNotFoundError, which replaced the run's own error."""
+    from edgec.compiler.tune.lock import SharedLog
+
+    from tvm import te
+
+    a = te.placeholder((8,), name="a")
+    func = te.create_prim_func([a, te.compute((8,), lambda i: a[i] + 1.0, name="b")])
+    log = SharedLog(str(tmp_path / TARGET), get_target(TARGET))
+    log.db.commit_workload(tvm.IRModule({"main": func}))  # a task extracted, none measured
+    log.close()
+    assert count_records(str(tmp_path / TARGET)) == 0
+
+
 def test_bad_tracker_and_board_without_tracker():
     with pytest.raises(EdgecError, match="HOST:PORT"):
         TuneSpec(target=TARGET, tracker="nohost")

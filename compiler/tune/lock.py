@@ -149,4 +149,6 @@ def _append(path: str, lines: list) -> int:
             f.write(b"".join(ln + b"\n" for ln in lines))
             f.flush()
             os.fsync(f.fileno())
-    return os.path.getsize(path)
+    # nothing written yet (a run that failed before its first batch): closing must not
+    # raise here, or this error replaces the run's own
+    return os.path.getsize(path) if os.path.exists(path) else 0

@@ -161,9 +161,14 @@ class BoundedRunner(ms.runner.PyRunner):
             self.last = time.monotonic()
         span = [time.monotonic()] * 2
         self.spans.append(span)
-        futures = self.inner.run(runner_inputs)
-        for f in futures:  # the pool's own future: done when the board answered
-            f.future.add_done_callback(functools.partial(_answered, span))
+        # the Python runner itself (a derived object's ``run`` attribute is the FFI call,
+        # whose futures hide the pool's): its futures carry the pool's future, done when
+        # the board answered
+        futures = getattr(self.inner, "_inst", self.inner).run(runner_inputs)
+        for f in futures:
+            pool_future = getattr(f, "future", None)
+            if hasattr(pool_future, "add_done_callback"):
+                pool_future.add_done_callback(functools.partial(_answered, span))
         self.pending += futures
         return [BoundedFuture(f, self) for f in futures]
 
