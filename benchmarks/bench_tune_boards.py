@@ -41,22 +41,14 @@ def model():
     return import_model(net, (torch.randn(1, 8, 16, 16),))
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def one_run(relax_model, n_boards: int, trials: int, root: str, threads) -> dict:
     """Start ``n_boards`` boards at a fresh tracker, tune ``trials`` into a fresh log."""
-    tracker = rpc.start_tracker(free_port(), die_with_parent=True)
+    tracker = rpc.start_tracker(rpc.free_port(), die_with_parent=True)
     addr = f"127.0.0.1:{tracker.port}"
     procs, log = [tracker], tempfile.mkdtemp(prefix="edgec-boards-")
     try:
         for _ in range(n_boards):
-            procs.append(board.start(root, free_port(), tracker=addr, key=KEY, threads=threads,
+            procs.append(board.start(root, rpc.free_port(), tracker=addr, key=KEY, threads=threads,
                                      die_with_parent=True))
         s = tune(relax_model, TuneSpec(target="rpi4", trials=trials, log_dir=os.path.join(log, "rpi4"),
                                        tracker=addr, rpc_key=KEY, quiet=True, warm_start=False,

@@ -1,16 +1,12 @@
 """Helpers shared by the RPC and emulated-board tests."""
 import os
-import socket
 import time
 
 import pytest
 
+from edgec.compiler.deploy.rpc import free_port  # noqa: F401  (the tests import it from here)
 
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
 
 
 def result_within(future, seconds: float):

@@ -185,6 +185,14 @@ def spawn(cmd: list, port: int, kind: str, env=None, ready=None, timeout: float 
                    f"see {log}")
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on right now (for a tracker or server
+    started here: tests, benchmarks)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start_tracker(port: int = 9190, host: str = "127.0.0.1", timeout: float = 60,
                   die_with_parent: bool = False) -> Process:
     """Start TVM's tracker on exactly ``host:port`` (``die_with_parent``: see ``spawn``)."""
