@@ -41,6 +41,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import scratch, set_threads, write_results  # noqa: E402
 from edgec.compiler.compare import machine_info  # noqa: E402
+from edgec.compiler.timing import interleaved  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = {"dense-edgec": "dense FP32 edgec", "pruned": "pruned", "pruned-int8": "pruned + INT8",
@@ -244,23 +245,18 @@ def _seed_call(model, x):
 
 
 def measure(cases: list, rounds: int, samples: int, quiet: bool) -> dict:
-    """Interleaved rounds (engine order rotating, cases in turn); us per call."""
-    per_round = {(c.name, e): [] for c in cases for e in ENGINES}
-    every = {k: [] for k in per_round}
-    for r in range(rounds):
-        for c in cases:
-            for _ in range(2):  # warm each engine's path after the other cases ran
-                c.model(c.x)
-            order = ENGINES[r % len(ENGINES):] + ENGINES[:r % len(ENGINES)]
-            for e in order:
-                s = [c.sample(e) * 1e6 for _ in range(samples)]
-                per_round[(c.name, e)].append(float(np.median(s)))
-                every[(c.name, e)] += s
-        if not quiet:
-            print(f"round {r + 1}/{rounds} done", file=sys.stderr)
-    return {c.name: {e: {"median_us": float(np.median(per_round[(c.name, e)])),
-                         "min_us": float(np.min(every[(c.name, e)]))} for e in ENGINES}
-            for c in cases}
+    """Each case's engines in interleaved rounds (``timing.interleaved``); us per call."""
+    out = {}
+    for c in cases:
+        for _ in range(2):  # warm this case's paths after the other cases ran
+            c.model(c.x)
+        got = interleaved(len(ENGINES), rounds,
+                          lambda i, r: [c.sample(ENGINES[i]) * 1e6 for _ in range(samples)],
+                          f"{c.name}: rounds", quiet)
+        out[c.name] = {e: {"median_us": float(np.median([np.median(s) for s in per_round])),
+                           "min_us": float(np.min(per_round))}
+                       for e, per_round in zip(ENGINES, got)}
+    return out
 
 
 def summarize(case, t: dict) -> dict:

@@ -28,6 +28,7 @@ from benchmarks.common import write_results
 from edgec.compiler.compare import machine_info
 from edgec.compiler.deploy import board, rpc
 from edgec.compiler.frontend import import_model
+from edgec.compiler.timing import interleaved
 from edgec.compiler.tune.search import tune
 from edgec.compiler.tune.spec import TuneSpec
 
@@ -77,14 +78,15 @@ def main(argv=None):
     root = board.default_dir()
     board.prepare(root)
     relax_model = model()
-    runs = []
-    for r in range(args.rounds):
-        order = args.boards[r % len(args.boards):] + args.boards[:r % len(args.boards)]
-        for n in order:
-            print(f"round {r + 1}/{args.rounds}: {n} board(s), {args.trials} trials", file=sys.stderr,
-                  flush=True)
-            runs.append(dict(one_run(relax_model, n, args.trials, root, threads), round=r))
-            print(f"  {runs[-1]}", file=sys.stderr, flush=True)
+    def run(i, r):
+        n = args.boards[i]
+        print(f"round {r + 1}/{args.rounds}: {n} board(s), {args.trials} trials", file=sys.stderr,
+              flush=True)
+        out = dict(one_run(relax_model, n, args.trials, root, threads), round=r)
+        print(f"  {out}", file=sys.stderr, flush=True)
+        return out
+
+    runs = [x for per_count in interleaved(len(args.boards), args.rounds, run) for x in per_count]
     def med(key, n):
         return float(np.median([x[key] for x in runs if x["boards"] == n]))
 

@@ -1,19 +1,19 @@
 """Compare engines in one run on one machine and report ratios.
 
 These machines are shared and noisy: engines run in interleaved rounds, the
-order rotating each round, and we report each engine's minimum and the median
-of its round medians, plus ratios against a baseline, the CPU and its flags.
+order rotating each round (``timing.interleaved``), and we report each engine's
+minimum and the median of its round medians, plus ratios against a baseline, the
+CPU and its flags.
 """
 from __future__ import annotations
 
 import os
 import platform
-import time
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
+from edgec.compiler.timing import calibrate_number, interleaved, time_once
 from edgec.targets import cpu_flags
 
 
@@ -39,44 +39,28 @@ def machine_info() -> dict:
             "loadavg_1m": os.getloadavg()[0]}
 
 
-def time_once(fn, number: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(number):
-        fn()
-    return (time.perf_counter() - t0) / number
-
-
-def calibrate_number(fn, target_s: float = 0.02) -> int:
-    """Runs per sample so one sample lasts about ``target_s`` (timer noise stays small)."""
-    t = time_once(fn, 1)
-    return max(1, min(1000, int(target_s / max(t, 1e-7))))
-
-
 def compare(engines, rounds: int = 7, samples: int = 5, warmup: int = 3, baseline: str | None = None,
             quiet: bool = False) -> dict:
     """Time ``engines`` in ``rounds`` interleaved rounds; returns per-engine stats and ratios.
 
-    Each round runs every engine (order rotated) for ``samples`` samples; the
-    engine's figure is the median over rounds of the round medians (ms).
+    Each round runs every engine (order rotated, ``timing.interleaved``) for ``samples``
+    samples; the engine's figure is the median over rounds of the round medians (ms).
     """
     for e in engines:
         for _ in range(warmup):
             e.run()
-    numbers = {e.name: calibrate_number(e.run) for e in engines}
-    per_round = {e.name: [] for e in engines}
-    allsamples = {e.name: [] for e in engines}
-    for r in tqdm(range(rounds), desc="benchmark rounds", disable=quiet, leave=False):
-        order = engines[r % len(engines):] + engines[:r % len(engines)]
-        for e in order:
-            s = [time_once(e.run, numbers[e.name]) * 1e3 for _ in range(samples)]
-            per_round[e.name].append(float(np.median(s)))
-            allsamples[e.name] += s
+    numbers = [calibrate_number(e.run) for e in engines]
+    got = interleaved(len(engines), rounds,
+                      lambda i, r: [time_once(engines[i].run, numbers[i]) * 1e3
+                                    for _ in range(samples)],
+                      "benchmark rounds", quiet)
     stats = {}
-    for name, meds in per_round.items():
-        s = np.asarray(allsamples[name])
-        stats[name] = {"median_ms": float(np.median(meds)), "min_ms": float(s.min()),
-                       "mean_ms": float(s.mean()), "std_ms": float(s.std()),
-                       "p95_ms": float(np.percentile(s, 95)), "runs_per_sample": numbers[name]}
+    for e, n, per_round in zip(engines, numbers, got):
+        s = np.asarray(per_round).ravel()
+        stats[e.name] = {"median_ms": float(np.median([np.median(x) for x in per_round])),
+                         "min_ms": float(s.min()), "mean_ms": float(s.mean()),
+                         "std_ms": float(s.std()), "p95_ms": float(np.percentile(s, 95)),
+                         "runs_per_sample": n}
     base = baseline or engines[0].name
     for name in stats:
         stats[name]["ratio_to_" + base] = stats[name]["median_ms"] / stats[base]["median_ms"]

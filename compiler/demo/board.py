@@ -19,10 +19,11 @@ from edgec.compiler.build import build_result
 from edgec.compiler.compare import Engine
 from edgec.compiler.demo.power import power_per_stage
 from edgec.compiler.deploy.bench import RemoteModel
-from edgec.compiler.deploy.bench_data import DataRunner, time_all
+from edgec.compiler.deploy.bench_data import DataRunner
 from edgec.compiler.deploy.rpc_session import connect
 from edgec.compiler.deploy.runtime import with_default_thresholds
 from edgec.compiler.errors import EdgecError
+from edgec.compiler.timing import time_batches
 from edgec.targets import get_target
 
 BOARD_IMAGES = 32  # test images each stage cycles through while timed on the board
@@ -108,7 +109,7 @@ def board_benchmark(board: Board, stages: list, images: np.ndarray, rounds: int,
         label = "benchmark on the board" + (" (EMULATED: timings meaningless)"
                                             if session.emulated else "")
         batches = [images[i:i + 1] for i in range(len(images))]
-        times = time_all(runners, batches, rounds, label, quiet)[0]
+        times = time_batches(runners, batches, rounds, label, quiet)[0]
         power = power_on_board(stages, runners, power_cmd) if power_cmd else None
         del runners  # remote handles keep the session (and the board) busy
     finally:

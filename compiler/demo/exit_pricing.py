@@ -11,20 +11,13 @@ expectation beats the model without exits by ``PAYS_BELOW``.
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
+
+from edgec.compiler.timing import interleaved, time_once
 
 # Keep an exit only if its expected latency is at most this share of the model without
 # exits: a smaller gain is within this machine's run-to-run noise and costs accuracy.
 PAYS_BELOW = 0.9
-
-
-def _per_call(fn, number: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(number):
-        fn()
-    return (time.perf_counter() - t0) / number
 
 
 def path_latencies(exits_model, plain_model, x: np.ndarray, rounds: int = 7,
@@ -50,12 +43,7 @@ def path_latencies(exits_model, plain_model, x: np.ndarray, rounds: int = 7,
         runs[e]()
         if exits_model.exit_taken != e:
             raise RuntimeError(f"forcing exit {e} took exit {exits_model.exit_taken}")
-    samples = [[] for _ in runs]
-    for r in range(rounds):
-        order = list(range(len(runs)))
-        order = order[r % len(order):] + order[:r % len(order)]
-        for i in order:
-            samples[i].append(_per_call(runs[i], number))
+    samples = interleaved(len(runs), rounds, lambda i, r: time_once(runs[i], number))
     med = [float(np.median(s)) for s in samples]
     return {"path_s": med[:-1], "without_exits_s": med[-1], "rounds": rounds, "calls": number}
 

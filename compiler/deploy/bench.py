@@ -12,11 +12,11 @@ import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from edgec.compiler.deploy.artifact import elf_machine, file_digest, read_manifest, verify_library
 from edgec.compiler.deploy.runtime import check_inputs, flatten_outputs
 from edgec.compiler.errors import ArtifactError, EdgecError
+from edgec.compiler.timing import interleaved
 from edgec.compiler.tvm_compat import VirtualMachine, tensor
 
 
@@ -139,11 +139,8 @@ def benchmark(session, paths: list, config: BenchConfig = BenchConfig(), quiet: 
         m.set_inputs(*random_inputs(m.manifest, config.seed))
         m.warm(config.warmup)
         timers.append(m.timer(config.number))
-    samples = [[] for _ in models]
     label = "benchmark (EMULATED: timings meaningless)" if session.emulated else "benchmark"
-    for r in tqdm(range(config.repeat), desc=label, disable=quiet, leave=False):
-        for i in np.roll(np.arange(len(models)), r):  # rotate who goes first
-            samples[i].append(timers[i]())
+    samples = interleaved(len(models), config.repeat, lambda i, r: timers[i](), label, quiet)
     report = {"device": session.describe(), "config": asdict(config), "timing_valid": not session.emulated,
               "models": [{"path": m.path, "target": m.manifest["target"]["name"], "arch": m.manifest["arch"],
                           "stats": statistics(s, _batch(m.manifest))} for m, s in zip(models, samples)]}

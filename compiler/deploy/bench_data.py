@@ -14,7 +14,6 @@ import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from edgec.compiler.data import load_dataset
 from edgec.compiler.deploy.artifact import read_manifest
@@ -22,6 +21,7 @@ from edgec.compiler.deploy.bench import RemoteModel, check_arch
 from edgec.compiler.deploy.exit_bench import summarize
 from edgec.compiler.deploy.runtime import with_default_thresholds
 from edgec.compiler.errors import EdgecError, InputError
+from edgec.compiler.timing import time_batches
 
 SPLITS = ("train", "val", "test")
 
@@ -122,7 +122,7 @@ def bench_data(session, paths: list, config: DataBenchConfig, quiet: bool = Fals
         for i in starts[:config.warmup]:
             r.run(split.x[i:i + b], timed=False)
     label = "bench over data" + (" (EMULATED: timings meaningless)" if session.emulated else "")
-    times, logits, exits = time_all(runners, [split.x[i:i + b] for i in starts], config.rounds,
+    times, logits, exits = time_batches(runners, [split.x[i:i + b] for i in starts], config.rounds,
                                      label, quiet)
     labels = np.concatenate([split.y[i:i + b] for i in starts])
     models = [{"path": p, "target": run.manifest["target"]["name"], "arch": run.manifest["arch"],
@@ -135,21 +135,6 @@ def bench_data(session, paths: list, config: DataBenchConfig, quiet: bool = Fals
     if len(models) == 2:
         report["ratio_other_over_model"] = models[1]["mean_ms"] / models[0]["mean_ms"]
     return report
-
-
-def time_all(runners, batches, rounds: int, label: str, quiet: bool):
-    """Each batch through every runner, order rotating; (seconds [model, round, batch],
-    logits [model][batch], exits [model][batch])."""
-    times = np.zeros((len(runners), rounds, len(batches)))
-    logits = [[None] * len(batches) for _ in runners]
-    exits = [[None] * len(batches) for _ in runners]
-    with tqdm(total=rounds * len(batches), desc=label, disable=quiet, leave=False) as bar:
-        for r in range(rounds):
-            for j, x in enumerate(batches):
-                for m in np.roll(np.arange(len(runners)), r + j):  # rotate who goes first
-                    times[m, r, j], logits[m][j], exits[m][j] = runners[m].run(x)
-                bar.update(1)
-    return times, logits, exits
 
 
 def format_data_report(report: dict) -> str:

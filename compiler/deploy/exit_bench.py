@@ -10,12 +10,12 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from tqdm import tqdm
 
 from edgec.compiler.data import Split, load_dataset
 from edgec.compiler.deploy.runtime import (check_inputs, flatten_outputs, load,
                                            with_default_thresholds)
 from edgec.compiler.errors import InputError
+from edgec.compiler.timing import time_batches
 from edgec.compiler.tvm_compat import tensor
 
 
@@ -32,6 +32,16 @@ def _run_once(model, inputs):
     flat = flatten_outputs(out)
     exit_k = int(flat[-1]) if model.manifest.get("early_exit") else None
     return seconds, flat[0], exit_k
+
+
+class _Prepared:
+    """A loaded model and its prepared batches, run by batch index (``time_batches``)."""
+
+    def __init__(self, model, inputs: list):
+        self.model, self.inputs = model, inputs
+
+    def run(self, j: int):
+        return _run_once(self.model, self.inputs[j])
 
 
 def bench_over_data(models: dict, split, rounds: int = 3, warmup: int = 10,
@@ -51,18 +61,11 @@ def bench_over_data(models: dict, split, rounds: int = 3, warmup: int = 10,
     for n in names:
         for j in range(min(warmup, len(starts))):
             _run_once(models[n], inputs[n][j])
-    times = {n: np.zeros((rounds, len(starts))) for n in names}
-    logits, exits = {n: [None] * len(starts) for n in names}, {n: [None] * len(starts) for n in names}
-    with tqdm(total=rounds * len(starts), desc="bench", disable=quiet, leave=False) as bar:
-        for r in range(rounds):
-            for j in range(len(starts)):
-                order = names[(r + j) % len(names):] + names[:(r + j) % len(names)]
-                for n in order:
-                    times[n][r, j], logits[n][j], exits[n][j] = _run_once(models[n], inputs[n][j])
-                bar.update(1)
+    runners = [_Prepared(models[n], inputs[n]) for n in names]
+    times, logits, exits = time_batches(runners, list(range(len(starts))), rounds, "bench", quiet)
     labels = np.concatenate([split.y[i:i + b] for i in starts])
-    return {n: summarize(np.median(times[n], axis=0), np.concatenate(logits[n]), labels,
-                         exits[n], models[n].manifest) for n in names}
+    return {n: summarize(np.median(times[m], axis=0), np.concatenate(logits[m]), labels,
+                         exits[m], models[n].manifest) for m, n in enumerate(names)}
 
 
 def summarize(seconds, logits, labels, exits, manifest) -> dict:
