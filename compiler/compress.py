@@ -1,5 +1,6 @@
 """The pipeline's compression steps, on the model with named weights: prune, pad, quantize,
-split. Each reads its own options from the config, makes or loads its plan (the decision),
+split. Each reads its own option group from the config (``prune_options``,
+``int8_options``, ``exit_plan()``), makes or loads its plan (the decision),
 and hands the plan to its pass (the surgery); it records what it did for the manifest.
 
 Every step is ``fn(state) -> None``: it replaces ``state.model`` and appends its record
@@ -25,10 +26,9 @@ SENSITIVITY_SAMPLES = 64  # calibration samples that rank layers for --int8-keep
 def prune(state) -> None:
     """Structured channel pruning: the plan from ``--prune-plan`` or made for
     ``--prune RATIO`` (importance per channel group), applied to every weight it touches."""
-    c, model = state.config, state.model
-    plan = (PrunePlan.load(c.prune_plan) if c.prune_plan else
-            make_plan(model, c.prune, c.prune_criterion, multiple=c.prune_multiple,
-                      target=state.target))
+    o, model = state.config.prune_options, state.model
+    plan = (PrunePlan.load(o.plan) if o.plan else
+            make_plan(model, o.ratio, o.criterion, multiple=o.multiple, target=state.target))
     state.model = prune_channels(model, plan)
     state.passes.append(prune_summary(model, state.model, plan))
 
@@ -45,11 +45,11 @@ def quantize(state) -> None:
     from the model's own QDQ nodes, a scale table (``--int8-scales``) or calibration, in
     that order; ``--int8-keep-fp32`` names layers, or a number N of the most sensitive
     layers (ranked on the calibration data), to keep in FP32."""
-    c, model = state.config, state.model
-    scheme = scheme_for_target(state.target, c.int8_activation, c.int8_reduce_range,
-                               c.calib_method, c.calib_percentile)
-    mod, layers, plan = _int8_plan(model, c, scheme, state.calib_data, state.quiet)
-    keep, rows = c.int8_keep_fp32, []
+    o, model = state.config.int8_options, state.model
+    scheme = scheme_for_target(state.target, o.activation, o.reduce_range, o.calib_method,
+                               o.calib_percentile)
+    mod, layers, plan = _int8_plan(model, o, scheme, state.calib_data, state.quiet)
+    keep, rows = o.keep_fp32, []
     plan = plan if isinstance(keep, int) else plan.with_keep_fp32(keep)
     plan.check_layers([layer.name for layer in layers])
     if isinstance(keep, int) and keep > 0:
@@ -61,23 +61,23 @@ def quantize(state) -> None:
     plan = plan.with_keep_fp32(() if isinstance(keep, int) else keep)
     overflow = int32_overflows(layers, plan)  # their bias would saturate int32: FP32
     plan = plan.with_keep_fp32(overflow)
-    kernel = kernel_for(state.target, scheme) if c.int8_kernel == "auto" else None
+    kernel = kernel_for(state.target, scheme) if o.kernel == "auto" else None
     state.model = model.with_module(
-        quantize_layers(mod, layers, plan, kernel, depthwise=c.int8_depthwise == "kernel",
-                        pad_out=c.int8_pad_out, blocked=c.int8_blocked), params={})
+        quantize_layers(mod, layers, plan, kernel, depthwise=o.depthwise == "kernel",
+                        pad_out=o.pad_out, blocked=o.blocked), params={})
     state.passes.append({"name": "quantize_int8", **plan.summary(),
                          "layers": [layer.name for layer in layers], "sensitivity": rows,
                          "kernel": f"packed-{kernel.name}" if kernel else "nchw",
-                         "depthwise": c.int8_depthwise if kernel else "plain",
-                         "pad_out": bool(c.int8_pad_out and kernel),
-                         "blocked": bool(c.int8_blocked and kernel),
+                         "depthwise": o.depthwise if kernel else "plain",
+                         "pad_out": bool(o.pad_out and kernel),
+                         "blocked": bool(o.blocked and kernel),
                          "layers_blocked": int(state.model.mod.attrs.get(BLOCKED_ATTR, 0)
                                                if state.model.mod.attrs else 0),
                          "fp32_ops": fp32_ops(mod, layers),
                          "fp32_int32_overflow": overflow})
 
 
-def _int8_plan(model, config, scheme, calib_data, quiet):
+def _int8_plan(model, options, scheme, calib_data, quiet):
     """(prepared module, layers, plan) from the model's QDQ nodes, a scale table, or
     calibration, in that order of precedence."""
     names, plan = None, None
@@ -85,11 +85,11 @@ def _int8_plan(model, config, scheme, calib_data, quiet):
         model, names, plan = strip_qdq(model, scheme)
     mod = prepare(model)
     layers = find_layers(mod, names if names is not None else layer_names(model))
-    if config.int8_scales:
-        table = QuantPlan.load(config.int8_scales)
+    if options.scales:
+        table = QuantPlan.load(options.scales)
         plan = QuantPlan(scheme, table.ranges, table.keep_fp32, table.source, table.extra)
     elif plan is None:
-        data = check_data(calib_data, model.inputs[0])[: config.calib_samples]
+        data = check_data(calib_data, model.inputs[0])[: options.calib_samples]
         plan = calibration_plan(mod, layers, data, model.inputs[0], scheme, quiet)
     return mod, layers, plan
 

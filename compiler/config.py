@@ -1,7 +1,9 @@
 """PipelineConfig: the one frozen, validated description of a compile.
 
 The CLI and the Python API both build it; nothing else takes a long list of
-keyword arguments. Later compression phases add their fields here.
+keyword arguments. Its fields stay flat (``PipelineConfig(prune=0.3, int8=True)``), and
+each phase reads only its own group: ``prune_options``, ``int8_options``, ``kernels``,
+``exit_plan()``. A group validates its own fields.
 """
 from __future__ import annotations
 
@@ -17,6 +19,85 @@ class ConfigError(EdgecError):
     """A PipelineConfig field has an invalid value."""
 
 
+def _choice(name: str, value, valid) -> None:
+    if value not in valid:
+        raise ConfigError(f"{name} {value!r} is not valid; valid: {', '.join(valid)}")
+
+
+def _flag(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """Structured pruning (PipelineConfig's ``prune*`` fields): the compress step's own."""
+
+    ratio: float = 0.0
+    criterion: str = "l1"
+    plan: str | None = None
+    multiple: int | None = None
+
+    def __post_init__(self):
+        from edgec.passes.prune_plan import CRITERIA
+
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) \
+                or not 0.0 <= self.ratio < 1.0:
+            raise ConfigError(f"prune must be a fraction in [0, 1), got {self.ratio!r}")
+        if self.ratio and self.plan:
+            raise ConfigError(f"give prune {self.ratio} (--prune) or the plan {self.plan} "
+                              "(--prune-plan), not both: a plan fixes the kept channels")
+        if self.criterion not in CRITERIA:
+            raise ConfigError(f"unknown prune_criterion {self.criterion!r}; "
+                              f"valid: {', '.join(CRITERIA)}")
+        if self.multiple is not None and (not isinstance(self.multiple, int)
+                                          or self.multiple < 1):
+            raise ConfigError(f"prune_multiple must be a positive integer or None, "
+                              f"got {self.multiple!r}")
+
+    @property
+    def on(self) -> bool:
+        return bool(self.ratio or self.plan)
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    """INT8 quantization (PipelineConfig's ``calib_*`` and ``int8_*`` fields, without the
+    on/off switch ``int8``): how to calibrate and which kernels to use."""
+
+    calib_method: str = "minmax"
+    calib_samples: int = 256
+    calib_percentile: float = 99.99
+    scales: str | None = None
+    keep_fp32: int | tuple = ()
+    activation: str = "auto"
+    reduce_range: str = "auto"
+    kernel: str = "auto"
+    depthwise: str = "kernel"
+    pad_out: bool = True
+    blocked: bool = True
+
+    def __post_init__(self):
+        _choice("calib_method", self.calib_method, ("minmax", "percentile", "entropy"))
+        _choice("int8_activation", self.activation, ("auto", "uint8", "int8"))
+        _choice("int8_reduce_range", self.reduce_range, ("auto", "on", "off"))
+        _choice("int8_kernel", self.kernel, ("auto", "nchw"))
+        _choice("int8_depthwise", self.depthwise, ("kernel", "plain"))
+        _flag("int8_pad_out", self.pad_out)
+        _flag("int8_blocked", self.blocked)
+        if isinstance(self.calib_samples, bool) or not isinstance(self.calib_samples, int) \
+                or self.calib_samples < 1:
+            raise ConfigError(f"calib_samples must be a positive integer, got {self.calib_samples!r}")
+        if not 50.0 < float(self.calib_percentile) <= 100.0:
+            raise ConfigError(f"calib_percentile must be in (50, 100], got {self.calib_percentile}")
+        keep = self.keep_fp32
+        if isinstance(keep, list):
+            object.__setattr__(self, "keep_fp32", tuple(keep))
+        elif not (isinstance(keep, tuple) or (isinstance(keep, int) and not isinstance(keep, bool)
+                                              and keep >= 0)):
+            raise ConfigError(f"int8_keep_fp32 must be layer names or a count >= 0, got {keep!r}")
+
+
 @dataclass(frozen=True)
 class KernelOptions:
     """What shapes the kernels a model compiles to (see PipelineConfig's fields of the same
@@ -29,8 +110,14 @@ class KernelOptions:
     fast_math: bool = True
 
     def __post_init__(self):
+        for flag in ("winograd", "pad_channels", "prepack_weights", "fast_math"):
+            _flag(flag, getattr(self, flag))
         if self.conv_layout not in CONV_LAYOUTS:
-            raise ConfigError(f"unknown conv_layout {self.conv_layout!r}; valid: {', '.join(CONV_LAYOUTS)}")
+            raise ConfigError(f"unknown conv_layout {self.conv_layout!r}; "
+                              f"valid: {', '.join(CONV_LAYOUTS)}")
+        if self.prepack_weights and self.conv_layout != "NCHW":
+            raise ConfigError("prepack_weights rewrites the weights of the plain layout: use it "
+                              "with conv_layout 'NCHW' (NCHWc blocks the weights already)")
 
 
 @dataclass(frozen=True)
@@ -122,56 +209,14 @@ class PipelineConfig:
         from edgec.targets import get_target
 
         get_target(self.target)  # raises UnknownTargetError listing known targets
-        for flag in ("fold_batchnorm", "fuse", "transfer_schedules", "prepack_weights",
-                     "winograd", "pad_channels", "int8_pad_out", "int8_blocked", "fast_math"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
-        if self.conv_layout not in CONV_LAYOUTS:
-            raise ConfigError(f"unknown conv_layout {self.conv_layout!r}; valid: {', '.join(CONV_LAYOUTS)}")
-        if self.prepack_weights and self.conv_layout != "NCHW":
-            raise ConfigError("prepack_weights rewrites the weights of the plain layout: use it "
-                              "with conv_layout 'NCHW' (NCHWc blocks the weights already)")
-        self._check_prune()
-        self._check_int8()
+        for flag in ("fold_batchnorm", "fuse", "transfer_schedules", "int8", "early_exit",
+                     "thresholds_as_input"):
+            _flag(flag, getattr(self, flag))
+        if isinstance(self.int8_keep_fp32, list):
+            object.__setattr__(self, "int8_keep_fp32", tuple(self.int8_keep_fp32))
+        # each group validates its own fields (and names them as the user wrote them)
+        self.prune_options, self.int8_options, self.kernels  # noqa: B018
         self._check_exits()
-
-    def _check_prune(self):
-        from edgec.passes.prune_plan import CRITERIA
-
-        if isinstance(self.prune, bool) or not isinstance(self.prune, (int, float)) \
-                or not 0.0 <= self.prune < 1.0:
-            raise ConfigError(f"prune must be a fraction in [0, 1), got {self.prune!r}")
-        if self.prune and self.prune_plan:
-            raise ConfigError(f"give prune {self.prune} (--prune) or the plan {self.prune_plan} "
-                              "(--prune-plan), not both: a plan fixes the kept channels")
-        if self.prune_criterion not in CRITERIA:
-            raise ConfigError(f"unknown prune_criterion {self.prune_criterion!r}; "
-                              f"valid: {', '.join(CRITERIA)}")
-        if self.prune_multiple is not None and (not isinstance(self.prune_multiple, int)
-                                                or self.prune_multiple < 1):
-            raise ConfigError(f"prune_multiple must be a positive integer or None, "
-                              f"got {self.prune_multiple!r}")
-
-    def _check_int8(self):
-        choices = {"calib_method": ("minmax", "percentile", "entropy"),
-                   "int8_activation": ("auto", "uint8", "int8"),
-                   "int8_reduce_range": ("auto", "on", "off"), "int8_kernel": ("auto", "nchw"),
-                   "int8_depthwise": ("kernel", "plain")}
-        for name, valid in choices.items():
-            if getattr(self, name) not in valid:
-                raise ConfigError(f"{name} {getattr(self, name)!r} is not valid; "
-                                  f"valid: {', '.join(valid)}")
-        if not isinstance(self.int8, bool):
-            raise ConfigError(f"int8 must be true or false, got {self.int8!r}")
-        if not isinstance(self.calib_samples, int) or self.calib_samples < 1:
-            raise ConfigError(f"calib_samples must be a positive integer, got {self.calib_samples!r}")
-        if not 50.0 < float(self.calib_percentile) <= 100.0:
-            raise ConfigError(f"calib_percentile must be in (50, 100], got {self.calib_percentile}")
-        keep = self.int8_keep_fp32
-        if isinstance(keep, list):
-            object.__setattr__(self, "int8_keep_fp32", tuple(keep))
-        elif not (isinstance(keep, tuple) or (isinstance(keep, int) and keep >= 0)):
-            raise ConfigError(f"int8_keep_fp32 must be layer names or a count >= 0, got {keep!r}")
 
     def _check_exits(self):
         if self.exit_thresholds is not None:
@@ -180,6 +225,20 @@ class PipelineConfig:
             self.exit_plan()  # raises ExitPlanError naming the valid range / criteria
         elif self.exit_thresholds is not None or self.thresholds_as_input:
             raise ConfigError("exit thresholds are set but early_exit is off; enable early_exit")
+
+    @property
+    def prune_options(self) -> PruneOptions:
+        """The pruning fields as one group (what the prune step reads)."""
+        return PruneOptions(self.prune, self.prune_criterion, self.prune_plan,
+                            self.prune_multiple)
+
+    @property
+    def int8_options(self) -> Int8Options:
+        """The INT8 fields as one group (what the quantize step reads)."""
+        return Int8Options(self.calib_method, self.calib_samples, self.calib_percentile,
+                           self.int8_scales, self.int8_keep_fp32, self.int8_activation,
+                           self.int8_reduce_range, self.int8_kernel, self.int8_depthwise,
+                           self.int8_pad_out, self.int8_blocked)
 
     @property
     def kernels(self) -> KernelOptions:

@@ -29,8 +29,8 @@ def simplify(state) -> None:
 def layout(state) -> None:
     """FP32 convs in the blocked NCHW[b]c layout, their neighbours following; a conv TVM
     cannot block stays NCHW (``layout_fallback``), and the record says which."""
-    state.mod, state.layout = blocked_layout(state.mod, state.block, state.config.winograd,
-                                             _fast_math(state))
+    state.mod, state.layout = blocked_layout(state.mod, state.block,
+                                             state.config.kernels.winograd, _fast_math(state))
     state.passes.append(state.layout)
 
 
@@ -46,13 +46,13 @@ def fuse(state) -> None:
     if state.layout is not None:  # distinct Winograd kernels (weights transformed)
         state.layout["winograd_kernels"] = sum("winograd" in gv.name_hint
                                                for gv in state.mod.functions)
-    if state.config.prepack_weights:
+    if state.config.kernels.prepack_weights:
         state.mod = relax.transform.AttachAttrLayoutFreeBuffers()(state.mod)
 
 
 def _fast_math(state) -> dict | None:
     """The fast-math legalizations (``passes.fast_math``) if the config asks for them."""
-    return legalize_map() if state.config.fast_math else None
+    return legalize_map() if state.config.kernels.fast_math else None
 
 
 def tune(state) -> None:

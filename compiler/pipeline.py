@@ -66,7 +66,7 @@ class Step:
 
 
 STEPS = (
-    Step("prune", compress.prune, lambda s: bool(s.config.prune or s.config.prune_plan), "prune"),
+    Step("prune", compress.prune, lambda s: s.config.prune_options.on, "prune"),
     Step("pad", compress.pad, lambda s: bool(s.block) and s.config.pad_channels, "layout",
          "--no-pad-channels or --conv-layout NCHW"),
     Step("quantize", compress.quantize, lambda s: s.quantized, "quantize"),
