@@ -265,23 +265,29 @@ def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel, re
     row = sch.fuse(n, oco, y)
     if np.prod(out_shape) * np.prod(w_shape[1:4]) * IC_BLOCK >= PARALLEL_MACS:
         sch.parallel(row)
+    # An epilogue moved under a tile loop gets loops only for its extents above 1, so its
+    # own loops are counted from below that loop, never taken as "the last k": with a 1 x 1
+    # tile, "the last three" of the requant were (row, xo, channel) and row's parallel
+    # became an unroll of 444 x 111 steps: squeezenet1_1's INT8 stem ran on one thread and
+    # LLVM compiled it for tens of minutes.
     if requant is not None:  # one (blocks x pixels x B channels) tile at a time, B a vector
         rq = sch.get_sblock("requant")
         sch.reverse_compute_at(rq, xo)
-        blocks, pixel, channel = sch.get_loops(rq)[-3:]
+        *tile, channel = sch.get_loops(rq)[2:]  # under row, xo
         sch.vectorize(channel)
-        sch.unroll(pixel)
-        sch.unroll(blocks)
+        for loop in tile:
+            sch.unroll(loop)
     if not blocked_out:
         unpack = sch.get_sblock("unpack")
         sch.reverse_compute_at(unpack, row)  # a whole output row of the tile's channels
-        c_i, x_i = sch.get_loops(unpack)[-2:]
+        inner = sch.get_loops(unpack)[1:]  # under row: channels, then pixels (if above 1)
         # consecutive pixels of one output channel, at most 16 per vector: each is a
         # strided gather from the packed tile, and LLVM legalizes a whole row as one (the
         # 112-wide stem of mobilenet_v3: <112 x i8>) in minutes: 120 of a 164 s INT8 build
-        _, x_v = sch.split(x_i, [None, _vector_block(width)])
-        sch.vectorize(x_v)
-        sch.unroll(c_i)
+        if width > 1:
+            _, x_v = sch.split(inner[-1], [None, _vector_block(width)])
+            sch.vectorize(x_v)
+        sch.unroll(inner[0])
     sch.decompose_reduction(block, ico)
     sch.tensorize(oci, intrin)
     sch.unroll(xi)

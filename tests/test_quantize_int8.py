@@ -162,6 +162,29 @@ def test_rgb_stem_conv_packs_with_a_padded_channel_bit_exact(size):
                                   run_outputs(plain, data[calib:], rm.inputs[0]))
 
 
+@pytest.mark.parametrize("blocked", [False, True])
+def test_a_conv_whose_width_takes_no_pixel_tile_keeps_its_rows_parallel(blocked):
+    """A 13-wide output (no pixel tile divides it) gets a one-pixel register tile; its
+    epilogues' loops are counted under the tile loops. Taken as "the last three", they
+    were the parallel row loop itself, which became an unroll of every row: squeezenet1_1's
+    INT8 stem (111 x 111) ran on one thread and took LLVM tens of minutes to compile."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(64, 64, 3), nn.ReLU(), nn.Conv2d(64, 64, 1)).eval()
+    rm = import_model(model, (torch.randn(1, 64, 15, 15),))
+    data = np.random.default_rng(0).standard_normal((10, 64, 15, 15)).astype("float32")
+    plain, plan = quantize_model(rm, QuantScheme("uint8", True), data[:8])
+    packed, _ = quantize_model(rm, QuantScheme("uint8", True), plan=plan,
+                               kernel=KERNELS["avx2"], blocked=blocked)
+    convs = [f.script() for gv, f in packed.functions.items()
+             if gv.name_hint.startswith("conv2d_int8_avx2_1x64x15x15")]
+    assert convs
+    for text in convs:
+        assert "T.parallel(" in text
+        assert max(int(n) for n in re.findall(r"T\.unroll\((\d+)\)", text)) <= 64
+    np.testing.assert_array_equal(run_outputs(packed, data[8:], rm.inputs[0]),
+                                  run_outputs(plain, data[8:], rm.inputs[0]))
+
+
 def test_packed_avx2_matmul_is_bit_exact(mlp):
     model, x = mlp
     rm = import_model(model, x)
