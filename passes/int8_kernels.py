@@ -221,7 +221,7 @@ def _vector_block(width: int) -> int:
 
 
 def _pixel_block(width: int) -> int:
-    return next(b for b in (8, 7, 6, 4, 2, 1) if width % b == 0)
+    return next(b for b in (8, 7, 6, 5, 4, 3, 2, 1) if width % b == 0)
 
 
 def register_tile(out_blocks: int, width: int) -> tuple:
@@ -231,18 +231,23 @@ def register_tile(out_blocks: int, width: int) -> tuple:
     AVX-512's 32 registers beside the operands. Measured with the blocked output on a
     2-core Xeon with VNNI (us, best of 5; tile blocks x pixels): 24->144 1x1 at 56x56 1x8
     164, 3x4 87; 96->576 at 14x14 1x7 119, 3x7 71; 32->192 at 28x28 1x7 56, 6x4 34;
-    64->64 3x3 at 56x56 1x8 428, 4x4 293, 2x8 290; 144->24 at 56x56 1x8 97, 2x8 52. Rule:
-    4 pixels with 3 to 6 blocks where the width and the blocks allow it, else up to 21
-    accumulators of 8, 7 or 6 pixels, else one block of ``_pixel_block`` pixels."""
+    64->64 3x3 at 56x56 1x8 428, 4x4 293, 2x8 290; 144->24 at 56x56 1x8 97, 2x8 52.
+    Widths no 8, 7, 6 or 4 divides (squeezenet's and alexnet's 111, 55, 27, 13; VNNI,
+    interleaved, background paused): 16->64 3x3 at 55 1x1 537, 1x5 260, 4x5 200;
+    32->128 3x3 at 27 1x1 519, 1x3 255, 4x3 129; 512->1008 1x1 at 13 1x1 1861, 3x1 884,
+    7x1 698, 9x1 793, 21x1 823; 128->16 1x1 at 55 1x1 100, 1x5 68. Rule: 4 pixels with 3
+    to 6 blocks where the width and the blocks allow it, else up to 21 accumulators of
+    8, 7, 6, 5 or 3 pixels, else ``_pixel_block`` pixels with up to 7 blocks."""
     def blocks(most):
         return max(d for d in range(1, min(most, out_blocks) + 1) if out_blocks % d == 0)
 
     if width % 4 == 0 and blocks(6) >= 3:
         return blocks(6), 4
-    for px in (8, 7, 6):
+    for px in (8, 7, 6, 5, 3):
         if width % px == 0 and blocks(21 // px) >= 2:
             return blocks(21 // px), px
-    return 1, _pixel_block(width)
+    px = _pixel_block(width)
+    return blocks(min(7, 21 // px)), px
 
 
 def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel, requant=None,

@@ -162,6 +162,21 @@ def test_rgb_stem_conv_packs_with_a_padded_channel_bit_exact(size):
                                   run_outputs(plain, data[calib:], rm.inputs[0]))
 
 
+@pytest.mark.parametrize("blocks, width, tile", [
+    (4, 56, (4, 4)), (9, 56, (3, 4)), (12, 14, (3, 7)), (1, 56, (1, 8)),  # as measured before
+    (4, 55, (4, 5)), (8, 27, (4, 3)), (63, 13, (7, 1)), (1, 55, (1, 5)),  # odd widths
+    (4, 111, (4, 3)), (2, 1, (2, 1))])
+def test_register_tile_rule(blocks, width, tile):
+    """The packed conv's register tile (blocks of output channels x pixels), as measured
+    in ``register_tile``'s docstring: widths no 8, 7, 6 or 4 divides (squeezenet's 111,
+    55, 27, 13) took one pixel and one block, 2-3x slower than these tiles."""
+    from edgec.passes.int8_kernels import register_tile
+
+    assert register_tile(blocks, width) == tile
+    b, p = register_tile(blocks, width)
+    assert blocks % b == 0 and width % p == 0 and b * p <= 21
+
+
 @pytest.mark.parametrize("blocked", [False, True])
 def test_a_conv_whose_width_takes_no_pixel_tile_keeps_its_rows_parallel(blocked):
     """A 13-wide output (no pixel tile divides it) gets a one-pixel register tile; its
