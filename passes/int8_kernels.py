@@ -289,10 +289,12 @@ def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel, re
         # consecutive pixels of one output channel, at most 16 per vector: each is a
         # strided gather from the packed tile, and LLVM legalizes a whole row as one (the
         # 112-wide stem of mobilenet_v3: <112 x i8>) in minutes: 120 of a 164 s INT8 build
+        vector = _vector_block(width)
         if width > 1:
-            _, x_v = sch.split(inner[-1], [None, _vector_block(width)])
+            _, x_v = sch.split(inner[-1], [None, vector])
             sch.vectorize(x_v)
-        sch.unroll(inner[0])
+        if vector & (vector - 1) == 0:  # an odd vector (11 of 55) is a slow gather to
+            sch.unroll(inner[0])  # legalize: LLVM took 13 s for 64 unrolled ones
     sch.decompose_reduction(block, ico)
     sch.tensorize(oci, intrin)
     sch.unroll(xi)
