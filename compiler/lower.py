@@ -11,6 +11,7 @@ from edgec.compiler.tvm_compat import relax, tvm
 from edgec.passes.graph import bind as bind_weights
 from edgec.passes.fast_math import legalize_map
 from edgec.passes.layout_fallback import blocked_layout
+from edgec.passes.loop_schedule import apply_default_loops
 from edgec.passes.matmul_schedule import apply_default_matmuls
 from edgec.passes.nchwc_schedule import apply_default_schedules
 from edgec.passes.simplify import Simplify
@@ -73,6 +74,13 @@ def matmul_tiles(state) -> None:
     state.mod, state.tuning["default_matmuls"], skipped = apply_default_matmuls(state.mod, lanes)
     if skipped:
         state.tuning["default_matmuls_skipped"] = skipped
+
+
+def loops(state) -> None:
+    """Every other kernel still on TVM's plain loop nest (pools, means, concats, layout
+    transforms, elementwise ops): parallel outer loops, a vector inner loop."""
+    lanes = max(1, state.target.vector_bits // 32)
+    state.mod, state.tuning["default_loops"] = apply_default_loops(state.mod, lanes)
 
 
 def prepack(state) -> None:

@@ -2,7 +2,7 @@
 
     compress (named weights)   prune -> pad -> quantize -> split        compiler/compress.py
     lower (bound module)       bind -> simplify -> layout -> fuse       compiler/lower.py
-    kernels                    tune -> conv_tiles -> matmul_tiles -> prepack
+    kernels                    tune -> conv_tiles -> matmul_tiles -> prepack -> loops
     build                      tvm.compile for the target
 
 Each step runs when the config asks for it (``when``), inside its error phase (a failure
@@ -80,6 +80,7 @@ STEPS = (
     Step("matmul_tiles", lower.matmul_tiles,
          lambda s: s.config.fuse and not s.config.prepack_weights),
     Step("prepack", lower.prepack, lambda s: s.config.fuse and s.config.prepack_weights),
+    Step("loops", lower.loops, lambda s: s.config.fuse),
     Step("build", lower.build, phase="build", dumps=False),
 )
 LOWERED = "fuse"  # the last step of ``lower_only``

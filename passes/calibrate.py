@@ -22,6 +22,7 @@ from edgec.compiler.tvm_compat import VirtualMachine, relax, tensor, tvm
 from edgec.passes.fast_math import legalize_map
 from edgec.passes.int8_layers import block_of, residual_operands
 from edgec.passes.layout_fallback import blocked_layout
+from edgec.passes.loop_schedule import apply_default_loops
 from edgec.passes.matmul_schedule import apply_default_matmuls
 from edgec.passes.nchwc_schedule import apply_default_schedules
 from edgec.passes.quant_scheme import QuantPlan
@@ -70,7 +71,8 @@ def _compile(mod):
     """``mod`` built for this machine as an untuned edgec build runs: blocked convs with
     their heuristic tiles, heuristic matmuls, fast math. TVM's default NCHW schedules made
     calibration the slow half of an INT8 build (an untuned NCHW resnet18 takes ~1.6 s an
-    inference on the AVX-512 Xeon, the blocked one ~11 ms), on every sample."""
+    inference on the AVX-512 Xeon, the blocked one ~11 ms), on every sample. Pools and
+    the other kernels get ``loop_schedule``'s parallel, vector loops."""
     host = get_target("host")
     lanes = max(1, host.vector_bits // 32)
     fast = legalize_map()
@@ -80,6 +82,7 @@ def _compile(mod):
         mod = relax.get_pipeline("zero")(mod)
         mod, _ = apply_default_schedules(mod)
         mod, _, _ = apply_default_matmuls(mod, lanes)
+        mod, _ = apply_default_loops(mod, lanes)
         return VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
 
 

@@ -317,6 +317,37 @@ def test_conv_with_odd_outputs_is_padded_and_sliced(tmp_path):
     _avx2_build_equals_torch(model, x, out)
 
 
+def test_a_head_conv_with_a_narrow_block_is_padded_to_the_lanes(tmp_path):
+    """A head conv (its output reaches no other conv: squeezenet's 512 -> 1000 classifier)
+    whose output channels only a narrower block divides (36 on AVX2: blocks of 4, half a
+    vector) runs padded to the lanes (40, five blocks of 8) with its bias and ReLU in the
+    tile, and is sliced back to 36 after them. The same widths inside the network (a conv
+    after it) keep their block: a slice there would cost two layout transforms (channel
+    padding, off here, would pad that group as a whole). Equals torch."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 36, 1), nn.ReLU(), nn.Conv2d(36, 36, 1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    x = torch.randn(1, 16, 9, 9)
+    fields = dict(winograd=False, pad_channels=False)
+    res = run(import_model(model, (x,)), PipelineConfig(target="x86-avx2", tuning_logs=None,
+                                                         **fields), lower_only=True)
+    texts = {gv.name_hint: f.script() for gv, f in res.lowered.functions.items()
+             if isinstance(f, tvm.tirx.PrimFunc)}
+    convs = {name: t for name, t in texts.items() if 'T.sblock("conv2d_nchwc")' in t}
+    assert len(convs) == 2
+    # the inner conv: 36 channels in nine blocks of 4; the head: 40 in five blocks of 8,
+    # its bias add and ReLU fused in the same kernel, the slice to 36 after them
+    padded = "T.int64(1), T.int64(5), T.int64(9), T.int64(9), T.int64(8)"
+    head = [n for n, t in convs.items() if padded in t]
+    inner = [n for n, t in convs.items()
+             if "T.int64(1), T.int64(9), T.int64(9), T.int64(9), T.int64(4)" in t and padded not in t]
+    assert len(head) == 1 and len(inner) == 1
+    assert "add" in head[0] and "relu" in head[0]
+    assert any(name.startswith("strided_slice") for name in texts)
+    out = str(tmp_path / "h.so")
+    _avx2_build_equals_torch(model, x, out, **fields)
+
+
 def test_a_prime_width_gets_a_tile_with_a_tail(tmp_path):
     """A 13-wide output (squeezenet's classifier conv) in 8-lane blocks: no divisor of 13
     fits AVX2's 8 accumulators, so the heuristic takes 8 pixels with a tail instead of
