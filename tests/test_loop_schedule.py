@@ -81,6 +81,67 @@ def pool_expected(x: T.Buffer((T.int64(1), T.int64(4), T.int64(16), T.int64(16),
 
 
 @T.prim_func(private=True, s_tir=True)
+def row_pool_before(x: T.Buffer((T.int64(1), T.int64(32), T.int64(14), T.int64(14)), "float32"),
+                    pool_max: T.Buffer((T.int64(1), T.int64(32), T.int64(14), T.int64(14)), "float32")):
+    T.func_attr({"tirx.noalias": True})
+    pad_temp = T.sblock_alloc_buffer((T.int64(1), T.int64(32), T.int64(16), T.int64(16)))
+    for ax0, ax1, ax2, ax3 in T.grid(T.int64(1), T.int64(32), T.int64(16), T.int64(16)):
+        with T.sblock("pad_temp"):
+            v_ax0, v_ax1, v_ax2, v_ax3 = T.axis.remap("SSSS", [ax0, ax1, ax2, ax3])
+            T.reads(x[v_ax0, v_ax1, v_ax2 - T.int64(1), v_ax3 - T.int64(1)])
+            T.writes(pad_temp[v_ax0, v_ax1, v_ax2, v_ax3])
+            pad_temp[v_ax0, v_ax1, v_ax2, v_ax3] = T.if_then_else(
+                T.int64(1) <= v_ax2 and v_ax2 < T.int64(15) and T.int64(1) <= v_ax3
+                and v_ax3 < T.int64(15), x[v_ax0, v_ax1, v_ax2 - T.int64(1), v_ax3 - T.int64(1)],
+                T.float32(NEG))
+    for ax0, ax1, ax2, ax3, rv0, rv1 in T.grid(T.int64(1), T.int64(32), T.int64(14), T.int64(14),
+                                              T.int64(3), T.int64(3)):
+        with T.sblock("pool_max"):
+            v_ax0, v_ax1, v_ax2, v_ax3, v_rv0, v_rv1 = T.axis.remap(
+                "SSSSRR", [ax0, ax1, ax2, ax3, rv0, rv1])
+            T.reads(pad_temp[v_ax0, v_ax1, v_ax2 + v_rv0, v_ax3 + v_rv1])
+            T.writes(pool_max[v_ax0, v_ax1, v_ax2, v_ax3])
+            with T.init():
+                pool_max[v_ax0, v_ax1, v_ax2, v_ax3] = T.float32(NEG)
+            pool_max[v_ax0, v_ax1, v_ax2, v_ax3] = T.max(pool_max[v_ax0, v_ax1, v_ax2, v_ax3],
+                                                         pad_temp[v_ax0, v_ax1, v_ax2 + v_rv0,
+                                                                  v_ax3 + v_rv1])
+
+
+@T.prim_func(private=True, s_tir=True)
+def row_pool_expected(x: T.Buffer((T.int64(1), T.int64(32), T.int64(14), T.int64(14)), "float32"),
+                      pool_max: T.Buffer((T.int64(1), T.int64(32), T.int64(14), T.int64(14)), "float32")):
+    # NCHW: the row is read through the window (w + rv1 - 1, under the padding test), so no
+    # vector (it became masked gathers); every output in parallel, its window innermost
+    T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+    for fused in T.parallel(T.int64(6272)):
+        with T.sblock("pool_max_init"):
+            v_ax0 = T.axis.spatial(T.int64(1), T.int64(0))
+            v_ax1 = T.axis.spatial(T.int64(32), fused // T.int64(196))
+            v_ax2 = T.axis.spatial(T.int64(14), fused % T.int64(196) // T.int64(14))
+            v_ax3 = T.axis.spatial(T.int64(14), fused % T.int64(14))
+            T.reads()
+            T.writes(pool_max[v_ax0, v_ax1, v_ax2, v_ax3])
+            pool_max[v_ax0, v_ax1, v_ax2, v_ax3] = T.float32(NEG)
+        for rv0, rv1 in T.grid(T.int64(3), T.int64(3)):
+            with T.sblock("pool_max_update"):
+                v_ax0 = T.axis.spatial(T.int64(1), T.int64(0))
+                v_ax1 = T.axis.spatial(T.int64(32), fused // T.int64(196))
+                v_ax2 = T.axis.spatial(T.int64(14), fused % T.int64(196) // T.int64(14))
+                v_ax3 = T.axis.spatial(T.int64(14), fused % T.int64(14))
+                v_rv0, v_rv1 = T.axis.remap("RR", [rv0, rv1])
+                T.reads(pool_max[v_ax0, v_ax1, v_ax2, v_ax3],
+                        x[v_ax0, v_ax1, v_ax2 + v_rv0 - T.int64(1), v_ax3 + v_rv1 - T.int64(1)])
+                T.writes(pool_max[v_ax0, v_ax1, v_ax2, v_ax3])
+                pool_max[v_ax0, v_ax1, v_ax2, v_ax3] = T.max(
+                    pool_max[v_ax0, v_ax1, v_ax2, v_ax3],
+                    T.if_then_else(T.int64(1) <= v_ax2 + v_rv0 and v_ax2 + v_rv0 < T.int64(15)
+                                   and T.int64(1) <= v_ax3 + v_rv1 and v_ax3 + v_rv1 < T.int64(15),
+                                   x[v_ax0, v_ax1, v_ax2 + v_rv0 - T.int64(1),
+                                     v_ax3 + v_rv1 - T.int64(1)], T.float32(NEG)))
+
+
+@T.prim_func(private=True, s_tir=True)
 def add_before(a: T.Buffer((T.int64(1), T.int64(8), T.int64(8)), "float32"),
                out: T.Buffer((T.int64(1), T.int64(8), T.int64(8)), "float32")):
     T.func_attr({"tirx.noalias": True})
@@ -124,6 +185,10 @@ def matmul_before(a: T.Buffer((T.int64(64), T.int64(64)), "float32"),
 def test_a_pool_runs_parallel_with_its_channel_block_as_a_vector():
     assert 4 * 8 * 8 * 16 * 9 >= PARALLEL_WORK
     tvm.ir.assert_structural_equal(schedule_loops(pool_before, 16), pool_expected)
+
+
+def test_an_nchw_pool_runs_parallel_without_a_vector_through_its_window():
+    tvm.ir.assert_structural_equal(schedule_loops(row_pool_before, 16), row_pool_expected)
 
 
 def test_a_small_elementwise_kernel_stays_on_one_thread_with_a_vector_row():
