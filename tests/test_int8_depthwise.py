@@ -55,6 +55,7 @@ CASES = [  # channels, height, width, kernel, stride, padding, dilation, zp, dty
     (22, 10, 10, 3, 2, (1, 1, 1, 1), 1, 0, "uint8", "relu6"),  # stride 2, even rows (uint16)
     (13, 9, 11, 3, 2, (1, 1, 1, 1), 1, 7, "uint8", "clip"),   # stride 2, odd rows (gather)
     (8, 7, 7, 5, 1, (2, 2, 2, 2), 1, 0, "uint8", "float"),    # 5x5, float (dequantized) out
+    (12, 14, 14, 5, 1, (2, 2, 2, 2), 1, 9, "uint8", "relu6"), # 5x5: plane widened 18 -> 24
     (12, 8, 8, 3, 2, (0, 0, 1, 1), 1, 4, "uint8", "relu6"),   # asymmetric (TF 'same') pad
     (20, 9, 9, 3, 1, (2, 2, 2, 2), 2, 0, "int8", "clip"),     # dilation 2, int8 data (ARM)
     (6, 6, 6, 3, 1, (1, 1, 1, 1), 1, 2, "uint8", None),       # int32 accumulator out
