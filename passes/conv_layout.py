@@ -150,8 +150,10 @@ class _BeforeConvertLayout(relax.PyExprMutator):
     def rewrite(self):
         for gv, func in self.mod.functions.items():
             if isinstance(func, relax.Function):
-                self.heads = _head_convs(func)
-                self.epilogues = {c: _epilogue(func, c) for c in self.heads}
+                bindings, users = _uses(func)
+                self.heads = _head_convs(bindings)
+                ret = set(relax.analysis.free_vars(func.body.body))
+                self.epilogues = {c: _epilogue(bindings, users, ret, c) for c in self.heads}
                 self.in_epilogue = {
                     op: (int(c.args[1].ty.shape[0]), i == len(ops) - 1)
                     for c, ops in self.epilogues.items() for i, op in enumerate(ops)}
@@ -211,16 +213,20 @@ def _width(expr) -> int | None:
         and len(ty.shape) == 4 else None
 
 
-def _epilogue(func, conv) -> list:
-    """The calls after ``conv`` (a call of ``func``) that work channel by channel, each the
-    only user of the one before: a bias add, a ReLU ... (their other operands constants,
-    scalars or one value per channel)."""
+def _uses(func) -> tuple[list, dict]:
+    """``func``'s bindings in order, and for each var the indices of the bindings using it."""
     bindings = [b for block in func.body.blocks for b in block.bindings]
     users = {}
     for i, b in enumerate(bindings):
         for v in relax.analysis.free_vars(b.value):
             users.setdefault(v, []).append(i)
-    ret = set(relax.analysis.free_vars(func.body.body))
+    return bindings, users
+
+
+def _epilogue(bindings, users, ret, conv) -> list:
+    """The calls after ``conv`` that work channel by channel, each the only user of the one
+    before: a bias add, a ReLU ... (their other operands constants, scalars or one value
+    per channel). ``ret``: the vars the function returns (a chain stops before them)."""
     var = next((b.var for b in bindings if b.value.same_as(conv)), None)
     o, chain = int(conv.args[1].ty.shape[0]), []
     while var is not None and len(users.get(var, [])) == 1 and var not in ret:
@@ -284,10 +290,9 @@ def _narrow_head(call, lanes: int) -> bool:
     return oc is not None and oc[0] % lanes != 0 and oc[1] % 4 == 0 and oc[0] > 4
 
 
-def _head_convs(func) -> set:
-    """The conv2d calls of ``func`` whose output flows into no other conv2d (through any
-    ops): a classifier conv, the last conv of a detection head."""
-    bindings = [b for block in func.body.blocks for b in block.bindings]
+def _head_convs(bindings) -> set:
+    """The conv2d calls among ``bindings`` whose output flows into no other conv2d
+    (through any ops): a classifier conv, the last conv of a detection head."""
     feeds_conv, heads = set(), set()
     for b in reversed(bindings):
         conv = getattr(getattr(b.value, "op", None), "name", "") == "relax.nn.conv2d"

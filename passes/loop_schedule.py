@@ -22,6 +22,8 @@ matmul the other rules did not take: a loop order alone is not their schedule).
 """
 from __future__ import annotations
 
+import math
+
 from edgec.compiler.tvm_compat import s_tir, tvm
 
 PARALLEL_WORK = 1 << 15  # output elements x reduction steps; below it, one thread
@@ -83,9 +85,7 @@ def schedule_loops(func, lanes: int):
     spatial, reduce = list(loops[:n_spatial]), list(loops[n_spatial:])
     if not spatial:
         return func
-    work = 1
-    for e in extents:
-        work *= e
+    work = math.prod(extents)
     inner = _vector_loop(sch, stmt, spatial[-1], extents[n_spatial - 1], lanes)
     changed = inner is not None
     if inner is not None:
