@@ -128,7 +128,7 @@ def build(name: str, targets, folder: str) -> dict:
 
 
 def count_model(name: str, files: dict, targets, n: int, board_root: str, ort_dir: str,
-                runner: str, script: str) -> list:
+                runner: str, script: str, kernels: bool = False) -> list:
     rows = []
     for t in targets:
         cpu = get_target(t).tvm["mcpu"]
@@ -144,9 +144,12 @@ def count_model(name: str, files: dict, targets, n: int, board_root: str, ort_di
             env = {"PYTHONPATH": ort_dir} if engine.startswith("ort") else {}
             r = icount.per_inference(argv[engine], n, root, cpu=cpu, env=env)
             tuning = files.get((t, "tuning_" + engine.split("_")[1])) if "edgec" in engine else None
-            rows.append({"model": name, "target": t, "qemu_cpu": cpu, "engine": engine,
-                         "input_shape": files["shape"], **r, "tuning": tuning,
-                         "emulation_s": round(time.time() - start, 1)})
+            row = {"model": name, "target": t, "qemu_cpu": cpu, "engine": engine,
+                   "input_shape": files["shape"], **r, "tuning": tuning}
+            if kernels and engine.startswith("edgec"):  # one more run, each kernel marked
+                row["kernels"] = icount.kernel_counts(runner, files[(t, engine)], [files["x"]],
+                                                      root, cpu=cpu)
+            rows.append({**row, "emulation_s": round(time.time() - start, 1)})
             say(f"  {r['total'] / 1e6:.2f} M instructions/inference, MAC share "
                 f"{r['mac_share']:.3f}")
     return rows
@@ -185,10 +188,33 @@ def markdown(rows: list, ratio: dict, data: dict) -> str:
                      + f" | {'' if rat is None else f'{rat:.2f}x'} |")
     tuning = sorted({f"{r['model']} {r['target']} {r['engine']}: {r['tuning']}"
                      for r in rows if r["tuning"]})
+    lines += kernel_tables(rows, data.get("top_kernels", 8))
     lines += ["", "Class counts in millions per inference.", "", "edgec tuning: " +
               "; ".join(tuning), "", f"{data['qemu']}; ONNX Runtime {data['onnxruntime']} "
               f"(aarch64 wheel). Host CPU: {data['host_cpu']}; counts do not depend on it."]
     return "\n".join(lines)
+
+
+def kernel_tables(rows: list, top: int) -> list:
+    """Per edgec build counted with --kernels: its largest kernels (edgec_run
+    --mark-kernels: one call, each PrimFunc between the counter's marks)."""
+    lines = []
+    for r in rows:
+        if not r.get("kernels"):
+            continue
+        ks, inside = r["kernels"], sum(k["total"] for k in r["kernels"])
+        lines += ["", f"**{r['model']} {r['target']} {r['engine']}**: {len(ks)} kernels hold "
+                  f"{inside / 1e6:.2f} M of {r['total'] / 1e6:.2f} M instructions (the rest: the "
+                  f"VM between launches); the {min(top, len(ks))} largest:", "",
+                  "| kernel | launches | instructions (M) | share | MAC share | loads (M) "
+                  "| stores (M) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for k in ks[:top]:
+            c = k["classes"]
+            mac = sum(c[m] for m in icount.MAC_CLASSES)
+            lines.append(f"| {k['kernel']} | {k['launches']} | {k['total'] / 1e6:.3f} | "
+                         f"{k['total'] / r['total']:.1%} | {mac / max(k['total'], 1):.3f} | "
+                         f"{c['load'] / 1e6:.3f} | {c['store'] / 1e6:.3f} |")
+    return lines
 
 
 def host_cpu() -> str:
@@ -207,6 +233,9 @@ def main(argv=None):
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--out", default="emulated_icount", help="results/<stem>.json and .md")
     p.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
+    p.add_argument("--kernels", type=int, default=0, metavar="K",
+                   help="also count each edgec kernel (one more run per build) and list the K "
+                        "largest per build")
     args = p.parse_args(argv)
     if args.render:
         return render(args.out)
@@ -221,7 +250,8 @@ def main(argv=None):
     rows = []
     for name in args.models:  # results rewritten after each model: a stopped run keeps them
         files = build(name, args.targets, folder)
-        rows += count_model(name, files, args.targets, args.n, board_root, ort_dir, runner, script)
+        rows += count_model(name, files, args.targets, args.n, board_root, ort_dir, runner, script,
+                            kernels=args.kernels > 0)
         data, md = report(rows, args)
         paths = write_results(args.out, data, md)
         say("wrote " + " ".join(paths))
@@ -233,6 +263,7 @@ def report(rows: list, args) -> tuple[dict, str]:
 
     ratio = ratios(rows)
     data = {"label": icount.LABEL, "host_cpu": host_cpu(), "n": args.n, "qemu": _qemu_version(),
+            "top_kernels": args.kernels,
             "onnxruntime": onnxruntime.__version__, "models": sorted({r["model"] for r in rows}),
             "rows": rows, "edgec_over_ort": ratio}
     return data, markdown(rows, ratio, data)

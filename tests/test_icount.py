@@ -44,9 +44,10 @@ PROGRAM = r"""
 #include <sys/syscall.h>
 int main(int argc, char **argv) {
     long n = atol(argv[1]);
-    int marked = argc > 2;
+    int windows = argc > 2 ? atoi(argv[2]) : 0;  /* marked windows, each running the loop */
     static unsigned char buf[64] __attribute__((aligned(16)));
-    if (marked) syscall(SYS_lseek, -1L, MARK_START, 0);
+    for (int w = 0; w < (windows ? windows : 1); w++) {
+    if (windows) syscall(SYS_lseek, -1L, MARK_START, 0);
     __asm__ volatile(
         "mov x9, %0\n cbz x9, 2f\n 1:\n"
         BODY
@@ -54,7 +55,8 @@ int main(int argc, char **argv) {
         :: "r"(n), "r"(buf) : "x9", "x10", "x11", "x12", "x13", "x14", "x15", "v0", "v1",
            "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9", "v10", "v11", "v12", "v13", "v14",
            "v15", "v16", "v17", "v18", "v19", "v20", "v21", "v22", "v23", "memory", "cc");
-    if (marked) syscall(SYS_lseek, -1L, MARK_STOP, 0);
+    if (windows) syscall(SYS_lseek, -1L, MARK_STOP, 0);
+    }
     return 0;
 }
 """
@@ -108,12 +110,24 @@ def test_a_marked_window_counts_only_the_loop(loop_program, tmp_path):
     a few instructions of the syscall wrappers, not the program's start-up."""
     per_iter = len(BODY) + LOOP_TAIL
     whole = icount.count([loop_program, 1000], str(tmp_path))
-    a = icount.count([loop_program, 1000, "mark"], str(tmp_path))
-    b = icount.count([loop_program, 3000, "mark"], str(tmp_path))
+    a = icount.count([loop_program, 1000, 1], str(tmp_path))
+    b = icount.count([loop_program, 3000, 1], str(tmp_path))
     assert a.scope == b.scope == "window" and whole.scope == "all threads"
     assert 0 <= a.total - 1000 * per_iter < 100 < whole.total - 1000 * per_iter
     assert (b - a).total == 2000 * per_iter
     assert (b - a).classes["dot"] == 2000 * 4
+
+
+def test_every_marked_window_is_kept_in_order(loop_program, tmp_path):
+    """Three windows (edgec_run --mark-kernels marks one per kernel): each holds one run of
+    the loop, the same count each time, and the first is also the "window"."""
+    data, _ = icount._run([loop_program, 1000, 3], str(tmp_path), "max", None, 60)
+    windows = [sum(w.values()) for w in data["windows"]]
+    per_iter = len(BODY) + LOOP_TAIL
+    assert len(windows) == 3 and windows[0] == windows[1] == windows[2]
+    assert 0 <= windows[0] - 1000 * per_iter < 100
+    assert data["window"]["classes"] == data["windows"][0]
+    assert all(w["dot"] == 1000 * 4 for w in data["windows"])
 
 
 def test_emulated_cpu_is_the_targets_core(loop_program, tmp_path):
@@ -183,3 +197,9 @@ def test_one_conv_model_on_the_emulated_board(tmp_path):
     assert macs / 4 <= first["classes"]["fp_mac"] <= macs
     assert first["classes"]["dot"] == 0  # rpi4 has no dot product
     assert os.path.getsize(so) > 0
+    # per kernel (edgec_run --mark-kernels): the conv kernel holds every multiply-add of the
+    # inference, and the kernels together no more than the whole inference
+    kernels = icount.kernel_counts(runner, so, [str(tmp_path / "x.npy")], root, cpu="cortex-a72")
+    assert kernels and "conv2d" in kernels[0]["kernel"] and kernels[0]["launches"] == 1
+    assert kernels[0]["classes"]["fp_mac"] == first["classes"]["fp_mac"]
+    assert sum(k["total"] for k in kernels) <= first["total"]

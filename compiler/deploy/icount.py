@@ -206,13 +206,9 @@ def qemu_cpus(qemu: str | None = None) -> list[str]:
     return [w for line in text.splitlines()[1:] for w in line.split()]
 
 
-def count(argv: list, rootfs: str, cpu: str = "max", env: dict | None = None,
-          timeout: float = 3600) -> Counts:
-    """Run ``argv`` (argv[0]: an aarch64 program) under qemu-aarch64 with the plugin;
-    libraries resolve in ``rootfs`` (-L). ``cpu``: the emulated core (its features are
-    what the program's run-time dispatch sees). One thread, host ASLR off and a fake clock
-    (``build_fake_clock``), so a run repeats its count exactly. A program that marks a
-    window (MARK_START/MARK_STOP) is counted in it, on the marking thread only."""
+def _run(argv: list, rootfs: str, cpu: str, env: dict | None, timeout: float) -> tuple:
+    """Run ``argv`` under qemu-aarch64 with the plugin: (the plugin's JSON, the program's
+    stdout)."""
     qemu, plugin = check_qemu(), build_plugin()
     with tempfile.TemporaryDirectory(prefix="edgec-icount-") as tmp:
         out = os.path.join(tmp, "counts.json")
@@ -232,15 +228,54 @@ def count(argv: list, rootfs: str, cpu: str = "max", env: dict | None = None,
                               f"(exit {result.returncode}): {tail}")
         try:
             with open(out, encoding="utf-8") as f:
-                data = json.load(f)
+                return json.load(f), result.stdout
         except (OSError, ValueError) as e:
             raise IcountError(f"the plugin wrote no counts ({e}); qemu said: "
                               f"{result.stderr.strip()[-300:]}") from None
+
+
+def _classes(row: dict) -> dict:
+    return {c: int(row[c]) for c in CLASSES}
+
+
+def count(argv: list, rootfs: str, cpu: str = "max", env: dict | None = None,
+          timeout: float = 3600) -> Counts:
+    """Run ``argv`` (argv[0]: an aarch64 program) under qemu-aarch64 with the plugin;
+    libraries resolve in ``rootfs`` (-L). ``cpu``: the emulated core (its features are
+    what the program's run-time dispatch sees). One thread, host ASLR off and a fake clock
+    (``build_fake_clock``), so a run repeats its count exactly. A program that marks a
+    window (MARK_START/MARK_STOP) is counted in it, on the marking thread only."""
+    data, _ = _run(argv, rootfs, cpu, env, timeout)
     if "window" in data:
-        window = {c: int(data["window"]["classes"][c]) for c in CLASSES}
+        window = _classes(data["window"]["classes"])
         return Counts(sum(window.values()), window, int(data["vcpus"]), "window")
-    return Counts(int(data["total"]), {c: int(data["classes"][c]) for c in CLASSES},
-                  int(data["vcpus"]))
+    return Counts(int(data["total"]), _classes(data["classes"]), int(data["vcpus"]))
+
+
+def kernel_counts(runner: str, so: str, inputs: list, rootfs: str, cpu: str = "max",
+                  timeout: float = 3600) -> list:
+    """Instructions of each kernel launch of one call: edgec_run ``--mark-kernels`` puts
+    every PrimFunc of one more call between the plugin's marks. Returns [{"kernel",
+    "total", "classes"}] summed per kernel symbol (a symbol launched twice adds up), the
+    largest first. The VM's own work between launches is not in any kernel's count."""
+    data, stdout = _run([runner, so, *inputs, "--repeat", "0", "--warmup", "0",
+                         "--mark-kernels", "--json"], rootfs, cpu, None, timeout)
+    try:
+        names = json.loads(stdout.strip().splitlines()[-1])["kernels"]
+    except (IndexError, KeyError, ValueError):
+        raise IcountError(f"edgec_run printed no kernel list: {stdout.strip()[-200:]!r}") from None
+    windows = data.get("windows", [])
+    if len(windows) != len(names):
+        raise IcountError(f"edgec_run launched {len(names)} kernels, the plugin closed "
+                          f"{len(windows)} windows")
+    per: dict = {}
+    for name, row in zip(names, windows):
+        acc = per.setdefault(name, {"kernel": name, "launches": 0, "classes": dict.fromkeys(CLASSES, 0)})
+        acc["launches"] += 1
+        for c in CLASSES:
+            acc["classes"][c] += int(row[c])
+    out = [{**k, "total": sum(k["classes"].values())} for k in per.values()]
+    return sorted(out, key=lambda k: -k["total"])
 
 
 def per_inference(argv_for, n: int, rootfs: str, **kw) -> dict:

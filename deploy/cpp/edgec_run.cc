@@ -7,6 +7,8 @@
 //
 //   edgec_run model.so x.npy                       # inputs in manifest order, or NAME=FILE
 //   edgec_run model.so x=x.raw --repeat 1000 --out outdir --json
+//   edgec_run model.so x.npy --mark-kernels --json  # one more call, each kernel marked for
+//                                                  # the instruction counter (icount.c)
 //
 // Exit codes: 0 ok, 2 bad usage or inputs (one line on stderr), 1 runtime failure.
 #include <tvm/ffi/any.h>
@@ -31,6 +33,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 namespace ffi = tvm::ffi;
 using ffi::Tensor;
 
@@ -43,14 +47,16 @@ struct UsageError : std::runtime_error {
 
 const char* kUsage =
     "usage: edgec_run MODEL.so [INPUT ...] [--repeat N] [--warmup N] [--out DIR] "
-    "[--print N] [--json]\n"
+    "[--print N] [--json] [--mark-kernels]\n"
     "  INPUT     FILE.npy or a raw file (little-endian, C order), by position in the\n"
     "            manifest's input order or as NAME=FILE\n"
     "  --repeat  timed calls of the model on prepared tensors (default 100; 0: none)\n"
     "  --warmup  untimed calls first (default 10)\n"
     "  --out     write every output as DIR/<name>.npy\n"
     "  --print   values printed per output (default 16; -1: all)\n"
-    "  --json    one JSON object on stdout instead of text\n";
+    "  --json    one JSON object on stdout instead of text\n"
+    "  --mark-kernels  one more call with each kernel between the instruction counter's\n"
+    "            marks (lseek(-1, MARK, 0): EBADF, harmless); their names are printed\n";
 
 struct Spec {
   std::string name;
@@ -250,7 +256,7 @@ struct Options {
   std::string model, out;
   std::vector<std::string> inputs;
   int64_t repeat = 100, warmup = 10, print = 16;
-  bool json = false;
+  bool json = false, mark_kernels = false;
 };
 
 int64_t IntArg(int argc, char** argv, int* i) {
@@ -273,11 +279,13 @@ Options ParseArgs(int argc, char** argv) {
     else if (a == "--warmup") o.warmup = IntArg(argc, argv, &i);
     else if (a == "--print") o.print = IntArg(argc, argv, &i);
     else if (a == "--json") o.json = true;
+    else if (a == "--mark-kernels") o.mark_kernels = true;
     else if (a == "--out") {
       if (++i >= argc) throw UsageError("--out needs a folder");
       o.out = argv[i];
     } else if (a.rfind("--", 0) == 0) {
-      throw UsageError("unknown option " + a + "; valid: --repeat --warmup --out --print --json");
+      throw UsageError("unknown option " + a +
+                       "; valid: --repeat --warmup --out --print --json --mark-kernels");
     } else if (o.model.empty()) o.model = a;
     else o.inputs.push_back(a);
   }
@@ -322,14 +330,44 @@ std::vector<Tensor> PrepareInputs(const Manifest& m, const std::vector<std::stri
   return out;
 }
 
-// The VM's "main" on CPU with TVM's pooled allocator (as tvm.relax.VirtualMachine does).
-ffi::Function LoadMain(const std::string& path) {
+// The VM on CPU with TVM's pooled allocator (as tvm.relax.VirtualMachine does).
+ffi::Module LoadVM(const std::string& path) {
   // dlopen searches the library path for a name without '/': give it the file itself
   ffi::Module lib = ffi::Module::LoadFromFile(path.find('/') == std::string::npos ? "./" + path : path);
   ffi::Module vm = lib->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
   constexpr int kPooledAllocator = 2;
   vm->GetFunction("vm_initialization").value()(static_cast<int>(kDLCPU), 0, kPooledAllocator);
-  return vm->GetFunction("main").value();
+  return vm;
+}
+
+// The instruction counter's window marks (compiler/deploy/icount.py, icount.c).
+constexpr off_t kMarkStart = static_cast<off_t>(0x6564676563000001ULL);
+constexpr off_t kMarkStop = static_cast<off_t>(0x6564676563000002ULL);
+
+// One call of "main" with every kernel (a PrimFunc; not the VM's builtins) between a
+// start and a stop mark; returns the kernels' symbols in launch order.
+std::vector<std::string> MarkKernels(ffi::Module vm, const ffi::Function& main,
+                                     const std::vector<ffi::AnyView>& args) {
+  std::vector<std::string> names;
+  ffi::Function instrument = ffi::Function::FromPacked(
+      [&names](ffi::PackedArgs a, ffi::Any* rv) {
+        std::string symbol = a[1].cast<ffi::String>();
+        if (symbol.rfind("vm.builtin.", 0) != 0) {
+          if (a[2].cast<bool>()) {
+            names.push_back(symbol);
+            (void)lseek(-1, kMarkStart, SEEK_SET);
+          } else {
+            (void)lseek(-1, kMarkStop, SEEK_SET);
+          }
+        }
+        *rv = 0;  // VMInstrumentReturnKind::kNoOp
+      });
+  ffi::Function set = vm->GetFunction("set_instrument").value();
+  set(instrument);
+  ffi::Any rv;
+  main.CallPacked(args.data(), args.size(), &rv);
+  set(ffi::Function(nullptr));
+  return names;
 }
 
 struct Latency {
@@ -363,7 +401,8 @@ std::string JsonString(const std::string& s) {
 int Run(const Options& o) {
   Manifest m = ReadManifest(o.model);
   std::vector<Tensor> inputs = PrepareInputs(m, o.inputs);
-  ffi::Function main = LoadMain(o.model);
+  ffi::Module vm = LoadVM(o.model);
+  ffi::Function main = vm->GetFunction("main").value();
   std::vector<ffi::AnyView> args(inputs.begin(), inputs.end());
   ffi::Any rv;
   main.CallPacked(args.data(), args.size(), &rv);
@@ -375,6 +414,8 @@ int Run(const Options& o) {
   int64_t exit_taken = -1;
   if (m.early_exit) exit_taken = *static_cast<const int32_t*>(outputs.back().data_ptr());
   Latency lat = Time(main, args, o.warmup, o.repeat);
+  std::vector<std::string> kernels;
+  if (o.mark_kernels) kernels = MarkKernels(vm, main, args);
   std::ostringstream js;
   js.precision(6);
   js << std::fixed << "{\"model\": " << JsonString(o.model) << ", \"outputs\": [";
@@ -395,10 +436,17 @@ int Run(const Options& o) {
     js << "], \"exit_taken\": " << (m.early_exit ? std::to_string(exit_taken) : "null")
        << ", \"exits\": " << m.exit_count << ", \"latency_us\": {\"calls\": " << o.repeat
        << ", \"warmup\": " << o.warmup << ", \"min\": " << lat.min_us << ", \"median\": "
-       << lat.median_us << ", \"mean\": " << lat.mean_us << "}}";
+       << lat.median_us << ", \"mean\": " << lat.mean_us << "}";
+    if (o.mark_kernels) {
+      js << ", \"kernels\": [";
+      for (size_t i = 0; i < kernels.size(); ++i) js << (i ? ", " : "") << JsonString(kernels[i]);
+      js << "]";
+    }
+    js << "}";
     std::printf("%s\n", js.str().c_str());
     return 0;
   }
+  for (const std::string& k : kernels) std::printf("kernel %s\n", k.c_str());
   if (m.early_exit)
     std::printf("exit taken: %lld of 0..%lld (%lld: the final head)\n", (long long)exit_taken,
                 (long long)m.exit_count, (long long)m.exit_count);

@@ -11,9 +11,11 @@
  * A window can be marked from inside the guest (any language): the syscall
  * lseek(-1, MARK_START or MARK_STOP, 0) fails harmlessly with EBADF, and the plugin
  * records the calling thread's counts between the two ("window"; that thread only).
+ * Windows may repeat (edgec_run --mark-kernels marks each kernel of one call): every
+ * closed window is kept, in order ("windows"); "window" is the first.
  *
  * At exit the totals are written as one JSON object to `outfile` (stderr without it):
- * all threads ("total", "classes"), each thread's total, and the window if marked.
+ * all threads ("total", "classes"), each thread's total, and the windows if marked.
  *
  * License: GNU GPL, version 2 or later (it is loaded into QEMU and built against its
  * header, qemu-plugin.h, vendored from QEMU 7.2.0); see COPYING and NOTICE.
@@ -43,9 +45,11 @@ static const char *outfile;
 #define SYS_LSEEK 62                            /* aarch64 */
 #define MARK_START 0x6564676563000001ULL        /* "edgec" 1 */
 #define MARK_STOP 0x6564676563000002ULL
-static int window_state;                        /* 0 none, 1 started, 2 done */
-static unsigned window_vcpu;
-static uint64_t window[ROW];
+static int window_open;                         /* a MARK_START not yet closed */
+static unsigned window_vcpu;                    /* the thread that opened it */
+static uint64_t window_start[ROW];
+static uint64_t (*windows)[ROW];                /* closed windows, in order */
+static size_t n_windows, cap_windows;
 
 typedef struct { uint32_t mask, pattern; int cls; } Match;
 
@@ -157,18 +161,37 @@ static void on_syscall(qemu_plugin_id_t id, unsigned int vcpu, int64_t num, uint
     if (num != SYS_LSEEK || (uint32_t)a1 != UINT32_MAX || vcpu >= MAX_VCPUS) {
         return;
     }
-    if (a2 == MARK_START && window_state == 0) {
+    if (a2 == MARK_START && !window_open) {
         window_vcpu = vcpu;
-        for (int c = 0; c < NCLASS; c++) {
-            window[c] = counts[vcpu][c];
+        memcpy(window_start, counts[vcpu], sizeof(window_start));
+        window_open = 1;
+    } else if (a2 == MARK_STOP && window_open && vcpu == window_vcpu) {
+        if (n_windows == cap_windows) {
+            size_t cap = cap_windows ? 2 * cap_windows : 256;
+            void *grown = realloc(windows, cap * sizeof(*windows));
+            if (!grown) {
+                fprintf(stderr, "icount: out of memory after %zu windows\n", n_windows);
+                window_open = 0;
+                return;
+            }
+            windows = grown;
+            cap_windows = cap;
         }
-        window_state = 1;
-    } else if (a2 == MARK_STOP && window_state == 1 && vcpu == window_vcpu) {
         for (int c = 0; c < NCLASS; c++) {
-            window[c] = counts[vcpu][c] - window[c];
+            windows[n_windows][c] = counts[vcpu][c] - window_start[c];
         }
-        window_state = 2;
+        n_windows++;
+        window_open = 0;
     }
+}
+
+static void print_classes(FILE *f, const uint64_t *row)
+{
+    fprintf(f, "{");
+    for (int c = 0; c < NCLASS; c++) {
+        fprintf(f, "%s\"%s\": %" PRIu64, c ? ", " : "", class_names[c], row[c]);
+    }
+    fprintf(f, "}");
 }
 
 static void at_exit(qemu_plugin_id_t id, void *p)
@@ -199,12 +222,15 @@ static void at_exit(qemu_plugin_id_t id, void *p)
         fprintf(f, "%s%" PRIu64, v ? ", " : "", t);
     }
     fprintf(f, "]");
-    if (window_state == 2) {
-        fprintf(f, ", \"window\": {\"vcpu\": %u, \"classes\": {", window_vcpu);
-        for (int c = 0; c < NCLASS; c++) {
-            fprintf(f, "%s\"%s\": %" PRIu64, c ? ", " : "", class_names[c], window[c]);
+    if (n_windows) {
+        fprintf(f, ", \"window\": {\"vcpu\": %u, \"classes\": ", window_vcpu);
+        print_classes(f, windows[0]);
+        fprintf(f, "}, \"windows\": [");
+        for (size_t w = 0; w < n_windows; w++) {
+            fprintf(f, "%s", w ? ", " : "");
+            print_classes(f, windows[w]);
         }
-        fprintf(f, "}}");
+        fprintf(f, "]");
     }
     fprintf(f, "}\n");
     if (f != stderr) {
