@@ -8,7 +8,7 @@ instruction multiplies 4 input channels for B output channels at once:
 - ``avx2``: ``vpmaddubsw`` + ``vpmaddwd`` (``dot_8x4_avx2``, ours), B = 8, u8 data,
   7-bit weights (``reduce_range``: vpmaddubsw saturates int16 pair sums);
 - ``vnni``: ``vpdpbusd`` (TVM's ``dot_16x4_vnni``, re-registered for LLVM 22 by
-  ``tvm_compat.fix_vnni_intrinsic``), B = 16, u8 data;
+  ``tvm_compat.fix_dot_intrinsics``), B = 16, u8 data;
 - ``sdot``: ARM ``sdot`` (TVM's ``dot_4x4_i8i8s32_sdot``, ``+dotprod`` CPUs), B = 4,
   s8 data;
 - ``neon``: ARM NEON without dotprod (TVM's ``dot_4x4_i8i8s32_neon``: smull,
@@ -26,7 +26,7 @@ import numpy as np
 
 from tvm import te
 
-from edgec.compiler.tvm_compat import fix_vnni_intrinsic, import_tensor_intrinsics, relax, s_tir
+from edgec.compiler.tvm_compat import fix_dot_intrinsics, relax, s_tir
 from edgec.passes.int8_pack import pack_func, pad_blocked_func
 from edgec.passes.x86_int8_intrin import register as register_avx2
 # re-exported: the tuner and the power proxy read these attributes from here
@@ -47,10 +47,7 @@ class DotKernel:
         """Register the tensor intrinsic (idempotent); returns its name."""
         if self.name == "avx2":
             return register_avx2()
-        if self.name == "vnni":
-            fix_vnni_intrinsic()
-        else:
-            import_tensor_intrinsics()  # registers sdot and neon
+        fix_dot_intrinsics()  # TVM's VNNI, sdot and neon, without per-tile allocations
         return self.intrin
 
 

@@ -53,11 +53,11 @@ def pack_func(shape, dtype: str, padding=(0, 0, 0, 0), extra_channels: int = 0,
             y32 = T.decl_buffer((n_ * c4 * hp * wp,), "uint32", data=y.data)
             # serial: 25 us for 144x56x56; T.parallel made it 0.36 ms (thread wake-up)
             for row in T.serial(n_ * c4 * hp):
-                n = row // (c4 * hp)
-                c = row // hp % c4 * IC_BLOCK
-                h = row % hp - top
-                hc = T.max(T.min(h, h_ - 1), 0)
-                inside = T.And(h >= 0, h < h_)
+                n: T.let = row // (c4 * hp)
+                c: T.let = row // hp % c4 * IC_BLOCK
+                h: T.let = row % hp - top
+                hc: T.let = T.max(T.min(h, h_ - 1), 0)
+                inside: T.let = T.And(h >= 0, h < h_)
                 for w in range(left):
                     y32[row * wp + w] = pad_word
                 for w in T.vectorized(w_):
@@ -89,8 +89,8 @@ def pad_blocked_func(shape, dtype: str, padding, pad_value: int = 0):
             x32 = T.decl_buffer((n_ * cb_ * h_ * w_ * words,), "uint32", data=x.data)
             y32 = T.decl_buffer((n_ * cb_ * hp * wp * words,), "uint32", data=y.data)
             for row in T.serial(n_ * cb_ * hp):
-                h = row % hp - top
-                plane = row // hp
+                h: T.let = row % hp - top
+                plane: T.let = row // hp
                 if h >= 0 and h < h_:
                     for i in T.vectorized(left * words):
                         y32[row * wp * words + i] = pad_word
@@ -118,9 +118,9 @@ def unpack_blocked_func(shape, channels: int, dtype: str):
         T.func_attr({"tirx.noalias": True})
         with T.sblock("root"):
             for row in T.serial(n_ * channels * h_):
-                n = row // (channels * h_)
-                c = row // h_ % channels
-                h = row % h_
+                n: T.let = row // (channels * h_)
+                c: T.let = row // h_ % channels
+                h: T.let = row % h_
                 for w in T.vectorized(w_):
                     y[n, c, h, w] = x[n, c // b_, h, w, c % b_]
 

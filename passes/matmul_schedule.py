@@ -12,7 +12,7 @@ block leaves the registers. Like the blocked convs' heuristic tile
 from __future__ import annotations
 
 from edgec.compiler.tvm_compat import tvm
-from edgec.passes.nchwc_schedule import consumer_chain
+from edgec.passes.nchwc_schedule import TILE_SCOPE, consumer_chain
 
 # Below this many multiply-accumulates the columns run on one thread (waking the pool
 # costs more than it saves: see ``int8_kernels.PARALLEL_MACS``).
@@ -52,7 +52,7 @@ def schedule_matmul(func, lanes: int):
     jo, jc, ji = sch.split(j, [None, group, width])
     sch.reorder(i, jo, k, jc, ji)
     sch.unroll(jc)
-    acc = sch.cache_write(block, 0, "local")
+    acc = sch.cache_write(block, 0, TILE_SCOPE)
     sch.reverse_compute_at(acc, jo)
     for consumer in consumer_chain(sch, acc):  # the fused bias add, activation
         sch.reverse_compute_inline(consumer)

@@ -23,6 +23,11 @@ CONV_BLOCKS = ("conv2d_nchwc", "depthwise_conv2d_nchwc", "winograd_bgemm",
 # broadcast into the FMA's memory operand, so 28 accumulators leave 4 for weights (oneDNN's
 # bound too); NEON has 32 q registers but needs one for the broadcast value.
 MAX_ACC = {8: 8, 16: 28, 4: 24}
+# Register tiles are cached in the "global" scope, not "local": on a CPU, TVM 0.27's
+# LowerTVMBuiltin puts only "global" buffers under 1024 bytes on the stack (where LLVM
+# promotes them to registers); a "local" tile became a TVMBackendAllocWorkspace /
+# FreeWorkspace pair in every iteration of the parallel loop (tests/test_kernel_allocations.py).
+TILE_SCOPE = "global"
 
 
 def max_acc(lanes: int, depthwise: bool) -> int:
@@ -111,7 +116,7 @@ def schedule_gemm_tile(sch, block, reg_n, oc_in, taps_outer: bool = False,
         sch.reorder(n, oco, y, xo, *red, xi, oci, ob)
         if parallel:
             sch.parallel(sch.fuse(n, oco, y))
-    tile = sch.cache_write(block, 0, "local")
+    tile = sch.cache_write(block, 0, TILE_SCOPE)
     if epilogue:
         _epilogue(sch, tile, xo)
     # unit loops kept: a traced schedule must have the same loops whatever tile it samples
@@ -323,7 +328,7 @@ def schedule_winograd_rows(sch, bgemm, reg_n, oc_in) -> None:
     n, o, yo = _output_tiles(sch, out, rows_outer=True)
     row = sch.fuse(n, yo)
     sch.parallel(row)  # before the producers move in (their blocks are not "complete" there)
-    tile = sch.cache_write(bgemm, 0, "local")
+    tile = sch.cache_write(bgemm, 0, TILE_SCOPE)
     sch.compute_at(tile, row, preserve_unit_loops=True)
     p, to, ty, tx, tob = sch.get_loops(tile)[1:]
     txo, txi = sch.split(tx, [None, reg_n])

@@ -47,10 +47,12 @@ def dot_8x4_avx2_impl(
     with T.sblock("root"):
         T.reads(C[0:8], A[0:4], B[0:8, 0:4])
         T.writes(C[0:8])
-        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-        a_u8x32 = T.reinterpret(T.broadcast(a_i32, 8), dtype="uint8x32")
-        b_i8x32 = B.vload([0, 0], dtype="int8x32")
-        pairs = T.call_llvm_pure_intrin(
+        # T.let: a plain assignment is a mutable local buffer in TVM 0.27's TVMScript, a
+        # heap workspace per tile once lowered (see tvm_compat.fix_dot_intrinsics)
+        a_i32: T.let = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+        a_u8x32: T.let = T.reinterpret(T.broadcast(a_i32, 8), dtype="uint8x32")
+        b_i8x32: T.let = B.vload([0, 0], dtype="int8x32")
+        pairs: T.let = T.call_llvm_pure_intrin(
             T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), a_u8x32, b_i8x32,
             dtype="int16x16")
         C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(

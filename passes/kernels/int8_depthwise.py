@@ -114,9 +114,9 @@ def pad_split_func(shape, dtype: str, padding, stride: int, pad_value: int, flat
             x16 = T.decl_buffer((n_ * c_ * h_ * w_ // 2,), "uint16", data=x.data)
             y = T.decl_buffer((n_, c_, hp, s, wk), dtype, data=out.data)
             for row in T.serial(n_ * c_ * hp):
-                n = row // (c_ * hp)
-                c = row // hp % c_
-                h = row % hp - top
+                n: T.let = row // (c_ * hp)
+                c: T.let = row // hp % c_
+                h: T.let = row % hp - top
                 phase(x, x16, y, n, c, h, 0, spans[0][0], spans[0][1])
                 if s > 1:  # a Python bool: resolved as the function is parsed
                     phase(x, x16, y, n, c, h, 1, spans[-1][0], spans[-1][1])
