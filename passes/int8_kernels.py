@@ -11,8 +11,9 @@ instruction multiplies 4 input channels for B output channels at once:
   ``tvm_compat.fix_dot_intrinsics``), B = 16, u8 data;
 - ``sdot``: ARM ``sdot`` (TVM's ``dot_4x4_i8i8s32_sdot``, ``+dotprod`` CPUs), B = 4,
   s8 data;
-- ``neon``: ARM NEON without dotprod (TVM's ``dot_4x4_i8i8s32_neon``: smull,
-  saddlp, addp), B = 4, s8 data.
+- ``neon``: ARM NEON without dotprod, B = 4, s8 data: ``dot_4x8_neon`` (ours: two blocks
+  of 4 input channels per call, smull + smlal in int16, one saddlp/addp reduction) where
+  the input channels pair up, else TVM's ``dot_4x4_i8i8s32_neon`` (smull, saddlp, addp).
 
 The schedule is fixed (no tuning needed): output rows in parallel, a block of
 output pixels unrolled per weight tile, the Bx4 dot product tensorized, the
@@ -27,6 +28,8 @@ import numpy as np
 from tvm import te
 
 from edgec.compiler.tvm_compat import fix_dot_intrinsics, relax, s_tir
+from edgec.passes.arm_int8_intrin import pairs_ok
+from edgec.passes.arm_int8_intrin import register as register_neon_pairs
 from edgec.passes.int8_pack import pack_func, pad_blocked_func
 from edgec.passes.x86_int8_intrin import register as register_avx2
 # re-exported: the tuner and the power proxy read these attributes from here
@@ -42,12 +45,16 @@ class DotKernel:
     oc_block: int
     data_dtype: str  # the activations' dtype the instruction multiplies (weights: int8)
     intrin: str  # the TensorIntrin's name
+    # an intrinsic over two blocks of 4 input channels (B x 8), where one exists
+    pair_intrin: str | None = None
 
     def register(self) -> str:
-        """Register the tensor intrinsic (idempotent); returns its name."""
+        """Register the tensor intrinsic(s) (idempotent); returns the 4-channel one's name."""
         if self.name == "avx2":
             return register_avx2()
         fix_dot_intrinsics()  # TVM's VNNI, sdot and neon, without per-tile allocations
+        if self.pair_intrin:
+            register_neon_pairs()
         return self.intrin
 
 
@@ -55,7 +62,7 @@ KERNELS = {k.name: k for k in (
     DotKernel("avx2", 8, "uint8", "dot_8x4_avx2"),
     DotKernel("vnni", 16, "uint8", "dot_16x4_vnni"),
     DotKernel("sdot", 4, "int8", "dot_4x4_i8i8s32_sdot"),
-    DotKernel("neon", 4, "int8", "dot_4x4_i8i8s32_neon"),
+    DotKernel("neon", 4, "int8", "dot_4x4_i8i8s32_neon", "dot_4x8_i8i8s32_neon"),
 )}
 
 
@@ -248,12 +255,17 @@ def register_tile(out_blocks: int, width: int) -> tuple:
 
 
 def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel, requant=None,
-                   out_channels=None, blocked_out=False):
+                   out_channels=None, blocked_out=False, pairs: bool = False):
     """The tensorized PrimFunc and its output shape (``requant``: a ``Requant`` done in
     the epilogue; the PrimFunc then also takes its (C,) bias and scale, padded to the
     weight's blocks; ``out_channels``: the real output channels, fewer than the weight's
-    padded ones; ``blocked_out``: the output stays in the weight's blocks, see ``_compute``)."""
+    padded ones; ``blocked_out``: the output stays in the weight's blocks, see ``_compute``;
+    ``pairs``: the weights allow ``kernel.pair_intrin``, used where the input channel blocks
+    pair up)."""
     intrin = kernel.register()
+    # a pair of blocks: two planes of NCHW[4c] data (not two words of a wider block)
+    pairs = (pairs and kernel.pair_intrin is not None and w_shape[1] % 2 == 0
+             and data_shape[4] == IC_BLOCK)
     func, out_shape = _compute(data_shape, w_shape, strides, dilation, kernel.data_dtype, requant,
                                out_channels, blocked_out)
     sch = s_tir().Schedule(func)
@@ -263,7 +275,12 @@ def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel, re
     tile_blocks, pixels = register_tile(w_shape[0], width)
     oco, oc_i = sch.split(oc, [None, tile_blocks])
     xo, xi = sch.split(x, [None, pixels])
-    sch.reorder(n, oco, y, xo, ico, kh, kw, oc_i, xi, oci, ici)
+    if pairs:  # two blocks of 4 input channels per call
+        ico, ico_i = sch.split(ico, [None, 2])
+        sch.reorder(n, oco, y, xo, ico, kh, kw, oc_i, xi, oci, ico_i, ici)
+        intrin = kernel.pair_intrin
+    else:
+        sch.reorder(n, oco, y, xo, ico, kh, kw, oc_i, xi, oci, ici)
     row = sch.fuse(n, oco, y)
     if np.prod(out_shape) * np.prod(w_shape[1:4]) * IC_BLOCK >= PARALLEL_MACS:
         sch.parallel(row)
@@ -345,7 +362,7 @@ def emit_packed_conv(bb, x, wq: np.ndarray, strides, dilation, kernel: DotKernel
     blocked_out = blocked_out and requant is not None
     func, out_shape = scheduled_conv(data_shape, wp.shape,
                                      [int(s) for s in strides], [int(d) for d in dilation], kernel,
-                                     requant, wq.shape[0], blocked_out)
+                                     requant, wq.shape[0], blocked_out, pairs=pairs_ok(wq))
     name = f"conv2d_int8_{kernel.name}{tag}_{n}x{c_in}x{h}x{w}_{wq.shape[0]}x{wq.shape[2]}"
     args = [data, relax.const(wp, "int8")]
     if requant is not None:

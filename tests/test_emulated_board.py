@@ -5,6 +5,8 @@ The rootfs is cached outside the checkout (``~/.cache/edgec/board-aarch64``, or
 qemu-user-static, binfmt-support, mmdebstrap (``.ci/run`` installs them).
 """
 
+import subprocess
+
 import numpy as np
 import pytest
 import torch
@@ -87,6 +89,45 @@ def test_int8_packed_arm_kernels_match_plain_int8_on_board(emulated_board, tmp_p
     with torch.no_grad():  # and both are the FP32 model's outputs, up to int8 rounding
         ref = model(torch.from_numpy(calib[:8])).numpy()
     assert np.abs(outs[0] - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_int8_neon_channel_pairs_match_plain_int8_on_board(emulated_board, tmp_path,
+                                                           monkeypatch):
+    """rpi4 (no dot product): convs with an even number of 4-channel input blocks use
+    ``dot_4x8_neon`` (two blocks per call, their products summed in int16: SMLAL in the
+    code); outputs equal TVM's 4-channel NEON kernel's and the plain int8 convs' exactly."""
+    from edgec.compiler import PipelineConfig
+    from edgec.passes import int8_kernels
+    from edgec.passes.arm_int8_intrin import pairs_ok
+
+    # two products in int16: |-128 * -128| * 2 would overflow, so a -128 weight keeps fours
+    assert pairs_ok(np.array([-127, 0, 127], "int8"))
+    assert not pairs_ok(np.array([-128, 1], "int8"))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 24, 3, padding=1),
+        torch.nn.ReLU(), torch.nn.Conv2d(24, 8, 1)).eval()
+    x = torch.randn(1, 3, 12, 12)
+    calib = np.random.default_rng(0).standard_normal((8, 3, 12, 12)).astype("float32")
+    outs = {}
+    session = connect(rpc=f"127.0.0.1:{emulated_board.port}", timeout=120)
+    try:
+        for mode in ("pairs", "fours", "nchw"):
+            if mode == "fours":
+                monkeypatch.setattr(int8_kernels, "pairs_ok", lambda wq: False)
+            so = str(tmp_path / f"{mode}.so")
+            compile(model, (x,), output=so, calib_data=calib, config=PipelineConfig(
+                target="rpi4", int8=True, int8_kernel="nchw" if mode == "nchw" else "auto"))
+            outs[mode] = RemoteModel(session, so)(calib[:1])[0]
+            if mode != "nchw":  # the cross toolchain's objdump (CI installs it with g++)
+                asm = subprocess.run(["aarch64-linux-gnu-objdump", "-d", so], check=True,
+                                     capture_output=True, text=True).stdout
+                assert ("smlal" in asm) == (mode == "pairs")
+    finally:
+        session.close()
+    np.testing.assert_array_equal(outs["pairs"], outs["fours"])
+    np.testing.assert_array_equal(outs["pairs"], outs["nchw"])
+    assert np.abs(outs["pairs"]).max() > 0
 
 
 @pytest.mark.parametrize("target", ["rpi5", "rpi4"])
