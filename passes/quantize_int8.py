@@ -367,7 +367,8 @@ class _Realizer:
             # channels up to a multiple of 4 meet zero weights
             return emit_packed_conv(self.bb, x, wq, a.strides, a.dilation, self.kernel, rq,
                                     padding, qin.zp, blocked_out=blocked,
-                                    residual=res.var if res is not None else None)
+                                    residual=res.var if res is not None else None,
+                                    groups=int(a.groups))
         if len(x.ty.shape) == 5:  # a blocked input goes only to a layer that keeps blocks
             assert blocked, f"{layer.name}: blocked input, but its output cannot stay blocked"
             return emit_blocked_depthwise_conv(self.bb, x, wq, a.strides, a.dilation,

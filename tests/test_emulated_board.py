@@ -95,7 +95,8 @@ def test_int8_neon_channel_pairs_match_plain_int8_on_board(emulated_board, tmp_p
                                                            monkeypatch):
     """rpi4 (no dot product): convs with an even number of 4-channel input blocks use
     ``dot_4x8_neon`` (two blocks per call, their products summed in int16: SMLAL in the
-    code); outputs equal TVM's 4-channel NEON kernel's and the plain int8 convs' exactly."""
+    code); outputs equal TVM's 4-channel NEON kernel's and the plain int8 convs' exactly.
+    The grouped conv (3 groups of 8) runs packed too, each block reading its group."""
     from edgec.compiler import PipelineConfig
     from edgec.passes import int8_kernels
     from edgec.passes.arm_int8_intrin import pairs_ok
@@ -106,7 +107,8 @@ def test_int8_neon_channel_pairs_match_plain_int8_on_board(emulated_board, tmp_p
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 24, 3, padding=1),
-        torch.nn.ReLU(), torch.nn.Conv2d(24, 8, 1)).eval()
+        torch.nn.ReLU(), torch.nn.Conv2d(24, 24, 3, padding=1, groups=3), torch.nn.ReLU(),
+        torch.nn.Conv2d(24, 8, 1)).eval()
     x = torch.randn(1, 3, 12, 12)
     calib = np.random.default_rng(0).standard_normal((8, 3, 12, 12)).astype("float32")
     outs = {}
@@ -123,6 +125,7 @@ def test_int8_neon_channel_pairs_match_plain_int8_on_board(emulated_board, tmp_p
                 asm = subprocess.run(["aarch64-linux-gnu-objdump", "-d", so], check=True,
                                      capture_output=True, text=True).stdout
                 assert ("smlal" in asm) == (mode == "pairs")
+                assert "conv2d_int8_neon_nchw4c_g3_" in asm
     finally:
         session.close()
     np.testing.assert_array_equal(outs["pairs"], outs["fours"])
