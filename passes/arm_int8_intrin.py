@@ -4,9 +4,9 @@ TVM's ``dot_4x4_i8i8s32_neon`` multiplies 4 input channels for 4 output channels
 reduces them to the 4 accumulators at once: smull, smull2, saddlp, saddlp, addp, add --
 six instructions for 16 multiply-accumulates, twice the FMLAs an FP32 conv needs for the
 same work (resnet18 on the emulated Cortex-A72: 884 M instructions INT8 against 436 M FP32).
-``dot_4x8_neon`` takes two blocks of 4 input channels (data NCHW[4c]: two words of a pixel,
-``sa`` bytes apart; weights OIHW[4o][4i]: two tiles ``sb`` bytes apart) and sums their
-products in int16 before widening:
+``dot_4x8_neon`` takes two blocks of 4 input channels (data NCHW[4c]: a pixel's words in
+two channel planes; weights (O/4, I/4, KH, KW, 4, 4): two 16-byte tiles, a kernel's taps
+apart) and sums their products in int16 before widening:
 
     smull   lo, a0, b0.lo        smull2  hi, a0, b0        (int16 products)
     smlal   lo, a1, b1.lo        smlal2  hi, a1, b1        (+ the second block's)
