@@ -116,23 +116,28 @@ def group_span(wq: np.ndarray, kernel: DotKernel, groups: int) -> int | None:
     Groups of whole blocks (output channels per group a multiple of B: regnet_x's 16 with
     VNNI) read their group's input channels; groups narrower than a block (B a multiple of
     their width: regnet_y's 8) read the B / width groups the block covers, through a
-    block-diagonal weight (``group_weight``). Input channels per group must divide by 4.
-    Depthwise convs (1 input channel per group) have kernels of their own."""
+    block-diagonal weight (``group_weight``). Narrow groups whose channels do not fill the
+    last block (regnet_y's 104 = 13 x 8) get empty groups added there, as many input as
+    output channels, so they need groups as wide in as out. Input channels per group must
+    divide by 4. Depthwise convs (1 input channel per group) have kernels of their own."""
     oc, icg = wq.shape[0], wq.shape[1]
     ocg, b = oc // groups, kernel.oc_block
-    if groups <= 1 or icg % IC_BLOCK or oc % b or not (ocg % b == 0 or b % ocg == 0):
+    if groups <= 1 or icg % IC_BLOCK or not (ocg % b == 0 or b % ocg == 0):
+        return None
+    if oc % b and (icg != ocg or 2 * oc < oc + out_channel_pad(oc, b)):
         return None
     span = icg * max(1, b // ocg)
     return span if span <= MAX_GROUP_SPREAD * icg else None
 
 
 def group_weight(wq: np.ndarray, groups: int, oc_block: int) -> np.ndarray:
-    """(O, span, KH, KW): each output channel's weights at its input channels' places in
-    the span its block reads (``group_span``), zeros elsewhere."""
+    """(O', span, KH, KW): each output channel's weights at its input channels' places in
+    the span its block reads (``group_span``), zeros elsewhere; O' = O padded to the block
+    (the added channels' weights all zero)."""
     oc, icg = wq.shape[0], wq.shape[1]
     ocg = oc // groups
     span = icg * max(1, oc_block // ocg)
-    out = np.zeros((oc, span, *wq.shape[2:]), wq.dtype)
+    out = np.zeros((oc + out_channel_pad(oc, oc_block), span, *wq.shape[2:]), wq.dtype)
     for o in range(oc):
         first = (o // oc_block * oc_block) // ocg  # the first group of o's block
         at = (o // ocg - first) * icg
@@ -364,13 +369,14 @@ def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel, re
     return hand_scheduled(sch.mod["main"]), out_shape
 
 
-def _packed_input(bb, x, wq: np.ndarray, padding, pad_value: int):
+def _packed_input(bb, x, wq: np.ndarray, padding, pad_value: int, extra: int = 0):
     """(the conv's padded input in words of 4 channels, its name tag): ``x`` NCHW packed to
     NCHW[4c] with ``channel_pad(wq)`` channels added; ``x`` already blocked (N, CB, H, W,
-    IB) read as it is, only padded in blocks when the conv pads (tag ``_nchw{IB}c``)."""
+    IB) read as it is, only padded in blocks when the conv pads (tag ``_nchw{IB}c``).
+    ``extra``: more channels to add when packing NCHW (a grouped conv's empty groups)."""
     dtype = str(x.ty.dtype)
     if len(x.ty.shape.values) == 4:
-        func = pack_func(x.ty.shape.values, dtype, padding, channel_pad(wq), pad_value)
+        func = pack_func(x.ty.shape.values, dtype, padding, channel_pad(wq) + extra, pad_value)
         n, c4, h, w, _ = (int(d) for d in func.params[1].shape)
         name, tag = f"pack_nchw4c_{n}x{c4 * IC_BLOCK}x{h}x{w}", ""
     else:
@@ -401,12 +407,16 @@ def emit_packed_conv(bb, x, wq: np.ndarray, strides, dilation, kernel: DotKernel
     ``groups`` > 1: a grouped conv ``group_span`` accepts, each output block reading its
     groups' input channels.
     """
-    data, tag = _packed_input(bb, x, wq, padding, pad_value)
+    # a grouped conv with empty groups added (``group_span``) reads as many more channels
+    extra = out_channel_pad(wq.shape[0], kernel.oc_block) if groups > 1 else 0
+    data, tag = _packed_input(bb, x, wq, padding, pad_value, extra)
     n, cb, h, w, ib = (int(d) for d in data.ty.shape.values)
     data_shape, c_in = (n, cb, h, w, ib), cb * ib
     group_width = None
     if groups > 1:
         group_width = (wq.shape[0] // groups, wq.shape[1])
+        # a blocked producer writes whole blocks: the empty groups' inputs exist
+        assert c_in >= (wq.shape[0] + extra) // group_width[0] * wq.shape[1], (c_in, wq.shape)
         wp = pack_weight(group_weight(wq, groups, kernel.oc_block), kernel.oc_block)
         tag += f"_g{groups}"
     else:

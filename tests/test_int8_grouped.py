@@ -27,7 +27,10 @@ def test_group_span_and_weight():
     assert group_span(np.ones((64, 1, 3, 3), "int8"), vnni, 64) is None  # depthwise
     assert group_span(np.ones((48, 4, 1, 1), "int8"), vnni, 12) == 16  # 4 groups a block: 4x
     assert group_span(np.ones((32, 4, 1, 1), "int8"), vnni, 16) is None  # 8 groups a block
-    assert group_span(np.ones((24, 8, 1, 1), "int8"), vnni, 3) is None  # 24 not a block multiple
+    # 13 groups of 8 (regnet_y's 104): an empty group fills the last VNNI block
+    assert group_span(np.ones((104, 8, 3, 3), "int8"), vnni, 13) == 16
+    assert group_weight(np.ones((104, 8, 1, 1), "int8"), 13, 16).shape == (112, 16, 1, 1)
+    assert group_span(np.ones((24, 16, 1, 1), "int8"), vnni, 3) is None  # 8 out, 16 in a group
     # block-diagonal: output channel o of group g reads span channels, its own at
     # (g - first group of its block) * 8
     w = np.arange(64 * 8, dtype=np.int64).reshape(64, 8, 1, 1).astype("int8")
@@ -38,7 +41,7 @@ def test_group_span_and_weight():
     assert (bd[20, :8] == w[20]).all() and not bd[20, 8:].any()  # group 2, next block
 
 
-@pytest.mark.parametrize("groups,width", [(4, 16), (8, 8), (3, 8)])
+@pytest.mark.parametrize("groups,width", [(4, 16), (8, 8), (3, 8), (13, 8)])
 def test_grouped_conv_packed_equals_plain_int8(tmp_path, groups, width):
     torch.manual_seed(0)
     c = groups * width
