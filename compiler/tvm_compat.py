@@ -207,30 +207,27 @@ def import_tensor_intrinsics() -> None:
         import tvm.s_tir.tensor_intrin  # noqa: F401  (registers every intrinsic)
 
 
-def fix_dot_intrinsics() -> None:
-    """Re-register TVM's int8 dot-product tensor intrinsics that edgec uses (idempotent):
-    ``dot_16x4_vnni`` (x86 AVX-512 VNNI), ``dot_4x4_i8i8s32_sdot`` (ARM dotprod) and
-    ``dot_4x4_i8i8s32_neon`` (ARM NEON: smull, saddlp, addp). Same descriptions; two fixes
-    in the implementations:
+def fix_vnni_intrinsic() -> None:
+    """Re-register ``dot_16x4_vnni`` with operand types LLVM 22 accepts and no heap
+    allocation per tile (idempotent); same description.
 
-    - **No heap allocation per tile.** In TVM 0.27's TVMScript a plain assignment in a
+    - **Operand types.** TVM's shipped impl passes ``<16 x i32>`` operands to
+      ``vpdpbusd.512``; LLVM 22 wants ``<64 x i8>`` and rejects most candidates ("Call
+      parameter type does not match function signature"): operands reinterpreted as
+      u8x64 / i8x64.
+    - **Temporaries bound with ``T.let``.** In TVM 0.27's TVMScript a plain assignment in a
       prim_func body (``vec_a = T.reinterpret(...)``) declares a *mutable local scalar*: a
       1-element buffer in the "local" scope. ``LowerTVMBuiltin`` keeps only "global"
       allocations on the stack, so every such temporary became a TVMBackendAllocWorkspace /
-      FreeWorkspace pair run once per iteration of the kernel's parallel loop: 6 pairs in
-      each packed sdot conv (12 calls per output row, 1.21 M of its 3.23 M instructions
-      were scalar "other" work on a 96 -> 576 1x1 conv at 14 x 14, counted on the emulated
-      Cortex-A76), 8 calls in the VNNI one. Bound with ``T.let`` (an immutable SSA value)
-      they stay in registers.
-    - **VNNI operand types LLVM 22 accepts.** TVM's shipped VNNI impl passes ``<16 x i32>``
-      operands to ``vpdpbusd.512``; LLVM 22 wants ``<64 x i8>`` and rejects most candidates
-      ("Call parameter type does not match function signature"): operands are
-      reinterpreted as u8x64 / i8x64.
+      FreeWorkspace pair run once per iteration of the kernel's parallel loop (8 calls in
+      each packed VNNI conv; 12 per output row in the sdot one, 1.21 M of a 96 -> 576 1x1
+      conv's 3.23 M instructions on the emulated Cortex-A76). TVM's ARM intrinsics had the
+      same, re-registered in ``passes/arm_int8_intrin.py``.
     """
-    import_tensor_intrinsics()  # registers the originals (and their descriptions) first
-    from tvm.s_tir import TensorIntrin
-    from tvm.s_tir.tensor_intrin import arm_cpu, x86
+    import_tensor_intrinsics()  # registers the originals first
+    from tvm.s_tir.tensor_intrin import x86
     from tvm.script import tirx as T
+    from tvm.s_tir import TensorIntrin
 
     @T.prim_func(s_tir=True)
     def vnni_impl(
@@ -248,54 +245,8 @@ def fix_dot_intrinsics() -> None:
                 C.vload([0], dtype="int32x16"), a_u8x64, B.vload([0, 0], dtype="int8x64"),
                 dtype="int32x16")
 
-    @T.prim_func(s_tir=True)
-    def sdot_impl(
-        A: T.Buffer((4,), "int8", offset_factor=1),
-        B: T.Buffer((4, 4), "int8", offset_factor=1),
-        C: T.Buffer((4,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-            T.writes(C[0:4])
-            a_i32: T.let = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
-            a_i8x16: T.let = T.reinterpret(T.broadcast(a_i32, 4), dtype="int8x16")
-            C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
-                C.vload([0], dtype="int32x4"), a_i8x16, B.vload([0, 0], dtype="int8x16"),
-                dtype="int32x4")
-
-    @T.prim_func(s_tir=True)
-    def neon_impl(
-        A: T.Buffer((4,), "int8", offset_factor=1),
-        B: T.Buffer((4, 4), "int8", offset_factor=1),
-        C: T.Buffer((4,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-            T.writes(C[0:4])
-            a_i32: T.let = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
-            a_i8x8: T.let = T.reinterpret(T.broadcast(a_i32, 2), dtype="int8x8")
-            b: T.let = B.vload([0, 0], dtype="int8x16")
-            low: T.let = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
-                T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
-                                        a_i8x8, T.vectorlow(b, dtype="int8x8"), dtype="int16x8"),
-                dtype="int32x4")
-            high: T.let = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
-                T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
-                                        a_i8x8, T.vectorhigh(b, dtype="int8x8"), dtype="int16x8"),
-                dtype="int32x4")
-            C[T.ramp(T.int32(0), 1, 4)] += T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"), low, high,
-                dtype="int32x4")
-
-    sdot_desc, _ = arm_cpu.get_dotprod_intrin("int8", "int32")
-    for name, desc, impl in (
-            (x86.VNNI_DOT_16x4_INTRIN, x86.dot_product_16x4_u8i8i32_desc, vnni_impl),
-            (arm_cpu.ARM_DOT_4x4_i8_SDOT_INTRIN, sdot_desc, sdot_impl),
-            (arm_cpu.ARM_DOT_4x4_i8_NEON_INTRIN, arm_cpu.neon_4x4_i8i8i32_desc, neon_impl)):
-        TensorIntrin.register(name, desc, impl, override=True)
+    TensorIntrin.register(x86.VNNI_DOT_16x4_INTRIN, x86.dot_product_16x4_u8i8i32_desc,
+                          vnni_impl, override=True)
 
 
 def has_vnni(target) -> bool:

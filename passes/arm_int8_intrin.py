@@ -1,4 +1,10 @@
-"""An ARM NEON s8 x s8 -> s32 tensor intrinsic over 8 input channels (no dot product needed).
+"""ARM s8 x s8 -> s32 tensor intrinsics of the packed int8 kernels (``int8_kernels``).
+
+- ``dot_4x4_i8i8s32_sdot`` (``+dotprod``) and ``dot_4x4_i8i8s32_neon`` (NEON): TVM's
+  descriptions, re-registered with their temporaries bound by ``T.let``. TVM's impls
+  assign them plainly, which TVM 0.27 lowers to a heap workspace per tile
+  (``tvm_compat.fix_vnni_intrinsic`` has the story; tests/test_kernel_allocations.py).
+- ``dot_4x8_i8i8s32_neon`` (ours, NEON over 8 input channels, no dot product needed).
 
 TVM's ``dot_4x4_i8i8s32_neon`` multiplies 4 input channels for 4 output channels and
 reduces them to the 4 accumulators at once: smull, smull2, saddlp, saddlp, addp, add --
@@ -21,8 +27,9 @@ from __future__ import annotations
 import numpy as np
 from tvm.script import tirx as T
 
-from edgec.compiler.tvm_compat import s_tir
+from edgec.compiler.tvm_compat import import_tensor_intrinsics, s_tir
 
+SDOT_4x4, NEON_DOT_4x4 = "dot_4x4_i8i8s32_sdot", "dot_4x4_i8i8s32_neon"  # TVM's names
 NEON_DOT_4x8 = "dot_4x8_i8i8s32_neon"
 # A: data (N, C/4, H, W, 4)[n, c4:c4+2, y, x, :] -- two channel blocks of a pixel, the conv's
 # kernel-row and -column axes between them and the channels; B: weights (O/4, I/4, KH, KW,
@@ -57,9 +64,44 @@ def _saddlp(x):
         T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"), x, dtype="int32x4")
 
 
-def _word(A, j):  # a pixel's 4 channels of block j, broadcast to both halves of 8 bytes
-    return T.reinterpret(T.broadcast(T.reinterpret(A.vload([j, 0, 0, 0], "int8x4"), dtype="int32"), 2),
-                         dtype="int8x8")
+def _addp(lo, hi):
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"),
+                                   lo, hi, dtype="int32x4")
+
+
+def _broadcast(word, copies: int, dtype: str):
+    """4 bytes (a pixel's channels of one block) as one 32-bit word, ``copies`` times."""
+    return T.reinterpret(T.broadcast(T.reinterpret(word, dtype="int32"), copies), dtype=dtype)
+
+
+@T.prim_func(s_tir=True)
+def sdot_4x4_impl(
+    A: T.Buffer((4,), "int8", offset_factor=1),
+    B: T.Buffer((4, 4), "int8", offset_factor=1),
+    C: T.Buffer((4,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+        T.writes(C[0:4])
+        a: T.let = _broadcast(A.vload([0], "int8x4"), 4, "int8x16")
+        C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+            C.vload([0], dtype="int32x4"), a, B.vload([0, 0], dtype="int8x16"), dtype="int32x4")
+
+
+@T.prim_func(s_tir=True)
+def neon_4x4_impl(
+    A: T.Buffer((4,), "int8", offset_factor=1),
+    B: T.Buffer((4, 4), "int8", offset_factor=1),
+    C: T.Buffer((4,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+        T.writes(C[0:4])
+        a: T.let = _broadcast(A.vload([0], "int8x4"), 2, "int8x8")
+        b: T.let = B.vload([0, 0], dtype="int8x16")
+        C[T.ramp(T.int32(0), 1, 4)] += _addp(_saddlp(_smull(a, T.vectorlow(b, dtype="int8x8"))),
+                                             _saddlp(_smull(a, T.vectorhigh(b, dtype="int8x8"))))
 
 
 @T.prim_func(s_tir=True)
@@ -71,18 +113,16 @@ def dot_4x8_neon_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         T.reads(C[0:4], A[0:2, 0, 0, 0:4], B[0:2, 0, 0, 0:4, 0:4])
         T.writes(C[0:4])
         # T.let throughout: a plain assignment is a mutable local buffer in TVM 0.27's
-        # TVMScript, a heap workspace once lowered (tvm_compat.fix_dot_intrinsics)
-        a0: T.let = _word(A, 0)
-        a1: T.let = _word(A, 1)
+        # TVMScript, a heap workspace once lowered (tvm_compat.fix_vnni_intrinsic)
+        a0: T.let = _broadcast(A.vload([0, 0, 0, 0], "int8x4"), 2, "int8x8")
+        a1: T.let = _broadcast(A.vload([1, 0, 0, 0], "int8x4"), 2, "int8x8")
         b0: T.let = B.vload([0, 0, 0, 0, 0], dtype="int8x16")
         b1: T.let = B.vload([1, 0, 0, 0, 0], dtype="int8x16")
         lo: T.let = _smull(a0, T.vectorlow(b0, dtype="int8x8")) + _smull(
             a1, T.vectorlow(b1, dtype="int8x8"))  # LLVM: smull + smlal
         hi: T.let = _smull(a0, T.vectorhigh(b0, dtype="int8x8")) + _smull(
             a1, T.vectorhigh(b1, dtype="int8x8"))
-        C[T.ramp(T.int32(0), 1, 4)] += T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"), _saddlp(lo), _saddlp(hi),
-            dtype="int32x4")
+        C[T.ramp(T.int32(0), 1, 4)] += _addp(_saddlp(lo), _saddlp(hi))
 
 
 def pairs_ok(wq: np.ndarray) -> bool:
@@ -90,7 +130,10 @@ def pairs_ok(wq: np.ndarray) -> bool:
     return bool(wq.min(initial=0) > -128)
 
 
-def register(override: bool = True) -> str:
-    """Register ``dot_4x8_i8i8s32_neon`` (idempotent); returns its name."""
-    s_tir().TensorIntrin.register(NEON_DOT_4x8, dot_4x8_desc, dot_4x8_neon_impl, override=override)
-    return NEON_DOT_4x8
+def register() -> None:
+    """Register the three (idempotent): TVM's two 4 x 4 ones over their own descriptions."""
+    import_tensor_intrinsics()  # TVM's originals first: their descriptions are kept
+    intrin = s_tir().TensorIntrin
+    for name, impl in ((SDOT_4x4, sdot_4x4_impl), (NEON_DOT_4x4, neon_4x4_impl)):
+        intrin.register(name, intrin.get(name).desc, impl, override=True)
+    intrin.register(NEON_DOT_4x8, dot_4x8_desc, dot_4x8_neon_impl, override=True)

@@ -8,9 +8,9 @@ instruction multiplies 4 input channels for B output channels at once:
 - ``avx2``: ``vpmaddubsw`` + ``vpmaddwd`` (``dot_8x4_avx2``, ours), B = 8, u8 data,
   7-bit weights (``reduce_range``: vpmaddubsw saturates int16 pair sums);
 - ``vnni``: ``vpdpbusd`` (TVM's ``dot_16x4_vnni``, re-registered for LLVM 22 by
-  ``tvm_compat.fix_dot_intrinsics``), B = 16, u8 data;
-- ``sdot``: ARM ``sdot`` (TVM's ``dot_4x4_i8i8s32_sdot``, ``+dotprod`` CPUs), B = 4,
-  s8 data;
+  ``tvm_compat.fix_vnni_intrinsic``), B = 16, u8 data;
+- ``sdot``: ARM ``sdot`` (TVM's ``dot_4x4_i8i8s32_sdot``, re-registered by
+  ``arm_int8_intrin``; ``+dotprod`` CPUs), B = 4, s8 data;
 - ``neon``: ARM NEON without dotprod, B = 4, s8 data: ``dot_4x8_neon`` (ours: two blocks
   of 4 input channels per call, smull + smlal in int16, one saddlp/addp reduction) where
   the input channels pair up, else TVM's ``dot_4x4_i8i8s32_neon`` (smull, saddlp, addp).
@@ -27,9 +27,9 @@ import numpy as np
 
 from tvm import te
 
-from edgec.compiler.tvm_compat import fix_dot_intrinsics, relax, s_tir
+from edgec.compiler.tvm_compat import fix_vnni_intrinsic, relax, s_tir
 from edgec.passes.arm_int8_intrin import pairs_ok
-from edgec.passes.arm_int8_intrin import register as register_neon_pairs
+from edgec.passes.arm_int8_intrin import register as register_arm
 from edgec.passes.int8_pack import pack_func, pad_blocked_func
 from edgec.passes.x86_int8_intrin import register as register_avx2
 # re-exported: the tuner and the power proxy read these attributes from here
@@ -52,9 +52,10 @@ class DotKernel:
         """Register the tensor intrinsic(s) (idempotent); returns the 4-channel one's name."""
         if self.name == "avx2":
             return register_avx2()
-        fix_dot_intrinsics()  # TVM's VNNI, sdot and neon, without per-tile allocations
-        if self.pair_intrin:
-            register_neon_pairs()
+        if self.name == "vnni":
+            fix_vnni_intrinsic()
+        else:
+            register_arm()  # sdot, neon and neon 4x8
         return self.intrin
 
 

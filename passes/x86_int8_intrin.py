@@ -48,7 +48,7 @@ def dot_8x4_avx2_impl(
         T.reads(C[0:8], A[0:4], B[0:8, 0:4])
         T.writes(C[0:8])
         # T.let: a plain assignment is a mutable local buffer in TVM 0.27's TVMScript, a
-        # heap workspace per tile once lowered (see tvm_compat.fix_dot_intrinsics)
+        # heap workspace per tile once lowered (see tvm_compat.fix_vnni_intrinsic)
         a_i32: T.let = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
         a_u8x32: T.let = T.reinterpret(T.broadcast(a_i32, 8), dtype="uint8x32")
         b_i8x32: T.let = B.vload([0, 0], dtype="int8x32")

@@ -4,9 +4,9 @@ TVM 0.27 lowers a buffer to a stack ``alloca`` (which LLVM then promotes to regi
 when it is in the "global" scope and smaller than 1024 bytes; anything else becomes a
 TVMBackendAllocWorkspace / FreeWorkspace pair where it is declared, which for a tile is
 inside the kernel's parallel loop. Two ways in which that happened to every INT8 and FP32
-kernel here (``tvm_compat.fix_dot_intrinsics``): a plain assignment in TVMScript (a
-mutable local scalar: TVM's dot-product intrinsics and our pack / pad kernels) and
-``cache_write(..., "local")`` register tiles. A 96 -> 576 1x1 sdot conv at 14 x 14 made 12
+kernel here (``tvm_compat.fix_vnni_intrinsic``, ``arm_int8_intrin``): a plain assignment
+in TVMScript (a mutable local scalar: TVM's dot-product intrinsics and our pack / pad
+kernels) and ``cache_write(..., "local")`` register tiles. A 96 -> 576 1x1 sdot conv at 14 x 14 made 12
 such calls per output row; without them it executes 1.67 M instead of 3.23 M instructions
 (counted on the emulated Cortex-A76).
 

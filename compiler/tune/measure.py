@@ -18,7 +18,7 @@ from tqdm import tqdm
 from edgec.compiler.toolchain import check_cross_compiler
 from edgec.compiler.tune.spec import TuneError, parse_tracker
 from edgec.compiler.tvm_compat import (cross_compiler, derived_object, fast_inspect_initializer,
-                                       fix_dot_intrinsics, has_vnni, kill_child_processes,
+                                       fix_vnni_intrinsic, has_vnni, kill_child_processes,
                                        meta_schedule)
 from edgec.passes.nchwc_schedule import register_rule
 
@@ -454,4 +454,4 @@ def prepare(tvm_target) -> None:
     fast_inspect_initializer()
     register_rule()
     if has_vnni(tvm_target):
-        fix_dot_intrinsics()
+        fix_vnni_intrinsic()
