@@ -309,13 +309,15 @@ def register_tile(out_blocks: int, width: int) -> tuple:
 
 def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel, requant=None,
                    out_channels=None, blocked_out=False, pairs: bool = False,
-                   group_width=None):
+                   group_width=None, tile=None):
     """The tensorized PrimFunc and its output shape (``requant``: a ``Requant`` done in
     the epilogue; the PrimFunc then also takes its (C,) bias and scale, padded to the
     weight's blocks; ``out_channels``: the real output channels, fewer than the weight's
     padded ones; ``blocked_out``: the output stays in the weight's blocks, see ``_compute``;
     ``pairs``: the weights allow ``kernel.pair_intrin``, used where the input channel blocks
-    pair up; ``group_width``: a grouped conv's channels per group, see ``_compute``)."""
+    pair up; ``group_width``: a grouped conv's channels per group, see ``_compute``;
+    ``tile``: (output-channel blocks, pixels) in place of ``register_tile``'s, each dividing
+    the conv's blocks and width: benchmarks/bench_arm_int8_tiles.py tries them)."""
     intrin = kernel.register()
     # a pair of blocks: two planes of NCHW[4c] data (not two words of a wider block)
     pairs = (pairs and kernel.pair_intrin is not None and w_shape[1] % 2 == 0
@@ -326,7 +328,7 @@ def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel, re
     block = sch.get_sblock("conv")
     n, oc, y, x, oci, ico, kh, kw, ici = sch.get_loops(block)
     width = out_shape[3]
-    tile_blocks, pixels = register_tile(w_shape[0], width)
+    tile_blocks, pixels = tile or register_tile(w_shape[0], width)
     oco, oc_i = sch.split(oc, [None, tile_blocks])
     xo, xi = sch.split(x, [None, pixels])
     if pairs:  # two blocks of 4 input channels per call

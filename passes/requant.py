@@ -3,7 +3,10 @@
 ``y = float32(acc + bias[c]) * scale[c]``, then either
 
 - requantized to int8/uint8: ``clip(round(y) + zp, lo, hi)`` (ReLU/clip folded into
-  ``lo``/``hi``), or
+  ``lo``/``hi``), computed as ``round(clip(y, lo - zp, hi - zp)) + zp``: the same value
+  for every y (``lo``, ``hi`` and ``zp`` are integers and rounding is monotone), and a
+  clamp before the rounding bounds y, so ``te_form`` rounds and converts with one add
+  of a constant (see there), or
 - kept float32 (the layer feeds only FP32 ops): ``act(y)``.
 
 ``relax_form`` emits it as Relax ops after a plain int32 conv/matmul (FuseOps fuses
@@ -26,6 +29,8 @@ from tvm import te, tirx
 from edgec.compiler.tvm_compat import relax
 
 INT32 = (-(2 ** 31), 2 ** 31 - 1)
+ROUND_MAGIC = 1.5 * 2 ** 23  # float32 y + this: round(y) in the low bits (|y| <= 2^22)
+ROUND_MAGIC_BITS = 0x4B400000  # its bits as an int32
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,9 +69,9 @@ class Requant:
             if self.act:
                 y = relax.op.nn.relu(y) if self.act[0] == "relu" else relax.op.clip(y, *self.act[1:])
             return bb.emit(y, name_hint=name_hint)
-        y = relax.op.round(y)
-        y = relax.op.clip(relax.op.add(y, relax.const(float(self.zp), "float32")) if self.zp
-                          else y, self.lo, self.hi)
+        y = relax.op.round(relax.op.clip(y, self.lo - self.zp, self.hi - self.zp))
+        if self.zp:
+            y = relax.op.add(y, relax.const(float(self.zp), "float32"))
         return bb.emit(relax.op.astype(y, self.dtype), name_hint=name_hint)
 
     def te_form(self, acc, c, bias, scale, res=None):
@@ -87,8 +92,12 @@ class Requant:
                 lo, hi = (tirx.const(v, f32) for v in self.act[1:])
                 return te.max(te.min(y, hi), lo)
             return y
-        y = te.round(y)
-        if self.zp:
-            y = y + tirx.const(float(self.zp), f32)
-        y = te.max(te.min(y, tirx.const(self.hi, f32)), tirx.const(self.lo, f32))
-        return y.astype(self.dtype)
+        y = te.max(te.min(y, tirx.const(self.hi - self.zp, f32)), tirx.const(self.lo - self.zp, f32))
+        # Round half to even and convert in one add: for |y| <= 2^22, y + 1.5 * 2^23 is
+        # rounded (in the default mode, as relax.op.round's nearbyint) to an integer, and
+        # the sum's bits are 0x4B400000 + round(y). The clamp above keeps |y| <= 255; the
+        # constant's low byte is 0, so the output byte is round(y) + zp with no subtract.
+        # frinti/frintn + fcvtzs (AArch64), roundps + cvttps2dq (x86) become one fadd.
+        bits = tirx.reinterpret("int32", y + tirx.const(ROUND_MAGIC, f32))
+        q = bits - tirx.const(ROUND_MAGIC_BITS - self.zp, "int32")
+        return q.astype(self.dtype)

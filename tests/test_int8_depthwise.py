@@ -171,9 +171,9 @@ def test_quantize_pass_emits_the_depthwise_kernel(block):
     conv = before["main"].body.blocks[0].bindings[dw_before[0]].value
     assert int(conv.attrs.groups) == 24 and str(conv.ty.dtype) == "int32"
     i = dw_before[0]
-    # the plain path: conv2d, + bias, astype, * scale, round, clip, astype
+    # the plain path: conv2d, + bias, astype, * scale, clip, round, astype
     assert ops_before[i:i + 7] == ["relax.nn.conv2d", "relax.add", "relax.astype", "relax.multiply",
-                                   "relax.round", "relax.clip", "relax.astype"]
+                                   "relax.clip", "relax.round", "relax.astype"]
     assert ops_after[:i] == ops_before[:i]
     pad = "pad_plane_1x24x10x10" if stride == 1 else "pad_split_1x24x10x10_s2"
     assert ops_after[i:i + 2] == [pad, f"dwconv2d_int8_1x24x10x10_3x3s{stride}_requant"]
