@@ -50,6 +50,19 @@ CONVS = {
     "r18_256_256_14_3x3": (256, 256, 14, 3, 1),
     "r18_512_512_7_3x3": (512, 512, 7, 3, 1),
 }
+# not used to choose the rule: resnet50's, efficientnet_b0's and mobilenet_v3's convs, to
+# see whether it holds beyond the convs it was chosen on (--convs held_out)
+HELD_OUT = {
+    "r50_64_256_56": (64, 256, 56, 1, 1),
+    "r50_256_64_56": (256, 64, 56, 1, 1),
+    "r50_128_128_28_3x3": (128, 128, 28, 3, 1),
+    "effb0_40_240_28": (40, 240, 28, 1, 1),
+    "effb0_80_480_14": (80, 480, 14, 1, 1),
+    "mbv3_16_64_112": (16, 64, 112, 1, 1),
+    "mbv3_96_40_14": (96, 40, 14, 1, 1),
+    "effb0_192_1152_7": (192, 1152, 7, 1, 1),
+}
+CONVS_ALL = {**CONVS, **HELD_OUT}
 BLOCKS = (1, 2, 3, 4, 5, 6, 8)
 PIXELS = (1, 2, 3, 4, 5, 6, 7, 8)
 
@@ -115,7 +128,7 @@ def count_conv(name, spec, target_name, runner, board_root, folder) -> list:
     cout, hw, stride = spec[1], spec[2], spec[4]
     out_blocks, width = -(-cout // kernel.oc_block), (hw - 1) // stride + 1
     rows = []
-    rule = K.register_tile(out_blocks, width)
+    rule = K.register_tile(out_blocks, width, kernel.name, -(-spec[0] // 4) * spec[3] ** 2)
     for tile in tiles(out_blocks, width):
         start = time.time()
         mod, data_shape, out_shape, macs = conv_module(spec, kernel, tile)
@@ -161,18 +174,20 @@ def main(argv=None):
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
-    p.add_argument("--convs", nargs="+", default=list(CONVS), choices=list(CONVS))
+    p.add_argument("--convs", nargs="+", default=list(CONVS),
+                   choices=[*CONVS_ALL, "held_out"])
     p.add_argument("--out", default="arm_int8_tiles", help="results/<stem>.json and .md")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args(argv)
+    convs = [c for name in args.convs for c in (HELD_OUT if name == "held_out" else [name])]
     board_root = board.default_dir()
     board.prepare(board_root)
     runner = icount.build_runner(board_root, board.PY_SITE)
     folder = scratch()
     rows: list = []
-    for name in args.convs:  # results rewritten after each conv: a stopped run keeps them
+    for name in convs:  # results rewritten after each conv: a stopped run keeps them
         for t in args.targets:
-            rows += count_conv(name, CONVS[name], t, runner, board_root, folder)
+            rows += count_conv(name, CONVS_ALL[name], t, runner, board_root, folder)
         data = {"label": icount.LABEL, "rows": rows}
         md = markdown(rows)
         write_results(args.out, data, md)

@@ -281,7 +281,7 @@ def _pixel_block(width: int) -> int:
     return next(b for b in (8, 7, 6, 5, 4, 3, 2, 1) if width % b == 0)
 
 
-def register_tile(out_blocks: int, width: int) -> tuple:
+def register_tile(out_blocks: int, width: int, kernel: str = "vnni", reduction: int = 0) -> tuple:
     """(output-channel blocks, output pixels) one step of the packed conv keeps in vector
     registers. Each data word broadcast feeds every block of the tile, each weight load
     every pixel, so wider tiles load less per multiply-add; the accumulators must fit
@@ -294,9 +294,35 @@ def register_tile(out_blocks: int, width: int) -> tuple:
     32->128 3x3 at 27 1x1 519, 1x3 255, 4x3 129; 512->1008 1x1 at 13 1x1 1861, 3x1 884,
     7x1 698, 9x1 793, 21x1 823; 128->16 1x1 at 55 1x1 100, 1x5 68. Rule: 4 pixels with 3
     to 6 blocks where the width and the blocks allow it, else up to 21 accumulators of
-    8, 7, 6, 5 or 3 pixels, else ``_pixel_block`` pixels with up to 7 blocks."""
+    8, 7, 6, 5 or 3 pixels, else ``_pixel_block`` pixels with up to 7 blocks.
+
+    ARM (``kernel`` "sdot" or "neon"; ``reduction``: the conv's input blocks x KH x KW,
+    the intrinsic's calls per output) has 32 registers of 4 int32 lanes and no broadcast
+    memory operand, and LLVM hoists a short reduction's weights out of the pixel loop:
+    AVX-512's wide tiles spill. Chosen by instructions per MAC on the emulated boards
+    (benchmarks/bench_arm_int8_tiles.py, results/arm_int8_tiles.md: 12 convs of
+    mobilenet_v2 and resnet18, every tile): with a reduction of up to 4 calls (16 input
+    channels, 1x1) 4 blocks x 2 pixels, up to 8 calls 4 x 4 (16->96 at 112: rpi5 0.299
+    instructions per MAC with 6x4, 0.269 with 4x2; 24->144 at 56: 0.257 -> 0.222). sdot
+    keeps the rule above otherwise (its per-MAC counts were within 2% of the best tile on
+    9 of the other 10); NEON (two blocks per call, smull + smlal) wants at most 16
+    accumulators: 4 x 4, else 4 to 8 blocks x 2 pixels, else 2 x 7 (rpi4: 6x4 cost 1.13
+    to 1.23x the best tile on 1x1 convs; this rule is within 5% of the best on all 12)."""
     def blocks(most):
         return max(d for d in range(1, min(most, out_blocks) + 1) if out_blocks % d == 0)
+
+    if kernel in ("sdot", "neon"):
+        if 0 < reduction <= 4 and width % 2 == 0 and blocks(4) >= 3:
+            return blocks(4), 2
+        if 0 < reduction <= 8 and width % 4 == 0 and blocks(4) >= 3:
+            return blocks(4), 4
+        if kernel == "neon":
+            if width % 4 == 0 and blocks(4) >= 3:
+                return blocks(4), 4
+            if width % 2 == 0 and blocks(8) >= 4:
+                return blocks(8), 2
+            if width % 7 == 0 and blocks(2) == 2:
+                return 2, 7
 
     if width % 4 == 0 and blocks(6) >= 3:
         return blocks(6), 4
@@ -328,7 +354,8 @@ def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel, re
     block = sch.get_sblock("conv")
     n, oc, y, x, oci, ico, kh, kw, ici = sch.get_loops(block)
     width = out_shape[3]
-    tile_blocks, pixels = tile or register_tile(w_shape[0], width)
+    tile_blocks, pixels = tile or register_tile(w_shape[0], width, kernel.name,
+                                                int(np.prod(w_shape[1:4])))
     oco, oc_i = sch.split(oc, [None, tile_blocks])
     xo, xi = sch.split(x, [None, pixels])
     if pairs:  # two blocks of 4 input channels per call

@@ -177,6 +177,20 @@ def test_register_tile_rule(blocks, width, tile):
     assert blocks % b == 0 and width % p == 0 and b * p <= 21
 
 
+@pytest.mark.parametrize("kernel, blocks, width, reduction, tile", [
+    ("sdot", 24, 112, 4, (4, 2)), ("sdot", 36, 56, 6, (4, 4)), ("sdot", 6, 56, 36, (6, 4)),
+    ("sdot", 144, 14, 24, (3, 7)), ("sdot", 16, 56, 144, (4, 4)),
+    ("neon", 24, 112, 4, (4, 2)), ("neon", 6, 56, 36, (3, 4)), ("neon", 96, 14, 16, (8, 2)),
+    ("neon", 240, 7, 40, (2, 7)), ("neon", 16, 56, 144, (4, 4)),
+    ("vnni", 24, 112, 4, (6, 4))])  # x86 keeps its rule
+def test_arm_register_tile_rule(kernel, blocks, width, reduction, tile):
+    """ARM's tiles, as counted on the emulated boards (``register_tile``'s docstring,
+    benchmarks/results/arm_int8_tiles.md): the best or within 5% of it."""
+    from edgec.passes.int8_kernels import register_tile
+
+    assert register_tile(blocks, width, kernel, reduction) == tile
+
+
 @pytest.mark.parametrize("blocked", [False, True])
 def test_a_conv_whose_width_takes_no_pixel_tile_keeps_its_rows_parallel(blocked):
     """A 13-wide output (no pixel tile divides it) gets a one-pixel register tile; its
