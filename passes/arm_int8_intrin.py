@@ -31,6 +31,7 @@ from edgec.compiler.tvm_compat import import_tensor_intrinsics, s_tir
 
 SDOT_4x4, NEON_DOT_4x4 = "dot_4x4_i8i8s32_sdot", "dot_4x4_i8i8s32_neon"  # TVM's names
 NEON_DOT_4x8 = "dot_4x8_i8i8s32_neon"
+NEON_DOT_4x16 = "dot_4x16_i8i8s32_neon"
 # A: data (N, C/4, H, W, 4)[n, c4:c4+2, y, x, :] -- two channel blocks of a pixel, the conv's
 # kernel-row and -column axes between them and the channels; B: weights (O/4, I/4, KH, KW,
 # 4, 4)[o, c4:c4+2, kh, kw, :, :]. Tensorize matches trailing axes, so both keep those unit
@@ -57,6 +58,17 @@ def dot_4x8_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
 def _smull(a, b):
     return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
                                    a, b, dtype="int16x8")
+
+
+def _mul_low(a, b):
+    """int16 products of the low 8 bytes of two 16-byte vectors (smull)."""
+    return _smull(T.vectorlow(a, dtype="int8x8"), T.vectorlow(b, dtype="int8x8"))
+
+
+def _mul_high(a, b):
+    """... of the high 8 bytes (smull2: with the data word broadcast to all 16 bytes, no
+    ``ext`` moves the weights' high half down first, as an 8-byte broadcast needed)."""
+    return _smull(T.vectorhigh(a, dtype="int8x8"), T.vectorhigh(b, dtype="int8x8"))
 
 
 def _saddlp(x):
@@ -98,10 +110,9 @@ def neon_4x4_impl(
     with T.sblock("root"):
         T.reads(C[0:4], A[0:4], B[0:4, 0:4])
         T.writes(C[0:4])
-        a: T.let = _broadcast(A.vload([0], "int8x4"), 2, "int8x8")
+        a: T.let = _broadcast(A.vload([0], "int8x4"), 4, "int8x16")
         b: T.let = B.vload([0, 0], dtype="int8x16")
-        C[T.ramp(T.int32(0), 1, 4)] += _addp(_saddlp(_smull(a, T.vectorlow(b, dtype="int8x8"))),
-                                             _saddlp(_smull(a, T.vectorhigh(b, dtype="int8x8"))))
+        C[T.ramp(T.int32(0), 1, 4)] += _addp(_saddlp(_mul_low(a, b)), _saddlp(_mul_high(a, b)))
 
 
 @T.prim_func(s_tir=True)
@@ -114,15 +125,54 @@ def dot_4x8_neon_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         T.writes(C[0:4])
         # T.let throughout: a plain assignment is a mutable local buffer in TVM 0.27's
         # TVMScript, a heap workspace once lowered (tvm_compat.fix_vnni_intrinsic)
-        a0: T.let = _broadcast(A.vload([0, 0, 0, 0], "int8x4"), 2, "int8x8")
-        a1: T.let = _broadcast(A.vload([1, 0, 0, 0], "int8x4"), 2, "int8x8")
+        a0: T.let = _broadcast(A.vload([0, 0, 0, 0], "int8x4"), 4, "int8x16")
+        a1: T.let = _broadcast(A.vload([1, 0, 0, 0], "int8x4"), 4, "int8x16")
         b0: T.let = B.vload([0, 0, 0, 0, 0], dtype="int8x16")
         b1: T.let = B.vload([1, 0, 0, 0, 0], dtype="int8x16")
-        lo: T.let = _smull(a0, T.vectorlow(b0, dtype="int8x8")) + _smull(
-            a1, T.vectorlow(b1, dtype="int8x8"))  # LLVM: smull + smlal
-        hi: T.let = _smull(a0, T.vectorhigh(b0, dtype="int8x8")) + _smull(
-            a1, T.vectorhigh(b1, dtype="int8x8"))
+        lo: T.let = _mul_low(a0, b0) + _mul_low(a1, b1)  # LLVM: smull + smlal
+        hi: T.let = _mul_high(a0, b0) + _mul_high(a1, b1)
         C[T.ramp(T.int32(0), 1, 4)] += _addp(_saddlp(lo), _saddlp(hi))
+
+
+@T.prim_func(s_tir=True)
+def dot_4x16_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+    A = T.match_buffer(a, (4, 1, 1, 4), "int8", offset_factor=1, strides=A_STRIDES)
+    B = T.match_buffer(b, (4, 1, 1, 4, 4), "int8", offset_factor=1, strides=B_STRIDES)
+    C = T.match_buffer(c, (4,), "int32", offset_factor=1)
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:4, 0, 0, 0:4], B[0:4, 0, 0, 0:4, 0:4])
+        T.writes(C[0:4])
+        for i, j, k in T.grid(4, 4, 4):
+            with T.sblock("update"):
+                vi, vj, vk = T.axis.remap("SRR", [i, j, k])
+                C[vi] = C[vi] + T.cast(A[vj, 0, 0, vk], "int32") * T.cast(B[vj, 0, 0, vi, vk],
+                                                                         "int32")
+
+
+@T.prim_func(s_tir=True)
+def dot_4x16_neon_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+    A = T.match_buffer(a, (4, 1, 1, 4), "int8", offset_factor=1, strides=A_STRIDES)
+    B = T.match_buffer(b, (4, 1, 1, 4, 4), "int8", offset_factor=1, strides=B_STRIDES)
+    C = T.match_buffer(c, (4,), "int32", offset_factor=1)
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:4, 0, 0, 0:4], B[0:4, 0, 0, 0:4, 0:4])
+        T.writes(C[0:4])
+        a0: T.let = _broadcast(A.vload([0, 0, 0, 0], "int8x4"), 4, "int8x16")
+        a1: T.let = _broadcast(A.vload([1, 0, 0, 0], "int8x4"), 4, "int8x16")
+        a2: T.let = _broadcast(A.vload([2, 0, 0, 0], "int8x4"), 4, "int8x16")
+        a3: T.let = _broadcast(A.vload([3, 0, 0, 0], "int8x4"), 4, "int8x16")
+        b0: T.let = B.vload([0, 0, 0, 0, 0], dtype="int8x16")
+        b1: T.let = B.vload([1, 0, 0, 0, 0], dtype="int8x16")
+        b2: T.let = B.vload([2, 0, 0, 0, 0], dtype="int8x16")
+        b3: T.let = B.vload([3, 0, 0, 0, 0], dtype="int8x16")
+        # two pairs, each summed in int16 as in dot_4x8; the pairs widen and add in int32
+        # (LLVM: saddlp + sadalp), one addp for all four blocks
+        lo0: T.let = _mul_low(a0, b0) + _mul_low(a1, b1)
+        hi0: T.let = _mul_high(a0, b0) + _mul_high(a1, b1)
+        lo1: T.let = _mul_low(a2, b2) + _mul_low(a3, b3)
+        hi1: T.let = _mul_high(a2, b2) + _mul_high(a3, b3)
+        C[T.ramp(T.int32(0), 1, 4)] += _addp(_saddlp(lo0) + _saddlp(lo1),
+                                             _saddlp(hi0) + _saddlp(hi1))
 
 
 def pairs_ok(wq: np.ndarray) -> bool:
@@ -131,9 +181,10 @@ def pairs_ok(wq: np.ndarray) -> bool:
 
 
 def register() -> None:
-    """Register the three (idempotent): TVM's two 4 x 4 ones over their own descriptions."""
+    """Register the four (idempotent): TVM's two 4 x 4 ones over their own descriptions."""
     import_tensor_intrinsics()  # TVM's originals first: their descriptions are kept
     intrin = s_tir().TensorIntrin
     for name, impl in ((SDOT_4x4, sdot_4x4_impl), (NEON_DOT_4x4, neon_4x4_impl)):
         intrin.register(name, intrin.get(name).desc, impl, override=True)
     intrin.register(NEON_DOT_4x8, dot_4x8_desc, dot_4x8_neon_impl, override=True)
+    intrin.register(NEON_DOT_4x16, dot_4x16_desc, dot_4x16_neon_impl, override=True)

@@ -47,6 +47,8 @@ class DotKernel:
     intrin: str  # the TensorIntrin's name
     # an intrinsic over two blocks of 4 input channels (B x 8), where one exists
     pair_intrin: str | None = None
+    # ... over four blocks (B x 16), where one exists: used where the blocks come in fours
+    quad_intrin: str | None = None
 
     def register(self) -> str:
         """Register the tensor intrinsic(s) (idempotent); returns the 4-channel one's name."""
@@ -63,7 +65,8 @@ KERNELS = {k.name: k for k in (
     DotKernel("avx2", 8, "uint8", "dot_8x4_avx2"),
     DotKernel("vnni", 16, "uint8", "dot_16x4_vnni"),
     DotKernel("sdot", 4, "int8", "dot_4x4_i8i8s32_sdot"),
-    DotKernel("neon", 4, "int8", "dot_4x4_i8i8s32_neon", "dot_4x8_i8i8s32_neon"),
+    DotKernel("neon", 4, "int8", "dot_4x4_i8i8s32_neon", "dot_4x8_i8i8s32_neon",
+              "dot_4x16_i8i8s32_neon"),
 )}
 
 
@@ -345,9 +348,12 @@ def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel, re
     ``tile``: (output-channel blocks, pixels) in place of ``register_tile``'s, each dividing
     the conv's blocks and width: benchmarks/bench_arm_int8_tiles.py tries them)."""
     intrin = kernel.register()
-    # a pair of blocks: two planes of NCHW[4c] data (not two words of a wider block)
-    pairs = (pairs and kernel.pair_intrin is not None and w_shape[1] % 2 == 0
-             and data_shape[4] == IC_BLOCK)
+    # blocks per call: a pair (or four) of blocks are two (four) planes of NCHW[4c] data,
+    # not words of a wider block
+    span = 1
+    if pairs and data_shape[4] == IC_BLOCK:
+        span = next((k for k, name in ((4, kernel.quad_intrin), (2, kernel.pair_intrin))
+                     if name is not None and w_shape[1] % k == 0), 1)
     func, out_shape = _compute(data_shape, w_shape, strides, dilation, kernel.data_dtype, requant,
                                out_channels, blocked_out, group_width)
     sch = s_tir().Schedule(func)
@@ -358,10 +364,10 @@ def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel, re
                                                 int(np.prod(w_shape[1:4])))
     oco, oc_i = sch.split(oc, [None, tile_blocks])
     xo, xi = sch.split(x, [None, pixels])
-    if pairs:  # two blocks of 4 input channels per call
-        ico, ico_i = sch.split(ico, [None, 2])
+    if span > 1:  # two or four blocks of 4 input channels per call
+        ico, ico_i = sch.split(ico, [None, span])
         sch.reorder(n, oco, y, xo, ico, kh, kw, oc_i, xi, oci, ico_i, ici)
-        intrin = kernel.pair_intrin
+        intrin = kernel.quad_intrin if span == 4 else kernel.pair_intrin
     else:
         sch.reorder(n, oco, y, xo, ico, kh, kw, oc_i, xi, oci, ici)
     row = sch.fuse(n, oco, y)

@@ -95,8 +95,10 @@ def test_int8_neon_channel_pairs_match_plain_int8_on_board(emulated_board, tmp_p
                                                            monkeypatch):
     """rpi4 (no dot product): convs with an even number of 4-channel input blocks use
     ``dot_4x8_neon`` (two blocks per call, their products summed in int16: SMLAL in the
-    code); outputs equal TVM's 4-channel NEON kernel's and the plain int8 convs' exactly.
-    The grouped conv (3 groups of 8) runs packed too, each block reading its group."""
+    code), with a multiple of four ``dot_4x16_neon`` (two such pairs widened and added in
+    int32: SADALP); outputs equal TVM's 4-channel NEON kernel's and the plain int8 convs'
+    exactly. The grouped conv (3 groups of 8) runs packed too, each block reading its
+    group. The 16 -> 24 conv takes four blocks a call, the grouped and the 24 -> 8 two."""
     from edgec.compiler import PipelineConfig
     from edgec.passes import int8_kernels
     from edgec.passes.arm_int8_intrin import pairs_ok
@@ -125,6 +127,7 @@ def test_int8_neon_channel_pairs_match_plain_int8_on_board(emulated_board, tmp_p
                 asm = subprocess.run(["aarch64-linux-gnu-objdump", "-d", so], check=True,
                                      capture_output=True, text=True).stdout
                 assert ("smlal" in asm) == (mode == "pairs")
+                assert ("sadalp" in asm) == (mode == "pairs")
                 assert "conv2d_int8_neon_nchw4c_g3_" in asm
     finally:
         session.close()
