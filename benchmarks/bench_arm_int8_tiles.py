@@ -9,8 +9,8 @@ emulated board (``edgec_run --mark-kernels``: the conv kernel alone). The convs 
 shapes of mobilenet_v2's and resnet18's INT8 layers at 224 x 224.
 
 Instruction counts under qemu-user, not time: no caches, no memory stalls, no frequency.
-rpi5 (cortex-a76) runs TVM's sdot intrinsic, rpi4 (cortex-a72) the NEON one (two blocks
-per call where the weights allow it). ``x86`` tiles were measured in time, see
+rpi5 (cortex-a76) runs TVM's sdot intrinsic, rpi4 (cortex-a72) edgec's NEON ones (four or
+two input blocks a call where the channels allow it, ``int8_kernels.call_span``). ``x86`` tiles were measured in time, see
 ``int8_kernels.register_tile``; AArch64 has 32 vector registers of 128 bits and no
 broadcast memory operand, so a tile's accumulators, its weights and its data words all
 want registers, and the rule differs.
@@ -128,7 +128,9 @@ def count_conv(name, spec, target_name, runner, board_root, folder) -> list:
     cout, hw, stride = spec[1], spec[2], spec[4]
     out_blocks, width = -(-cout // kernel.oc_block), (hw - 1) // stride + 1
     rows = []
-    rule = K.register_tile(out_blocks, width, kernel.name, -(-spec[0] // 4) * spec[3] ** 2)
+    in_blocks = -(-spec[0] // 4)  # the weights are random in [-127, 127]: pairs allowed
+    rule = K.register_tile(out_blocks, width, kernel.name, in_blocks * spec[3] ** 2,
+                           K.call_span(kernel, in_blocks, 4, True))
     for tile in tiles(out_blocks, width):
         start = time.time()
         mod, data_shape, out_shape, macs = conv_module(spec, kernel, tile)
@@ -174,12 +176,14 @@ def main(argv=None):
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
-    p.add_argument("--convs", nargs="+", default=list(CONVS),
-                   choices=[*CONVS_ALL, "held_out"])
+    p.add_argument("--convs", nargs="+", default=["all"], choices=[*CONVS_ALL, "held_out", "all"],
+                   help="convs by name; held_out: the 8 not used to choose the rule; all "
+                        "(default): the 12 and the 8")
     p.add_argument("--out", default="arm_int8_tiles", help="results/<stem>.json and .md")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args(argv)
-    convs = [c for name in args.convs for c in (HELD_OUT if name == "held_out" else [name])]
+    groups = {"held_out": list(HELD_OUT), "all": list(CONVS_ALL)}
+    convs = list(dict.fromkeys(c for name in args.convs for c in groups.get(name, [name])))
     board_root = board.default_dir()
     board.prepare(board_root)
     runner = icount.build_runner(board_root, board.PY_SITE)

@@ -284,7 +284,8 @@ def _pixel_block(width: int) -> int:
     return next(b for b in (8, 7, 6, 5, 4, 3, 2, 1) if width % b == 0)
 
 
-def register_tile(out_blocks: int, width: int, kernel: str = "vnni", reduction: int = 0) -> tuple:
+def register_tile(out_blocks: int, width: int, kernel: str = "vnni", reduction: int = 0,
+                  span: int = 1) -> tuple:
     """(output-channel blocks, output pixels) one step of the packed conv keeps in vector
     registers. Each data word broadcast feeds every block of the tile, each weight load
     every pixel, so wider tiles load less per multiply-add; the accumulators must fit
@@ -299,33 +300,39 @@ def register_tile(out_blocks: int, width: int, kernel: str = "vnni", reduction: 
     to 6 blocks where the width and the blocks allow it, else up to 21 accumulators of
     8, 7, 6, 5 or 3 pixels, else ``_pixel_block`` pixels with up to 7 blocks.
 
-    ARM (``kernel`` "sdot" or "neon"; ``reduction``: the conv's input blocks x KH x KW,
-    the intrinsic's calls per output) has 32 registers of 4 int32 lanes and no broadcast
-    memory operand, and LLVM hoists a short reduction's weights out of the pixel loop:
-    AVX-512's wide tiles spill. Chosen by instructions per MAC on the emulated boards
+    ARM (``kernel`` "sdot" or "neon"; ``reduction``: the conv's input blocks x KH x KW;
+    ``span``: input blocks per intrinsic call) has 32 registers of 4 int32 lanes and no
+    broadcast memory operand, and LLVM hoists a short reduction's weights out of the pixel
+    loop: AVX-512's wide tiles spill. Chosen by instructions per MAC on the emulated boards
     (benchmarks/bench_arm_int8_tiles.py, results/arm_int8_tiles.md: 12 convs of
-    mobilenet_v2 and resnet18, every tile): with a reduction of up to 4 calls (16 input
-    channels, 1x1) 4 blocks x 2 pixels, up to 8 calls 4 x 4 (16->96 at 112: rpi5 0.299
-    instructions per MAC with 6x4, 0.269 with 4x2; 24->144 at 56: 0.257 -> 0.222). sdot
-    keeps the rule above otherwise (its per-MAC counts were within 2% of the best tile on
-    9 of the other 10); NEON (two blocks per call, smull + smlal) wants at most 16
-    accumulators: 4 x 4, else 4 to 8 blocks x 2 pixels, else 2 x 7 (rpi4: 6x4 cost 1.13
-    to 1.23x the best tile on 1x1 convs; this rule is within 5% of the best on all 12)."""
+    mobilenet_v2 and resnet18, every tile; 8 convs of resnet50, efficientnet_b0 and
+    mobilenet_v3 held out). sdot: a reduction of up to 4 blocks (16 input channels, 1x1)
+    4 blocks x 2 pixels, up to 8 4 x 4 (16->96 at 112: 0.299 instructions per MAC with
+    6x4, 0.269 with 4x2; 24->144 at 56: 0.257 -> 0.222), else the rule above. NEON: up
+    to 4 blocks 2 x 2; four blocks a call (``dot_4x16_neon``) 2 pixels x up to 6 blocks
+    (resnet18's 3x3 convs 0.366 -> 0.331 with 4x2, 1x1 convs at 14 x 14 0.41 -> 0.34 with
+    6x2); pairs at most 16 accumulators: 4 x 4, else 4 to 8 blocks x 2 pixels; 7-wide
+    rows 2 x 7."""
     def blocks(most):
         return max(d for d in range(1, min(most, out_blocks) + 1) if out_blocks % d == 0)
 
-    if kernel in ("sdot", "neon"):
-        if 0 < reduction <= 4 and width % 2 == 0 and blocks(4) >= 3:
+    small = 0 < reduction
+    if kernel == "sdot":
+        if small and reduction <= 4 and width % 2 == 0 and blocks(4) >= 3:
             return blocks(4), 2
-        if 0 < reduction <= 8 and width % 4 == 0 and blocks(4) >= 3:
+        if small and reduction <= 8 and width % 4 == 0 and blocks(4) >= 3:
             return blocks(4), 4
-        if kernel == "neon":
-            if width % 4 == 0 and blocks(4) >= 3:
-                return blocks(4), 4
-            if width % 2 == 0 and blocks(8) >= 4:
-                return blocks(8), 2
-            if width % 7 == 0 and blocks(2) == 2:
-                return 2, 7
+    if kernel == "neon":
+        if small and reduction <= 4 and width % 2 == 0 and blocks(2) == 2:
+            return 2, 2
+        if span == 4 and width % 2 == 0 and blocks(6) >= 3:
+            return blocks(6), 2
+        if width % 4 == 0 and blocks(4) >= 3:
+            return blocks(4), 4
+        if width % 2 == 0 and blocks(8) >= 4:
+            return blocks(8), 2
+        if width % 7 == 0 and blocks(2) == 2:
+            return 2, 7
 
     if width % 4 == 0 and blocks(6) >= 3:
         return blocks(6), 4
@@ -334,6 +341,16 @@ def register_tile(out_blocks: int, width: int, kernel: str = "vnni", reduction: 
             return blocks(21 // px), px
     px = _pixel_block(width)
     return blocks(min(7, 21 // px)), px
+
+
+def call_span(kernel: DotKernel, in_blocks: int, data_block: int, pairs: bool) -> int:
+    """Input blocks of 4 channels per intrinsic call: 4 or 2 where the kernel has such an
+    intrinsic, the weights allow it (``pairs``) and the conv's ``in_blocks`` divide; the
+    blocks are planes of NCHW[4c] data (``data_block`` 4), not words of a wider block."""
+    if not pairs or data_block != IC_BLOCK:
+        return 1
+    return next((k for k, name in ((4, kernel.quad_intrin), (2, kernel.pair_intrin))
+                 if name is not None and in_blocks % k == 0), 1)
 
 
 def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel, requant=None,
@@ -348,12 +365,7 @@ def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel, re
     ``tile``: (output-channel blocks, pixels) in place of ``register_tile``'s, each dividing
     the conv's blocks and width: benchmarks/bench_arm_int8_tiles.py tries them)."""
     intrin = kernel.register()
-    # blocks per call: a pair (or four) of blocks are two (four) planes of NCHW[4c] data,
-    # not words of a wider block
-    span = 1
-    if pairs and data_shape[4] == IC_BLOCK:
-        span = next((k for k, name in ((4, kernel.quad_intrin), (2, kernel.pair_intrin))
-                     if name is not None and w_shape[1] % k == 0), 1)
+    span = call_span(kernel, w_shape[1], data_shape[4], pairs)
     func, out_shape = _compute(data_shape, w_shape, strides, dilation, kernel.data_dtype, requant,
                                out_channels, blocked_out, group_width)
     sch = s_tir().Schedule(func)
@@ -361,7 +373,7 @@ def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel, re
     n, oc, y, x, oci, ico, kh, kw, ici = sch.get_loops(block)
     width = out_shape[3]
     tile_blocks, pixels = tile or register_tile(w_shape[0], width, kernel.name,
-                                                int(np.prod(w_shape[1:4])))
+                                                int(np.prod(w_shape[1:4])), span)
     oco, oc_i = sch.split(oc, [None, tile_blocks])
     xo, xi = sch.split(x, [None, pixels])
     if span > 1:  # two or four blocks of 4 input channels per call
