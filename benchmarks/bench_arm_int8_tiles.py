@@ -130,7 +130,7 @@ def count_conv(name, spec, target_name, runner, board_root, folder) -> list:
     rows = []
     in_blocks = -(-spec[0] // 4)  # the weights are random in [-127, 127]: pairs allowed
     rule = K.register_tile(out_blocks, width, kernel.name, in_blocks * spec[3] ** 2,
-                           K.call_span(kernel, in_blocks, 4, True))
+                           K.call_span(kernel, in_blocks, 4, True), spec[3] ** 2)
     for tile in tiles(out_blocks, width):
         start = time.time()
         mod, data_shape, out_shape, macs = conv_module(spec, kernel, tile)

@@ -179,7 +179,8 @@ def test_register_tile_rule(blocks, width, tile):
 
 @pytest.mark.parametrize("kernel, blocks, width, reduction, span, tile", [
     ("sdot", 24, 112, 4, 1, (4, 2)), ("sdot", 36, 56, 6, 1, (4, 4)), ("sdot", 6, 56, 36, 1, (6, 4)),
-    ("sdot", 144, 14, 24, 1, (3, 7)), ("sdot", 16, 56, 144, 1, (4, 4)),
+    ("sdot", 144, 14, 24, 1, (3, 7)), ("sdot", 16, 56, 144, 1, (4, 4)), ("sdot", 320, 7, 80, 1, (4, 7)),
+    ("sdot", 240, 7, 40, 1, (3, 7)), ("sdot", 128, 7, 1152, 1, (2, 7)),
     ("neon", 24, 112, 4, 4, (2, 2)), ("neon", 36, 56, 6, 2, (4, 4)), ("neon", 144, 14, 24, 4, (6, 2)),
     ("neon", 16, 56, 144, 4, (4, 2)), ("neon", 240, 7, 40, 4, (2, 7)), ("neon", 60, 28, 10, 2, (4, 4)),
     ("vnni", 24, 112, 4, 1, (6, 4))])  # x86 keeps its rule
@@ -188,7 +189,8 @@ def test_arm_register_tile_rule(kernel, blocks, width, reduction, span, tile):
     benchmarks/results/arm_int8_tiles.md): the best or within 5% of it."""
     from edgec.passes.int8_kernels import register_tile
 
-    assert register_tile(blocks, width, kernel, reduction, span) == tile
+    taps = 9 if reduction == 1152 else 1  # resnet18's last 3x3 conv; the others 1x1
+    assert register_tile(blocks, width, kernel, reduction, span, taps) == tile
 
 
 @pytest.mark.parametrize("blocked", [False, True])
