@@ -119,6 +119,19 @@ def test_errors_are_one_line_with_the_valid_choices(runner, tiny_cnn, tmp_path):
         ((so, "--fast"), "unknown option --fast; valid: --repeat --warmup --out --print --json"),
         ((str(tmp_path / "none.so"),), "cannot read"),
     ]
+    # a manifest edited by hand (or cut short): one line naming the file and the field
+    manifest = json.loads((tmp_path / "tiny.json").read_text())
+    for name, edit, message in [
+            ("noinputs", lambda m: m.pop("inputs"), 'noinputs.json has no "inputs"'),
+            ("noshape", lambda m: m["inputs"][0].pop("shape"),
+             "noshape.json's inputs has no \"shape\""),
+            ("badshape", lambda m: m["inputs"][0].update(shape="1x1x8x8"),
+             "badshape.json is not a valid edgec manifest: ")]:
+        bad = json.loads(json.dumps(manifest))
+        edit(bad)
+        shutil.copy(so, tmp_path / f"{name}.so")
+        (tmp_path / f"{name}.json").write_text(json.dumps(bad))
+        cases.append(((str(tmp_path / f"{name}.so"), str(tmp_path / "bad.npy")), message))
     for args, message in cases:
         result = run(runner, *args)
         assert result.returncode == 2, (args, result.stderr)

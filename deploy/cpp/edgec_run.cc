@@ -96,12 +96,20 @@ const std::map<std::string, std::string> kDescr = {
     {"uint8", "|u1"},   {"int16", "<i2"},   {"int32", "<i4"},   {"int64", "<i8"},
     {"bool", "|b1"}};
 
-std::vector<Spec> ReadSpecs(const ffi::json::Array& list) {
+// A manifest field that must be there (an edgec manifest always has it).
+ffi::Any Field(const ffi::json::Object& obj, const char* key, const std::string& where) {
+  if (obj.count(key) == 0) throw UsageError(where + " has no \"" + key + "\"");
+  return obj.at(key);
+}
+
+std::vector<Spec> ReadSpecs(const ffi::json::Array& list, const std::string& where) {
   std::vector<Spec> out;
   for (const ffi::Any& item : list) {
     auto obj = item.cast<ffi::json::Object>();
-    Spec s{obj["name"].cast<ffi::String>(), {}, obj["dtype"].cast<ffi::String>()};
-    for (const ffi::Any& d : obj["shape"].cast<ffi::json::Array>()) s.shape.push_back(d.cast<int64_t>());
+    Spec s{Field(obj, "name", where).cast<ffi::String>(), {},
+           Field(obj, "dtype", where).cast<ffi::String>()};
+    for (const ffi::Any& d : Field(obj, "shape", where).cast<ffi::json::Array>())
+      s.shape.push_back(d.cast<int64_t>());
     out.push_back(s);
   }
   return out;
@@ -120,18 +128,28 @@ Manifest ReadManifest(const std::string& so_path) {
   if (obj.count("format") == 0 || obj["format"].cast<ffi::String>() != "edgec-artifact")
     throw UsageError(path + " is not an edgec manifest (no \"format\": \"edgec-artifact\")");
   Manifest m;
-  m.inputs = ReadSpecs(obj["inputs"].cast<ffi::json::Array>());
-  m.outputs = ReadSpecs(obj["outputs"].cast<ffi::json::Array>());
-  ffi::Any exits = obj["early_exit"];
-  if (exits != nullptr) {
-    auto e = exits.cast<ffi::json::Object>();
-    m.early_exit = true;
-    m.exit_count = e["count"].cast<int64_t>();
-    if (e["thresholds_as_input"].cast<bool>() && e["thresholds"] != nullptr) {
-      m.thresholds_input = "exit_thresholds";
-      for (const ffi::Any& t : e["thresholds"].cast<ffi::json::Array>())
-        m.thresholds.push_back(t.try_cast<double>().value());
+  try {  // a field of the wrong type: one line naming the file, as a missing one
+    m.inputs = ReadSpecs(Field(obj, "inputs", path).cast<ffi::json::Array>(), path + "'s inputs");
+    m.outputs = ReadSpecs(Field(obj, "outputs", path).cast<ffi::json::Array>(),
+                          path + "'s outputs");
+    ffi::Any exits = obj.count("early_exit") ? obj.at("early_exit") : ffi::Any(nullptr);
+    if (exits != nullptr) {  // absent or null: no early exit
+      auto e = exits.cast<ffi::json::Object>();
+      std::string where = path + "'s early_exit";
+      m.early_exit = true;
+      m.exit_count = Field(e, "count", where).cast<int64_t>();
+      if (e.count("thresholds_as_input") && e.at("thresholds_as_input").cast<bool>() &&
+          e.count("thresholds") && e.at("thresholds") != nullptr) {
+        m.thresholds_input = "exit_thresholds";
+        for (const ffi::Any& t : e.at("thresholds").cast<ffi::json::Array>())
+          m.thresholds.push_back(t.try_cast<double>().value());
+      }
     }
+  } catch (const UsageError&) {
+    throw;
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    throw UsageError(path + " is not a valid edgec manifest: " + what.substr(0, what.find('\n')));
   }
   return m;
 }
