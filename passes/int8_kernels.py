@@ -285,7 +285,7 @@ def _pixel_block(width: int) -> int:
 
 
 def register_tile(out_blocks: int, width: int, kernel: str = "vnni", reduction: int = 0,
-                  span: int = 1, taps: int = 0) -> tuple:
+                  span: int = 1, taps: int = 0, blocked_out: bool = True) -> tuple:
     """(output-channel blocks, output pixels) one step of the packed conv keeps in vector
     registers. Each data word broadcast feeds every block of the tile, each weight load
     every pixel, so wider tiles load less per multiply-add; the accumulators must fit
@@ -308,10 +308,12 @@ def register_tile(out_blocks: int, width: int, kernel: str = "vnni", reduction: 
     mobilenet_v2 and resnet18, every tile; 8 convs of resnet50, efficientnet_b0 and
     mobilenet_v3 held out). sdot: a reduction of up to 4 blocks (16 input channels, 1x1)
     4 blocks x 2 pixels, up to 8 4 x 4 (16->96 at 112: 0.299 instructions per MAC with
-    6x4, 0.269 with 4x2; 24->144 at 56: 0.257 -> 0.222); a 1x1 conv (``taps`` 1) on 7-wide
-    rows whose blocks no 3 divides 4 x 7 (320->1280 at 7: 0.157 with 2x7, 0.134; 4x7 was
-    within 2% of 3x7 on the other two such convs, and 1.22x 2x7 on a 3x3 one), else the
-    rule above. NEON: up
+    6x4, 0.269 with 4x2; 24->144 at 56: 0.257 -> 0.222); a 1x1 conv (``taps`` 1) at 7 x 7
+    whose blocks no 3 divides, writing blocks (``blocked_out``), 4 x 7 (320->1280: 0.157
+    with 2x7, 0.134; in mobilenet_v2, 960->320 2.27 -> 1.93 M instructions, 960->160 and
+    576->160 -9% to -15%; but 320->1280 writing NCHW for the pool 3.18 -> 4.88 M, and at
+    14 x 14 192->64 +53%, 384->64 -11%; 4x7 was within 2% of 3x7 on the other 7-wide 1x1
+    convs and 1.22x 2x7 on a 3x3 one), else the rule above. NEON: up
     to 4 blocks 2 x 2; four blocks a call (``dot_4x16_neon``) 2 pixels x up to 6 blocks
     (resnet18's 3x3 convs 0.366 -> 0.331 with 4x2, 1x1 convs at 14 x 14 0.41 -> 0.34 with
     6x2); pairs at most 16 accumulators: 4 x 4, else 4 to 8 blocks x 2 pixels; 7-wide
@@ -325,7 +327,7 @@ def register_tile(out_blocks: int, width: int, kernel: str = "vnni", reduction: 
             return blocks(4), 2
         if small and reduction <= 8 and width % 4 == 0 and blocks(4) >= 3:
             return blocks(4), 4
-        if taps == 1 and width % 7 == 0 and width % 4 and blocks(4) == 4 and blocks(3) < 3:
+        if taps == 1 and width == 7 and blocked_out and blocks(4) == 4 and blocks(3) < 3:
             return 4, 7
     if kernel == "neon":
         if small and reduction <= 4 and width % 2 == 0 and blocks(2) == 2:
@@ -379,7 +381,7 @@ def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel, re
     width = out_shape[3]
     tile_blocks, pixels = tile or register_tile(w_shape[0], width, kernel.name,
                                                 int(np.prod(w_shape[1:4])), span,
-                                                int(np.prod(w_shape[2:4])))
+                                                int(np.prod(w_shape[2:4])), blocked_out)
     oco, oc_i = sch.split(oc, [None, tile_blocks])
     xo, xi = sch.split(x, [None, pixels])
     if span > 1:  # two or four blocks of 4 input channels per call
