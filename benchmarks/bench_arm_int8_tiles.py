@@ -26,6 +26,7 @@ import numpy as np
 
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.bench_emulated import _qemu_version, host_cpu
 from benchmarks.common import scratch, write_results
 from edgec.compiler.deploy import board, icount
 from edgec.compiler.tvm_compat import cross_compiler, relax
@@ -192,8 +193,10 @@ def main(argv=None):
     for name in convs:  # results rewritten after each conv: a stopped run keeps them
         for t in args.targets:
             rows += count_conv(name, CONVS_ALL[name], t, runner, board_root, folder)
-        data = {"label": icount.LABEL, "rows": rows}
-        md = markdown(rows)
+        data = {"label": icount.LABEL, "host_cpu": host_cpu(), "qemu": _qemu_version(),
+                "rows": rows}
+        md = markdown(rows) + f"\nCounted on {data['host_cpu']} (the counts do not depend on " \
+            f"the host), {data['qemu']}.\n"
         write_results(args.out, data, md)
     print(json.dumps(data, indent=2) if args.json else md)
 
