@@ -40,19 +40,26 @@ A_STRIDES = [T.int32(), T.int32(), T.int32(), 1]
 B_STRIDES = [T.int32(), T.int32(), T.int32(), 4, 1]
 
 
-@T.prim_func(s_tir=True)
-def dot_4x8_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-    A = T.match_buffer(a, (2, 1, 1, 4), "int8", offset_factor=1, strides=A_STRIDES)
-    B = T.match_buffer(b, (2, 1, 1, 4, 4), "int8", offset_factor=1, strides=B_STRIDES)
-    C = T.match_buffer(c, (4,), "int32", offset_factor=1)
-    with T.sblock("root"):
-        T.reads(C[0:4], A[0:2, 0, 0, 0:4], B[0:2, 0, 0, 0:4, 0:4])
-        T.writes(C[0:4])
-        for i, j, k in T.grid(4, 2, 4):
-            with T.sblock("update"):
-                vi, vj, vk = T.axis.remap("SRR", [i, j, k])
-                C[vi] = C[vi] + T.cast(A[vj, 0, 0, vk], "int32") * T.cast(B[vj, 0, 0, vi, vk],
-                                                                         "int32")
+def _dot_desc(blocks: int):
+    """The description of ``blocks`` blocks of 4 input channels x 4 outputs per call."""
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (blocks, 1, 1, 4), "int8", offset_factor=1, strides=A_STRIDES)
+        B = T.match_buffer(b, (blocks, 1, 1, 4, 4), "int8", offset_factor=1, strides=B_STRIDES)
+        C = T.match_buffer(c, (4,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:blocks, 0, 0, 0:4], B[0:blocks, 0, 0, 0:4, 0:4])
+            T.writes(C[0:4])
+            for i, j, k in T.grid(4, blocks, 4):
+                with T.sblock("update"):
+                    vi, vj, vk = T.axis.remap("SRR", [i, j, k])
+                    C[vi] = C[vi] + T.cast(A[vj, 0, 0, vk], "int32") * T.cast(
+                        B[vj, 0, 0, vi, vk], "int32")
+
+    return desc
+
+
+dot_4x8_desc, dot_4x16_desc = _dot_desc(2), _dot_desc(4)
 
 
 def _smull(a, b):
@@ -132,21 +139,6 @@ def dot_4x8_neon_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         lo: T.let = _mul_low(a0, b0) + _mul_low(a1, b1)  # LLVM: smull + smlal
         hi: T.let = _mul_high(a0, b0) + _mul_high(a1, b1)
         C[T.ramp(T.int32(0), 1, 4)] += _addp(_saddlp(lo), _saddlp(hi))
-
-
-@T.prim_func(s_tir=True)
-def dot_4x16_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-    A = T.match_buffer(a, (4, 1, 1, 4), "int8", offset_factor=1, strides=A_STRIDES)
-    B = T.match_buffer(b, (4, 1, 1, 4, 4), "int8", offset_factor=1, strides=B_STRIDES)
-    C = T.match_buffer(c, (4,), "int32", offset_factor=1)
-    with T.sblock("root"):
-        T.reads(C[0:4], A[0:4, 0, 0, 0:4], B[0:4, 0, 0, 0:4, 0:4])
-        T.writes(C[0:4])
-        for i, j, k in T.grid(4, 4, 4):
-            with T.sblock("update"):
-                vi, vj, vk = T.axis.remap("SRR", [i, j, k])
-                C[vi] = C[vi] + T.cast(A[vj, 0, 0, vk], "int32") * T.cast(B[vj, 0, 0, vi, vk],
-                                                                         "int32")
 
 
 @T.prim_func(s_tir=True)
