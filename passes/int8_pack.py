@@ -80,6 +80,10 @@ def pad_blocked_func(shape, dtype: str, padding, pad_value: int = 0):
         raise ValueError(f"pad_blocked: a block of {b_} channels is not whole 32-bit words")
     words = b_ // IC_BLOCK
     pad_word = tirx.const((int(pad_value) & 0xFF) * 0x01010101, "uint32")
+    # a side with no padding (a 7x1 conv pads rows only): a loop of extent 0, which TVM
+    # refuses to vectorize ("Failed to vectorize loop with extent 0": inception_v3's INT8)
+    fill_left = T.vectorized if left else T.serial
+    fill_right = T.vectorized if right else T.serial
 
     @T.prim_func(s_tir=True)
     def pad_blocked(x: T.Buffer((n_, cb_, h_, w_, b_), dtype),
@@ -92,11 +96,11 @@ def pad_blocked_func(shape, dtype: str, padding, pad_value: int = 0):
                 h: T.let = row % hp - top
                 plane: T.let = row // hp
                 if h >= 0 and h < h_:
-                    for i in T.vectorized(left * words):
+                    for i in fill_left(left * words):
                         y32[row * wp * words + i] = pad_word
                     for i in T.vectorized(w_ * words):
                         y32[(row * wp + left) * words + i] = x32[(plane * h_ + h) * w_ * words + i]
-                    for i in T.vectorized(right * words):
+                    for i in fill_right(right * words):
                         y32[(row * wp + left + w_) * words + i] = pad_word
                 else:
                     for i in T.vectorized(wp * words):
