@@ -125,7 +125,7 @@ def count_conv(name, spec, target_name, runner, board_root, folder) -> list:
     target = get_target(target_name)
     cpu = target.tvm["mcpu"]
     root = icount.counting_root(board_root, cpu)
-    kernel = K.KERNELS[{"dotprod": "sdot", "neon": "neon"}[target.int8]]
+    kernel = K.target_kernel(target)
     cout, hw, stride = spec[1], spec[2], spec[4]
     out_blocks, width = -(-cout // kernel.oc_block), (hw - 1) // stride + 1
     rows = []

@@ -70,12 +70,17 @@ KERNELS = {k.name: k for k in (
 )}
 
 
-def kernel_for(target, scheme) -> DotKernel | None:
-    """The packed kernel for a target and quantization scheme (None: plain int8 convs)."""
+def target_kernel(target) -> DotKernel | None:
+    """The dot-product kernel of a target's int8 instructions (None: it has none)."""
     name = {("x86_64", "avx2"): "avx2", ("x86_64", "vnni"): "vnni",
             ("aarch64", "dotprod"): "sdot", ("aarch64", "neon"): "neon"}.get(
         (target.arch, target.int8))
-    kernel = KERNELS.get(name)
+    return KERNELS.get(name)
+
+
+def kernel_for(target, scheme) -> DotKernel | None:
+    """The packed kernel for a target and quantization scheme (None: plain int8 convs)."""
+    kernel = target_kernel(target)
     if kernel is None or scheme.activation_dtype != kernel.data_dtype:
         return None
     if kernel.name == "avx2" and not scheme.reduce_range:
@@ -284,21 +289,13 @@ def _pixel_block(width: int) -> int:
     return next(b for b in (8, 7, 6, 5, 4, 3, 2, 1) if width % b == 0)
 
 
-def register_tile(out_blocks: int, width: int, kernel: str = "vnni", reduction: int = 0,
-                  span: int = 1, taps: int = 0, blocked_out: bool = True) -> tuple:
-    """(output-channel blocks, output pixels) one step of the packed conv keeps in vector
-    registers. Each data word broadcast feeds every block of the tile, each weight load
-    every pixel, so wider tiles load less per multiply-add; the accumulators must fit
-    AVX-512's 32 registers beside the operands. Measured with the blocked output on a
-    2-core Xeon with VNNI (us, best of 5; tile blocks x pixels): 24->144 1x1 at 56x56 1x8
-    164, 3x4 87; 96->576 at 14x14 1x7 119, 3x7 71; 32->192 at 28x28 1x7 56, 6x4 34;
-    64->64 3x3 at 56x56 1x8 428, 4x4 293, 2x8 290; 144->24 at 56x56 1x8 97, 2x8 52.
-    Widths no 8, 7, 6 or 4 divides (squeezenet's and alexnet's 111, 55, 27, 13; VNNI,
-    interleaved, background paused): 16->64 3x3 at 55 1x1 537, 1x5 260, 4x5 200;
-    32->128 3x3 at 27 1x1 519, 1x3 255, 4x3 129; 512->1008 1x1 at 13 1x1 1861, 3x1 884,
-    7x1 698, 9x1 793, 21x1 823; 128->16 1x1 at 55 1x1 100, 1x5 68. Rule: 4 pixels with 3
-    to 6 blocks where the width and the blocks allow it, else up to 21 accumulators of
-    8, 7, 6, 5 or 3 pixels, else ``_pixel_block`` pixels with up to 7 blocks.
+def _blocks(out_blocks: int, most: int) -> int:
+    """The most output-channel blocks, up to ``most``, that divide ``out_blocks``."""
+    return max(d for d in range(1, min(most, out_blocks) + 1) if out_blocks % d == 0)
+
+
+def _arm_tile(out_blocks, width, kernel, reduction, span, taps, blocked_out):
+    """The ARM register tile, or None for ``register_tile``'s general rule.
 
     ARM (``kernel`` "sdot" or "neon"; ``reduction``: the conv's input blocks x KH x KW;
     ``span``: input blocks per intrinsic call) has 32 registers of 4 int32 lanes and no
@@ -313,33 +310,59 @@ def register_tile(out_blocks: int, width: int, kernel: str = "vnni", reduction: 
     with 2x7, 0.134; in mobilenet_v2, 960->320 2.27 -> 1.93 M instructions, 960->160 and
     576->160 -9% to -15%; but 320->1280 writing NCHW for the pool 3.18 -> 4.88 M, and at
     14 x 14 192->64 +53%, 384->64 -11%; 4x7 was within 2% of 3x7 on the other 7-wide 1x1
-    convs and 1.22x 2x7 on a 3x3 one), else the rule above. NEON: up
+    convs and 1.22x 2x7 on a 3x3 one), else register_tile's rule. NEON: up
     to 4 blocks 2 x 2; four blocks a call (``dot_4x16_neon``) 2 pixels x up to 6 blocks
     (resnet18's 3x3 convs 0.366 -> 0.331 with 4x2, 1x1 convs at 14 x 14 0.41 -> 0.34 with
     6x2); pairs at most 16 accumulators: 4 x 4, else 4 to 8 blocks x 2 pixels; 7-wide
     rows 2 x 7."""
     def blocks(most):
-        return max(d for d in range(1, min(most, out_blocks) + 1) if out_blocks % d == 0)
+        return _blocks(out_blocks, most)
 
-    small = 0 < reduction
     if kernel == "sdot":
-        if small and reduction <= 4 and width % 2 == 0 and blocks(4) >= 3:
+        if 0 < reduction <= 4 and width % 2 == 0 and blocks(4) >= 3:
             return blocks(4), 2
-        if small and reduction <= 8 and width % 4 == 0 and blocks(4) >= 3:
+        if 0 < reduction <= 8 and width % 4 == 0 and blocks(4) >= 3:
             return blocks(4), 4
         if taps == 1 and width == 7 and blocked_out and blocks(4) == 4 and blocks(3) < 3:
             return 4, 7
-    if kernel == "neon":
-        if small and reduction <= 4 and width % 2 == 0 and blocks(2) == 2:
-            return 2, 2
-        if span == 4 and width % 2 == 0 and blocks(6) >= 3:
-            return blocks(6), 2
-        if width % 4 == 0 and blocks(4) >= 3:
-            return blocks(4), 4
-        if width % 2 == 0 and blocks(8) >= 4:
-            return blocks(8), 2
-        if width % 7 == 0 and blocks(2) == 2:
-            return 2, 7
+        return None
+    if 0 < reduction <= 4 and width % 2 == 0 and blocks(2) == 2:
+        return 2, 2
+    if span == 4 and width % 2 == 0 and blocks(6) >= 3:
+        return blocks(6), 2
+    if width % 4 == 0 and blocks(4) >= 3:
+        return blocks(4), 4
+    if width % 2 == 0 and blocks(8) >= 4:
+        return blocks(8), 2
+    if width % 7 == 0 and blocks(2) == 2:
+        return 2, 7
+    return None
+
+
+def register_tile(out_blocks: int, width: int, kernel: str = "vnni", reduction: int = 0,
+                  span: int = 1, taps: int = 0, blocked_out: bool = True) -> tuple:
+    """(output-channel blocks, output pixels) one step of the packed conv keeps in vector
+    registers. Each data word broadcast feeds every block of the tile, each weight load
+    every pixel, so wider tiles load less per multiply-add; the accumulators must fit
+    AVX-512's 32 registers beside the operands. Measured with the blocked output on a
+    2-core Xeon with VNNI (us, best of 5; tile blocks x pixels): 24->144 1x1 at 56x56 1x8
+    164, 3x4 87; 96->576 at 14x14 1x7 119, 3x7 71; 32->192 at 28x28 1x7 56, 6x4 34;
+    64->64 3x3 at 56x56 1x8 428, 4x4 293, 2x8 290; 144->24 at 56x56 1x8 97, 2x8 52.
+    Widths no 8, 7, 6 or 4 divides (squeezenet's and alexnet's 111, 55, 27, 13; VNNI,
+    interleaved, background paused): 16->64 3x3 at 55 1x1 537, 1x5 260, 4x5 200;
+    32->128 3x3 at 27 1x1 519, 1x3 255, 4x3 129; 512->1008 1x1 at 13 1x1 1861, 3x1 884,
+    7x1 698, 9x1 793, 21x1 823; 128->16 1x1 at 55 1x1 100, 1x5 68. Rule: 4 pixels with 3
+    to 6 blocks where the width and the blocks allow it, else up to 21 accumulators of
+    8, 7, 6, 5 or 3 pixels, else ``_pixel_block`` pixels with up to 7 blocks. ARM
+    kernels ("sdot", "neon") take ``_arm_tile``'s where it has one (the other arguments
+    are its)."""
+    if kernel in ("sdot", "neon"):
+        tile = _arm_tile(out_blocks, width, kernel, reduction, span, taps, blocked_out)
+        if tile:
+            return tile
+
+    def blocks(most):
+        return _blocks(out_blocks, most)
 
     if width % 4 == 0 and blocks(6) >= 3:
         return blocks(6), 4
@@ -367,8 +390,8 @@ def scheduled_conv(data_shape, w_shape, strides, dilation, kernel: DotKernel, re
     the epilogue; the PrimFunc then also takes its (C,) bias and scale, padded to the
     weight's blocks; ``out_channels``: the real output channels, fewer than the weight's
     padded ones; ``blocked_out``: the output stays in the weight's blocks, see ``_compute``;
-    ``pairs``: the weights allow ``kernel.pair_intrin``, used where the input channel blocks
-    pair up; ``group_width``: a grouped conv's channels per group, see ``_compute``;
+    ``pairs``: the weights allow two products in int16, so ``kernel``'s intrinsics over
+    four or two input blocks are used where the blocks divide (``call_span``); ``group_width``: a grouped conv's channels per group, see ``_compute``;
     ``tile``: (output-channel blocks, pixels) in place of ``register_tile``'s, each dividing
     the conv's blocks and width: benchmarks/bench_arm_int8_tiles.py tries them)."""
     intrin = kernel.register()
